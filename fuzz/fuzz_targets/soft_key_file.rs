@@ -1,0 +1,4 @@
+//! Fuzz target `soft_key_file`: see `strongroom_test_support::fuzz_checks::soft_key_file` for what it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| strongroom_test_support::fuzz_checks::soft_key_file(data));

@@ -1,0 +1,13 @@
+//! strongroom: an embedded key-store engine for data encrypted at rest under keys the customer
+//! controls.
+//!
+//! This facade re-exports the public API of strongroom's crates. See the README for the key
+//! hierarchy, the security model and its limits.
+#![forbid(unsafe_code)]
+
+pub use strongroom_core as core;
+pub use strongroom_core::{
+    Backend, BackendError, BackendInfo, Capabilities, DekVersion, IntegrityError, KekVersion,
+    Key256, KeyState, KeyringName, Plaintext, RootKeyId, RootKeyName, RootVersion, SoftBackend,
+    Timestamp, WrapAlg, WrappedKey,
+};
