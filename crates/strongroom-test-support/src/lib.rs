@@ -7,6 +7,7 @@
 // Tests and their helpers may panic on a broken invariant: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bench;
 pub mod conformance;
 pub mod fuzz_checks;
 
