@@ -3,7 +3,7 @@
 //! wrap. Each table is one interleaved run; read the ratios.
 //!
 //! `cargo bench --bench crypto` (`STRONGROOM_BENCH_SECS` sets seconds per contender, default 2)
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use strongroom::core::crypto::{kwp_unwrap_bound, kwp_wrap_bound};
 use strongroom::core::record::RecordCipher;
