@@ -68,6 +68,9 @@ pub enum RootStatus {
     Disabled,
     /// Material erased.
     Destroyed,
+    /// The backend holds a record of it but cannot use it: deleted or restricted outside
+    /// strongroom (for example in the HSM's own tools).
+    Unavailable,
 }
 
 impl fmt::Display for RootStatus {
@@ -76,6 +79,7 @@ impl fmt::Display for RootStatus {
             Self::Enabled => "enabled",
             Self::Disabled => "disabled",
             Self::Destroyed => "destroyed",
+            Self::Unavailable => "unavailable",
         })
     }
 }
@@ -96,7 +100,7 @@ pub struct RootKeyInfo {
 pub struct ImportKey {
     /// The import key's handle for [`Backend::import_wrapped_root`].
     pub id: String,
-    /// The mechanism the customer must use, e.g. `RSA-OAEP-SHA256`.
+    /// The mechanism the customer must use, e.g. `RSA-OAEP (SHA-256, MGF1-SHA-256)`.
     pub mechanism: String,
     /// The public key as DER `SubjectPublicKeyInfo`.
     pub public_key_der: Vec<u8>,
@@ -186,17 +190,21 @@ pub trait Backend: Send + Sync {
     }
 
     /// Imports root key material wrapped under the backend's import key; the material is
-    /// unwrapped inside the backend and never seen by strongroom.
+    /// unwrapped inside the backend and never seen by strongroom. `check_value` is the key check
+    /// value the customer computed from their key: the first 3 bytes of AES-256-ECB(key, 0^128)
+    /// (the PKCS#11 `CKA_CHECK_VALUE` definition). The import is refused unless the unwrapped key
+    /// has that check value, so a wrong, truncated or corrupted key never becomes a root key.
     ///
     /// # Errors
     /// [`BackendError::NotSupported`] unless the backend allows it; [`BackendError::Integrity`]
-    /// when the wrapped material does not unwrap.
+    /// when the wrapped material does not unwrap or does not match `check_value`.
     fn import_wrapped_root(
         &self,
         id: &RootKeyId,
         wrapped: &[u8],
+        check_value: &[u8; 3],
     ) -> Result<RootKeyInfo, BackendError> {
-        let _ = (id, wrapped);
+        let _ = (id, wrapped, check_value);
         Err(self.not_supported("import wrapped root key material"))
     }
 
@@ -283,8 +291,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
         &self,
         id: &RootKeyId,
         wrapped: &[u8],
+        check_value: &[u8; 3],
     ) -> Result<RootKeyInfo, BackendError> {
-        (**self).import_wrapped_root(id, wrapped)
+        (**self).import_wrapped_root(id, wrapped, check_value)
     }
     fn adopt_root(&self, id: &RootKeyId, selector: &str) -> Result<RootKeyInfo, BackendError> {
         (**self).adopt_root(id, selector)

@@ -125,12 +125,12 @@ pub enum BackendError {
         source: std::io::Error,
     },
     /// Logging in to the token failed (for example, a wrong PIN).
-    #[error("login to {token} failed: {reason}")]
+    #[error("login to token {token} failed: {failure}")]
     Login {
         /// The token.
         token: String,
-        /// What happened and what to do.
-        reason: String,
+        /// Why.
+        failure: LoginFailure,
     },
     /// The backend's configuration is wrong (a missing module, an unknown token label).
     #[error("{0}")]
@@ -183,6 +183,28 @@ impl BackendError {
                 | Self::RootUnavailable { .. }
         )
     }
+}
+
+/// Why a login failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoginFailure {
+    /// The PIN is wrong.
+    #[error(
+        "wrong PIN (CKR_PIN_INCORRECT); check the PIN strongroom was given (the token may lock the PIN after more failures)"
+    )]
+    WrongPin,
+    /// The PIN is locked after too many failures.
+    #[error(
+        "the PIN is locked (CKR_PIN_LOCKED); the token's security officer must unlock or reset it"
+    )]
+    PinLocked,
+    /// The PIN has expired and must be changed.
+    #[error("the PIN has expired (CKR_PIN_EXPIRED); change it with the token's tools")]
+    PinExpired,
+    /// Anything else, with the token's return code.
+    #[error("{0}")]
+    Other(String),
 }
 
 /// What is wrong with a soft-backend key file.

@@ -35,7 +35,7 @@ pub use backend::{
 };
 pub use blob::{WrapAlg, WrappedKey, WrappingKeyRef};
 pub use crypto::IntegrityError;
-pub use error::{BackendError, KeyFileProblem};
+pub use error::{BackendError, KeyFileProblem, LoginFailure};
 pub use format::FormatError;
 pub use id::{DekVersion, KekVersion, KeyringName, RootKeyId, RootKeyName, RootVersion};
 pub use record::{RecordCipher, RecordHeader};

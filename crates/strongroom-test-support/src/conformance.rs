@@ -293,27 +293,46 @@ pub fn concurrent_wrap_unwrap(b: &dyn Backend) {
     concurrent_wrap_unwrap_n(b, 8, 200);
 }
 
-/// Expands to one `#[test]` per conformance case. `$fixture` is an expression that makes a fresh
-/// [`BackendFixture`](crate::BackendFixture).
+/// Expands to one `#[test]` per conformance case.
+///
+/// - `backend_conformance_tests!(make_fixture())`: `make_fixture()` makes a fresh
+///   [`BackendFixture`](crate::BackendFixture) for each case.
+/// - `backend_conformance_tests!(isolated |token| make_fixture(token))`: each case runs in a
+///   process of its own with a SoftHSM2 token of its own ([`crate::softhsm::isolated`]).
 #[macro_export]
 macro_rules! backend_conformance_tests {
-    ($fixture:expr) => {
-        $crate::backend_conformance_tests!(@case $fixture, describe_is_consistent);
-        $crate::backend_conformance_tests!(@case $fixture, generate_find_list);
-        $crate::backend_conformance_tests!(@case $fixture, wrap_unwrap_round_trip);
-        $crate::backend_conformance_tests!(@case $fixture, wrong_root_fails);
-        $crate::backend_conformance_tests!(@case $fixture, tampered_blob_fails_opaquely);
-        $crate::backend_conformance_tests!(@case $fixture, context_mismatch_fails);
-        $crate::backend_conformance_tests!(@case $fixture, disabled_root_fails);
-        $crate::backend_conformance_tests!(@case $fixture, destroyed_root_fails);
-        $crate::backend_conformance_tests!(@case $fixture, kek_wrapped_blob_is_refused);
-        $crate::backend_conformance_tests!(@case $fixture, concurrent_wrap_unwrap);
+    (isolated $make:expr) => {
+        $crate::backend_conformance_tests!(@cases (isolated $make));
     };
-    (@case $fixture:expr, $case:ident) => {
+    (@cases $how:tt) => {
+        $crate::backend_conformance_tests!(@case $how describe_is_consistent);
+        $crate::backend_conformance_tests!(@case $how generate_find_list);
+        $crate::backend_conformance_tests!(@case $how wrap_unwrap_round_trip);
+        $crate::backend_conformance_tests!(@case $how wrong_root_fails);
+        $crate::backend_conformance_tests!(@case $how tampered_blob_fails_opaquely);
+        $crate::backend_conformance_tests!(@case $how context_mismatch_fails);
+        $crate::backend_conformance_tests!(@case $how disabled_root_fails);
+        $crate::backend_conformance_tests!(@case $how destroyed_root_fails);
+        $crate::backend_conformance_tests!(@case $how kek_wrapped_blob_is_refused);
+        $crate::backend_conformance_tests!(@case $how concurrent_wrap_unwrap);
+    };
+    (@case (plain $fixture:expr) $case:ident) => {
         #[test]
         fn $case() {
             let fixture = $fixture;
             $crate::conformance::$case($crate::BackendFixture::backend(&fixture));
         }
+    };
+    (@case (isolated $make:expr) $case:ident) => {
+        #[test]
+        fn $case() {
+            $crate::softhsm::isolated(concat!(module_path!(), "::", stringify!($case)), |token| {
+                let fixture = ($make)(token);
+                $crate::conformance::$case($crate::BackendFixture::backend(&fixture));
+            });
+        }
+    };
+    ($fixture:expr) => {
+        $crate::backend_conformance_tests!(@cases (plain $fixture));
     };
 }

@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod conformance;
 pub mod fuzz_checks;
+pub mod softhsm;
 
 use std::path::Path;
 

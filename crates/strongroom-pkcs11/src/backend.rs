@@ -1,0 +1,1712 @@
+//! [`Pkcs11Backend`]: the [`Backend`] trait on a PKCS#11 token.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use cryptoki::slot::{Limit, Slot};
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, Zeroizing};
+
+use strongroom_core::blob::{WrapAlg, WrappedKey, WrappingKeyRef};
+use strongroom_core::crypto::{
+    BOUND_PLAINTEXT_LEN, BOUND_WRAPPED_LEN, NONCE_LEN, bind_context, unbind_context,
+};
+use strongroom_core::{
+    Backend, BackendError, BackendInfo, Capabilities, HealthCheck, ImportKey, Key256, RootKeyId,
+    RootKeyInfo, RootStatus, rng,
+};
+
+use crate::config::{Pin, Pkcs11Config, TokenSelector};
+use crate::der;
+use crate::error::{Failure, classify, describe, device, rv};
+use crate::objects::{
+    APPLICATION, IMPORT_LABEL, KeyLocator, RecordState, RootRecord, Usage, parse_root_label,
+    root_label, tmp_label,
+};
+use crate::session::{CachedKey, CheckoutError, Generation, Lease};
+
+const KIND: &str = "pkcs11";
+const GCM_TAG_BITS: u64 = 128;
+
+/// A root-key backend on a PKCS#11 token. Cheap to clone; clones share one session pool.
+#[derive(Clone)]
+pub struct Pkcs11Backend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pkcs11Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Backend")
+            .field("module", &self.inner.config.module)
+            .field("token", &self.inner.token_label)
+            .field("serial", &self.inner.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Mechanisms the token offers that strongroom can use.
+#[derive(Clone, Copy, Debug, Default)]
+struct Mechs {
+    gcm: bool,
+    kwp: bool,
+    kw: bool,
+    ecb: bool,
+    oaep: bool,
+    rsa_gen: bool,
+}
+
+impl Mechs {
+    fn offers(self, alg: WrapAlg) -> bool {
+        match alg {
+            WrapAlg::AesGcm => self.gcm,
+            WrapAlg::AesKwp => self.kwp,
+            WrapAlg::AesKw => self.kw,
+            _ => false,
+        }
+    }
+}
+
+/// Counters of the session pool, for health checks and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// The current generation (1 + the number of re-initializations).
+    pub generation: u64,
+    /// Sessions open now.
+    pub open: usize,
+    /// Sessions idle in the pool now.
+    pub idle: usize,
+    /// Most sessions the pool will open.
+    pub cap: usize,
+    /// Sessions opened since the backend was made.
+    pub sessions_opened: u64,
+    /// Re-initializations of the library since the backend was made.
+    pub reinitializations: u64,
+}
+
+struct Inner {
+    config: Pkcs11Config,
+    pin: Pin,
+    token_label: String,
+    serial: String,
+    description: String,
+    mechs: Mechs,
+    /// Wrap algorithms in order of preference, those the token offers.
+    algs: Vec<WrapAlg>,
+    cap: usize,
+    state: RwLock<Generation>,
+    recovery: Mutex<()>,
+    /// Serializes administrative calls (generate, create, destroy, find) on the token.
+    /// SoftHSM2 quirk: `C_GenerateKey` racing `C_FindObjects` in other threads failed 2-5% of
+    /// the time and left stray objects (SoftHSMv2 issue 573, fixed in 2.7.0).
+    admin: Mutex<()>,
+    sessions_opened: AtomicU64,
+    reinitializations: AtomicU64,
+    /// Whether this backend's `C_Initialize` succeeded (so it finalizes the library on drop).
+    owns_library: bool,
+}
+
+/// An operation's failure: a raw PKCS#11 error (which the runner may retry) or a final answer.
+enum OpError {
+    Ck(CkError),
+    Final(BackendError),
+}
+
+impl From<CkError> for OpError {
+    fn from(e: CkError) -> Self {
+        Self::Ck(e)
+    }
+}
+
+impl From<BackendError> for OpError {
+    fn from(e: BackendError) -> Self {
+        Self::Final(e)
+    }
+}
+
+type OpResult<T> = Result<T, OpError>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn init_args() -> CInitializeArgs {
+    // SoftHSM2 quirk (and the standard's advice for threaded callers): without
+    // CKF_OS_LOCKING_OK, 16 threads crashed SoftHSM2 in 4 of 4 runs and one run wiped the token.
+    CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)
+}
+
+/// Initializes the library; `Ok(true)` if this call did it, `Ok(false)` if it already was.
+fn initialize(ctx: &Pkcs11) -> Result<bool, CkError> {
+    match ctx.initialize(init_args()) {
+        Ok(()) => Ok(true),
+        Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn find_slot(ctx: &Pkcs11, sel: &TokenSelector) -> Result<Slot, BackendError> {
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| device("list slots", e, "check the HSM connection"))?;
+    let mut labels = Vec::new();
+    let mut found = Vec::new();
+    for slot in slots {
+        let Ok(info) = ctx.get_token_info(slot) else {
+            continue;
+        };
+        let label = info.label().trim_end().to_owned();
+        let hit = match sel {
+            TokenSelector::Label(l) => *l == label,
+            TokenSelector::Slot(id) => slot.id() == *id,
+        };
+        if hit {
+            found.push(slot);
+        }
+        labels.push(label);
+    }
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(BackendError::Config(format!(
+            "no token with {sel} (tokens present: {}); check the token setting, or create one (SoftHSM2: `softhsm2-util --init-token --free --label NAME`)",
+            if labels.is_empty() {
+                "none".to_owned()
+            } else {
+                labels.join(", ")
+            }
+        ))),
+        many => Err(BackendError::Config(format!(
+            "{} tokens match {sel}; select the token by slot instead",
+            many.len()
+        ))),
+    }
+}
+
+fn probe_mechs(ctx: &Pkcs11, slot: Slot) -> Result<Mechs, BackendError> {
+    let list = ctx
+        .get_mechanism_list(slot)
+        .map_err(|e| device("read the mechanism list", e, "check the HSM"))?;
+    let has = |t: MechanismType| list.contains(&t);
+    Ok(Mechs {
+        gcm: has(MechanismType::AES_GCM),
+        // SoftHSM2 quirk: AES key wrap with padding is offered as CKM_AES_KEY_WRAP_PAD (0x210A,
+        // PKCS#11 2.40), not as the 3.0 code CKM_AES_KEY_WRAP_KWP (0x210B).
+        kwp: has(MechanismType::AES_KEY_WRAP_PAD),
+        kw: has(MechanismType::AES_KEY_WRAP),
+        ecb: has(MechanismType::AES_ECB),
+        oaep: has(MechanismType::RSA_PKCS_OAEP),
+        rsa_gen: has(MechanismType::RSA_PKCS_KEY_PAIR_GEN),
+    })
+}
+
+fn usage_for(alg: WrapAlg) -> Usage {
+    match alg {
+        WrapAlg::AesGcm => Usage {
+            encrypt: true,
+            decrypt: true,
+            ..Usage::default()
+        },
+        _ => Usage {
+            wrap: true,
+            unwrap: true,
+            ..Usage::default()
+        },
+    }
+}
+
+fn mechanism_type(alg: WrapAlg) -> MechanismType {
+    match alg {
+        WrapAlg::AesGcm => MechanismType::AES_GCM,
+        WrapAlg::AesKwp => MechanismType::AES_KEY_WRAP_PAD,
+        _ => MechanismType::AES_KEY_WRAP,
+    }
+}
+
+fn wrap_mechanism(alg: WrapAlg) -> Mechanism<'static> {
+    if alg == WrapAlg::AesKwp {
+        Mechanism::AesKeyWrapPad
+    } else {
+        Mechanism::AesKeyWrap
+    }
+}
+
+fn usage_attrs(u: Usage) -> Vec<Attribute> {
+    vec![
+        Attribute::Encrypt(u.encrypt),
+        Attribute::Decrypt(u.decrypt),
+        Attribute::Wrap(u.wrap),
+        Attribute::Unwrap(u.unwrap),
+    ]
+}
+
+/// The template of a root key object: a sensitive, non-extractable AES key on the token,
+/// permitted exactly what `alg` needs.
+fn root_template(
+    id: &RootKeyId,
+    alg: WrapAlg,
+    allowed_mechanisms: bool,
+    value_len: bool,
+) -> Vec<Attribute> {
+    let label = root_label(id).into_bytes();
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(true),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+        Attribute::Label(label.clone()),
+        Attribute::Id(label),
+    ];
+    // SoftHSM2 quirk: an unwrap template must not carry CKA_VALUE_LEN (CKR_ATTRIBUTE_READ_ONLY);
+    // generate needs it.
+    if value_len {
+        t.push(Attribute::ValueLen(32.into()));
+    }
+    t.extend(usage_attrs(usage_for(alg)));
+    if allowed_mechanisms {
+        t.push(Attribute::AllowedMechanisms(vec![mechanism_type(alg)]));
+    }
+    t
+}
+
+/// Zeroizes any key material (`CKA_VALUE`) left in a template or attribute list.
+fn scrub(attrs: &mut [Attribute]) {
+    for a in attrs {
+        if let Attribute::Value(v) = a {
+            v.zeroize();
+        }
+    }
+}
+
+fn oaep_params(sha256: bool) -> Mechanism<'static> {
+    let (hash, mgf) = if sha256 {
+        (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256)
+    } else {
+        (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1)
+    };
+    Mechanism::RsaPkcsOaep(PkcsOaepParams::new(hash, mgf, PkcsOaepSource::empty()))
+}
+
+/// What the token holds for one root version.
+struct Located {
+    /// The record in force, if any.
+    record: Option<RootRecord>,
+    /// Every record object of this root version (normally one; see [`RootRecord`]).
+    record_objects: Vec<ObjectHandle>,
+    key: Option<ObjectHandle>,
+}
+
+impl Located {
+    fn state(&self) -> Option<RecordState> {
+        self.record.as_ref().map(|r| r.state)
+    }
+}
+
+impl Pkcs11Backend {
+    /// Loads the module, finds the token, reads the PIN and logs in.
+    ///
+    /// # Errors
+    /// [`BackendError::Config`] for a missing module, an unknown token or a bad PIN source;
+    /// [`BackendError::Login`] for a wrong or locked PIN; a device error otherwise.
+    pub fn open(config: Pkcs11Config) -> Result<Self, BackendError> {
+        let pin = Pin(config.pin.load()?);
+        if !config.module.exists() {
+            return Err(BackendError::Config(format!(
+                "PKCS#11 module {} does not exist; check the module path (SoftHSM2 on Debian: /usr/lib/softhsm/libsofthsm2.so, package softhsm2)",
+                config.module.display()
+            )));
+        }
+        let ctx = Pkcs11::new(&config.module).map_err(|e| {
+            BackendError::Config(format!(
+                "cannot load PKCS#11 module {}: {e}; check that it is a PKCS#11 library for this machine",
+                config.module.display()
+            ))
+        })?;
+        let owns_library = initialize(&ctx).map_err(|e| {
+            device(
+                "initialize the PKCS#11 library",
+                e,
+                "check the module and its configuration",
+            )
+        })?;
+        let slot = find_slot(&ctx, &config.token)?;
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| device("read token information", e, "check the HSM"))?;
+        let token_label = info.label().trim_end().to_owned();
+        let serial = info.serial_number().trim_end().to_owned();
+        let token_cap = match info.max_session_count() {
+            Limit::Max(n) => usize::try_from(n).unwrap_or(usize::MAX).max(1),
+            Limit::Infinite | Limit::Unavailable => usize::MAX,
+        };
+        let cap = config.max_sessions.clamp(1, token_cap);
+        let mechs = probe_mechs(&ctx, slot)?;
+        let algs: Vec<WrapAlg> = config
+            .preference
+            .iter()
+            .copied()
+            .filter(|a| mechs.offers(*a))
+            .collect();
+        if algs.is_empty() {
+            return Err(BackendError::Config(format!(
+                "token {token_label} offers none of the wrap mechanisms strongroom can use ({}); use a token with AES-GCM, AES-KWP or AES-KW",
+                config
+                    .preference
+                    .iter()
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let description = format!(
+            "token {token_label:?} (serial {serial}, {} {}) via {}",
+            info.manufacturer_id().trim_end(),
+            info.model().trim_end(),
+            config.module.display()
+        );
+        let backend = Self {
+            inner: Arc::new(Inner {
+                pin,
+                token_label,
+                serial,
+                description,
+                mechs,
+                algs,
+                cap,
+                state: RwLock::new(Generation::new(1, ctx, slot, cap)),
+                recovery: Mutex::new(()),
+                admin: Mutex::new(()),
+                sessions_opened: AtomicU64::new(0),
+                reinitializations: AtomicU64::new(0),
+                owns_library,
+                config,
+            }),
+        };
+        // Log in now, so a wrong PIN is reported at open and not at the first use.
+        backend.run("log in", |_, _, _| Ok(()))?;
+        Ok(backend)
+    }
+
+    /// Pool counters.
+    #[must_use]
+    pub fn stats(&self) -> PoolStats {
+        let generation = self.read_state();
+        let (open, idle, cap) = generation.pool_stats();
+        PoolStats {
+            generation: generation.id,
+            open,
+            idle,
+            cap,
+            sessions_opened: self.inner.sessions_opened.load(Ordering::Relaxed),
+            reinitializations: self.inner.reinitializations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The wrap algorithms in use, in order of preference (new root keys use the first).
+    #[must_use]
+    pub fn algorithms(&self) -> &[WrapAlg] {
+        &self.inner.algs
+    }
+
+    /// The token's label.
+    #[must_use]
+    pub fn token_label(&self) -> &str {
+        &self.inner.token_label
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, Generation> {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn checkout<'g>(&self, generation: &'g Generation) -> Result<Lease<'g>, CheckoutError> {
+        let before = generation.pool_stats().0;
+        let lease = generation.checkout(
+            &self.inner.pin,
+            &self.inner.token_label,
+            self.inner.config.checkout_timeout,
+        )?;
+        if generation.pool_stats().0 > before {
+            self.inner.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(lease)
+    }
+
+    /// Finalizes and re-initializes the library, unless another thread already did since
+    /// generation `failed` (one guarded re-initialize for any number of failing threads).
+    fn recover(&self, failed: u64) -> Result<(), BackendError> {
+        let _one = lock(&self.inner.recovery);
+        let mut generation = self
+            .inner
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if generation.id != failed {
+            return Ok(());
+        }
+        // The old generation's sessions are dropped without C_CloseSession: after the
+        // re-initialize their handle numbers may name other sessions.
+        let ctx = generation.ctx.clone();
+        let _ = ctx.clone().finalize();
+        initialize(&ctx).map_err(|e| {
+            device(
+                "re-initialize the PKCS#11 library",
+                e,
+                "check the HSM connection; strongroom retries on the next call",
+            )
+        })?;
+        let slot = find_slot(&ctx, &self.inner.config.token)?;
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| device("read token information", e, "check the HSM"))?;
+        if info.serial_number().trim_end() != self.inner.serial {
+            return Err(BackendError::Config(format!(
+                "after reconnecting, the token labelled {} has serial {}, not {}: another token was inserted; strongroom refuses to use it",
+                self.inner.token_label,
+                info.serial_number().trim_end(),
+                self.inner.serial
+            )));
+        }
+        *generation = Generation::new(failed + 1, ctx, slot, self.inner.cap);
+        self.inner.reinitializations.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn backoff(&self, attempt: u32) {
+        let factor = 4u32.saturating_pow(attempt.min(6));
+        std::thread::sleep(self.inner.config.backoff.saturating_mul(factor));
+    }
+
+    /// Runs `op` on a pooled session with recovery: a lost session is replaced, a lost device
+    /// re-initialized, a logged-out application logged in again, a stale key handle looked up
+    /// again; each with bounded attempts and backoff. `op` gets `retry = true` on every attempt
+    /// after the first. Operations that change the token (generate, create, destroy) are never
+    /// repeated blind: each attempt starts by reading what is in the token, under the admin lock,
+    /// and a retry finishes or refuses according to what the failed attempt left there.
+    fn run<T>(
+        &self,
+        operation: &'static str,
+        mut op: impl FnMut(&Generation, &Lease<'_>, bool) -> OpResult<T>,
+    ) -> Result<T, BackendError> {
+        let attempts = self.inner.config.attempts.max(1);
+        let mut last: Option<CkError> = None;
+        for attempt in 0..attempts {
+            let generation = self.read_state();
+            let gen_id = generation.id;
+            let result = match self.checkout(&generation) {
+                Ok(mut lease) => {
+                    let r = op(&generation, &lease, attempt > 0);
+                    if let Err(OpError::Ck(e)) = &r {
+                        match classify(e) {
+                            Failure::SessionLost | Failure::DeviceLost => lease.forget(),
+                            _ => {}
+                        }
+                    }
+                    drop(lease);
+                    r
+                }
+                Err(CheckoutError::Backend(e)) => return Err(e),
+                Err(CheckoutError::Ck(e)) => Err(OpError::Ck(e)),
+            };
+            let e = match result {
+                Ok(v) => return Ok(v),
+                Err(OpError::Final(e)) => return Err(e),
+                Err(OpError::Ck(e)) => e,
+            };
+            match classify(&e) {
+                Failure::SessionLost => {
+                    // Another session may be fine; if they are all gone, the next attempt's
+                    // checkout or call fails the same way and the one after re-initializes.
+                    if attempt > 0 {
+                        drop(generation);
+                        self.recover(gen_id)?;
+                    }
+                }
+                Failure::DeviceLost => {
+                    drop(generation);
+                    self.backoff(attempt);
+                    if let Err(re) = self.recover(gen_id)
+                        && attempt + 1 == attempts
+                    {
+                        return Err(re);
+                    }
+                }
+                Failure::LoggedOut => {
+                    // The next checkout sees the logged-out state and logs in again.
+                }
+                Failure::StaleHandle => generation.forget_all_keys(),
+                Failure::BadData | Failure::NotPermitted | Failure::Other => {
+                    return Err(device(operation, e, "the HSM refused the call"));
+                }
+            }
+            last = Some(e);
+        }
+        Err(match last {
+            Some(e) => device(
+                operation,
+                e,
+                &format!(
+                    "gave up after {attempts} attempts with reconnects; check the HSM; strongroom reconnects on the next call"
+                ),
+            ),
+            None => BackendError::Device {
+                operation,
+                detail: "no attempt was made".into(),
+                source: None,
+            },
+        })
+    }
+
+    // ----- finding things in the token (callers hold the admin lock) -----
+
+    fn find(s: &Session, template: &[Attribute]) -> Result<Vec<ObjectHandle>, CkError> {
+        s.find_objects(template)
+    }
+
+    fn find_one(s: &Session, template: &[Attribute], what: &str) -> OpResult<Option<ObjectHandle>> {
+        let found = Self::find(s, template)?;
+        match found.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            many => Err(OpError::Final(BackendError::Config(format!(
+                "{} objects in the token match {what}; remove the duplicates (pkcs11-tool --list-objects --login shows them)",
+                many.len()
+            )))),
+        }
+    }
+
+    fn record_template(id: &RootKeyId) -> Vec<Attribute> {
+        vec![
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Application(APPLICATION.to_vec()),
+            Attribute::Label(root_label(id).into_bytes()),
+        ]
+    }
+
+    fn key_template(locator: &KeyLocator, id: &RootKeyId) -> Vec<Attribute> {
+        let mut t = vec![Attribute::Class(ObjectClass::SECRET_KEY)];
+        match locator {
+            KeyLocator::Managed => t.push(Attribute::Label(root_label(id).into_bytes())),
+            KeyLocator::Label(l) => t.push(Attribute::Label(l.clone().into_bytes())),
+            KeyLocator::Id(i) => t.push(Attribute::Id(i.clone())),
+        }
+        t
+    }
+
+    fn read_record(s: &Session, h: ObjectHandle, id: &RootKeyId) -> OpResult<RootRecord> {
+        let attrs = s.get_attributes(h, &[AttributeType::Value])?;
+        let value = attrs
+            .into_iter()
+            .find_map(|a| {
+                if let Attribute::Value(v) = a {
+                    Some(v)
+                } else {
+                    None
+                }
+            })
+            .unwrap_or_default();
+        RootRecord::parse(&value).map_err(|why| {
+            OpError::Final(BackendError::Config(format!(
+                "the token's record of root key {id} is unreadable ({why}); restore it or delete the data object labelled {}",
+                root_label(id)
+            )))
+        })
+    }
+
+    fn locate(s: &Session, id: &RootKeyId) -> OpResult<Located> {
+        let record_objects = Self::find(s, &Self::record_template(id))?;
+        let mut record: Option<RootRecord> = None;
+        for h in &record_objects {
+            let r = Self::read_record(s, *h, id)?;
+            if record.as_ref().is_none_or(|best| r.seq > best.seq) {
+                record = Some(r);
+            }
+        }
+        let locator = record
+            .as_ref()
+            .map_or(KeyLocator::Managed, |r| r.key.clone());
+        let key = Self::find_one(
+            s,
+            &Self::key_template(&locator, id),
+            &format!("key {locator} of {id}"),
+        )?;
+        Ok(Located {
+            record,
+            record_objects,
+            key,
+        })
+    }
+
+    /// Puts `state` and `key` in force as a new record after those in `found`, then removes the
+    /// old record objects (see [`RootRecord`] for why records are replaced, not changed).
+    fn write_record(
+        s: &Session,
+        id: &RootKeyId,
+        found: &Located,
+        state: RecordState,
+        key: KeyLocator,
+    ) -> Result<(), CkError> {
+        let record = RootRecord {
+            seq: found.record.as_ref().map_or(1, |r| r.seq + 1),
+            state,
+            key,
+        };
+        let mut t = Self::record_template(id);
+        t.extend([
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Modifiable(true),
+            Attribute::Value(record.to_bytes()),
+        ]);
+        s.create_object(&t)?;
+        for old in &found.record_objects {
+            // A leftover is harmless (the highest sequence wins) and goes with the next change.
+            let _ = s.destroy_object(*old);
+        }
+        Ok(())
+    }
+
+    fn read_usage(s: &Session, key: ObjectHandle) -> Result<Usage, CkError> {
+        let attrs = s.get_attributes(
+            key,
+            &[
+                AttributeType::Encrypt,
+                AttributeType::Decrypt,
+                AttributeType::Wrap,
+                AttributeType::Unwrap,
+            ],
+        )?;
+        let mut u = Usage::default();
+        for a in attrs {
+            match a {
+                Attribute::Encrypt(b) => u.encrypt = b,
+                Attribute::Decrypt(b) => u.decrypt = b,
+                Attribute::Wrap(b) => u.wrap = b,
+                Attribute::Unwrap(b) => u.unwrap = b,
+                _ => {}
+            }
+        }
+        Ok(u)
+    }
+
+    /// The algorithm new wraps under a key with `usage` use: the most preferred one it permits.
+    fn alg_for(&self, usage: Usage) -> Option<WrapAlg> {
+        self.inner.algs.iter().copied().find(|a| {
+            let need = usage_for(*a);
+            (!need.encrypt || usage.encrypt)
+                && (!need.decrypt || usage.decrypt)
+                && (!need.wrap || usage.wrap)
+                && (!need.unwrap || usage.unwrap)
+        })
+    }
+
+    /// Resolves a root version to a usable key handle, from the generation's cache or the token.
+    fn resolve(&self, generation: &Generation, s: &Session, id: &RootKeyId) -> OpResult<CachedKey> {
+        if let Some(k) = generation.cached_key(id) {
+            return Ok(k);
+        }
+        let _admin = lock(&self.inner.admin);
+        let found = Self::locate(s, id)?;
+        match found.state() {
+            Some(RecordState::Destroyed) => {
+                return Err(BackendError::RootDestroyed { root: id.clone() }.into());
+            }
+            Some(RecordState::Disabled { .. }) => {
+                return Err(BackendError::RootDisabled { root: id.clone() }.into());
+            }
+            _ => {}
+        }
+        let Some(handle) = found.key else {
+            return Err(if found.record.is_some() {
+                BackendError::RootUnavailable {
+                    root: id.clone(),
+                    reason: "its key object is missing from the token (deleted outside strongroom)"
+                        .into(),
+                }
+            } else {
+                BackendError::RootNotFound { root: id.clone() }
+            }
+            .into());
+        };
+        let usage = Self::read_usage(s, handle)?;
+        let alg = self.alg_for(usage).ok_or_else(|| BackendError::RootUnavailable {
+            root: id.clone(),
+            reason: format!(
+                "the token does not permit the key to encrypt or wrap (usage: {}); it was disabled or restricted outside strongroom",
+                if usage.none() { "none".to_owned() } else { usage.to_string() }
+            ),
+        })?;
+        let k = CachedKey { handle, alg };
+        generation.cache_key(id, k);
+        Ok(k)
+    }
+
+    /// The answer to `CKR_KEY_FUNCTION_NOT_PERMITTED`: disabled by strongroom, or restricted
+    /// outside it.
+    fn not_permitted(
+        &self,
+        generation: &Generation,
+        s: &Session,
+        id: &RootKeyId,
+        e: &CkError,
+    ) -> OpError {
+        generation.forget_key(id);
+        let _admin = lock(&self.inner.admin);
+        let disabled_here = matches!(
+            Self::locate(s, id).map(|f| f.state()),
+            Ok(Some(RecordState::Disabled { .. }))
+        );
+        OpError::Final(if disabled_here {
+            BackendError::RootDisabled { root: id.clone() }
+        } else {
+            BackendError::RootUnavailable {
+                root: id.clone(),
+                reason: format!(
+                    "{}: the HSM refuses this use of the key; it was disabled or restricted outside strongroom",
+                    describe(e)
+                ),
+            }
+        })
+    }
+
+    /// Tells a tampered input from a failing device after `CKR_GENERAL_ERROR`, which SoftHSM2
+    /// returns for both: a known-good round trip under the same key must work if the device
+    /// does. `Ok(())` means the device works (so the input was bad).
+    fn canary(s: &Session, k: &CachedKey) -> Result<(), CkError> {
+        let mut probe = Zeroizing::new([0u8; 32]);
+        let _ = rng::fill_nonce(&mut probe[..]);
+        match k.alg {
+            WrapAlg::AesGcm => {
+                let mut iv = [0u8; NONCE_LEN];
+                let _ = rng::fill_nonce(&mut iv);
+                let mut iv2 = iv;
+                let ct = s.encrypt(
+                    &Mechanism::AesGcm(GcmParams::new(&mut iv, b"canary", GCM_TAG_BITS.into())?),
+                    k.handle,
+                    &probe[..],
+                )?;
+                let mut back = s.decrypt(
+                    &Mechanism::AesGcm(GcmParams::new(&mut iv2, b"canary", GCM_TAG_BITS.into())?),
+                    k.handle,
+                    &ct,
+                )?;
+                let same = back[..] == probe[..];
+                back.zeroize();
+                if same {
+                    Ok(())
+                } else {
+                    Err(CkError::Pkcs11(
+                        RvError::DeviceError,
+                        cryptoki::context::Function::Decrypt,
+                    ))
+                }
+            }
+            alg => {
+                let mut tmpl = Self::tmp_secret_template(tmp_label());
+                tmpl.push(Attribute::Value(probe.to_vec()));
+                let obj = s.create_object(&tmpl);
+                scrub(&mut tmpl);
+                let obj = obj?;
+                let wrapped = s.wrap_key(&wrap_mechanism(alg), k.handle, obj);
+                let _ = s.destroy_object(obj);
+                let h = s.unwrap_key(
+                    &wrap_mechanism(alg),
+                    k.handle,
+                    &wrapped?,
+                    &Self::tmp_secret_template(tmp_label()),
+                )?;
+                let mut attrs = s.get_attributes(h, &[AttributeType::Value]);
+                let _ = s.destroy_object(h);
+                let same =
+                    matches!(attrs.as_deref(), Ok([Attribute::Value(v)]) if v[..] == probe[..]);
+                if let Ok(a) = attrs.as_mut() {
+                    scrub(a);
+                }
+                if same {
+                    Ok(())
+                } else {
+                    Err(CkError::Pkcs11(
+                        RvError::DeviceError,
+                        cryptoki::context::Function::UnwrapKey,
+                    ))
+                }
+            }
+        }
+    }
+
+    /// A session-object template for a temporary extractable generic secret.
+    fn tmp_secret_template(label: Vec<u8>) -> Vec<Attribute> {
+        vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::Token(false),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+            Attribute::Label(label),
+        ]
+    }
+
+    /// Destroys session objects a failed call left under `label`.
+    /// SoftHSM2 quirk: a failed `C_UnwrapKey` can leave a stray object behind.
+    fn remove_strays(&self, s: &Session, label: &[u8]) {
+        let _admin = lock(&self.inner.admin);
+        if let Ok(strays) = Self::find(s, &[Attribute::Label(label.to_vec())]) {
+            for h in strays {
+                let _ = s.destroy_object(h);
+            }
+        }
+    }
+
+    fn gcm_wrap(
+        s: &Session,
+        k: &CachedKey,
+        key: &Key256,
+        context: &[u8],
+    ) -> Result<Vec<u8>, CkError> {
+        let mut iv = [0u8; NONCE_LEN];
+        rng::fill_nonce(&mut iv).map_err(|_| {
+            CkError::Pkcs11(RvError::RandomNoRng, cryptoki::context::Function::Encrypt)
+        })?;
+        let mut payload = iv.to_vec();
+        // Conversion to plain bytes: the key goes into the token's C_Encrypt, nowhere else.
+        let ct = s.encrypt(
+            &Mechanism::AesGcm(GcmParams::new(&mut iv, context, GCM_TAG_BITS.into())?),
+            k.handle,
+            key.expose_bytes(),
+        )?;
+        payload.extend_from_slice(&ct);
+        Ok(payload)
+    }
+
+    fn kw_wrap(
+        &self,
+        s: &Session,
+        k: &CachedKey,
+        key: &Key256,
+        context: &[u8],
+    ) -> Result<Vec<u8>, CkError> {
+        let bound = bind_context(key, context);
+        let mut tmpl = Self::tmp_secret_template(tmp_label());
+        tmpl.push(Attribute::Value(bound.to_vec()));
+        let obj = s.create_object(&tmpl);
+        scrub(&mut tmpl);
+        let obj = obj?;
+        let wrapped = s.wrap_key(&wrap_mechanism(k.alg), k.handle, obj);
+        let _ = s.destroy_object(obj);
+        wrapped
+    }
+
+    /// Unwraps with the blob's mechanism; `Ok(Err(()))` is a failed integrity check.
+    fn unwrap_payload(
+        &self,
+        s: &Session,
+        k: &CachedKey,
+        blob: &WrappedKey,
+        context: &[u8],
+    ) -> Result<Result<Key256, ()>, CkError> {
+        let p = blob.payload();
+        match blob.alg() {
+            WrapAlg::AesGcm => {
+                let mut iv = [0u8; NONCE_LEN];
+                iv.copy_from_slice(&p[..NONCE_LEN]);
+                let mut plain = s.decrypt(
+                    &Mechanism::AesGcm(GcmParams::new(&mut iv, context, GCM_TAG_BITS.into())?),
+                    k.handle,
+                    &p[NONCE_LEN..],
+                )?;
+                // A wrong length (impossible for an authentic blob) is zeroized and refused.
+                Ok(Key256::from_slice_zeroizing(&mut plain).map_err(|_| ()))
+            }
+            alg => {
+                let label = tmp_label();
+                let h = match s.unwrap_key(
+                    &wrap_mechanism(alg),
+                    k.handle,
+                    p,
+                    &Self::tmp_secret_template(label.clone()),
+                ) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.remove_strays(s, &label);
+                        return Err(e);
+                    }
+                };
+                let attrs = s.get_attributes(h, &[AttributeType::Value]);
+                let _ = s.destroy_object(h);
+                let mut attrs = attrs?;
+                let result = match attrs.as_slice() {
+                    [Attribute::Value(v)] if v.len() == BOUND_PLAINTEXT_LEN => {
+                        unbind_context(v, context).map_err(|_| ())
+                    }
+                    _ => Err(()),
+                };
+                scrub(&mut attrs);
+                Ok(result)
+            }
+        }
+    }
+
+    fn info_for(id: &RootKeyId, status: RootStatus, locator: &KeyLocator) -> RootKeyInfo {
+        RootKeyInfo {
+            id: id.clone(),
+            status,
+            locator: match locator {
+                KeyLocator::Managed => format!("PKCS#11 secret key labelled {}", root_label(id)),
+                other => format!("PKCS#11 secret key {other} (adopted)"),
+            },
+        }
+    }
+
+    fn status_of(
+        &self,
+        s: &Session,
+        record: Option<&RootRecord>,
+        key: Option<ObjectHandle>,
+    ) -> RootStatus {
+        match (record.map(|r| r.state), key) {
+            (Some(RecordState::Destroyed), _) => RootStatus::Destroyed,
+            (Some(RecordState::Disabled { .. }), _) => RootStatus::Disabled,
+            (_, None) => RootStatus::Unavailable,
+            (_, Some(k)) => match Self::read_usage(s, k) {
+                Ok(u) if self.alg_for(u).is_some() => RootStatus::Enabled,
+                _ => RootStatus::Unavailable,
+            },
+        }
+    }
+
+    /// Creates a root key object from `make`, then its record; removes the key if the record
+    /// cannot be written (create, record the mapping, roll back on failure). On a retry after a
+    /// lost connection it first checks what the failed attempt left.
+    fn create_root(
+        &self,
+        operation: &'static str,
+        id: &RootKeyId,
+        mut make: impl FnMut(&Session) -> OpResult<ObjectHandle>,
+    ) -> Result<RootKeyInfo, BackendError> {
+        self.run(operation, |generation, s, retry| {
+            let _admin = lock(&self.inner.admin);
+            let found = Self::locate(s, id)?;
+            if found.record.is_some() {
+                return Err(BackendError::RootExists { root: id.clone() }.into());
+            }
+            let handle = match found.key {
+                // On a retry, a key under this label with no record is what our failed attempt
+                // made before its connection was lost: finish it if it is the key we would
+                // have made. Anything else under our label is not ours to trust.
+                Some(h) if retry && Self::is_root_shaped(s, h)? => h,
+                Some(_) => {
+                    return Err(BackendError::Config(format!(
+                        "the token holds a key labelled {} with no strongroom record; adopt it (`adopt_root`) if it is meant to be this root key, or delete it",
+                        root_label(id)
+                    ))
+                    .into());
+                }
+                None => make(s)?,
+            };
+            if let Err(e) = Self::write_record(s, id, &found, RecordState::Enabled, KeyLocator::Managed) {
+                let _ = s.destroy_object(handle);
+                return Err(e.into());
+            }
+            let usage = Self::read_usage(s, handle)?;
+            if let Some(alg) = self.alg_for(usage) {
+                generation.cache_key(id, CachedKey { handle, alg });
+            }
+            Ok(Self::info_for(id, RootStatus::Enabled, &KeyLocator::Managed))
+        })
+    }
+
+    /// Whether a key object has the attributes strongroom gives its root keys.
+    fn is_root_shaped(s: &Session, h: ObjectHandle) -> Result<bool, CkError> {
+        let attrs = s.get_attributes(
+            h,
+            &[
+                AttributeType::KeyType,
+                AttributeType::Token,
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+            ],
+        )?;
+        Ok(attrs.iter().all(|a| match a {
+            Attribute::KeyType(t) => *t == KeyType::AES,
+            Attribute::Token(b) | Attribute::Sensitive(b) => *b,
+            Attribute::Extractable(b) => !*b,
+            _ => true,
+        }))
+    }
+
+    /// The BYOK import key pair: (private, public), made on first use.
+    fn import_pair(&self, s: &Session, create: bool) -> OpResult<(ObjectHandle, ObjectHandle)> {
+        let label = IMPORT_LABEL.as_bytes().to_vec();
+        let private = Self::find_one(
+            s,
+            &[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Label(label.clone()),
+            ],
+            IMPORT_LABEL,
+        )?;
+        let public = Self::find_one(
+            s,
+            &[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Label(label.clone()),
+            ],
+            IMPORT_LABEL,
+        )?;
+        match (private, public) {
+            (Some(p), Some(q)) => Ok((p, q)),
+            (None, None) if create => {
+                if !(self.inner.mechs.rsa_gen && self.inner.mechs.oaep) {
+                    return Err(OpError::Final(self.not_supported("import wrapped root key material (the token lacks RSA key generation or RSA-OAEP)")));
+                }
+                let bits = self.inner.config.import_key_bits;
+                let (public, private) = s.generate_key_pair(
+                    &Mechanism::RsaPkcsKeyPairGen,
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Private(false),
+                        Attribute::Encrypt(true),
+                        Attribute::Wrap(true),
+                        Attribute::Verify(false),
+                        Attribute::ModulusBits(u64::from(bits).into()),
+                        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                        Attribute::Label(label.clone()),
+                        Attribute::Id(label.clone()),
+                    ],
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Sensitive(true),
+                        Attribute::Extractable(false),
+                        Attribute::Unwrap(true),
+                        Attribute::Decrypt(false),
+                        Attribute::Sign(false),
+                        Attribute::Label(label.clone()),
+                        Attribute::Id(label),
+                    ],
+                )?;
+                Ok((private, public))
+            }
+            (None, None) => Err(OpError::Final(BackendError::Config(
+                "the token has no BYOK import key; ask strongroom for one first (`import_key`)"
+                    .into(),
+            ))),
+            _ => Err(OpError::Final(BackendError::Config(format!(
+                "the token holds half of the import key pair {IMPORT_LABEL}; delete the remaining half and request a new import key"
+            )))),
+        }
+    }
+
+    /// Whether the token's RSA-OAEP takes SHA-256 (else SHA-1), by a test encryption under the
+    /// import public key.
+    /// SoftHSM2 quirk: SoftHSM 2.6 supports RSA-OAEP with SHA-1 and MGF1-SHA-1 only (SHA-256 is
+    /// CKR_ARGUMENTS_BAD).
+    fn oaep_sha256(s: &Session, public: ObjectHandle) -> Result<bool, CkError> {
+        match s.encrypt(&oaep_params(true), public, &[0u8; 32]) {
+            Ok(_) => Ok(true),
+            Err(CkError::Pkcs11(
+                RvError::ArgumentsBad | RvError::MechanismParamInvalid | RvError::MechanismInvalid,
+                _,
+            )) => s
+                .encrypt(&oaep_params(false), public, &[0u8; 32])
+                .map(|_| false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn modify_root(
+        &self,
+        operation: &'static str,
+        id: &RootKeyId,
+        mut change: impl FnMut(&Generation, &Session, Located) -> OpResult<()>,
+    ) -> Result<(), BackendError> {
+        self.run(operation, |generation, s, _| {
+            let _admin = lock(&self.inner.admin);
+            generation.forget_key(id);
+            let found = Self::locate(s, id)?;
+            if found.record.is_none() && found.key.is_none() {
+                return Err(BackendError::RootNotFound { root: id.clone() }.into());
+            }
+            let r = change(generation, s, found);
+            generation.forget_key(id);
+            r
+        })
+    }
+}
+
+impl Backend for Pkcs11Backend {
+    fn describe(&self) -> BackendInfo {
+        let i = &self.inner;
+        BackendInfo {
+            kind: KIND,
+            instance_id: format!("pkcs11:serial={}", i.serial),
+            description: i.description.clone(),
+            capabilities: Capabilities {
+                generate: true,
+                import_plain: true,
+                import_wrapped: i.mechs.oaep && i.mechs.rsa_gen && i.mechs.ecb,
+                adopt: true,
+                disable: true,
+                destroy: true,
+                wrap_algs: i.algs.clone(),
+                hardware: true,
+            },
+        }
+    }
+
+    fn health(&self) -> Result<Vec<HealthCheck>, BackendError> {
+        let mut checks = Vec::new();
+        let generation = self.read_state();
+        let lib = generation.ctx.get_library_info();
+        checks.push(HealthCheck {
+            name: "PKCS#11 module".into(),
+            ok: lib.is_ok(),
+            detail: match lib {
+                Ok(l) => format!(
+                    "{} ({} {}.{})",
+                    self.inner.config.module.display(),
+                    l.manufacturer_id().trim_end(),
+                    l.library_version().major(),
+                    l.library_version().minor()
+                ),
+                Err(e) => describe(&e),
+            },
+        });
+        let token = generation.ctx.get_token_info(generation.slot);
+        checks.push(HealthCheck {
+            name: "token".into(),
+            ok: token.as_ref().is_ok_and(|t| !t.user_pin_locked()),
+            detail: match &token {
+                Ok(t) if t.user_pin_locked() => format!(
+                    "{}: the user PIN is locked; the security officer must unlock it",
+                    self.inner.description
+                ),
+                Ok(t) if t.user_pin_final_try() => format!(
+                    "{}: one PIN attempt left before it locks",
+                    self.inner.description
+                ),
+                Ok(_) => self.inner.description.clone(),
+                Err(e) => format!("{}; check that the token is present", describe(e)),
+            },
+        });
+        drop(generation);
+        let login = self.run("log in", |_, s, _| {
+            Ok(s.get_session_info()?.session_state())
+        });
+        checks.push(HealthCheck {
+            name: "login".into(),
+            ok: login.is_ok(),
+            detail: match login {
+                Ok(state) => format!("logged in as user ({state:?} session)"),
+                Err(e) => e.to_string(),
+            },
+        });
+        checks.push(HealthCheck {
+            name: "mechanisms".into(),
+            ok: true,
+            detail: format!(
+                "new root keys use {}; usable: {}",
+                self.inner.algs[0],
+                self.inner
+                    .algs
+                    .iter()
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+        let st = self.stats();
+        checks.push(HealthCheck {
+            name: "sessions".into(),
+            ok: true,
+            detail: format!(
+                "{} open, {} idle, at most {}; {} opened in all, {} re-initializations",
+                st.open, st.idle, st.cap, st.sessions_opened, st.reinitializations
+            ),
+        });
+        let roots = self.list_roots();
+        checks.push(HealthCheck {
+            name: "root keys".into(),
+            ok: roots.as_ref().is_ok_and(|r| r.iter().all(|k| k.status != RootStatus::Unavailable)),
+            detail: match roots {
+                Ok(r) => {
+                    let bad: Vec<String> = r.iter().filter(|k| k.status == RootStatus::Unavailable).map(|k| k.id.to_string()).collect();
+                    if bad.is_empty() {
+                        format!("{} root key versions", r.len())
+                    } else {
+                        format!("unavailable (changed outside strongroom): {}; restore or re-enable them in the HSM", bad.join(", "))
+                    }
+                }
+                Err(e) => e.to_string(),
+            },
+        });
+        Ok(checks)
+    }
+
+    fn list_roots(&self) -> Result<Vec<RootKeyInfo>, BackendError> {
+        self.run("list root keys", |_, s, _| {
+            let _admin = lock(&self.inner.admin);
+            let mut out: Vec<RootKeyInfo> = Vec::new();
+            let records = Self::find(
+                s,
+                &[
+                    Attribute::Class(ObjectClass::DATA),
+                    Attribute::Application(APPLICATION.to_vec()),
+                ],
+            )?;
+            let mut ids: Vec<RootKeyId> = Vec::new();
+            for h in records {
+                let attrs = s.get_attributes(h, &[AttributeType::Label])?;
+                if let Some(id) = attrs.iter().find_map(|a| match a {
+                    Attribute::Label(l) => parse_root_label(&String::from_utf8_lossy(l)),
+                    _ => None,
+                }) && !ids.contains(&id)
+                {
+                    ids.push(id);
+                }
+            }
+            for id in ids {
+                let found = Self::locate(s, &id)?;
+                let locator = found
+                    .record
+                    .as_ref()
+                    .map_or(KeyLocator::Managed, |r| r.key.clone());
+                out.push(Self::info_for(
+                    &id,
+                    self.status_of(s, found.record.as_ref(), found.key),
+                    &locator,
+                ));
+            }
+            for h in Self::find(
+                s,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::Token(true),
+                ],
+            )? {
+                let attrs = s.get_attributes(h, &[AttributeType::Label])?;
+                let Some(id) = attrs.iter().find_map(|a| match a {
+                    Attribute::Label(l) => parse_root_label(&String::from_utf8_lossy(l)),
+                    _ => None,
+                }) else {
+                    continue;
+                };
+                if !out.iter().any(|r| r.id == id) {
+                    out.push(Self::info_for(
+                        &id,
+                        self.status_of(s, None, Some(h)),
+                        &KeyLocator::Managed,
+                    ));
+                }
+            }
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(out)
+        })
+    }
+
+    fn wrap(
+        &self,
+        root: &RootKeyId,
+        key: &Key256,
+        context: &[u8],
+    ) -> Result<WrappedKey, BackendError> {
+        let (alg, payload) = self.run("wrap a key", |generation, s, _| {
+            let k = self.resolve(generation, s, root)?;
+            let r = match k.alg {
+                WrapAlg::AesGcm => Self::gcm_wrap(s, &k, key, context),
+                _ => self.kw_wrap(s, &k, key, context),
+            };
+            match r {
+                Ok(p) => Ok((k.alg, p)),
+                Err(e) if classify(&e) == Failure::NotPermitted => {
+                    Err(self.not_permitted(generation, s, root, &e))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })?;
+        WrappedKey::new(alg, WrappingKeyRef::Root(root.clone()), payload).map_err(|e| {
+            BackendError::Device {
+                operation: "wrap a key",
+                detail: format!(
+                    "the token returned a wrapped key of unexpected length ({e}); check the HSM"
+                ),
+                source: None,
+            }
+        })
+    }
+
+    fn unwrap(&self, blob: &WrappedKey, context: &[u8]) -> Result<Key256, BackendError> {
+        let root = blob.root().ok_or(BackendError::NotRootWrapped)?;
+        if !self.inner.mechs.offers(blob.alg()) {
+            return Err(BackendError::UnsupportedAlgorithm {
+                backend: KIND,
+                alg: blob.alg(),
+            });
+        }
+        debug_assert!(
+            blob.payload().len() == blob.alg().payload_len()
+                && BOUND_WRAPPED_LEN <= blob.payload().len()
+        );
+        self.run("unwrap a key", |generation, s, _| {
+            let k = self.resolve(generation, s, root)?;
+            // The key's mechanism for new wraps may differ from the blob's; unwrap with the blob's.
+            let k = CachedKey {
+                alg: blob.alg(),
+                ..k
+            };
+            match self.unwrap_payload(s, &k, blob, context) {
+                Ok(Ok(key)) => Ok(key),
+                Ok(Err(())) => Err(BackendError::Integrity.into()),
+                Err(e) => match classify(&e) {
+                    Failure::BadData if rv(&e) == Some(RvError::GeneralError) => {
+                        match Self::canary(s, &k) {
+                            Ok(()) => Err(BackendError::Integrity.into()),
+                            Err(canary) => Err(OpError::Ck(canary)),
+                        }
+                    }
+                    Failure::BadData => Err(BackendError::Integrity.into()),
+                    Failure::NotPermitted => Err(self.not_permitted(generation, s, root, &e)),
+                    _ => Err(e.into()),
+                },
+            }
+        })
+    }
+
+    fn generate_root(&self, id: &RootKeyId) -> Result<RootKeyInfo, BackendError> {
+        let alg = self.inner.algs[0];
+        self.create_root("generate a root key", id, |s| {
+            let attempt =
+                s.generate_key(&Mechanism::AesKeyGen, &root_template(id, alg, true, true));
+            match attempt {
+                Ok(h) => Ok(h),
+                // A token that does not know CKA_ALLOWED_MECHANISMS: the usage flags still
+                // restrict the key to its operations.
+                Err(CkError::Pkcs11(
+                    RvError::AttributeTypeInvalid
+                    | RvError::AttributeValueInvalid
+                    | RvError::TemplateInconsistent,
+                    _,
+                )) => Ok(
+                    s.generate_key(&Mechanism::AesKeyGen, &root_template(id, alg, false, true))?
+                ),
+                Err(e) => {
+                    // Remove a half-made object the failed call may have left.
+                    if let Ok(strays) = Self::find(s, &Self::key_template(&KeyLocator::Managed, id))
+                    {
+                        for h in strays {
+                            let _ = s.destroy_object(h);
+                        }
+                    }
+                    Err(e.into())
+                }
+            }
+        })
+    }
+
+    fn import_root(&self, id: &RootKeyId, material: &Key256) -> Result<RootKeyInfo, BackendError> {
+        let alg = self.inner.algs[0];
+        self.create_root("import a root key", id, |s| {
+            let mut t = root_template(id, alg, true, false);
+            // Conversion to plain bytes: into the token's C_CreateObject; scrubbed right after.
+            t.push(Attribute::Value(material.expose_bytes().to_vec()));
+            let r = s.create_object(&t);
+            scrub(&mut t);
+            Ok(r?)
+        })
+    }
+
+    fn import_key(&self) -> Result<ImportKey, BackendError> {
+        self.run("make the BYOK import key", |_, s, _| {
+            let _admin = lock(&self.inner.admin);
+            let (_, public) = self.import_pair(s, true)?;
+            let attrs = s.get_attributes(
+                public,
+                &[AttributeType::Modulus, AttributeType::PublicExponent],
+            )?;
+            let mut modulus = Vec::new();
+            let mut exponent = Vec::new();
+            for a in attrs {
+                match a {
+                    Attribute::Modulus(m) => modulus = m,
+                    Attribute::PublicExponent(e) => exponent = e,
+                    _ => {}
+                }
+            }
+            let sha256 = Self::oaep_sha256(s, public)?;
+            Ok(ImportKey {
+                id: IMPORT_LABEL.to_owned(),
+                mechanism: if sha256 {
+                    "RSA-OAEP with SHA-256 and MGF1-SHA-256, empty label".into()
+                } else {
+                    "RSA-OAEP with SHA-1 and MGF1-SHA-1, empty label".into()
+                },
+                public_key_der: der::rsa_spki(&modulus, &exponent),
+            })
+        })
+    }
+
+    fn import_wrapped_root(
+        &self,
+        id: &RootKeyId,
+        wrapped: &[u8],
+        check_value: &[u8; 3],
+    ) -> Result<RootKeyInfo, BackendError> {
+        if !self.describe().capabilities.import_wrapped {
+            return Err(self.not_supported("import wrapped root key material"));
+        }
+        let alg = self.inner.algs[0];
+        self.create_root("import a wrapped root key", id, |s| {
+            let (private, public) = self.import_pair(s, false)?;
+            let mech = oaep_params(Self::oaep_sha256(s, public)?);
+            // First unwrap into a temporary session key and check its key check value (the
+            // first 3 bytes of AES-ECB(key, 0^128)); only a key that matches becomes a root key.
+            // SoftHSM2 quirk: an unwrapped AES key reports CKA_VALUE_LEN 0 and an empty
+            // CKA_CHECK_VALUE, and accepts 16 or 48 bytes as "AES", so neither the length nor
+            // the token's check value can be trusted; the check value computed here catches any
+            // key but the customer's.
+            let tmp = s.unwrap_key(
+                &mech,
+                private,
+                wrapped,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::Token(false),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Encrypt(true),
+                    Attribute::Label(tmp_label()),
+                ],
+            );
+            let tmp = match tmp {
+                Ok(h) => h,
+                Err(e) if matches!(classify(&e), Failure::BadData) => {
+                    return Err(BackendError::Integrity.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let kcv = s.encrypt(&Mechanism::AesEcb, tmp, &[0u8; 16]);
+            let _ = s.destroy_object(tmp);
+            let matches = match kcv {
+                Ok(block) => bool::from(block[..3].ct_eq(&check_value[..])),
+                Err(e)
+                    if matches!(
+                        rv(&e),
+                        Some(
+                            RvError::KeySizeRange
+                                | RvError::KeyTypeInconsistent
+                                | RvError::MechanismInvalid
+                        )
+                    ) =>
+                {
+                    false
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if !matches {
+                return Err(BackendError::Integrity.into());
+            }
+            Ok(s.unwrap_key(
+                &mech,
+                private,
+                wrapped,
+                &root_template(id, alg, true, false),
+            )?)
+        })
+    }
+
+    fn adopt_root(&self, id: &RootKeyId, selector: &str) -> Result<RootKeyInfo, BackendError> {
+        let locator = KeyLocator::from_selector(selector).map_err(|why| {
+            BackendError::Config(format!(
+                "cannot adopt {selector:?}: {why}; give a label, `label:LABEL` or `id:HEX`"
+            ))
+        })?;
+        self.run("adopt a root key", |generation, s, _| {
+            let _admin = lock(&self.inner.admin);
+            let found = Self::locate(s, id)?;
+            if found.record.is_some() || found.key.is_some() {
+                return Err(BackendError::RootExists { root: id.clone() }.into());
+            }
+            let key = Self::find_one(s, &Self::key_template(&locator, id), &locator.to_string())?.ok_or_else(|| {
+                BackendError::Config(format!(
+                    "no secret key {locator} in token {}; `pkcs11-tool --list-objects --login` lists its keys",
+                    self.inner.token_label
+                ))
+            })?;
+            let attrs = s.get_attributes(key, &[AttributeType::KeyType, AttributeType::ValueLen, AttributeType::Sensitive, AttributeType::Extractable])?;
+            let mut aes = false;
+            let mut len = 0usize;
+            let mut sensitive = false;
+            let mut extractable = true;
+            for a in attrs {
+                match a {
+                    Attribute::KeyType(t) => aes = t == KeyType::AES,
+                    Attribute::ValueLen(l) => len = l.into(),
+                    Attribute::Sensitive(b) => sensitive = b,
+                    Attribute::Extractable(b) => extractable = b,
+                    _ => {}
+                }
+            }
+            let refuse = |why: &str| -> OpError {
+                BackendError::Config(format!(
+                    "cannot adopt key {locator}: {why}; strongroom adopts only sensitive, non-extractable AES-256 keys (e.g. `pkcs11-tool --keygen --key-type AES:32 --sensitive`)"
+                ))
+                .into()
+            };
+            if !aes || len != 32 {
+                return Err(refuse(&format!("it is not a 256-bit AES key (type AES: {aes}, length {len} bytes)")));
+            }
+            if !sensitive || extractable {
+                return Err(refuse("it is extractable or not sensitive"));
+            }
+            let usage = Self::read_usage(s, key)?;
+            let alg = self.alg_for(usage).ok_or_else(|| refuse(&format!("it permits neither encrypt+decrypt nor wrap+unwrap (usage: {usage})")))?;
+            Self::write_record(s, id, &found, RecordState::Enabled, locator.clone())?;
+            generation.cache_key(id, CachedKey { handle: key, alg });
+            Ok(Self::info_for(id, RootStatus::Enabled, &locator))
+        })
+    }
+
+    fn disable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        self.modify_root("disable a root key", id, |_, s, found| {
+            let locator = found
+                .record
+                .as_ref()
+                .map_or(KeyLocator::Managed, |r| r.key.clone());
+            match found.state() {
+                Some(RecordState::Destroyed) => {
+                    return Err(BackendError::RootDestroyed { root: id.clone() }.into());
+                }
+                Some(RecordState::Disabled { .. }) => {
+                    return Err(BackendError::RootDisabled { root: id.clone() }.into());
+                }
+                Some(RecordState::Enabled) | None => {}
+            }
+            let key = found.key.ok_or_else(|| BackendError::RootUnavailable {
+                root: id.clone(),
+                reason: "its key object is missing from the token (deleted outside strongroom)"
+                    .into(),
+            })?;
+            let restore = Self::read_usage(s, key)?;
+            // Record first: from here on every use is refused as disabled, even if turning the
+            // usage flags off fails or the process dies before it does.
+            Self::write_record(s, id, &found, RecordState::Disabled { restore }, locator)?;
+            s.update_attributes(key, &usage_attrs(Usage::default()))?;
+            Ok(())
+        })
+    }
+
+    fn enable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        self.modify_root("enable a root key", id, |_, s, found| {
+            let locator = found
+                .record
+                .as_ref()
+                .map_or(KeyLocator::Managed, |r| r.key.clone());
+            let restore = match found.state() {
+                Some(RecordState::Destroyed) => {
+                    return Err(BackendError::RootDestroyed { root: id.clone() }.into());
+                }
+                Some(RecordState::Disabled { restore }) if !restore.none() => restore,
+                _ => usage_for(self.inner.algs[0]),
+            };
+            let key = found.key.ok_or_else(|| BackendError::RootUnavailable {
+                root: id.clone(),
+                reason: "its key object is missing from the token (deleted outside strongroom)"
+                    .into(),
+            })?;
+            if self.alg_for(Self::read_usage(s, key)?).is_none() {
+                s.update_attributes(key, &usage_attrs(restore))?;
+            }
+            if found.state() != Some(RecordState::Enabled) {
+                Self::write_record(s, id, &found, RecordState::Enabled, locator)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn destroy_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        self.modify_root("destroy a root key", id, |_, s, found| {
+            let locator = found
+                .record
+                .as_ref()
+                .map_or(KeyLocator::Managed, |r| r.key.clone());
+            // Record first, so a crash between the two steps leaves the root refused as
+            // destroyed; running destroy again removes the key object.
+            if found.state() != Some(RecordState::Destroyed) {
+                Self::write_record(s, id, &found, RecordState::Destroyed, locator)?;
+            }
+            if let Some(key) = found.key {
+                match s.destroy_object(key) {
+                    Ok(()) | Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let generation = self
+            .state
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        generation.close_idle();
+        if self.owns_library {
+            let _ = generation.ctx.clone().finalize();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strongroom_core::{RootKeyName, RootVersion};
+
+    #[test]
+    fn templates_make_sensitive_non_extractable_keys() {
+        let id = RootKeyId::new(RootKeyName::new("acme").unwrap(), RootVersion::FIRST);
+        let t = root_template(&id, WrapAlg::AesGcm, true, true);
+        for must in [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Label(b"strongroom/acme/v1".to_vec()),
+        ] {
+            assert!(t.contains(&must), "missing {must:?}");
+        }
+        let t = root_template(&id, WrapAlg::AesKwp, false, false);
+        assert!(t.contains(&Attribute::Wrap(true)) && t.contains(&Attribute::Encrypt(false)));
+        assert!(
+            !t.iter()
+                .any(|a| matches!(a, Attribute::ValueLen(_) | Attribute::AllowedMechanisms(_)))
+        );
+    }
+
+    #[test]
+    fn scrub_zeroizes_values() {
+        let mut t = vec![Attribute::Value(vec![7; 32]), Attribute::Token(true)];
+        scrub(&mut t);
+        // `Vec::zeroize` overwrites the whole allocation, then clears the vector.
+        assert_eq!(t[0], Attribute::Value(Vec::new()));
+    }
+}

@@ -1,0 +1,353 @@
+//! How strongroom's objects look in the token: labels, ids, templates and root records.
+//!
+//! # Label and ID scheme
+//! ```text
+//! object                         CKA_CLASS    CKA_LABEL                  CKA_ID (bytes)
+//! root key version               SECRET_KEY   strongroom/<name>/v<N>     strongroom/<name>/v<N>
+//! root record (one per version)  DATA         strongroom/<name>/v<N>     -      CKA_APPLICATION "strongroom"
+//! BYOK import key pair           PRIVATE_KEY, strongroom/import          strongroom/import
+//!                                PUBLIC_KEY
+//! temporary objects              SECRET_KEY   strongroom/tmp/<hex>       -      session objects only
+//! ```
+//! so `pkcs11-tool --list-objects --login` shows each root version under a readable name.
+//! Root keys are token objects with `CKA_PRIVATE`, `CKA_SENSITIVE` true and `CKA_EXTRACTABLE`
+//! false, permitted only the operations their mechanism needs (`CKA_ENCRYPT`/`CKA_DECRYPT` for
+//! AES-GCM, `CKA_WRAP`/`CKA_UNWRAP` for AES-KW/KWP) and, where the token allows it, only that
+//! mechanism (`CKA_ALLOWED_MECHANISMS`).
+//!
+//! # Root records
+//! A private data object per root version records what strongroom knows that the key object
+//! cannot say: where the key is (strongroom's own, or adopted under another label or id),
+//! whether strongroom disabled it (and which usage flags to restore), and whether it was
+//! destroyed. This is how "disabled by strongroom" is told from "disabled outside strongroom",
+//! and "destroyed" from "deleted outside strongroom". Its value is one line of text, e.g.
+//! ```text
+//! strongroom-root v1; seq=1; state=enabled; key=managed
+//! strongroom-root v1; seq=2; state=disabled(encrypt,decrypt); key=label:customer key 2026
+//! strongroom-root v1; seq=3; state=destroyed; key=id:0a1b2c
+//! ```
+//! `key` comes last so that an adopted label may contain anything.
+//!
+//! A record is never modified in place (SoftHSM2 quirk: `CKA_VALUE` of a data object is
+//! read-only there, as the standard allows). A change creates a new record with the next `seq`
+//! and then destroys the old ones; readers take the highest `seq`, so a crash between the two
+//! steps leaves the new state in force and the next change removes the leftover.
+
+use std::fmt;
+
+use strongroom_core::{RootKeyId, RootKeyName, RootVersion};
+
+/// `CKA_APPLICATION` of strongroom's data objects.
+pub(crate) const APPLICATION: &[u8] = b"strongroom";
+/// Label (and ID) of the BYOK import key pair.
+pub(crate) const IMPORT_LABEL: &str = "strongroom/import";
+const ROOT_PREFIX: &str = "strongroom/";
+const RECORD_MAGIC: &str = "strongroom-root v1";
+
+/// The label (and ID) of a root key version.
+pub(crate) fn root_label(id: &RootKeyId) -> String {
+    format!("{ROOT_PREFIX}{}/{}", id.name, id.version)
+}
+
+/// The root key version a label names, if it follows the scheme.
+pub(crate) fn parse_root_label(label: &str) -> Option<RootKeyId> {
+    let rest = label.strip_prefix(ROOT_PREFIX)?;
+    let (name, v) = rest.rsplit_once('/')?;
+    let v = v.strip_prefix('v')?.parse::<u32>().ok()?;
+    Some(RootKeyId::new(
+        RootKeyName::new(name).ok()?,
+        RootVersion::new(v).ok()?,
+    ))
+}
+
+/// A fresh label for a temporary session object.
+pub(crate) fn tmp_label() -> Vec<u8> {
+    let mut r = [0u8; 8];
+    // A failure here only makes the label less unique; temporary objects are also found by
+    // their prefix when strays are cleaned up.
+    let _ = strongroom_core::rng::fill_nonce(&mut r);
+    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{ROOT_PREFIX}tmp/{hex}").into_bytes()
+}
+
+/// Key usage flags strongroom turns off to disable a key and on again to enable it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub encrypt: bool,
+    pub decrypt: bool,
+    pub wrap: bool,
+    pub unwrap: bool,
+}
+
+impl Usage {
+    pub(crate) fn none(self) -> bool {
+        !(self.encrypt || self.decrypt || self.wrap || self.unwrap)
+    }
+}
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [
+            (self.encrypt, "encrypt"),
+            (self.decrypt, "decrypt"),
+            (self.wrap, "wrap"),
+            (self.unwrap, "unwrap"),
+        ]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// Where a root version's key object is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum KeyLocator {
+    /// strongroom's own key, labelled by the scheme above.
+    Managed,
+    /// An adopted key, by its label.
+    Label(String),
+    /// An adopted key, by its `CKA_ID`.
+    Id(Vec<u8>),
+}
+
+impl KeyLocator {
+    /// Parses an operator's selector: `id:<hex>`, `label:<label>`, or a bare label.
+    pub(crate) fn from_selector(selector: &str) -> Result<Self, String> {
+        if let Some(h) = selector.strip_prefix("id:") {
+            let bytes = decode_hex(h).ok_or_else(|| format!("{h:?} is not hex"))?;
+            if bytes.is_empty() {
+                return Err("the id is empty".into());
+            }
+            Ok(Self::Id(bytes))
+        } else {
+            let l = selector.strip_prefix("label:").unwrap_or(selector);
+            if l.is_empty() {
+                return Err("the label is empty".into());
+            }
+            Ok(Self::Label(l.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for KeyLocator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Managed => f.write_str("managed"),
+            Self::Label(l) => write!(f, "label:{l}"),
+            Self::Id(id) => write!(f, "id:{}", encode_hex(id)),
+        }
+    }
+}
+
+/// The state a root record holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RecordState {
+    Enabled,
+    /// Disabled by strongroom; `restore` is what enabling turns back on.
+    Disabled {
+        restore: Usage,
+    },
+    Destroyed,
+}
+
+/// A root record (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RootRecord {
+    /// Sequence number: the record with the highest one is in force.
+    pub seq: u64,
+    pub state: RecordState,
+    pub key: KeyLocator,
+}
+
+impl RootRecord {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let state = match self.state {
+            RecordState::Enabled => "enabled".to_owned(),
+            RecordState::Disabled { restore } => format!("disabled({restore})"),
+            RecordState::Destroyed => "destroyed".to_owned(),
+        };
+        format!(
+            "{RECORD_MAGIC}; seq={}; state={state}; key={}",
+            self.seq, self.key
+        )
+        .into_bytes()
+    }
+
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let s = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
+        let mut parts = s.splitn(4, "; ");
+        if parts.next() != Some(RECORD_MAGIC) {
+            return Err(format!("does not start with {RECORD_MAGIC:?}"));
+        }
+        let seq = parts
+            .next()
+            .and_then(|p| p.strip_prefix("seq="))
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or("no sequence number")?;
+        let state = parts
+            .next()
+            .and_then(|p| p.strip_prefix("state="))
+            .ok_or("no state")?;
+        let state = match state {
+            "enabled" => RecordState::Enabled,
+            "destroyed" => RecordState::Destroyed,
+            other => {
+                let inner = other
+                    .strip_prefix("disabled(")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .ok_or_else(|| format!("unknown state {other:?}"))?;
+                let mut restore = Usage::default();
+                for flag in inner.split(',').filter(|f| !f.is_empty()) {
+                    match flag {
+                        "encrypt" => restore.encrypt = true,
+                        "decrypt" => restore.decrypt = true,
+                        "wrap" => restore.wrap = true,
+                        "unwrap" => restore.unwrap = true,
+                        f => return Err(format!("unknown usage flag {f:?}")),
+                    }
+                }
+                RecordState::Disabled { restore }
+            }
+        };
+        let key = parts
+            .next()
+            .and_then(|p| p.strip_prefix("key="))
+            .ok_or("no key")?;
+        let key = match key {
+            "managed" => KeyLocator::Managed,
+            k if k.starts_with("label:") || k.starts_with("id:") => KeyLocator::from_selector(k)?,
+            other => return Err(format!("unknown key locator {other:?}")),
+        };
+        Ok(Self { seq, state, key })
+    }
+}
+
+pub(crate) fn encode_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip() {
+        let id = RootKeyId::new(
+            RootKeyName::new("acme.eu-1").unwrap(),
+            RootVersion::new(12).unwrap(),
+        );
+        assert_eq!(root_label(&id), "strongroom/acme.eu-1/v12");
+        assert_eq!(parse_root_label(&root_label(&id)), Some(id));
+        for bad in [
+            "strongroom/acme",
+            "strongroom/acme/v0",
+            "other/acme/v1",
+            "strongroom//v1",
+            "strongroom/tmp/ab",
+        ] {
+            assert_eq!(parse_root_label(bad), None, "{bad}");
+        }
+        assert!(tmp_label().starts_with(b"strongroom/tmp/"));
+    }
+
+    #[test]
+    fn records_round_trip() {
+        for r in [
+            RootRecord {
+                seq: 1,
+                state: RecordState::Enabled,
+                key: KeyLocator::Managed,
+            },
+            RootRecord {
+                seq: 2,
+                state: RecordState::Disabled {
+                    restore: Usage {
+                        encrypt: true,
+                        decrypt: true,
+                        ..Usage::default()
+                    },
+                },
+                key: KeyLocator::Label("customer key; 2026".into()),
+            },
+            RootRecord {
+                seq: 3,
+                state: RecordState::Disabled {
+                    restore: Usage::default(),
+                },
+                key: KeyLocator::Managed,
+            },
+            RootRecord {
+                seq: u64::MAX,
+                state: RecordState::Destroyed,
+                key: KeyLocator::Id(vec![0x0a, 0x1b]),
+            },
+        ] {
+            let b = r.to_bytes();
+            assert_eq!(
+                RootRecord::parse(&b).unwrap(),
+                r,
+                "{}",
+                String::from_utf8_lossy(&b)
+            );
+        }
+        assert_eq!(
+            String::from_utf8(
+                RootRecord {
+                    seq: 7,
+                    state: RecordState::Enabled,
+                    key: KeyLocator::Managed
+                }
+                .to_bytes()
+            )
+            .unwrap(),
+            "strongroom-root v1; seq=7; state=enabled; key=managed"
+        );
+        for bad in [
+            &b""[..],
+            b"strongroom-root v2; seq=1; state=enabled; key=managed",
+            b"strongroom-root v1; seq=1; state=on; key=managed",
+            b"strongroom-root v1; seq=1; state=enabled",
+            b"strongroom-root v1; seq=1; state=disabled(fly); key=managed",
+            b"strongroom-root v1; seq=1; state=enabled; key=id:zz",
+            b"strongroom-root v1; state=enabled; key=managed",
+            b"strongroom-root v1; seq=-1; state=enabled; key=managed",
+            b"\xff",
+        ] {
+            assert!(
+                RootRecord::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn selectors() {
+        assert_eq!(
+            KeyLocator::from_selector("id:0A1b").unwrap(),
+            KeyLocator::Id(vec![0x0a, 0x1b])
+        );
+        assert_eq!(
+            KeyLocator::from_selector("label:x").unwrap(),
+            KeyLocator::Label("x".into())
+        );
+        assert_eq!(
+            KeyLocator::from_selector("plain").unwrap(),
+            KeyLocator::Label("plain".into())
+        );
+        assert!(KeyLocator::from_selector("id:").is_err());
+        assert!(KeyLocator::from_selector("id:abc").is_err());
+        assert!(KeyLocator::from_selector("").is_err());
+    }
+}
