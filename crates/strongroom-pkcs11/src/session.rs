@@ -117,7 +117,7 @@ impl Generation {
             if let Some(s) = pool.idle.pop() {
                 drop(pool);
                 match self.check(&s, pin, token) {
-                    Ok(()) => return Ok(Lease::new(self, s)),
+                    Ok(()) => return Ok(Lease::new(self, s, false)),
                     Err(CheckoutError::Ck(e)) if classify(&e) == Failure::SessionLost => {
                         // Dead session: drop it without C_CloseSession (its handle is void).
                         drop(s);
@@ -136,7 +136,7 @@ impl Generation {
                 let opened = self.ctx.open_rw_session_no_drop(self.slot);
                 return match opened {
                     Ok(s) => match login(&s, pin, token) {
-                        Ok(()) => Ok(Lease::new(self, s)),
+                        Ok(()) => Ok(Lease::new(self, s, true)),
                         Err(e) => {
                             self.discard(s, true);
                             Err(e)
@@ -240,6 +240,8 @@ pub(crate) struct Lease<'g> {
     generation: &'g Generation,
     session: Option<Session>,
     state: LeaseEnd,
+    /// The session was opened for this lease (not taken from the pool).
+    pub fresh: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -250,11 +252,12 @@ enum LeaseEnd {
 }
 
 impl<'g> Lease<'g> {
-    fn new(generation: &'g Generation, s: Session) -> Self {
+    fn new(generation: &'g Generation, s: Session, fresh: bool) -> Self {
         Self {
             generation,
             session: Some(s),
             state: LeaseEnd::Return,
+            fresh,
         }
     }
 

@@ -1,0 +1,289 @@
+//! The session pool and the connection generation it belongs to.
+//!
+//! A [`Generation`] is one initialization of the PKCS#11 library: the context, the slot, the
+//! pooled sessions and the cached key handles. When the device is lost, the backend finalizes
+//! and re-initializes the library and starts a new generation. Sessions and handles of an old
+//! generation are never used again and never closed, because after a re-initialize the same
+//! handle numbers can name other sessions and objects (measured on SoftHSM2: numbering restarts
+//! at 1). Sessions are opened without close-on-drop for that reason; the pool closes them itself,
+//! and only while their generation is current.
+//!
+//! Every operation holds a read lock on the current generation for its whole attempt; a
+//! re-initialize takes the write lock, so it waits for in-flight calls and no call ever runs on a
+//! stale handle.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::Pkcs11;
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::slot::Slot;
+use strongroom_core::{BackendError, LoginFailure, RootKeyId, WrapAlg};
+
+use crate::config::Pin;
+use crate::error::{Failure, classify, describe};
+
+/// A root key handle resolved in one generation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CachedKey {
+    pub handle: ObjectHandle,
+    /// The algorithm new wraps under this key use.
+    pub alg: WrapAlg,
+}
+
+struct PoolState {
+    idle: Vec<Session>,
+    open: usize,
+}
+
+/// One initialization of the library (see the module docs).
+pub(crate) struct Generation {
+    pub id: u64,
+    pub ctx: Pkcs11,
+    pub slot: Slot,
+    pool: Mutex<PoolState>,
+    freed: Condvar,
+    cap: usize,
+    keys: Mutex<HashMap<RootKeyId, CachedKey>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks stays consistent at every await point of a panic: a session
+    // list and counters updated in single statements.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why a checkout failed.
+pub(crate) enum CheckoutError {
+    /// A PKCS#11 call failed.
+    Ck(CkError),
+    /// Logging in failed, or no session came free in time.
+    Backend(BackendError),
+}
+
+impl Generation {
+    pub(crate) fn new(id: u64, ctx: Pkcs11, slot: Slot, cap: usize) -> Self {
+        Self {
+            id,
+            ctx,
+            slot,
+            pool: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            freed: Condvar::new(),
+            cap: cap.max(1),
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn cached_key(&self, id: &RootKeyId) -> Option<CachedKey> {
+        lock(&self.keys).get(id).copied()
+    }
+
+    pub(crate) fn cache_key(&self, id: &RootKeyId, key: CachedKey) {
+        lock(&self.keys).insert(id.clone(), key);
+    }
+
+    pub(crate) fn forget_key(&self, id: &RootKeyId) {
+        lock(&self.keys).remove(id);
+    }
+
+    pub(crate) fn forget_all_keys(&self) {
+        lock(&self.keys).clear();
+    }
+
+    /// (sessions open, sessions idle, cap).
+    pub(crate) fn pool_stats(&self) -> (usize, usize, usize) {
+        let p = lock(&self.pool);
+        (p.open, p.idle.len(), self.cap)
+    }
+
+    /// A session from the pool: an idle one that still answers and is logged in, or a new one
+    /// while fewer than `cap` are open, or the next one freed within `timeout`.
+    pub(crate) fn checkout(
+        &self,
+        pin: &Pin,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<Lease<'_>, CheckoutError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut pool = lock(&self.pool);
+            if let Some(s) = pool.idle.pop() {
+                drop(pool);
+                match self.check(&s, pin, token) {
+                    Ok(()) => return Ok(Lease::new(self, s, false)),
+                    Err(CheckoutError::Ck(e)) if classify(&e) == Failure::SessionLost => {
+                        // Dead session: drop it without C_CloseSession (its handle is void).
+                        drop(s);
+                        lock(&self.pool).open -= 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        self.discard(s, false);
+                        return Err(e);
+                    }
+                }
+            }
+            if pool.open < self.cap {
+                pool.open += 1;
+                drop(pool);
+                let opened = self.ctx.open_rw_session_no_drop(self.slot);
+                return match opened {
+                    Ok(s) => match login(&s, pin, token) {
+                        Ok(()) => Ok(Lease::new(self, s, true)),
+                        Err(e) => {
+                            self.discard(s, true);
+                            Err(e)
+                        }
+                    },
+                    Err(e) => {
+                        lock(&self.pool).open -= 1;
+                        self.freed.notify_one();
+                        Err(CheckoutError::Ck(e))
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(CheckoutError::Backend(BackendError::Device {
+                    operation: "checkout a session",
+                    detail: format!(
+                        "all {} sessions stayed busy for {timeout:?}; raise max_sessions or lower the load",
+                        self.cap
+                    ),
+                    source: None,
+                }));
+            }
+            let (_pool, _) = self
+                .freed
+                .wait_timeout(pool, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// Checks a pooled session on checkout: it must answer `C_GetSessionInfo` and be logged in
+    /// (someone may have called `C_Logout`, which logs out every session of the application).
+    fn check(&self, s: &Session, pin: &Pin, token: &str) -> Result<(), CheckoutError> {
+        let info = s.get_session_info().map_err(CheckoutError::Ck)?;
+        match info.session_state() {
+            SessionState::RwUser | SessionState::RoUser => Ok(()),
+            _ => login(s, pin, token),
+        }
+    }
+
+    /// Takes a session out of the pool for good; closes it if `close` (its handle is known good).
+    pub(crate) fn discard(&self, s: Session, close: bool) {
+        if close {
+            let _ = s.close();
+        }
+        lock(&self.pool).open -= 1;
+        self.freed.notify_one();
+    }
+
+    fn give_back(&self, s: Session) {
+        lock(&self.pool).idle.push(s);
+        self.freed.notify_one();
+    }
+
+    /// Closes every idle session (used when the backend shuts down cleanly).
+    pub(crate) fn close_idle(&self) {
+        let idle: Vec<Session> = std::mem::take(&mut lock(&self.pool).idle);
+        for s in idle {
+            self.discard(s, true);
+        }
+    }
+}
+
+/// Logs the application in through `s`. `CKR_USER_ALREADY_LOGGED_IN` is success: login state is
+/// per application, not per session.
+pub(crate) fn login(s: &Session, pin: &Pin, token: &str) -> Result<(), CheckoutError> {
+    match s.login(UserType::User, Some(pin.expose())) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(CkError::Pkcs11(
+            rv @ (RvError::PinIncorrect
+            | RvError::PinLocked
+            | RvError::PinExpired
+            | RvError::PinInvalid
+            | RvError::PinLenRange),
+            _,
+        )) => {
+            let failure = match rv {
+                RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange => {
+                    LoginFailure::WrongPin
+                }
+                RvError::PinLocked => LoginFailure::PinLocked,
+                _ => LoginFailure::PinExpired,
+            };
+            Err(CheckoutError::Backend(BackendError::Login {
+                token: token.to_owned(),
+                failure,
+            }))
+        }
+        Err(e) if matches!(classify(&e), Failure::Other) => {
+            Err(CheckoutError::Backend(BackendError::Login {
+                token: token.to_owned(),
+                failure: LoginFailure::Other(describe(&e)),
+            }))
+        }
+        Err(e) => Err(CheckoutError::Ck(e)),
+    }
+}
+
+/// A session on loan from a generation's pool; returned (or closed, if marked broken) on drop.
+pub(crate) struct Lease<'g> {
+    generation: &'g Generation,
+    session: Option<Session>,
+    state: LeaseEnd,
+    /// The session was opened for this lease (not taken from the pool).
+    pub fresh: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LeaseEnd {
+    Return,
+    /// The session (or the whole library) is gone: drop it without any call.
+    Forget,
+}
+
+impl<'g> Lease<'g> {
+    fn new(generation: &'g Generation, s: Session, fresh: bool) -> Self {
+        Self {
+            generation,
+            session: Some(s),
+            state: LeaseEnd::Return,
+            fresh,
+        }
+    }
+
+    /// Drop the session without calling the library when the lease ends.
+    pub(crate) fn forget(&mut self) {
+        self.state = LeaseEnd::Forget;
+    }
+}
+
+impl Deref for Lease<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        // Present from construction until drop.
+        self.session
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("lease without session"))
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            match self.state {
+                LeaseEnd::Return => self.generation.give_back(s),
+                LeaseEnd::Forget => self.generation.discard(s, false),
+            }
+        }
+    }
+}
