@@ -11,3 +11,7 @@ pub use strongroom_core::{
     Key256, KeyState, KeyringName, Plaintext, RootKeyId, RootKeyName, RootVersion, SoftBackend,
     Timestamp, WrapAlg, WrappedKey,
 };
+
+/// The PKCS#11 backend (feature `pkcs11`).
+#[cfg(feature = "pkcs11")]
+pub use strongroom_pkcs11 as pkcs11;

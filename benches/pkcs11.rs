@@ -1,0 +1,2 @@
+//! PKCS#11 backend benchmark (placeholder; being written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Test-only PKCS#11 tooling (placeholder; being written).
