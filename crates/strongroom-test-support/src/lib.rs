@@ -11,6 +11,7 @@ pub mod bench;
 pub mod conformance;
 pub mod fuzz_checks;
 pub mod softhsm;
+pub mod wrappers;
 
 use std::path::Path;
 

@@ -1,0 +1,609 @@
+//! The tamper-evident audit log.
+//!
+//! Every key operation (and, if enabled, every data access) appends one entry in the same
+//! transaction as the change it records. Entries are hash-chained and MACed:
+//!
+//! ```text
+//! entry  = ver=1 | seq u64 | time u64 | op u8 | outcome u8 | actor (u8 len) |
+//!          target (u16 len) | detail (u16 len) | prev_hash [32] | mac [32]
+//! body   = every field before `mac`
+//! mac    = HMAC-SHA256(audit key, body)
+//! hash   = SHA-256(body ‖ mac)                prev_hash of entry n = hash of entry n-1
+//! genesis prev_hash = SHA-256("strongroom/audit/genesis/v1" ‖ store id)
+//! head   = last seq u64 | last hash [32] | HMAC-SHA256(audit key, "strongroom/audit/head/v1" ‖ seq ‖ hash)
+//! ```
+//!
+//! The audit key is a random 256-bit key stored wrapped under the store's primary root key.
+//! Verification walks the chain from sequence 1: a changed entry fails its MAC, a removed or
+//! reordered entry breaks the sequence or the chain, a truncated tail no longer matches the
+//! MACed head, and nothing can be forged without the audit key. Not detected: a rollback of the
+//! whole store (entries and head together) to an earlier consistent state; keep the head
+//! (`strongroom audit verify --json` prints it) somewhere else to detect that.
+
+use std::fmt;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use strongroom_core::format::{FormatError, Reader};
+use strongroom_core::{Key256, Timestamp};
+use subtle::ConstantTimeEq;
+
+use crate::storage::{Storage, TreeId, Tx, TxResult};
+
+type HmacSha256 = Hmac<Sha256>;
+
+const ENTRY_VERSION: u8 = 1;
+/// Meta key of the audit head.
+pub(crate) const HEAD_KEY: &[u8] = b"audit_head";
+const MAX_ACTOR: usize = 255;
+const MAX_TEXT: usize = 4096;
+
+macro_rules! ops {
+    ($($(#[$doc:meta])* $name:ident = $code:literal => $text:literal,)*) => {
+        /// What an audit entry records.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum AuditOp {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl AuditOp {
+            fn code(self) -> u8 {
+                match self { $(Self::$name => $code,)* }
+            }
+
+            fn from_code(c: u8) -> Option<Self> {
+                match c { $($code => Some(Self::$name),)* _ => None }
+            }
+
+            /// The operation's name in logs and `--json` output.
+            #[must_use]
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$name => $text,)* }
+            }
+        }
+    };
+}
+
+ops! {
+    /// The store was created.
+    StoreCreated = 1 => "store.create",
+    /// A root key was created.
+    RootCreated = 2 => "root.create",
+    /// A root key was rotated (a new version).
+    RootRotated = 3 => "root.rotate",
+    /// KEKs were rewrapped under a newer root version.
+    RootRewrapped = 4 => "root.rewrap",
+    /// A root key was disabled.
+    RootDisabled = 5 => "root.disable",
+    /// A root key was enabled.
+    RootEnabled = 6 => "root.enable",
+    /// An old root version was retired (destroyed in the backend).
+    RootVersionRetired = 7 => "root.retire-version",
+    /// A root key's destruction was scheduled.
+    RootDestructionScheduled = 8 => "root.schedule-destroy",
+    /// A root key's destruction was cancelled.
+    RootDestructionCancelled = 9 => "root.cancel-destroy",
+    /// A root key was destroyed.
+    RootDestroyed = 10 => "root.destroy",
+    /// A keyring was created.
+    KeyringCreated = 20 => "keyring.create",
+    /// A keyring's KEK was rotated.
+    KekRotated = 21 => "keyring.rotate-kek",
+    /// A keyring's DEK was rotated.
+    DekRotated = 22 => "keyring.rotate-dek",
+    /// A keyring moved to another root key.
+    KeyringMoved = 23 => "keyring.move",
+    /// A keyring was disabled.
+    KeyringDisabled = 24 => "keyring.disable",
+    /// A keyring was enabled.
+    KeyringEnabled = 25 => "keyring.enable",
+    /// A keyring's destruction was scheduled.
+    KeyringDestructionScheduled = 26 => "keyring.schedule-destroy",
+    /// A keyring's destruction was cancelled.
+    KeyringDestructionCancelled = 27 => "keyring.cancel-destroy",
+    /// A keyring was destroyed.
+    KeyringDestroyed = 28 => "keyring.destroy",
+    /// Unused DEK versions of a keyring were retired.
+    DeksRetired = 29 => "keyring.retire-deks",
+    /// A keyring's records were re-encrypted.
+    Reencrypted = 30 => "keyring.reencrypt",
+    /// A record was read (data-access auditing).
+    RecordRead = 40 => "record.get",
+    /// A record was written (data-access auditing).
+    RecordWritten = 41 => "record.put",
+    /// A record was deleted (data-access auditing).
+    RecordDeleted = 42 => "record.delete",
+    /// A backup was taken.
+    BackupTaken = 50 => "store.backup",
+}
+
+impl fmt::Display for AuditOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an audited operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It happened.
+    Ok,
+    /// It was refused (a disabled key, a state that does not allow it).
+    Refused,
+    /// It failed (the backend or the storage failed).
+    Failed,
+}
+
+impl Outcome {
+    fn code(self) -> u8 {
+        match self {
+            Self::Ok => 0,
+            Self::Refused => 1,
+            Self::Failed => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Self> {
+        [Self::Ok, Self::Refused, Self::Failed]
+            .into_iter()
+            .find(|o| o.code() == c)
+    }
+
+    /// `ok`, `refused` or `failed`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One audit entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Sequence number, from 1, contiguous.
+    pub seq: u64,
+    /// When.
+    pub time: Timestamp,
+    /// What.
+    pub op: AuditOp,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Who (given by the caller).
+    pub actor: String,
+    /// On what (`keyring payroll`, `root acme/v2`).
+    pub target: String,
+    /// More (the error, counts).
+    pub detail: String,
+    /// Hash of the previous entry.
+    pub prev_hash: [u8; 32],
+    /// MAC of this entry.
+    pub mac: [u8; 32],
+}
+
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl AuditEntry {
+    fn body(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(64 + self.actor.len() + self.target.len() + self.detail.len());
+        out.push(ENTRY_VERSION);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.time.unix_secs().to_be_bytes());
+        out.push(self.op.code());
+        out.push(self.outcome.code());
+        let actor = clip(&self.actor, MAX_ACTOR);
+        out.push(u8::try_from(actor.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(actor.as_bytes());
+        for s in [&self.target, &self.detail] {
+            let s = clip(s, MAX_TEXT);
+            out.extend_from_slice(&u16::try_from(s.len()).unwrap_or(u16::MAX).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        out.extend_from_slice(&self.prev_hash);
+        out
+    }
+
+    /// Serializes (body ‖ mac).
+    #[must_use]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = self.body();
+        b.extend_from_slice(&self.mac);
+        b
+    }
+
+    /// Parses.
+    ///
+    /// # Errors
+    /// [`FormatError`] naming the bad field.
+    pub fn parse(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader::new("audit entry", bytes);
+        r.expect_version(ENTRY_VERSION)?;
+        let seq = r.u64("seq")?;
+        let time = Timestamp::from_unix_secs(r.u64("time")?);
+        let op_code = r.u8("op")?;
+        let op = AuditOp::from_code(op_code).ok_or(FormatError::UnknownCode {
+            what: "audit entry",
+            field: "op",
+            code: op_code.into(),
+        })?;
+        let oc = r.u8("outcome")?;
+        let outcome = Outcome::from_code(oc).ok_or(FormatError::UnknownCode {
+            what: "audit entry",
+            field: "outcome",
+            code: oc.into(),
+        })?;
+        let n = usize::from(r.u8("actor length")?);
+        let raw = r.bytes("actor", n)?;
+        let actor = text(&r, "actor", raw)?;
+        let n = usize::from(r.u16("target length")?);
+        let raw = r.bytes("target", n)?;
+        let target = text(&r, "target", raw)?;
+        let n = usize::from(r.u16("detail length")?);
+        let raw = r.bytes("detail", n)?;
+        let detail = text(&r, "detail", raw)?;
+        let prev_hash = r.array::<32>("prev_hash")?;
+        let mac = r.array::<32>("mac")?;
+        r.finish()?;
+        Ok(Self {
+            seq,
+            time,
+            op,
+            outcome,
+            actor,
+            target,
+            detail,
+            prev_hash,
+            mac,
+        })
+    }
+
+    /// The chain hash of this entry.
+    #[must_use]
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::new()
+            .chain_update(self.body())
+            .chain_update(self.mac)
+            .finalize()
+            .into()
+    }
+}
+
+fn text(r: &Reader<'_>, field: &'static str, b: &[u8]) -> Result<String, FormatError> {
+    std::str::from_utf8(b)
+        .map(str::to_owned)
+        .map_err(|_| r.invalid(field, "not UTF-8".into()))
+}
+
+/// The audit key, ready to MAC. Zeroized on drop.
+pub(crate) struct AuditKey(Key256);
+
+impl AuditKey {
+    pub(crate) fn new(k: Key256) -> Self {
+        Self(k)
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        // Conversion to plain bytes: into the HMAC key schedule only.
+        let mut m = <HmacSha256 as KeyInit>::new_from_slice(self.0.expose_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes().into()
+    }
+}
+
+/// The head of the chain as stored: last seq, last hash, MAC over both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditHead {
+    /// Sequence number of the last entry (0: empty log).
+    pub seq: u64,
+    /// Hash of the last entry (the genesis hash when empty).
+    pub hash: [u8; 32],
+}
+
+const HEAD_DOMAIN: &[u8] = b"strongroom/audit/head/v1";
+
+fn genesis(store_id: &[u8; 16]) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"strongroom/audit/genesis/v1")
+        .chain_update(store_id)
+        .finalize()
+        .into()
+}
+
+fn head_bytes(key: &AuditKey, head: AuditHead) -> Vec<u8> {
+    let mac = key.mac(&[HEAD_DOMAIN, &head.seq.to_be_bytes(), &head.hash]);
+    let mut out = head.seq.to_be_bytes().to_vec();
+    out.extend_from_slice(&head.hash);
+    out.extend_from_slice(&mac);
+    out
+}
+
+fn parse_head(b: &[u8]) -> Option<(AuditHead, [u8; 32])> {
+    if b.len() != 8 + 32 + 32 {
+        return None;
+    }
+    let seq = u64::from_be_bytes(b[..8].try_into().ok()?);
+    let hash = b[8..40].try_into().ok()?;
+    let mac = b[40..].try_into().ok()?;
+    Some((AuditHead { seq, hash }, mac))
+}
+
+/// What an audited operation says about itself.
+pub(crate) struct Event<'a> {
+    pub op: AuditOp,
+    pub outcome: Outcome,
+    pub actor: &'a str,
+    pub target: String,
+    pub detail: String,
+}
+
+/// Appends `event` inside transaction `tx`.
+pub(crate) fn append(
+    tx: &Tx<'_>,
+    key: &AuditKey,
+    store_id: &[u8; 16],
+    event: &Event<'_>,
+) -> TxResult<u64> {
+    let (seq, prev_hash) = match tx
+        .get(TreeId::Meta, HEAD_KEY)?
+        .as_deref()
+        .and_then(parse_head)
+    {
+        Some((head, _)) => (head.seq + 1, head.hash),
+        None => (1, genesis(store_id)),
+    };
+    let mut e = AuditEntry {
+        seq,
+        time: Timestamp::now(),
+        op: event.op,
+        outcome: event.outcome,
+        actor: clip(event.actor, MAX_ACTOR).to_owned(),
+        target: clip(&event.target, MAX_TEXT).to_owned(),
+        detail: clip(&event.detail, MAX_TEXT).to_owned(),
+        prev_hash,
+        mac: [0; 32],
+    };
+    e.mac = key.mac(&[&e.body()]);
+    tx.insert(TreeId::Audit, seq.to_be_bytes().to_vec(), e.to_bytes())?;
+    tx.insert(
+        TreeId::Meta,
+        HEAD_KEY,
+        head_bytes(
+            key,
+            AuditHead {
+                seq,
+                hash: e.hash(),
+            },
+        ),
+    )?;
+    Ok(seq)
+}
+
+/// Where verification found the log broken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("audit log broken at entry {seq}: {problem}")]
+pub struct AuditBreak {
+    /// The first entry that does not verify (or the expected next sequence number).
+    pub seq: u64,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// A verified log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Entries verified.
+    pub entries: u64,
+    /// The head they lead to.
+    pub head: AuditHead,
+}
+
+/// Walks the whole chain and checks every entry and the head.
+pub(crate) fn verify(
+    storage: &Storage,
+    key: &AuditKey,
+    store_id: &[u8; 16],
+) -> Result<Result<AuditReport, AuditBreak>, crate::StoreError> {
+    let mut expected_seq = 1u64;
+    let mut prev = genesis(store_id);
+    for item in storage.scan_prefix(TreeId::Audit, []) {
+        let (k, v) = item?;
+        let at = |problem: String| {
+            Ok(Err(AuditBreak {
+                seq: expected_seq,
+                problem,
+            }))
+        };
+        let Ok(kb) = <[u8; 8]>::try_from(&k[..]) else {
+            return at("an entry has a malformed sequence key".into());
+        };
+        let key_seq = u64::from_be_bytes(kb);
+        if key_seq != expected_seq {
+            return at(format!(
+                "entry {expected_seq} is missing (next entry is {key_seq}): entries were removed or reordered"
+            ));
+        }
+        let e = match AuditEntry::parse(&v) {
+            Ok(e) => e,
+            Err(err) => return at(format!("the entry is unreadable ({err}): it was altered")),
+        };
+        if e.seq != key_seq {
+            return at(format!(
+                "the entry says it is number {} but is stored as {key_seq}: entries were moved",
+                e.seq
+            ));
+        }
+        let mac = key.mac(&[&e.body()]);
+        if !bool::from(mac.ct_eq(&e.mac)) {
+            return at("its MAC does not verify: the entry was altered".into());
+        }
+        if e.prev_hash != prev {
+            return at("it does not chain to the entry before it: entries were removed, reordered or replaced".into());
+        }
+        prev = e.hash();
+        expected_seq += 1;
+    }
+    let last = expected_seq - 1;
+    let Some(raw) = storage.get(TreeId::Meta, HEAD_KEY)? else {
+        if last == 0 {
+            return Ok(Ok(AuditReport {
+                entries: 0,
+                head: AuditHead { seq: 0, hash: prev },
+            }));
+        }
+        return Ok(Err(AuditBreak {
+            seq: last,
+            problem: "the log's head record is missing".into(),
+        }));
+    };
+    let Some((head, mac)) = parse_head(&raw) else {
+        return Ok(Err(AuditBreak {
+            seq: last,
+            problem: "the log's head record is unreadable".into(),
+        }));
+    };
+    let want = key.mac(&[HEAD_DOMAIN, &head.seq.to_be_bytes(), &head.hash]);
+    if !bool::from(want.ct_eq(&mac)) {
+        return Ok(Err(AuditBreak {
+            seq: head.seq,
+            problem: "the log's head record fails its MAC: it was altered".into(),
+        }));
+    }
+    if head.seq != last || head.hash != prev {
+        return Ok(Err(AuditBreak {
+            seq: last + 1,
+            problem: format!(
+                "the log ends at entry {last} but its head says {}: entries were removed from the end",
+                head.seq
+            ),
+        }));
+    }
+    Ok(Ok(AuditReport {
+        entries: last,
+        head,
+    }))
+}
+
+/// Entries from `from_seq` on, in order (unverified; use [`verify`] for that).
+pub(crate) fn entries(
+    storage: &Storage,
+    from_seq: u64,
+) -> impl Iterator<Item = Result<AuditEntry, crate::StoreError>> + '_ {
+    storage
+        .tree(TreeId::Audit)
+        .range(from_seq.to_be_bytes()..)
+        .map(|r| {
+            let (k, v) = r.map_err(crate::StoreError::storage("reading the audit log"))?;
+            AuditEntry::parse(&v).map_err(|source| crate::StoreError::Corrupt {
+                what: format!(
+                    "audit entry {}",
+                    <[u8; 8]>::try_from(&k[..])
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0)
+                ),
+                source,
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> AuditEntry {
+        AuditEntry {
+            seq: 7,
+            time: Timestamp::from_unix_secs(1000),
+            op: AuditOp::KeyringDestroyed,
+            outcome: Outcome::Refused,
+            actor: "ops:alice".into(),
+            target: "keyring payroll".into(),
+            detail: "naïve détail".into(),
+            prev_hash: [3; 32],
+            mac: [4; 32],
+        }
+    }
+
+    #[test]
+    fn entry_round_trip_and_strictness() {
+        let e = entry();
+        let b = e.to_bytes();
+        assert_eq!(AuditEntry::parse(&b).unwrap(), e);
+        for cut in 0..b.len() {
+            assert!(AuditEntry::parse(&b[..cut]).is_err());
+        }
+        let mut bad = b.clone();
+        bad[17] = 0xEE; // op code
+        assert!(AuditEntry::parse(&bad).is_err());
+        assert_ne!(
+            e.hash(),
+            AuditEntry {
+                mac: [5; 32],
+                ..e.clone()
+            }
+            .hash(),
+            "the hash covers the MAC"
+        );
+    }
+
+    #[test]
+    fn long_fields_are_clipped_on_char_boundaries() {
+        let e = AuditEntry {
+            actor: "é".repeat(200),
+            ..entry()
+        };
+        let parsed = AuditEntry::parse(&e.to_bytes()).unwrap();
+        assert!(parsed.actor.len() <= MAX_ACTOR && parsed.actor.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn op_codes_are_unique() {
+        let all = [
+            AuditOp::StoreCreated,
+            AuditOp::RootCreated,
+            AuditOp::RootRotated,
+            AuditOp::RootRewrapped,
+            AuditOp::RootDisabled,
+            AuditOp::RootEnabled,
+            AuditOp::RootVersionRetired,
+            AuditOp::RootDestructionScheduled,
+            AuditOp::RootDestructionCancelled,
+            AuditOp::RootDestroyed,
+            AuditOp::KeyringCreated,
+            AuditOp::KekRotated,
+            AuditOp::DekRotated,
+            AuditOp::KeyringMoved,
+            AuditOp::KeyringDisabled,
+            AuditOp::KeyringEnabled,
+            AuditOp::KeyringDestructionScheduled,
+            AuditOp::KeyringDestructionCancelled,
+            AuditOp::KeyringDestroyed,
+            AuditOp::DeksRetired,
+            AuditOp::Reencrypted,
+            AuditOp::RecordRead,
+            AuditOp::RecordWritten,
+            AuditOp::RecordDeleted,
+            AuditOp::BackupTaken,
+        ];
+        let codes: std::collections::HashSet<u8> = all.iter().map(|o| o.code()).collect();
+        assert_eq!(codes.len(), all.len());
+        for o in all {
+            assert_eq!(AuditOp::from_code(o.code()), Some(o));
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Online backup and restore.
+//!
+//! A backup is a consistent copy of every tree, taken while the lifecycle lock is held
+//! exclusively (reads, writes and key changes wait for it). Everything in it stays sealed:
+//! records are ciphertext, KEKs and DEKs are wrapped, the audit log is MACed. What it does not
+//! contain is any root key: restoring needs the same backend (the same HSM token, or a copy of
+//! the soft backend's key file, which must be backed up separately and kept secret).
+//!
+//! ```text
+//! "SRBK" | ver=1 | meta len u32 | store meta | tree count u8 |
+//!   per tree: name (u8 len) | entry count u64 | (key len u32 | key | value len u32 | value)* |
+//! SHA-256 of every byte before it
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::audit::AuditOp;
+use crate::error::StoreError;
+use crate::format::StoreMeta;
+use crate::storage::{ALL_TREES, Storage, TreeId};
+use crate::store::{DB_DIR, Store};
+
+const MAGIC: &[u8; 4] = b"SRBK";
+const VERSION: u8 = 1;
+
+/// What a backup holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupReport {
+    /// Entries copied, over all trees.
+    pub entries: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.hash.update(b);
+        self.bytes += b.len() as u64;
+        self.inner.write_all(b)
+    }
+}
+
+fn len32(n: usize) -> std::io::Result<[u8; 4]> {
+    u32::try_from(n).map(u32::to_be_bytes).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "entry larger than 4 GiB")
+    })
+}
+
+impl Store {
+    /// Writes a consistent backup of the store to `path` (atomically: a temporary file renamed
+    /// into place). Reads, writes and key changes wait while it runs.
+    ///
+    /// # Errors
+    /// A storage or I/O error (a partial backup is removed).
+    pub fn backup(&self, path: impl AsRef<Path>) -> Result<BackupReport, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let _w = self.write_lifecycle();
+        self.audited(
+            AuditOp::BackupTaken,
+            format!("backup {}", path.display()),
+            || {
+                let report = self.write_backup(&path)?;
+                self.commit(
+                    AuditOp::BackupTaken,
+                    format!("backup {}", path.display()),
+                    format!("{} entries, {} bytes", report.entries, report.bytes),
+                    |_| Ok(()),
+                )?;
+                Ok(report)
+            },
+        )
+    }
+
+    fn write_backup(&self, path: &Path) -> Result<BackupReport, StoreError> {
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        let io = |op: &'static str| {
+            let p = tmp.clone();
+            move |source| StoreError::Io {
+                op,
+                path: p,
+                source,
+            }
+        };
+        let result = (|| {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&tmp)
+                .map_err(io("create backup file"))?;
+            let mut w = HashingWriter {
+                inner: BufWriter::new(file),
+                hash: Sha256::new(),
+                bytes: 0,
+            };
+            let meta = self.inner.meta.to_bytes();
+            w.put(MAGIC).map_err(io("write"))?;
+            w.put(&[VERSION]).map_err(io("write"))?;
+            w.put(&len32(meta.len()).map_err(io("write"))?)
+                .map_err(io("write"))?;
+            w.put(&meta).map_err(io("write"))?;
+            w.put(&[u8::try_from(ALL_TREES.len()).unwrap_or(0)])
+                .map_err(io("write"))?;
+            let mut entries = 0u64;
+            for t in ALL_TREES {
+                let tree = self.inner.storage.tree(t);
+                let name = t.name().as_bytes();
+                w.put(&[u8::try_from(name.len()).unwrap_or(0)])
+                    .map_err(io("write"))?;
+                w.put(name).map_err(io("write"))?;
+                w.put(&(tree.len() as u64).to_be_bytes())
+                    .map_err(io("write"))?;
+                let mut n = 0u64;
+                for item in tree.iter() {
+                    let (k, v) = item.map_err(StoreError::storage("reading for a backup"))?;
+                    w.put(&len32(k.len()).map_err(io("write"))?)
+                        .map_err(io("write"))?;
+                    w.put(&k).map_err(io("write"))?;
+                    w.put(&len32(v.len()).map_err(io("write"))?)
+                        .map_err(io("write"))?;
+                    w.put(&v).map_err(io("write"))?;
+                    n += 1;
+                }
+                if n != tree.len() as u64 {
+                    return Err(StoreError::InUse(
+                        "a tree changed while the backup ran; retry it".into(),
+                    ));
+                }
+                entries += n;
+            }
+            let sum = w.hash.clone().finalize();
+            w.inner.write_all(&sum).map_err(io("write"))?;
+            let bytes = w.bytes + 32;
+            let file = w.inner.into_inner().map_err(|e| StoreError::Io {
+                op: "write",
+                path: tmp.clone(),
+                source: e.into_error(),
+            })?;
+            file.sync_all().map_err(io("fsync"))?;
+            fs::rename(&tmp, path).map_err(io("rename into place"))?;
+            Ok(BackupReport { entries, bytes })
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Restores a backup into `dir`, which must not hold a store. Open the result with
+    /// [`Store::open`] and the same backend. Returns the restored store's identity.
+    ///
+    /// # Errors
+    /// [`StoreError::BadBackup`] for a damaged or foreign file (nothing is left in `dir`),
+    /// [`StoreError::AlreadyExists`], or an I/O or storage error.
+    pub fn restore(
+        backup: impl AsRef<Path>,
+        dir: impl AsRef<Path>,
+    ) -> Result<StoreMeta, StoreError> {
+        let backup = backup.as_ref();
+        let dir = dir.as_ref();
+        let db_dir = dir.join(DB_DIR);
+        if db_dir.exists() {
+            return Err(StoreError::AlreadyExists {
+                path: dir.to_path_buf(),
+            });
+        }
+        let bad = |why: &str| StoreError::BadBackup {
+            path: backup.to_path_buf(),
+            why: why.to_owned(),
+        };
+        // The checksum is verified before anything is written.
+        verify_checksum(backup)?;
+        let file = File::open(backup).map_err(|source| StoreError::Io {
+            op: "open backup",
+            path: backup.to_path_buf(),
+            source,
+        })?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut r = BufReader::new(file).take(size.saturating_sub(32));
+        let mut read = |n: usize| -> Result<Vec<u8>, StoreError> {
+            let mut b = vec![0u8; n];
+            r.read_exact(&mut b).map_err(|_| bad("it ends early"))?;
+            Ok(b)
+        };
+        if read(4)? != MAGIC {
+            return Err(bad("not a strongroom backup"));
+        }
+        let v = read(1)?[0];
+        if v != VERSION {
+            return Err(bad(&format!(
+                "backup format version {v} is not supported (this build reads {VERSION})"
+            )));
+        }
+        let meta_len = u32::from_be_bytes(read(4)?.try_into().unwrap_or([0; 4])) as usize;
+        let meta = StoreMeta::parse(&read(meta_len)?).map_err(|e| bad(&e.to_string()))?;
+        let trees = read(1)?[0];
+        fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            op: "create directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let outcome = (|| {
+            let storage = Storage::open(&db_dir)?;
+            for _ in 0..trees {
+                let n = usize::from(read(1)?[0]);
+                let name =
+                    String::from_utf8(read(n)?).map_err(|_| bad("a tree name is not UTF-8"))?;
+                let t = ALL_TREES
+                    .into_iter()
+                    .find(|t| t.name() == name)
+                    .ok_or_else(|| bad(&format!("unknown tree {name:?}")))?;
+                let count = u64::from_be_bytes(read(8)?.try_into().unwrap_or([0; 8]));
+                let mut batch = sled::Batch::default();
+                for i in 0..count {
+                    let kl = u32::from_be_bytes(read(4)?.try_into().unwrap_or([0; 4])) as usize;
+                    let k = read(kl)?;
+                    let vl = u32::from_be_bytes(read(4)?.try_into().unwrap_or([0; 4])) as usize;
+                    let v = read(vl)?;
+                    batch.insert(k, v);
+                    if i % 4096 == 4095 {
+                        storage
+                            .tree(t)
+                            .apply_batch(std::mem::take(&mut batch))
+                            .map_err(StoreError::storage("restoring"))?;
+                    }
+                }
+                storage
+                    .tree(t)
+                    .apply_batch(batch)
+                    .map_err(StoreError::storage("restoring"))?;
+            }
+            if storage
+                .get(TreeId::Meta, crate::store::META_KEY)?
+                .as_deref()
+                != Some(meta.to_bytes().as_slice())
+            {
+                return Err(bad("its metadata and its contents disagree"));
+            }
+            storage.flush()
+        })();
+        if let Err(e) = outcome {
+            let _ = fs::remove_dir_all(&db_dir);
+            return Err(e);
+        }
+        Ok(meta)
+    }
+}
+
+fn verify_checksum(path: &Path) -> Result<(), StoreError> {
+    let bad = |why: &str| StoreError::BadBackup {
+        path: path.to_path_buf(),
+        why: why.to_owned(),
+    };
+    let file = File::open(path).map_err(|source| StoreError::Io {
+        op: "open backup",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if size < 32 + 10 {
+        return Err(bad("too short"));
+    }
+    let mut r = BufReader::new(file);
+    let mut hash = Sha256::new();
+    let mut left = size - 32;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        r.read_exact(&mut buf[..n])
+            .map_err(|_| bad("it ends early"))?;
+        hash.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut sum = [0u8; 32];
+    r.read_exact(&mut sum).map_err(|_| bad("it ends early"))?;
+    if hash.finalize().as_slice() != sum {
+        return Err(bad(
+            "its checksum does not match: it is damaged or was altered",
+        ));
+    }
+    Ok(())
+}

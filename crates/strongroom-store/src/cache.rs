@@ -1,0 +1,165 @@
+//! The key cache: unwrapped KEKs and ready DEK ciphers, bounded, with a TTL.
+//!
+//! Steady-state reads and writes find their DEK here and make no backend call. Entries hold
+//! their material in zeroizing types, so eviction zeroizes them (once the last user of an entry
+//! drops its `Arc`). A local disable purges a keyring's entries at once. The TTL bounds how long
+//! a revocation made outside strongroom (in the HSM) takes to bite: an entry older than the TTL
+//! is refreshed from the backend before use, and the refresh fails once the root key is gone.
+//! What happens when the refresh fails because the backend is *down* (not because the key was
+//! revoked) is the [`DownPolicy`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use strongroom_core::Key256;
+use strongroom_core::record::RecordCipher;
+
+/// What to do when a cached key's TTL has run out and the backend cannot be reached to refresh
+/// it (a device error; a disabled, destroyed or missing root key always purges at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownPolicy {
+    /// Refuse the operation (the default): no key is used past its TTL.
+    FailClosed,
+    /// Keep using the cached key for up to `grace` past its TTL while the backend is down.
+    ServeCached {
+        /// How long past the TTL.
+        grace: Duration,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Slot {
+    Kek(u32),
+    Dek(u32),
+}
+
+#[derive(Clone)]
+pub(crate) enum Cached {
+    Kek(Arc<Key256>),
+    Dek(Arc<RecordCipher>),
+}
+
+struct Entry {
+    value: Cached,
+    /// When the backend last vouched for the root behind this entry.
+    fetched: Instant,
+    last_used: Instant,
+}
+
+/// A cache hit and how fresh it is.
+pub(crate) struct Hit {
+    pub value: Cached,
+    pub age: Duration,
+}
+
+pub(crate) struct KeyCache {
+    map: Mutex<HashMap<(u64, Slot), Entry>>,
+    capacity: usize,
+}
+
+impl KeyCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            capacity: capacity.max(2),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<(u64, Slot), Entry>> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn get(&self, keyring: u64, slot: Slot) -> Option<Hit> {
+        let mut map = self.lock();
+        let e = map.get_mut(&(keyring, slot))?;
+        let now = Instant::now();
+        e.last_used = now;
+        Some(Hit {
+            value: e.value.clone(),
+            age: now.saturating_duration_since(e.fetched),
+        })
+    }
+
+    /// Inserts, evicting the least recently used entries beyond capacity. `fetched` is when the
+    /// backend last vouched for this chain (a DEK inherits its KEK's).
+    pub(crate) fn insert(&self, keyring: u64, slot: Slot, value: Cached, fetched: Instant) {
+        let mut map = self.lock();
+        map.insert(
+            (keyring, slot),
+            Entry {
+                value,
+                fetched,
+                last_used: Instant::now(),
+            },
+        );
+        while map.len() > self.capacity {
+            let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k) else {
+                break;
+            };
+            map.remove(&oldest);
+        }
+    }
+
+    pub(crate) fn purge_keyring(&self, keyring: u64) {
+        self.lock().retain(|(k, _), _| *k != keyring);
+    }
+
+    pub(crate) fn purge_all(&self) {
+        self.lock().clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strongroom_core::DekVersion;
+
+    fn dek() -> Cached {
+        Cached::Dek(Arc::new(RecordCipher::new(
+            DekVersion::FIRST,
+            &Key256::generate().unwrap(),
+        )))
+    }
+
+    #[test]
+    fn bounded_lru_and_purges() {
+        let c = KeyCache::new(3);
+        let now = Instant::now();
+        for i in 0..3 {
+            c.insert(i, Slot::Dek(1), dek(), now);
+        }
+        assert!(c.get(0, Slot::Dek(1)).is_some()); // 0 is now the most recently used
+        c.insert(3, Slot::Dek(1), dek(), now);
+        assert_eq!(c.len(), 3);
+        assert!(
+            c.get(1, Slot::Dek(1)).is_none(),
+            "the least recently used entry goes first"
+        );
+        assert!(c.get(0, Slot::Dek(1)).is_some());
+        c.insert(
+            0,
+            Slot::Kek(1),
+            Cached::Kek(Arc::new(Key256::generate().unwrap())),
+            now,
+        );
+        c.purge_keyring(0);
+        assert!(c.get(0, Slot::Dek(1)).is_none() && c.get(0, Slot::Kek(1)).is_none());
+        c.purge_all();
+        assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn age_counts_from_fetch() {
+        let c = KeyCache::new(4);
+        let fetched = Instant::now().checked_sub(Duration::from_secs(5)).unwrap();
+        c.insert(1, Slot::Dek(2), dek(), fetched);
+        assert!(c.get(1, Slot::Dek(2)).unwrap().age >= Duration::from_secs(5));
+    }
+}

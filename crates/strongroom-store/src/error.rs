@@ -1,0 +1,273 @@
+//! Store errors. Each says what happened and what to do; none carries key material or plaintext.
+//! Integrity failures name the record or key that failed (which is not secret) and nothing else.
+
+use std::path::PathBuf;
+
+use strongroom_core::{
+    BackendError, FormatError, KeyringName, RootKeyName, Timestamp, TransitionError,
+};
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend failed; `while_doing` says what the store was doing.
+    #[error("{while_doing}: {source}")]
+    Backend {
+        /// What the store was doing.
+        while_doing: String,
+        /// The backend's error.
+        #[source]
+        source: BackendError,
+    },
+    /// No keyring by that name.
+    #[error("keyring {name} does not exist; `strongroom keyring list` shows the keyrings")]
+    KeyringNotFound {
+        /// The name.
+        name: KeyringName,
+    },
+    /// A keyring by that name exists (or existed: destroyed names are not reused).
+    #[error("keyring {name} already exists{}", if *.destroyed { " (destroyed; its name is not reused, choose another)" } else { "" })]
+    KeyringExists {
+        /// The name.
+        name: KeyringName,
+        /// Whether it was destroyed.
+        destroyed: bool,
+    },
+    /// The keyring is disabled: no reads or writes until it is enabled.
+    #[error(
+        "keyring {name} is disabled; enable it (`strongroom keyring enable {name}`) to read or write its records"
+    )]
+    KeyringDisabled {
+        /// The name.
+        name: KeyringName,
+    },
+    /// The keyring is scheduled for destruction: no reads or writes; the destruction can still be
+    /// cancelled.
+    #[error(
+        "keyring {name} is scheduled for destruction at {not_before}; cancel it (`strongroom keyring cancel-destroy {name}`) to keep the data"
+    )]
+    KeyringPendingDestruction {
+        /// The name.
+        name: KeyringName,
+        /// When it will be destroyed.
+        not_before: Timestamp,
+    },
+    /// The keyring was destroyed: its keys were erased and its records are unrecoverable.
+    #[error("keyring {name} was destroyed; its data is unrecoverable (crypto-shredded)")]
+    KeyringDestroyed {
+        /// The name.
+        name: KeyringName,
+    },
+    /// No root key by that name in the store.
+    #[error(
+        "root key {name} does not exist in this store; `strongroom root list` shows the root keys"
+    )]
+    RootNotFound {
+        /// The name.
+        name: RootKeyName,
+    },
+    /// A root key by that name exists.
+    #[error("root key {name} already exists; rotate it to make a new version")]
+    RootExists {
+        /// The name.
+        name: RootKeyName,
+    },
+    /// The root key is disabled, so every keyring under it is unreadable until it is enabled.
+    #[error(
+        "root key {name} is disabled; enable it (`strongroom root enable {name}`) to restore access to the keyrings under it"
+    )]
+    RootDisabled {
+        /// The name.
+        name: RootKeyName,
+    },
+    /// The root key (all its versions) was destroyed.
+    #[error("root key {name} was destroyed; keyrings under it are unrecoverable")]
+    RootDestroyed {
+        /// The name.
+        name: RootKeyName,
+    },
+    /// The operation would leave something without a key (a root version still wrapping KEKs,
+    /// the root that protects the audit log).
+    #[error("{0}")]
+    InUse(String),
+    /// A sealed record failed its integrity check.
+    #[error(
+        "record {key} in keyring {keyring} failed its integrity check: it was altered, truncated, moved from another key, or is corrupt; restore it from a backup"
+    )]
+    RecordIntegrity {
+        /// The keyring.
+        keyring: KeyringName,
+        /// The record key, shown escaped.
+        key: String,
+    },
+    /// A wrapped key in the store failed its integrity check.
+    #[error(
+        "{what} failed its integrity check: the store file was altered or is corrupt; restore the store from a backup"
+    )]
+    KeyIntegrity {
+        /// Which key.
+        what: String,
+    },
+    /// A stored structure did not parse.
+    #[error("{what} in the store is unreadable: {source}; restore the store from a backup")]
+    Corrupt {
+        /// What.
+        what: String,
+        /// The parse error.
+        #[source]
+        source: FormatError,
+    },
+    /// A value or key is too large.
+    #[error("{what} is {found} bytes; the limit is {limit} bytes")]
+    TooLarge {
+        /// What.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+        /// The size given.
+        found: usize,
+    },
+    /// The store was written by a newer strongroom.
+    #[error(
+        "the store at {path} has format version {found}; this strongroom reads version {supported}; upgrade strongroom"
+    )]
+    NewerFormat {
+        /// The store directory.
+        path: PathBuf,
+        /// Found.
+        found: u8,
+        /// Supported.
+        supported: u8,
+    },
+    /// The store was created with another backend (or another key file, or another token).
+    #[error(
+        "the store at {path} belongs to backend {expected}, but it was opened with {found}; open it with its own backend (key file or token)"
+    )]
+    WrongBackend {
+        /// The store directory.
+        path: PathBuf,
+        /// What the store records.
+        expected: String,
+        /// What was given.
+        found: String,
+    },
+    /// No store here.
+    #[error(
+        "no strongroom store at {path}; create one with `strongroom init`, or point --data at an existing store"
+    )]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A store already exists here.
+    #[error("a strongroom store already exists at {path}; open it instead")]
+    AlreadyExists {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The lifecycle state does not allow this.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// The audit key cannot be unwrapped (its root is disabled or unavailable), so key operations
+    /// cannot be audited and are refused.
+    #[error(
+        "the audit log's key is protected by root key {root}, which cannot be used now ({reason}); enable it (`strongroom root enable {root}`) first"
+    )]
+    AuditUnavailable {
+        /// The root protecting the audit key.
+        root: RootKeyName,
+        /// Why.
+        reason: String,
+    },
+    /// The embedded database failed.
+    #[error("storage error while {while_doing}: {source}{}", storage_hint(.source))]
+    Storage {
+        /// What the store was doing.
+        while_doing: &'static str,
+        /// sled's error.
+        #[source]
+        source: sled::Error,
+    },
+    /// A file operation failed (backup, restore).
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A backup file is not valid.
+    #[error("backup {path} is not valid: {why}")]
+    BadBackup {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// Randomness unavailable.
+    #[error(transparent)]
+    Random(#[from] strongroom_core::RandomError),
+}
+
+fn storage_hint(e: &sled::Error) -> &'static str {
+    match e {
+        sled::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                "; the disk is full: free space and retry (everything acknowledged before is intact)"
+            }
+            std::io::ErrorKind::FileTooLarge => {
+                "; the file size limit was hit: raise it and retry (everything acknowledged before is intact)"
+            }
+            std::io::ErrorKind::PermissionDenied => "; check the data directory's permissions",
+            _ => "",
+        },
+        sled::Error::Corruption { .. } => "; the store's files are corrupt: restore from a backup",
+        _ => "",
+    }
+}
+
+impl StoreError {
+    pub(crate) fn storage(while_doing: &'static str) -> impl FnOnce(sled::Error) -> Self {
+        move |source| Self::Storage {
+            while_doing,
+            source,
+        }
+    }
+
+    pub(crate) fn backend(while_doing: impl Into<String>) -> impl FnOnce(BackendError) -> Self {
+        let while_doing = while_doing.into();
+        move |source| Self::Backend {
+            while_doing,
+            source,
+        }
+    }
+
+    /// True when the data is fine but cannot be reached now because a key is disabled, pending
+    /// destruction, destroyed or unavailable.
+    #[must_use]
+    pub fn is_access_refused(&self) -> bool {
+        match self {
+            Self::KeyringDisabled { .. }
+            | Self::KeyringPendingDestruction { .. }
+            | Self::KeyringDestroyed { .. }
+            | Self::RootDisabled { .. }
+            | Self::RootDestroyed { .. }
+            | Self::AuditUnavailable { .. } => true,
+            Self::Backend { source, .. } => source.is_key_unavailable(),
+            _ => false,
+        }
+    }
+
+    /// True for integrity failures (tampered or corrupt data).
+    #[must_use]
+    pub fn is_integrity(&self) -> bool {
+        matches!(
+            self,
+            Self::RecordIntegrity { .. } | Self::KeyIntegrity { .. } | Self::Corrupt { .. }
+        )
+    }
+}

@@ -1,0 +1,321 @@
+//! Long, resumable work: re-encrypting a keyring's records under its current DEK, retiring DEK
+//! versions nothing uses any more, and finding work a crash left unfinished.
+
+use strongroom_core::record::RecordHeader;
+use strongroom_core::{DekVersion, KeyringName, RootKeyName};
+
+use crate::audit::AuditOp;
+use crate::error::StoreError;
+use crate::format;
+use crate::lifecycle::Progress;
+use crate::records::show_key;
+use crate::storage::TreeId;
+use crate::store::{Store, check_usable};
+
+const REENCRYPT_PREFIX: &[u8] = b"reencrypt/";
+const BATCH: usize = 256;
+
+fn reencrypt_job_key(id: u64) -> Vec<u8> {
+    let mut k = REENCRYPT_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// What a re-encryption did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReencryptReport {
+    /// Records sealed again under the current DEK (in this run).
+    pub reencrypted: u64,
+    /// Records already under the current DEK, or changed by a writer meanwhile.
+    pub skipped: u64,
+    /// Whether this run continued an interrupted one.
+    pub resumed: bool,
+    /// DEK versions retired afterwards (no record used them any more).
+    pub retired: Vec<DekVersion>,
+}
+
+/// Work that a crash or an interruption left unfinished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PendingJob {
+    /// A re-encryption of a keyring (resume it with [`Store::reencrypt`]).
+    Reencrypt(KeyringName),
+    /// KEKs still wrapped under an old version of a root (finish with [`Store::rewrap_root`]).
+    Rewrap {
+        /// The root.
+        root: RootKeyName,
+        /// KEKs still under old versions.
+        keks: u64,
+    },
+    /// Records of a destroyed keyring not yet purged (finished at the next open).
+    Purge(u64),
+}
+
+impl Store {
+    /// Re-encrypts every record of `keyring` that is not under its current DEK, in batches,
+    /// with `progress` after each; the position is persisted after every batch, so a crash or
+    /// an interrupt loses at most one batch of work and a second call resumes. Writers may keep
+    /// writing meanwhile: a record they change is left as they wrote it. Afterwards, DEK versions
+    /// no record uses are retired.
+    ///
+    /// # Errors
+    /// A keyring that is not usable, a record that fails its integrity check (named), or a
+    /// backend or storage error.
+    pub fn reencrypt(
+        &self,
+        keyring: &KeyringName,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ReencryptReport, StoreError> {
+        self.audited(AuditOp::Reencrypted, format!("keyring {keyring}"), || {
+            self.reencrypt_inner(keyring, progress)
+        })
+    }
+
+    fn reencrypt_inner(
+        &self,
+        keyring: &KeyringName,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ReencryptReport, StoreError> {
+        let id = self.read_catalog().keyring(keyring)?.id;
+        let job = reencrypt_job_key(id);
+        let mut cursor: Option<Vec<u8>> = self
+            .inner
+            .storage
+            .get(TreeId::Jobs, &job)?
+            .map(|v| v.to_vec());
+        let mut report = ReencryptReport {
+            resumed: cursor.is_some(),
+            ..ReencryptReport::default()
+        };
+        let prefix = id.to_be_bytes();
+        let total = self
+            .inner
+            .storage
+            .scan_prefix(TreeId::Records, prefix)
+            .count() as u64;
+        let mut done = match &cursor {
+            Some(c) => self
+                .inner
+                .storage
+                .scan_prefix(TreeId::Records, prefix)
+                .filter(|r| r.as_ref().is_ok_and(|(k, _)| k.as_ref() <= c.as_slice()))
+                .count() as u64,
+            None => 0,
+        };
+        if cursor.is_none() {
+            self.inner.storage.insert(TreeId::Jobs, &job, Vec::new())?;
+        }
+        progress(Progress { done, total });
+        loop {
+            let roll_over = {
+                let _r = self.read_lifecycle();
+                let kr = {
+                    let cat = self.read_catalog();
+                    let kr = cat.keyring(keyring)?;
+                    check_usable(&cat, keyring, &kr)?;
+                    kr
+                };
+                let batch: Vec<(Vec<u8>, Vec<u8>)> = self
+                    .inner
+                    .storage
+                    .scan_prefix_after(
+                        TreeId::Records,
+                        &prefix,
+                        cursor.as_deref().filter(|c| !c.is_empty()),
+                    )
+                    .take(BATCH)
+                    .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                    .collect::<Result<_, _>>()?;
+                if batch.is_empty() {
+                    break;
+                }
+                let target = self.dek(keyring, &kr, kr.current_dek)?;
+                let mut roll_over = None;
+                let mut processed = 0usize;
+                for (k, sealed) in &batch {
+                    let rk = &k[8..];
+                    let integrity = || StoreError::RecordIntegrity {
+                        keyring: keyring.clone(),
+                        key: show_key(rk),
+                    };
+                    let (header, _) = RecordHeader::parse(sealed).map_err(|_| integrity())?;
+                    if header.dek_version == kr.current_dek {
+                        report.skipped += 1;
+                        processed += 1;
+                        continue;
+                    }
+                    if !self.reserve_for_reencrypt(kr.id, kr.current_dek)? {
+                        roll_over = Some(kr.current_dek);
+                        break;
+                    }
+                    let old = self.dek(keyring, &kr, header.dek_version)?;
+                    let plain = old.open(keyring, rk, sealed).map_err(|_| integrity())?;
+                    let resealed = target.seal(keyring, rk, plain.expose())?;
+                    if self.inner.storage.compare_and_swap(
+                        TreeId::Records,
+                        k,
+                        Some(sealed),
+                        Some(resealed),
+                    )? {
+                        report.reencrypted += 1;
+                    } else {
+                        report.skipped += 1;
+                    }
+                    processed += 1;
+                }
+                if processed > 0 {
+                    let last = batch[processed - 1].0.clone();
+                    self.inner
+                        .storage
+                        .insert(TreeId::Jobs, &job, last.clone())?;
+                    self.inner.storage.flush()?;
+                    done += processed as u64;
+                    cursor = Some(last);
+                    progress(Progress {
+                        done,
+                        total: total.max(done),
+                    });
+                }
+                roll_over
+            };
+            if let Some(rolled) = roll_over {
+                let _w = self.write_lifecycle();
+                if self.read_catalog().keyring(keyring)?.current_dek == rolled {
+                    let limit = self.inner.options.dek_rollover_after;
+                    self.rotate_dek_locked(
+                        keyring,
+                        &format!("automatic rollover after {limit} encryptions"),
+                    )?;
+                }
+            }
+        }
+        report.retired = self.retire_unused_deks(keyring)?;
+        let _w = self.write_lifecycle();
+        let detail = format!(
+            "{} re-encrypted, {} skipped{}; DEK versions retired: {}",
+            report.reencrypted,
+            report.skipped,
+            if report.resumed { ", resumed" } else { "" },
+            if report.retired.is_empty() {
+                "none".to_owned()
+            } else {
+                report
+                    .retired
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        self.commit(
+            AuditOp::Reencrypted,
+            format!("keyring {keyring}"),
+            detail,
+            |tx| tx.remove(TreeId::Jobs, job.clone()),
+        )?;
+        Ok(report)
+    }
+
+    /// Removes the DEK versions of `keyring` that no record uses and that are not current.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn retire_unused_deks(&self, keyring: &KeyringName) -> Result<Vec<DekVersion>, StoreError> {
+        let _w = self.write_lifecycle();
+        let kr = self.read_catalog().keyring(keyring)?;
+        let mut used = std::collections::BTreeSet::new();
+        for item in self
+            .inner
+            .storage
+            .scan_prefix(TreeId::Records, kr.id.to_be_bytes())
+        {
+            let (k, v) = item?;
+            let (h, _) = RecordHeader::parse(&v).map_err(|_| StoreError::RecordIntegrity {
+                keyring: keyring.clone(),
+                key: show_key(&k[8..]),
+            })?;
+            used.insert(h.dek_version);
+        }
+        let mut retire = Vec::new();
+        for item in self
+            .inner
+            .storage
+            .scan_prefix(TreeId::Deks, kr.id.to_be_bytes())
+        {
+            let (k, _) = item?;
+            if let Some(v) = format::version_of_key(&k).and_then(|v| DekVersion::new(v).ok())
+                && v != kr.current_dek
+                && !used.contains(&v)
+            {
+                retire.push(v);
+            }
+        }
+        if retire.is_empty() {
+            return Ok(retire);
+        }
+        let list = retire
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.commit(
+            AuditOp::DeksRetired,
+            format!("keyring {keyring}"),
+            list,
+            |tx| {
+                for v in &retire {
+                    tx.remove(TreeId::Deks, format::versioned_key(kr.id, v.get()).to_vec())?;
+                }
+                Ok(())
+            },
+        )?;
+        self.inner.cache.purge_keyring(kr.id);
+        Ok(retire)
+    }
+
+    /// Work left unfinished by a crash or an interrupt.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn pending_jobs(&self) -> Result<Vec<PendingJob>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .inner
+            .storage
+            .scan_prefix(TreeId::Jobs, REENCRYPT_PREFIX)
+        {
+            let (k, _) = item?;
+            if let Ok(id) = <[u8; 8]>::try_from(&k[REENCRYPT_PREFIX.len()..])
+                && let Some(name) = self.read_catalog().ids.get(&u64::from_be_bytes(id))
+            {
+                out.push(PendingJob::Reencrypt(name.clone()));
+            }
+        }
+        for item in self.inner.storage.scan_prefix(TreeId::Jobs, b"purge/") {
+            let (k, _) = item?;
+            if let Ok(id) = <[u8; 8]>::try_from(&k[6..]) {
+                out.push(PendingJob::Purge(u64::from_be_bytes(id)));
+            }
+        }
+        let roots: Vec<RootKeyName> = self.read_catalog().roots.keys().cloned().collect();
+        for root in roots {
+            let Ok((current, _)) = self.read_catalog().current_root(&root) else {
+                continue;
+            };
+            let mut keks = 0u64;
+            for item in self.inner.storage.scan_prefix(TreeId::Keks, []) {
+                let (_, v) = item?;
+                if let Ok(b) = strongroom_core::WrappedKey::parse(&v)
+                    && let Some(r) = b.root()
+                    && r.name == root
+                    && r.version != current
+                {
+                    keks += 1;
+                }
+            }
+            if keks > 0 {
+                out.push(PendingJob::Rewrap { root, keks });
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,42 @@
+//! strongroom's encrypted record store on sled.
+//!
+//! Every value is sealed under the hierarchy root key → keyring KEK → DEK, and the customer's key
+//! decisions (rotate, revoke, destroy) take effect on the data:
+//!
+//! - [`Store::create`] / [`Store::open`] a store directory with a [`Backend`](strongroom_core::Backend);
+//! - root keys: create, rotate (KEKs rewrapped incrementally), retire old versions, disable,
+//!   enable, schedule destruction, destroy;
+//! - keyrings: create under a root, rotate KEK or DEK, move to another root, disable, enable,
+//!   schedule destruction (7 days by default) or destroy now (crypto-shredding);
+//! - records: put, get, delete, list, atomic batch;
+//! - resumable re-encryption, a bounded key cache, a tamper-evident audit log, online backup.
+//!
+//! # Durability contract
+//! sled writes in the background and flushes every 500 ms (using `sync_file_range` and `fsync`
+//! on Linux). Every key-management operation (create, rotate, move, disable, enable, schedule,
+//! cancel, destroy, re-encrypt batches) flushes before it returns: when it returns, it is
+//! durable. [`Store::put`] returns once the record is in sled's log, which reaches the disk
+//! within about 500 ms; [`Store::put_durable`] and [`Store::flush`] wait for the disk. A crash
+//! loses at most the unflushed puts of the last ~500 ms, never a key or a flushed record.
+#![forbid(unsafe_code)]
+
+mod audit;
+mod backup;
+mod cache;
+mod error;
+pub mod format;
+mod jobs;
+mod lifecycle;
+mod records;
+mod storage;
+mod store;
+mod verify;
+
+pub use audit::{AuditBreak, AuditEntry, AuditHead, AuditOp, AuditReport, Outcome};
+pub use backup::BackupReport;
+pub use cache::DownPolicy;
+pub use error::StoreError;
+pub use jobs::{PendingJob, ReencryptReport};
+pub use lifecycle::{Destroyed, KeyringInfo, Progress, RootInfo};
+pub use records::{BatchOp, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use store::{DB_DIR, Store, StoreOptions};

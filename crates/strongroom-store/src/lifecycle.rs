@@ -1,0 +1,1352 @@
+//! The key lifecycle: root keys and keyrings, created, rotated, moved, disabled, enabled,
+//! scheduled for destruction and destroyed. Each change is one transaction with its audit entry,
+//! made under the lifecycle write lock and flushed before the call returns. Backend calls come
+//! before the transaction (a transaction may be retried and must not have outside effects).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strongroom_core::blob::{WrapAlg, WrappedKey, WrappingKeyRef};
+use strongroom_core::crypto::kwp_wrap_bound;
+use strongroom_core::{
+    BackendError, DekVersion, KekVersion, Key256, KeyState, KeyringName, RootKeyId, RootKeyName,
+    RootVersion, Timestamp, Transition,
+};
+
+use crate::audit::AuditOp;
+use crate::cache::{Cached, Slot};
+use crate::error::StoreError;
+use crate::format::{self, KeyringEntry, RootEntry};
+use crate::storage::TreeId;
+use crate::store::{
+    NEXT_ID_KEY, Store, audit_key_context, check_usable, dek_context, ensure_backend_root,
+    kek_context,
+};
+
+/// A root key as the store sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootInfo {
+    /// Its name.
+    pub name: RootKeyName,
+    /// Every version and its state, oldest first.
+    pub versions: Vec<(RootVersion, KeyState)>,
+    /// The version new KEKs are wrapped under.
+    pub current: Option<RootVersion>,
+    /// Keyrings under it.
+    pub keyrings: usize,
+    /// Whether it protects the audit log (the primary root).
+    pub primary: bool,
+}
+
+/// A keyring as the store sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyringInfo {
+    /// Its name.
+    pub name: KeyringName,
+    /// Its state.
+    pub state: KeyState,
+    /// The root key its KEKs are wrapped under.
+    pub root: RootKeyName,
+    /// The KEK version in use.
+    pub current_kek: KekVersion,
+    /// The DEK version new records are sealed with.
+    pub current_dek: DekVersion,
+    /// DEK versions the keyring holds (older ones open older records).
+    pub dek_versions: Vec<DekVersion>,
+    /// KEK versions and the root version wrapping each.
+    pub kek_versions: Vec<(KekVersion, Option<RootKeyId>)>,
+    /// When it was created.
+    pub created: Timestamp,
+}
+
+/// Progress of a long operation, for progress bars.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Items done so far (including those done before a resume).
+    pub done: u64,
+    /// Items in all, as far as known.
+    pub total: u64,
+}
+
+/// What a keyring destruction erased.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destroyed {
+    /// The keyring.
+    pub keyring: KeyringName,
+    /// Records purged.
+    pub records: u64,
+}
+
+/// A wrapped KEK as found in the store.
+struct KekBlob {
+    keyring_id: u64,
+    version: u32,
+    bytes: Vec<u8>,
+    root: RootKeyId,
+}
+
+fn transition(state: KeyState, t: Transition) -> Result<KeyState, StoreError> {
+    Ok(state.apply(t)?)
+}
+
+const PURGE_PREFIX: &[u8] = b"purge/";
+
+fn purge_job_key(id: u64) -> Vec<u8> {
+    let mut k = PURGE_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+impl Store {
+    // ===================== root keys =====================
+
+    /// Every root key.
+    #[must_use]
+    pub fn roots(&self) -> Vec<RootInfo> {
+        let cat = self.read_catalog();
+        cat.roots
+            .iter()
+            .map(|(name, versions)| RootInfo {
+                name: name.clone(),
+                versions: versions.iter().map(|(v, e)| (*v, e.state)).collect(),
+                current: cat.current_root(name).ok().map(|(v, _)| v),
+                keyrings: cat.keyrings.values().filter(|k| &k.root == name).count(),
+                primary: *name == self.inner.meta.primary_root,
+            })
+            .collect()
+    }
+
+    /// One root key.
+    ///
+    /// # Errors
+    /// [`StoreError::RootNotFound`].
+    pub fn root(&self, name: &RootKeyName) -> Result<RootInfo, StoreError> {
+        self.roots()
+            .into_iter()
+            .find(|r| &r.name == name)
+            .ok_or_else(|| StoreError::RootNotFound { name: name.clone() })
+    }
+
+    /// Creates root key `name` (version 1) in the backend and the store.
+    ///
+    /// # Errors
+    /// [`StoreError::RootExists`] or a backend error.
+    pub fn create_root(&self, name: &RootKeyName) -> Result<RootInfo, StoreError> {
+        let _w = self.write_lifecycle();
+        self.audited(AuditOp::RootCreated, format!("root {name}"), || {
+            if self.read_catalog().roots.contains_key(name) {
+                return Err(StoreError::RootExists { name: name.clone() });
+            }
+            let id = RootKeyId::new(name.clone(), RootVersion::FIRST);
+            ensure_backend_root(&*self.inner.backend, &id)?;
+            let entry = RootEntry {
+                state: KeyState::Enabled,
+                created: Timestamp::now(),
+            };
+            self.commit(
+                AuditOp::RootCreated,
+                format!("root {id}"),
+                String::new(),
+                |tx| {
+                    tx.insert(
+                        TreeId::Roots,
+                        format::root_key(name, RootVersion::FIRST),
+                        entry.to_bytes(),
+                    )
+                },
+            )?;
+            self.write_catalog()
+                .roots
+                .entry(name.clone())
+                .or_default()
+                .insert(RootVersion::FIRST, entry);
+            Ok(())
+        })?;
+        self.root(name)
+    }
+
+    /// Rotates root key `name`: makes a new version, then rewraps every KEK under the old
+    /// versions under it, one at a time ([`Store::rewrap_root`]; resumable after a crash).
+    /// Returns the new version.
+    ///
+    /// # Errors
+    /// [`StoreError::RootNotFound`], a root that is not enabled, or a backend error.
+    pub fn rotate_root(
+        &self,
+        name: &RootKeyName,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RootVersion, StoreError> {
+        let version = {
+            let _w = self.write_lifecycle();
+            self.audited(AuditOp::RootRotated, format!("root {name}"), || {
+                let (current, next) = {
+                    let cat = self.read_catalog();
+                    let current = cat.usable_root(name)?;
+                    let last = cat
+                        .roots
+                        .get(name)
+                        .and_then(|v| v.keys().next_back().copied())
+                        .unwrap_or(current);
+                    (
+                        current,
+                        last.next().ok_or_else(|| {
+                            StoreError::InUse(format!("root key {name} has no versions left"))
+                        })?,
+                    )
+                };
+                let id = RootKeyId::new(name.clone(), next);
+                ensure_backend_root(&*self.inner.backend, &id)?;
+                // The audit key moves to the new version with the rotation of the primary root.
+                let audit_blob = if *name == self.inner.meta.primary_root {
+                    let key = self.audit_key_material()?;
+                    Some(
+                        self.inner
+                            .backend
+                            .wrap(&id, &key, &audit_key_context(&self.inner.meta.store_id))
+                            .map_err(StoreError::backend(format!(
+                                "wrapping the audit key under {id}"
+                            )))?
+                            .to_bytes(),
+                    )
+                } else {
+                    None
+                };
+                let entry = RootEntry {
+                    state: KeyState::Enabled,
+                    created: Timestamp::now(),
+                };
+                self.commit(
+                    AuditOp::RootRotated,
+                    format!("root {name}"),
+                    format!("{current} -> {next}"),
+                    |tx| {
+                        tx.insert(
+                            TreeId::Roots,
+                            format::root_key(name, next),
+                            entry.to_bytes(),
+                        )?;
+                        if let Some(b) = &audit_blob {
+                            tx.insert(TreeId::Meta, crate::store::AUDIT_KEY_KEY, b.clone())?;
+                        }
+                        Ok(())
+                    },
+                )?;
+                self.write_catalog()
+                    .roots
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(next, entry);
+                Ok(next)
+            })?
+        };
+        self.rewrap_root(name, progress)?;
+        Ok(version)
+    }
+
+    /// The audit key's material, for rewrapping it (kept only as long as needed).
+    fn audit_key_material(&self) -> Result<Key256, StoreError> {
+        let raw = self
+            .inner
+            .storage
+            .get(TreeId::Meta, crate::store::AUDIT_KEY_KEY)?
+            .ok_or_else(|| StoreError::KeyIntegrity {
+                what: "the audit key (missing)".into(),
+            })?;
+        let blob = WrappedKey::parse(&raw).map_err(|source| StoreError::Corrupt {
+            what: "the wrapped audit key".into(),
+            source,
+        })?;
+        self.inner
+            .backend
+            .unwrap(&blob, &audit_key_context(&self.inner.meta.store_id))
+            .map_err(|e| match e {
+                BackendError::Integrity => StoreError::KeyIntegrity {
+                    what: "the wrapped audit key".into(),
+                },
+                e => StoreError::AuditUnavailable {
+                    root: self.inner.meta.primary_root.clone(),
+                    reason: e.to_string(),
+                },
+            })
+    }
+
+    /// Every KEK blob wrapped under root `name` but not under `except`.
+    fn keks_under(
+        &self,
+        name: &RootKeyName,
+        except: Option<RootVersion>,
+    ) -> Result<Vec<KekBlob>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.storage.scan_prefix(TreeId::Keks, []) {
+            let (k, v) = item?;
+            let blob = WrappedKey::parse(&v).map_err(|source| StoreError::Corrupt {
+                what: "a wrapped KEK".into(),
+                source,
+            })?;
+            if let Some(root) = blob.root()
+                && &root.name == name
+                && Some(root.version) != except
+            {
+                let id = u64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]));
+                let ver = format::version_of_key(&k).unwrap_or(0);
+                out.push(KekBlob {
+                    keyring_id: id,
+                    version: ver,
+                    bytes: v.to_vec(),
+                    root: root.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rewraps, one KEK at a time, every KEK under an older version of root `name` under its
+    /// current version. Safe to run again (after a crash, or to finish a rotation): it only
+    /// touches KEKs still under an old version, and records are never touched.
+    ///
+    /// # Errors
+    /// A root that is not enabled, or a backend error (KEKs done so far stay done).
+    pub fn rewrap_root(
+        &self,
+        name: &RootKeyName,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<u64, StoreError> {
+        let target = self.read_catalog().usable_root(name)?;
+        let todo = self.keks_under(name, Some(target))?;
+        let total = todo.len() as u64;
+        let mut done = 0u64;
+        progress(Progress { done, total });
+        for KekBlob {
+            keyring_id: id,
+            version: ver,
+            bytes: old_bytes,
+            ..
+        } in todo
+        {
+            let _r = self.read_lifecycle();
+            let Some(kr_name) = self.read_catalog().ids.get(&id).cloned() else {
+                continue;
+            };
+            let Ok(kr) = self.read_catalog().keyring(&kr_name) else {
+                continue;
+            };
+            let v = KekVersion::new(ver).map_err(|_| StoreError::KeyIntegrity {
+                what: format!("KEK of keyring {kr_name} (bad version)"),
+            })?;
+            let (kek, _) = self.kek(&kr_name, &kr, v)?;
+            let new = self
+                .inner
+                .backend
+                .wrap(
+                    &RootKeyId::new(name.clone(), target),
+                    &kek,
+                    &kek_context(&self.inner.meta.store_id, &kr_name, id, v),
+                )
+                .map_err(StoreError::backend(format!(
+                    "rewrapping KEK {v} of keyring {kr_name}"
+                )))?;
+            // Replaced only if unchanged since it was read (a KEK rotation may have removed it).
+            self.inner.storage.compare_and_swap(
+                TreeId::Keks,
+                format::versioned_key(id, ver),
+                Some(&old_bytes),
+                Some(new.to_bytes()),
+            )?;
+            done += 1;
+            progress(Progress { done, total });
+        }
+        self.inner.storage.flush()?;
+        if done > 0 {
+            let _w = self.write_lifecycle();
+            self.commit(
+                AuditOp::RootRewrapped,
+                format!("root {name}"),
+                format!("{done} KEKs rewrapped under {target}"),
+                |_| Ok(()),
+            )?;
+        }
+        Ok(done)
+    }
+
+    /// Destroys an old version of root `name` in the backend, once nothing refers to it: no KEK
+    /// is wrapped under it (rewrap first) and it is not the current version.
+    ///
+    /// # Errors
+    /// [`StoreError::InUse`] while something refers to it, or a backend error.
+    pub fn retire_root_version(
+        &self,
+        name: &RootKeyName,
+        version: RootVersion,
+    ) -> Result<(), StoreError> {
+        let _w = self.write_lifecycle();
+        let id = RootKeyId::new(name.clone(), version);
+        self.audited(AuditOp::RootVersionRetired, format!("root {id}"), || {
+            let entry = {
+                let cat = self.read_catalog();
+                let (current, _) = cat.current_root(name)?;
+                if current == version {
+                    return Err(StoreError::InUse(format!("{id} is the current version of root key {name}; rotate it first")));
+                }
+                *cat.roots
+                    .get(name)
+                    .and_then(|v| v.get(&version))
+                    .ok_or_else(|| StoreError::RootNotFound { name: name.clone() })?
+            };
+            let users = self.keks_under(name, None)?.into_iter().filter(|b| b.root.version == version).count();
+            if users > 0 {
+                return Err(StoreError::InUse(format!(
+                    "{users} KEKs are still wrapped under {id}; finish the rewrap (`strongroom root rotate` resumes it) before retiring it"
+                )));
+            }
+            let state = transition(entry.state, Transition::DestroyNow)?;
+            match self.inner.backend.destroy_root(&id) {
+                Ok(()) | Err(BackendError::RootDestroyed { .. } | BackendError::NotSupported { .. }) => {}
+                Err(e) => return Err(StoreError::backend(format!("destroying {id} in the backend"))(e)),
+            }
+            let new = RootEntry { state, ..entry };
+            self.commit(AuditOp::RootVersionRetired, format!("root {id}"), String::new(), |tx| {
+                tx.insert(TreeId::Roots, format::root_key(name, version), new.to_bytes())
+            })?;
+            self.write_catalog().roots.entry(name.clone()).or_default().insert(version, new);
+            Ok(())
+        })
+    }
+
+    /// Applies `t` to every live version of root `name` in the store (one transaction), then
+    /// purges the cache of its keyrings. Returns the versions changed.
+    fn root_transition(
+        &self,
+        name: &RootKeyName,
+        op: AuditOp,
+        t: Transition,
+        detail: String,
+    ) -> Result<Vec<RootVersion>, StoreError> {
+        let changes: Vec<(RootVersion, RootEntry)> = {
+            let cat = self.read_catalog();
+            let versions = cat
+                .roots
+                .get(name)
+                .ok_or_else(|| StoreError::RootNotFound { name: name.clone() })?;
+            let mut out = Vec::new();
+            for (v, e) in versions
+                .iter()
+                .filter(|(_, e)| e.state != KeyState::Destroyed)
+            {
+                out.push((
+                    *v,
+                    RootEntry {
+                        state: transition(e.state, t)?,
+                        ..*e
+                    },
+                ));
+            }
+            if out.is_empty() {
+                return Err(StoreError::RootDestroyed { name: name.clone() });
+            }
+            out
+        };
+        self.commit(op, format!("root {name}"), detail, |tx| {
+            for (v, e) in &changes {
+                tx.insert(TreeId::Roots, format::root_key(name, *v), e.to_bytes())?;
+            }
+            Ok(())
+        })?;
+        {
+            let mut cat = self.write_catalog();
+            let versions = cat.roots.entry(name.clone()).or_default();
+            for (v, e) in &changes {
+                versions.insert(*v, *e);
+            }
+        }
+        for (_, kr) in self.keyrings_under(name) {
+            self.inner.cache.purge_keyring(kr.id);
+        }
+        Ok(changes.into_iter().map(|(v, _)| v).collect())
+    }
+
+    /// Disables root key `name` (every version): every keyring under it is refused at once,
+    /// here and, where the backend can, in the backend itself.
+    ///
+    /// # Errors
+    /// A state that does not allow it, or a backend error (the store stays disabled; run it
+    /// again to finish in the backend).
+    pub fn disable_root(&self, name: &RootKeyName) -> Result<(), StoreError> {
+        let _w = self.write_lifecycle();
+        self.audited(AuditOp::RootDisabled, format!("root {name}"), || {
+            let already = matches!(self.read_catalog().current_root(name)?, (_, KeyState::Disabled));
+            let versions = if already {
+                self.live_root_versions(name)
+            } else {
+                self.root_transition(name, AuditOp::RootDisabled, Transition::Disable, String::new())?
+            };
+            for v in versions {
+                let id = RootKeyId::new(name.clone(), v);
+                match self.inner.backend.disable_root(&id) {
+                    Ok(()) | Err(BackendError::RootDisabled { .. } | BackendError::NotSupported { .. }) => {}
+                    Err(e) => return Err(StoreError::backend(format!("disabling {id} in the backend"))(e)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn live_root_versions(&self, name: &RootKeyName) -> Vec<RootVersion> {
+        self.read_catalog()
+            .roots
+            .get(name)
+            .map(|v| {
+                v.iter()
+                    .filter(|(_, e)| e.state != KeyState::Destroyed)
+                    .map(|(v, _)| *v)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Enables root key `name` again (every version), in the backend first.
+    ///
+    /// # Errors
+    /// A state that does not allow it, or a backend error.
+    pub fn enable_root(&self, name: &RootKeyName) -> Result<(), StoreError> {
+        let _w = self.write_lifecycle();
+        self.audited(AuditOp::RootEnabled, format!("root {name}"), || {
+            let (_, state) = self.read_catalog().current_root(name)?;
+            // Checked before the backend is touched: a pending destruction must be cancelled.
+            transition(state, Transition::Enable)?;
+            for v in self.live_root_versions(name) {
+                let id = RootKeyId::new(name.clone(), v);
+                match self.inner.backend.enable_root(&id) {
+                    Ok(()) | Err(BackendError::NotSupported { .. }) => {}
+                    Err(e) => {
+                        return Err(
+                            StoreError::backend(format!("enabling {id} in the backend"))(e),
+                        );
+                    }
+                }
+            }
+            self.root_transition(
+                name,
+                AuditOp::RootEnabled,
+                Transition::Enable,
+                String::new(),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Schedules the destruction of root key `name` (every version, and every keyring under
+    /// it) after `after` (default: the store's destruction delay). Everything under it is
+    /// refused from now on; [`Store::cancel_root_destruction`] undoes it until then.
+    ///
+    /// # Errors
+    /// [`StoreError::InUse`] for the primary root (it protects the audit log), or a state error.
+    pub fn schedule_root_destruction(
+        &self,
+        name: &RootKeyName,
+        after: Option<Duration>,
+    ) -> Result<Timestamp, StoreError> {
+        let _w = self.write_lifecycle();
+        let not_before =
+            Timestamp::now().saturating_add(after.unwrap_or(self.inner.options.destruction_delay));
+        self.audited(
+            AuditOp::RootDestructionScheduled,
+            format!("root {name}"),
+            || {
+                self.refuse_primary(name)?;
+                self.root_transition(
+                    name,
+                    AuditOp::RootDestructionScheduled,
+                    Transition::ScheduleDestruction { not_before },
+                    format!("not before {not_before}"),
+                )?;
+                Ok(not_before)
+            },
+        )
+    }
+
+    /// Cancels a scheduled root destruction; the root is left disabled.
+    ///
+    /// # Errors
+    /// A state error if none is scheduled.
+    pub fn cancel_root_destruction(&self, name: &RootKeyName) -> Result<(), StoreError> {
+        let _w = self.write_lifecycle();
+        self.audited(
+            AuditOp::RootDestructionCancelled,
+            format!("root {name}"),
+            || {
+                self.root_transition(
+                    name,
+                    AuditOp::RootDestructionCancelled,
+                    Transition::CancelDestruction,
+                    "left disabled".into(),
+                )
+                .map(|_| ())
+            },
+        )
+    }
+
+    fn refuse_primary(&self, name: &RootKeyName) -> Result<(), StoreError> {
+        if *name == self.inner.meta.primary_root {
+            return Err(StoreError::InUse(format!(
+                "root key {name} is the store's primary root: it protects the audit log and cannot be destroyed"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Destroys root key `name` now: every version in the backend, and every keyring under it
+    /// (their wrapped keys erased, their records purged). Irreversible: crypto-shredding.
+    ///
+    /// # Errors
+    /// [`StoreError::InUse`] for the primary root; a backend error (the store already counts it
+    /// destroyed; run it again to finish in the backend).
+    pub fn destroy_root_now(&self, name: &RootKeyName) -> Result<Vec<Destroyed>, StoreError> {
+        let w = self.write_lifecycle();
+        let r = self.audited(AuditOp::RootDestroyed, format!("root {name}"), || {
+            self.refuse_primary(name)?;
+            self.destroy_root_locked(name, Transition::DestroyNow)
+        });
+        drop(w);
+        let destroyed = r?;
+        self.finish_purges()?;
+        Ok(destroyed)
+    }
+
+    fn destroy_root_locked(
+        &self,
+        name: &RootKeyName,
+        t: Transition,
+    ) -> Result<Vec<Destroyed>, StoreError> {
+        let already = matches!(
+            self.read_catalog().current_root(name),
+            Err(StoreError::RootDestroyed { .. })
+        );
+        let versions = if already {
+            Vec::new()
+        } else {
+            self.live_root_versions(name)
+        };
+        let mut destroyed = Vec::new();
+        // The keyrings go first (each its own transaction): their keys are what the root protects.
+        for (kr_name, kr) in self.keyrings_under(name) {
+            if kr.state != KeyState::Destroyed {
+                self.destroy_keyring_locked(&kr_name, Transition::DestroyNow)?;
+                destroyed.push(Destroyed {
+                    keyring: kr_name,
+                    records: 0,
+                });
+            }
+        }
+        if !versions.is_empty() {
+            self.root_transition(
+                name,
+                AuditOp::RootDestroyed,
+                t,
+                format!("{} versions", versions.len()),
+            )?;
+        }
+        let all: Vec<RootVersion> = self
+            .read_catalog()
+            .roots
+            .get(name)
+            .map(|v| v.keys().copied().collect())
+            .unwrap_or_default();
+        for v in all {
+            let id = RootKeyId::new(name.clone(), v);
+            match self.inner.backend.destroy_root(&id) {
+                Ok(())
+                | Err(
+                    BackendError::RootDestroyed { .. }
+                    | BackendError::RootNotFound { .. }
+                    | BackendError::NotSupported { .. },
+                ) => {}
+                Err(e) => {
+                    return Err(StoreError::backend(format!(
+                        "destroying {id} in the backend; run the destroy again"
+                    ))(e));
+                }
+            }
+        }
+        Ok(destroyed)
+    }
+
+    // ===================== keyrings =====================
+
+    /// Every keyring.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn keyrings(&self) -> Result<Vec<KeyringInfo>, StoreError> {
+        let names: Vec<KeyringName> = self.read_catalog().keyrings.keys().cloned().collect();
+        names.iter().map(|n| self.keyring(n)).collect()
+    }
+
+    /// One keyring.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyringNotFound`] or a storage error.
+    pub fn keyring(&self, name: &KeyringName) -> Result<KeyringInfo, StoreError> {
+        let kr = self.read_catalog().keyring(name)?;
+        let mut dek_versions = Vec::new();
+        for item in self
+            .inner
+            .storage
+            .scan_prefix(TreeId::Deks, kr.id.to_be_bytes())
+        {
+            let (k, _) = item?;
+            if let Some(v) = format::version_of_key(&k).and_then(|v| DekVersion::new(v).ok()) {
+                dek_versions.push(v);
+            }
+        }
+        let mut kek_versions = Vec::new();
+        for item in self
+            .inner
+            .storage
+            .scan_prefix(TreeId::Keks, kr.id.to_be_bytes())
+        {
+            let (k, v) = item?;
+            if let Some(ver) = format::version_of_key(&k).and_then(|v| KekVersion::new(v).ok()) {
+                kek_versions.push((
+                    ver,
+                    WrappedKey::parse(&v).ok().and_then(|b| b.root().cloned()),
+                ));
+            }
+        }
+        Ok(KeyringInfo {
+            name: name.clone(),
+            state: kr.state,
+            root: kr.root.clone(),
+            current_kek: kr.current_kek,
+            current_dek: kr.current_dek,
+            dek_versions,
+            kek_versions,
+            created: kr.created,
+        })
+    }
+
+    fn put_keyring(&self, name: &KeyringName, e: KeyringEntry) {
+        let mut cat = self.write_catalog();
+        cat.ids.insert(e.id, name.clone());
+        cat.keyrings.insert(name.clone(), Arc::new(e));
+    }
+
+    /// Creates keyring `name` under root `root` (default: the primary root), with KEK v1 and
+    /// DEK v1.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyringExists`], a root that is not usable, or a backend error.
+    pub fn create_keyring(
+        &self,
+        name: &KeyringName,
+        root: Option<&RootKeyName>,
+    ) -> Result<KeyringInfo, StoreError> {
+        let _w = self.write_lifecycle();
+        self.audited(AuditOp::KeyringCreated, format!("keyring {name}"), || {
+            let root = root
+                .cloned()
+                .unwrap_or_else(|| self.inner.meta.primary_root.clone());
+            let root_v = {
+                let cat = self.read_catalog();
+                if let Some(existing) = cat.keyrings.get(name) {
+                    return Err(StoreError::KeyringExists {
+                        name: name.clone(),
+                        destroyed: existing.state == KeyState::Destroyed,
+                    });
+                }
+                cat.usable_root(&root)?
+            };
+            let next_raw = self.inner.storage.get(TreeId::Meta, NEXT_ID_KEY)?;
+            let id = next_raw
+                .as_deref()
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(1, u64::from_be_bytes);
+            let store_id = self.inner.meta.store_id;
+            let root_id = RootKeyId::new(root.clone(), root_v);
+            let kek = Key256::generate()?;
+            let kek_blob = self
+                .inner
+                .backend
+                .wrap(
+                    &root_id,
+                    &kek,
+                    &kek_context(&store_id, name, id, KekVersion::FIRST),
+                )
+                .map_err(StoreError::backend(format!(
+                    "wrapping the KEK of keyring {name} under {root_id}"
+                )))?;
+            let dek = Key256::generate()?;
+            let dek_blob = dek_blob(
+                name,
+                KekVersion::FIRST,
+                &kek,
+                &dek,
+                &dek_context(&store_id, name, id, DekVersion::FIRST),
+            )?;
+            let entry = KeyringEntry {
+                id,
+                root,
+                state: KeyState::Enabled,
+                current_kek: KekVersion::FIRST,
+                current_dek: DekVersion::FIRST,
+                created: Timestamp::now(),
+            };
+            self.commit(
+                AuditOp::KeyringCreated,
+                format!("keyring {name}"),
+                format!("under root {root_id}"),
+                |tx| {
+                    crate::store::expect_value(
+                        tx,
+                        TreeId::Meta,
+                        NEXT_ID_KEY,
+                        next_raw.as_deref(),
+                        "the keyring id counter",
+                    )?;
+                    tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())?;
+                    tx.insert(
+                        TreeId::Keks,
+                        format::versioned_key(id, 1).to_vec(),
+                        kek_blob.to_bytes(),
+                    )?;
+                    tx.insert(
+                        TreeId::Deks,
+                        format::versioned_key(id, 1).to_vec(),
+                        dek_blob.to_bytes(),
+                    )?;
+                    tx.insert(TreeId::Meta, NEXT_ID_KEY, (id + 1).to_be_bytes().to_vec())
+                },
+            )?;
+            let now = Instant::now();
+            self.inner
+                .cache
+                .insert(id, Slot::Kek(1), Cached::Kek(Arc::new(kek)), now);
+            self.put_keyring(name, entry);
+            Ok(())
+        })?;
+        self.keyring(name)
+    }
+
+    /// The keyring entry, refusing unless it is enabled and its root is too.
+    fn usable_keyring(&self, name: &KeyringName) -> Result<Arc<KeyringEntry>, StoreError> {
+        let cat = self.read_catalog();
+        let kr = cat.keyring(name)?;
+        check_usable(&cat, name, &kr)?;
+        Ok(kr)
+    }
+
+    /// Rotates the KEK of keyring `name`: a new KEK wrapped under the root's current version,
+    /// and every DEK rewrapped under it, in one transaction. No record is touched.
+    ///
+    /// # Errors
+    /// A keyring or root that is not usable, or a backend error.
+    pub fn rotate_kek(&self, name: &KeyringName) -> Result<KekVersion, StoreError> {
+        let _w = self.write_lifecycle();
+        self.audited(AuditOp::KekRotated, format!("keyring {name}"), || {
+            self.rotate_kek_locked(name)
+        })
+    }
+
+    fn rotate_kek_locked(&self, name: &KeyringName) -> Result<KekVersion, StoreError> {
+        let kr = self.usable_keyring(name)?;
+        let store_id = self.inner.meta.store_id;
+        let root_v = self.read_catalog().usable_root(&kr.root)?;
+        let next = kr
+            .current_kek
+            .next()
+            .ok_or_else(|| StoreError::InUse(format!("keyring {name} has no KEK versions left")))?;
+        let kek = Key256::generate()?;
+        let root_id = RootKeyId::new(kr.root.clone(), root_v);
+        let kek_blob = self
+            .inner
+            .backend
+            .wrap(&root_id, &kek, &kek_context(&store_id, name, kr.id, next))
+            .map_err(StoreError::backend(format!(
+                "wrapping KEK {next} of keyring {name} under {root_id}"
+            )))?;
+        let mut rewrapped = Vec::new();
+        for item in self
+            .inner
+            .storage
+            .scan_prefix(TreeId::Deks, kr.id.to_be_bytes())
+        {
+            let (k, _) = item?;
+            let Some(v) = format::version_of_key(&k).and_then(|v| DekVersion::new(v).ok()) else {
+                continue;
+            };
+            let dek = self.dek_material(name, &kr, v)?;
+            rewrapped.push((
+                k.to_vec(),
+                dek_blob(
+                    name,
+                    next,
+                    &kek,
+                    &dek,
+                    &dek_context(&store_id, name, kr.id, v),
+                )?
+                .to_bytes(),
+            ));
+        }
+        let old_keks: Vec<Vec<u8>> = self
+            .inner
+            .storage
+            .scan_prefix(TreeId::Keks, kr.id.to_be_bytes())
+            .map(|r| r.map(|(k, _)| k.to_vec()))
+            .collect::<Result<_, _>>()?;
+        let entry = KeyringEntry {
+            current_kek: next,
+            ..(*kr).clone()
+        };
+        self.commit(
+            AuditOp::KekRotated,
+            format!("keyring {name}"),
+            format!(
+                "{} -> {next}; {} DEKs rewrapped",
+                kr.current_kek,
+                rewrapped.len()
+            ),
+            |tx| {
+                for k in &old_keks {
+                    tx.remove(TreeId::Keks, k.clone())?;
+                }
+                tx.insert(
+                    TreeId::Keks,
+                    format::versioned_key(kr.id, next.get()).to_vec(),
+                    kek_blob.to_bytes(),
+                )?;
+                for (k, v) in &rewrapped {
+                    tx.insert(TreeId::Deks, k.clone(), v.clone())?;
+                }
+                tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())
+            },
+        )?;
+        // DEK material is unchanged, so cached DEK ciphers stay valid; the old KEKs go.
+        self.inner.cache.purge_keyring(kr.id);
+        self.inner.cache.insert(
+            kr.id,
+            Slot::Kek(next.get()),
+            Cached::Kek(Arc::new(kek)),
+            Instant::now(),
+        );
+        self.put_keyring(name, entry);
+        Ok(next)
+    }
+
+    /// The material of DEK version `v` (for rewrapping it).
+    fn dek_material(
+        &self,
+        name: &KeyringName,
+        kr: &KeyringEntry,
+        v: DekVersion,
+    ) -> Result<Key256, StoreError> {
+        let what = || format!("DEK {v} of keyring {name}");
+        let raw = self
+            .inner
+            .storage
+            .get(TreeId::Deks, format::versioned_key(kr.id, v.get()))?
+            .ok_or_else(|| StoreError::KeyIntegrity {
+                what: format!("{} (missing)", what()),
+            })?;
+        let blob = WrappedKey::parse(&raw).map_err(|source| StoreError::Corrupt {
+            what: what(),
+            source,
+        })?;
+        let WrappingKeyRef::Kek { version, .. } = blob.wrapped_by() else {
+            return Err(StoreError::KeyIntegrity { what: what() });
+        };
+        let (kek, _) = self.kek(name, kr, *version)?;
+        strongroom_core::crypto::kwp_unwrap_bound(
+            &kek,
+            blob.payload(),
+            &dek_context(&self.inner.meta.store_id, name, kr.id, v),
+        )
+        .map_err(|_| StoreError::KeyIntegrity { what: what() })
+    }
+
+    /// Rotates the DEK of keyring `name`: new records are sealed with a new DEK; older records
+    /// keep opening with their own ([`Store::reencrypt`] moves them).
+    ///
+    /// # Errors
+    /// A keyring or root that is not usable, or a backend error.
+    pub fn rotate_dek(&self, name: &KeyringName) -> Result<DekVersion, StoreError> {
+        let _w = self.write_lifecycle();
+        self.audited(AuditOp::DekRotated, format!("keyring {name}"), || {
+            self.rotate_dek_locked(name, "requested")
+        })
+    }
+
+    pub(crate) fn rotate_dek_locked(
+        &self,
+        name: &KeyringName,
+        why: &str,
+    ) -> Result<DekVersion, StoreError> {
+        let kr = self.usable_keyring(name)?;
+        let next = kr
+            .current_dek
+            .next()
+            .ok_or_else(|| StoreError::InUse(format!("keyring {name} has no DEK versions left")))?;
+        let (kek, _) = self.kek(name, &kr, kr.current_kek)?;
+        let dek = Key256::generate()?;
+        let blob = dek_blob(
+            name,
+            kr.current_kek,
+            &kek,
+            &dek,
+            &dek_context(&self.inner.meta.store_id, name, kr.id, next),
+        )?;
+        let entry = KeyringEntry {
+            current_dek: next,
+            ..(*kr).clone()
+        };
+        self.commit(
+            AuditOp::DekRotated,
+            format!("keyring {name}"),
+            format!("{} -> {next} ({why})", kr.current_dek),
+            |tx| {
+                tx.insert(
+                    TreeId::Deks,
+                    format::versioned_key(kr.id, next.get()).to_vec(),
+                    blob.to_bytes(),
+                )?;
+                tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())
+            },
+        )?;
+        self.put_keyring(name, entry);
+        Ok(next)
+    }
+
+    /// Moves keyring `name` to root key `root` (a tenant switching to its own root key, or
+    /// back): every KEK version is rewrapped under `root` in one transaction; no record is
+    /// re-encrypted, and once this returns no key of the keyring depends on the old root.
+    ///
+    /// # Errors
+    /// A keyring or root that is not usable, or a backend error.
+    pub fn move_keyring(&self, name: &KeyringName, root: &RootKeyName) -> Result<(), StoreError> {
+        let _w = self.write_lifecycle();
+        self.audited(AuditOp::KeyringMoved, format!("keyring {name}"), || {
+            let kr = self.usable_keyring(name)?;
+            if &kr.root == root {
+                return Ok(());
+            }
+            let root_v = self.read_catalog().usable_root(root)?;
+            let to = RootKeyId::new(root.clone(), root_v);
+            let store_id = self.inner.meta.store_id;
+            let mut rewrapped = Vec::new();
+            for item in self
+                .inner
+                .storage
+                .scan_prefix(TreeId::Keks, kr.id.to_be_bytes())
+            {
+                let (k, _) = item?;
+                let Some(v) = format::version_of_key(&k).and_then(|v| KekVersion::new(v).ok())
+                else {
+                    continue;
+                };
+                let (kek, _) = self.kek(name, &kr, v)?;
+                let blob = self
+                    .inner
+                    .backend
+                    .wrap(&to, &kek, &kek_context(&store_id, name, kr.id, v))
+                    .map_err(StoreError::backend(format!(
+                        "wrapping KEK {v} of keyring {name} under {to}"
+                    )))?;
+                rewrapped.push((k.to_vec(), blob.to_bytes()));
+            }
+            let entry = KeyringEntry {
+                root: root.clone(),
+                ..(*kr).clone()
+            };
+            self.commit(
+                AuditOp::KeyringMoved,
+                format!("keyring {name}"),
+                format!("from root {} to {to}", kr.root),
+                |tx| {
+                    for (k, v) in &rewrapped {
+                        tx.insert(TreeId::Keks, k.clone(), v.clone())?;
+                    }
+                    tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())
+                },
+            )?;
+            self.inner.cache.purge_keyring(kr.id);
+            self.put_keyring(name, entry);
+            Ok(())
+        })
+    }
+
+    fn keyring_transition(
+        &self,
+        name: &KeyringName,
+        op: AuditOp,
+        t: Transition,
+        detail: String,
+    ) -> Result<KeyringEntry, StoreError> {
+        let kr = self.read_catalog().keyring(name)?;
+        let state = transition(kr.state, t)?;
+        let entry = KeyringEntry {
+            state,
+            ..(*kr).clone()
+        };
+        self.commit(op, format!("keyring {name}"), detail, |tx| {
+            tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())
+        })?;
+        // Purged after the commit and before the lock is released: no read in flight can put a
+        // key back.
+        self.inner.cache.purge_keyring(kr.id);
+        self.put_keyring(name, entry.clone());
+        Ok(entry)
+    }
+
+    /// Disables keyring `name`: reads and writes are refused at once and its keys leave the
+    /// cache.
+    ///
+    /// # Errors
+    /// A state that does not allow it.
+    pub fn disable_keyring(&self, name: &KeyringName) -> Result<(), StoreError> {
+        let _w = self.write_lifecycle();
+        self.audited(AuditOp::KeyringDisabled, format!("keyring {name}"), || {
+            self.keyring_transition(
+                name,
+                AuditOp::KeyringDisabled,
+                Transition::Disable,
+                String::new(),
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Enables keyring `name` again.
+    ///
+    /// # Errors
+    /// A state that does not allow it.
+    pub fn enable_keyring(&self, name: &KeyringName) -> Result<(), StoreError> {
+        let _w = self.write_lifecycle();
+        self.audited(AuditOp::KeyringEnabled, format!("keyring {name}"), || {
+            self.keyring_transition(
+                name,
+                AuditOp::KeyringEnabled,
+                Transition::Enable,
+                String::new(),
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Schedules the destruction of keyring `name` after `after` (default: the store's
+    /// destruction delay, 7 days unless configured). It is refused from now on and destroyed
+    /// when the time comes (at the next open or [`Store::run_due_destructions`]).
+    ///
+    /// # Errors
+    /// A state that does not allow it.
+    pub fn schedule_keyring_destruction(
+        &self,
+        name: &KeyringName,
+        after: Option<Duration>,
+    ) -> Result<Timestamp, StoreError> {
+        let _w = self.write_lifecycle();
+        let not_before =
+            Timestamp::now().saturating_add(after.unwrap_or(self.inner.options.destruction_delay));
+        self.audited(
+            AuditOp::KeyringDestructionScheduled,
+            format!("keyring {name}"),
+            || {
+                self.keyring_transition(
+                    name,
+                    AuditOp::KeyringDestructionScheduled,
+                    Transition::ScheduleDestruction { not_before },
+                    format!("not before {not_before}"),
+                )?;
+                Ok(not_before)
+            },
+        )
+    }
+
+    /// Cancels a scheduled destruction; the keyring is left disabled.
+    ///
+    /// # Errors
+    /// A state error if none is scheduled.
+    pub fn cancel_keyring_destruction(&self, name: &KeyringName) -> Result<(), StoreError> {
+        let _w = self.write_lifecycle();
+        self.audited(
+            AuditOp::KeyringDestructionCancelled,
+            format!("keyring {name}"),
+            || {
+                self.keyring_transition(
+                    name,
+                    AuditOp::KeyringDestructionCancelled,
+                    Transition::CancelDestruction,
+                    "left disabled".into(),
+                )
+                .map(|_| ())
+            },
+        )
+    }
+
+    /// Destroys keyring `name` now: its wrapped KEKs and DEKs are erased in one transaction
+    /// (from then on nothing of it can be read: crypto-shredding), then its records are purged.
+    ///
+    /// # Errors
+    /// A keyring already destroyed, or a storage error.
+    pub fn destroy_keyring_now(&self, name: &KeyringName) -> Result<Destroyed, StoreError> {
+        {
+            let _w = self.write_lifecycle();
+            self.audited(AuditOp::KeyringDestroyed, format!("keyring {name}"), || {
+                self.destroy_keyring_locked(name, Transition::DestroyNow)
+            })?;
+        }
+        let records = self.finish_purges()?;
+        Ok(Destroyed {
+            keyring: name.clone(),
+            records,
+        })
+    }
+
+    pub(crate) fn destroy_keyring_locked(
+        &self,
+        name: &KeyringName,
+        t: Transition,
+    ) -> Result<(), StoreError> {
+        let kr = self.read_catalog().keyring(name)?;
+        let state = transition(kr.state, t)?;
+        let mut keys: Vec<(TreeId, Vec<u8>)> = Vec::new();
+        for tree in [TreeId::Keks, TreeId::Deks] {
+            for item in self.inner.storage.scan_prefix(tree, kr.id.to_be_bytes()) {
+                keys.push((tree, item?.0.to_vec()));
+            }
+        }
+        let entry = KeyringEntry {
+            state,
+            ..(*kr).clone()
+        };
+        self.commit(
+            AuditOp::KeyringDestroyed,
+            format!("keyring {name}"),
+            format!("{} wrapped keys erased", keys.len()),
+            |tx| {
+                for (tree, k) in &keys {
+                    tx.remove(*tree, k.clone())?;
+                }
+                tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())?;
+                // Its records are purged next, resumably: this marker survives a crash.
+                tx.insert(TreeId::Jobs, purge_job_key(kr.id), Vec::new())
+            },
+        )?;
+        self.inner.cache.purge_keyring(kr.id);
+        self.put_keyring(name, entry);
+        Ok(())
+    }
+
+    /// Removes the records of destroyed keyrings, in batches; resumes an interrupted purge.
+    /// Returns the records removed.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub(crate) fn finish_purges(&self) -> Result<u64, StoreError> {
+        let jobs: Vec<Vec<u8>> = self
+            .inner
+            .storage
+            .scan_prefix(TreeId::Jobs, PURGE_PREFIX)
+            .map(|r| r.map(|(k, _)| k.to_vec()))
+            .collect::<Result<_, _>>()?;
+        let mut removed = 0u64;
+        for job in jobs {
+            let Ok(id) = <[u8; 8]>::try_from(&job[PURGE_PREFIX.len()..]) else {
+                continue;
+            };
+            loop {
+                let batch: Vec<Vec<u8>> = self
+                    .inner
+                    .storage
+                    .scan_prefix(TreeId::Records, id)
+                    .take(1024)
+                    .map(|r| r.map(|(k, _)| k.to_vec()))
+                    .collect::<Result<_, _>>()?;
+                if batch.is_empty() {
+                    break;
+                }
+                let mut b = sled::Batch::default();
+                for k in &batch {
+                    b.remove(k.as_slice());
+                }
+                self.inner
+                    .storage
+                    .tree(TreeId::Records)
+                    .apply_batch(b)
+                    .map_err(StoreError::storage(
+                        "purging the records of a destroyed keyring",
+                    ))?;
+                removed += batch.len() as u64;
+            }
+            self.inner.storage.remove(TreeId::Jobs, &job)?;
+            self.inner.storage.flush()?;
+        }
+        Ok(removed)
+    }
+
+    /// Destroys every keyring and root whose scheduled destruction is due. Runs at every open.
+    ///
+    /// # Errors
+    /// A storage or backend error.
+    pub fn run_due_destructions(&self) -> Result<Vec<Destroyed>, StoreError> {
+        let now = Timestamp::now();
+        let mut out = Vec::new();
+        let due_keyrings: Vec<KeyringName> = self
+            .read_catalog()
+            .keyrings
+            .iter()
+            .filter(|(_, e)| matches!(e.state, KeyState::PendingDestruction { not_before } if not_before <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let due_roots: Vec<RootKeyName> = {
+            let cat = self.read_catalog();
+            cat.roots
+                .keys()
+                .filter(|n| matches!(cat.current_root(n), Ok((_, KeyState::PendingDestruction { not_before })) if not_before <= now))
+                .cloned()
+                .collect()
+        };
+        if due_keyrings.is_empty() && due_roots.is_empty() {
+            return Ok(out);
+        }
+        {
+            let _w = self.write_lifecycle();
+            for name in due_keyrings {
+                self.audited(AuditOp::KeyringDestroyed, format!("keyring {name}"), || {
+                    self.destroy_keyring_locked(&name, Transition::DestroyDue { now })
+                })?;
+                out.push(Destroyed {
+                    keyring: name,
+                    records: 0,
+                });
+            }
+            for name in due_roots {
+                let d = self.audited(AuditOp::RootDestroyed, format!("root {name}"), || {
+                    self.destroy_root_locked(&name, Transition::DestroyDue { now })
+                })?;
+                out.extend(d);
+            }
+        }
+        self.finish_purges()?;
+        Ok(out)
+    }
+}
+
+/// A DEK wrapped under a KEK (software AES-KWP, context-bound).
+fn dek_blob(
+    name: &KeyringName,
+    kek_v: KekVersion,
+    kek: &Key256,
+    dek: &Key256,
+    ctx: &[u8],
+) -> Result<WrappedKey, StoreError> {
+    WrappedKey::new(
+        WrapAlg::AesKwp,
+        WrappingKeyRef::Kek {
+            keyring: name.clone(),
+            version: kek_v,
+        },
+        kwp_wrap_bound(kek, dek, ctx).to_vec(),
+    )
+    .map_err(|source| StoreError::Corrupt {
+        what: format!("a new DEK of keyring {name}"),
+        source,
+    })
+}

@@ -1,0 +1,407 @@
+//! Records: sealed values in a keyring.
+//!
+//! A value is sealed under the keyring's current DEK (AES-256-GCM, random 96-bit nonce) with an
+//! AAD that binds the keyring, the record key and the header, so a value moved to another key or
+//! keyring, truncated or altered fails to open with an integrity error naming the record.
+//! Steady-state reads and writes find their DEK in the cache and make no backend call.
+//!
+//! Each DEK counts its encryptions in a persisted counter (reserved in blocks, so a crash can
+//! only over-count) and rolls over to a new DEK after `dek_rollover_after` of them.
+
+use strongroom_core::record::RecordHeader;
+use strongroom_core::{DekVersion, KeyringName, Plaintext};
+
+use crate::audit::{self, AuditOp, Event, Outcome};
+use crate::error::StoreError;
+use crate::format;
+use crate::storage::TreeId;
+use crate::store::{Counter, Store, check_usable};
+
+/// Longest record key, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+/// Largest record value, in bytes (16 MiB).
+pub const MAX_VALUE_LEN: usize = 16 << 20;
+const COUNTER_PREFIX: &[u8] = b"uses/";
+const COUNTER_BLOCK: u64 = 4096;
+
+/// One operation of an atomic batch.
+#[derive(Clone, Debug)]
+pub enum BatchOp {
+    /// Put a value.
+    Put(Vec<u8>, Vec<u8>),
+    /// Delete a key.
+    Delete(Vec<u8>),
+}
+
+fn check_key(key: &[u8]) -> Result<(), StoreError> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(StoreError::TooLarge {
+            what: "a record key",
+            limit: MAX_KEY_LEN,
+            found: key.len(),
+        });
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), StoreError> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(StoreError::TooLarge {
+            what: "a record value",
+            limit: MAX_VALUE_LEN,
+            found: value.len(),
+        });
+    }
+    Ok(())
+}
+
+/// A record key as it may appear in an error: printable ASCII as is, the rest escaped.
+pub(crate) fn show_key(key: &[u8]) -> String {
+    key.iter()
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .take(200)
+        .collect()
+}
+
+fn counter_key(id: u64, v: u32) -> Vec<u8> {
+    let mut k = COUNTER_PREFIX.to_vec();
+    k.extend_from_slice(&format::versioned_key(id, v));
+    k
+}
+
+enum Reserve {
+    Ok,
+    RollOver,
+}
+
+impl Store {
+    /// Counts one more encryption under DEK `v` of keyring `id`, or says it must roll over.
+    fn reserve(&self, id: u64, v: DekVersion) -> Result<Reserve, StoreError> {
+        let limit = self.inner.options.dek_rollover_after.max(1);
+        let mut counters = self
+            .inner
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let c = match counters.get(&(id, v.get())) {
+            Some(c) => *c,
+            None => {
+                // After a restart, every reserved encryption counts as used.
+                let reserved = self
+                    .inner
+                    .storage
+                    .get(TreeId::Jobs, counter_key(id, v.get()))?
+                    .and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
+                    .map_or(0, u64::from_be_bytes);
+                Counter {
+                    used: reserved,
+                    reserved,
+                }
+            }
+        };
+        if c.used >= limit {
+            counters.insert((id, v.get()), c);
+            return Ok(Reserve::RollOver);
+        }
+        let mut c = c;
+        if c.used >= c.reserved {
+            c.reserved = (c.used + COUNTER_BLOCK.min(limit)).min(limit);
+            self.inner.storage.insert(
+                TreeId::Jobs,
+                counter_key(id, v.get()),
+                c.reserved.to_be_bytes().to_vec(),
+            )?;
+        }
+        c.used += 1;
+        counters.insert((id, v.get()), c);
+        Ok(Reserve::Ok)
+    }
+
+    /// Counts one encryption for a re-encryption; `false` when the DEK must roll over first.
+    pub(crate) fn reserve_for_reencrypt(&self, id: u64, v: DekVersion) -> Result<bool, StoreError> {
+        Ok(matches!(self.reserve(id, v)?, Reserve::Ok))
+    }
+
+    /// Encryptions counted under a keyring's DEK version (as reserved on disk, after a restart).
+    ///
+    /// # Errors
+    /// [`StoreError::KeyringNotFound`] or a storage error.
+    pub fn dek_uses(&self, keyring: &KeyringName, v: DekVersion) -> Result<u64, StoreError> {
+        let id = self.read_catalog().keyring(keyring)?.id;
+        if let Some(c) = self
+            .inner
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(id, v.get()))
+        {
+            return Ok(c.used);
+        }
+        Ok(self
+            .inner
+            .storage
+            .get(TreeId::Jobs, counter_key(id, v.get()))?
+            .and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    fn audit_access(
+        &self,
+        op: AuditOp,
+        keyring: &KeyringName,
+        key: &[u8],
+        outcome: Outcome,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        if !self.inner.options.audit_data_access {
+            return Ok(());
+        }
+        let akey = self.audit_key()?;
+        let event = Event {
+            op,
+            outcome,
+            actor: &self.actor,
+            target: format!("record {} in keyring {keyring}", show_key(key)),
+            detail,
+        };
+        let store_id = self.inner.meta.store_id;
+        self.inner
+            .storage
+            .transaction(|tx| audit::append(tx, &akey, &store_id, &event).map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Seals and writes `items` (a value, or `None` to delete) in one atomic batch, under one
+    /// hold of the lifecycle lock, so no lifecycle change (a disable, a DEK retirement) can fall
+    /// between sealing and writing. Rolls the DEK over first when it has sealed its quota.
+    fn write_records(
+        &self,
+        keyring: &KeyringName,
+        items: &[(&[u8], Option<&[u8]>)],
+    ) -> Result<(), StoreError> {
+        for (k, v) in items {
+            check_key(k)?;
+            if let Some(v) = v {
+                check_value(v)?;
+            }
+        }
+        loop {
+            let rolled = {
+                let _r = self.read_lifecycle();
+                let kr = {
+                    let cat = self.read_catalog();
+                    let kr = cat.keyring(keyring)?;
+                    check_usable(&cat, keyring, &kr)?;
+                    kr
+                };
+                let mut cipher = None;
+                let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(items.len());
+                let mut roll = None;
+                for (k, v) in items {
+                    let tk = format::record_key(kr.id, k);
+                    let Some(v) = v else {
+                        writes.push((tk, None));
+                        continue;
+                    };
+                    if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek)? {
+                        roll = Some(kr.current_dek);
+                        break;
+                    }
+                    let c = match &cipher {
+                        Some(c) => c,
+                        None => cipher.insert(self.dek(keyring, &kr, kr.current_dek)?),
+                    };
+                    writes.push((tk, Some(c.seal(keyring, k, v)?)));
+                }
+                match roll {
+                    None => {
+                        let records = self.inner.storage.tree(TreeId::Records);
+                        if let [(k, Some(v))] = writes.as_slice() {
+                            records
+                                .insert(k.as_slice(), v.as_slice())
+                                .map_err(StoreError::storage("writing a record"))?;
+                        } else {
+                            let mut b = sled::Batch::default();
+                            for (k, v) in writes {
+                                match v {
+                                    Some(v) => b.insert(k, v),
+                                    None => b.remove(k),
+                                }
+                            }
+                            records
+                                .apply_batch(b)
+                                .map_err(StoreError::storage("writing a batch"))?;
+                        }
+                        return Ok(());
+                    }
+                    Some(v) => v,
+                }
+            };
+            // Roll over under the write lock; another writer may have done it already.
+            let _w = self.write_lifecycle();
+            if self.read_catalog().keyring(keyring)?.current_dek == rolled {
+                let limit = self.inner.options.dek_rollover_after;
+                self.audited(AuditOp::DekRotated, format!("keyring {keyring}"), || {
+                    self.rotate_dek_locked(
+                        keyring,
+                        &format!("automatic rollover after {limit} encryptions"),
+                    )
+                })?;
+            }
+        }
+    }
+
+    /// Stores `value` under `key` in `keyring`, sealed. Durable within about 500 ms (sled's
+    /// background flush), or at [`Store::flush`]; use [`Store::put_durable`] to wait for it.
+    ///
+    /// # Errors
+    /// A keyring that is not usable, a key or value over the limits, or a storage error.
+    pub fn put(&self, keyring: &KeyringName, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.write_records(keyring, &[(key, Some(value))])?;
+        self.audit_access(
+            AuditOp::RecordWritten,
+            keyring,
+            key,
+            Outcome::Ok,
+            format!("{} bytes", value.len()),
+        )
+    }
+
+    /// [`Store::put`], then flush: durable when it returns.
+    ///
+    /// # Errors
+    /// As [`Store::put`] and [`Store::flush`].
+    pub fn put_durable(
+        &self,
+        keyring: &KeyringName,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        self.put(keyring, key, value)?;
+        self.flush()
+    }
+
+    /// The value under `key` in `keyring`, or `None`.
+    ///
+    /// # Errors
+    /// A keyring that is not usable, [`StoreError::RecordIntegrity`] for a record that fails to
+    /// open, or a backend or storage error.
+    pub fn get(&self, keyring: &KeyringName, key: &[u8]) -> Result<Option<Plaintext>, StoreError> {
+        check_key(key)?;
+        let r = self.get_inner(keyring, key);
+        if self.inner.options.audit_data_access {
+            let (outcome, detail) = match &r {
+                Ok(Some(p)) => (Outcome::Ok, format!("{} bytes", p.len())),
+                Ok(None) => (Outcome::Ok, "not found".into()),
+                Err(e) if e.is_access_refused() => (Outcome::Refused, e.to_string()),
+                Err(e) => (Outcome::Failed, e.to_string()),
+            };
+            self.audit_access(AuditOp::RecordRead, keyring, key, outcome, detail)?;
+        }
+        r
+    }
+
+    fn get_inner(
+        &self,
+        keyring: &KeyringName,
+        key: &[u8],
+    ) -> Result<Option<Plaintext>, StoreError> {
+        let _r = self.read_lifecycle();
+        let kr = {
+            let cat = self.read_catalog();
+            let kr = cat.keyring(keyring)?;
+            check_usable(&cat, keyring, &kr)?;
+            kr
+        };
+        let Some(sealed) = self
+            .inner
+            .storage
+            .get(TreeId::Records, format::record_key(kr.id, key))?
+        else {
+            return Ok(None);
+        };
+        let integrity = || StoreError::RecordIntegrity {
+            keyring: keyring.clone(),
+            key: show_key(key),
+        };
+        let (header, _) = RecordHeader::parse(&sealed).map_err(|_| integrity())?;
+        let cipher = match self.dek(keyring, &kr, header.dek_version) {
+            Ok(c) => c,
+            // A header naming a DEK the keyring does not have is a damaged record.
+            Err(StoreError::KeyIntegrity { what }) if what.ends_with("(missing)") => {
+                return Err(integrity());
+            }
+            Err(e) => return Err(e),
+        };
+        cipher
+            .open(keyring, key, &sealed)
+            .map(Some)
+            .map_err(|_| integrity())
+    }
+
+    /// Deletes `key` from `keyring`; `true` if it was there.
+    ///
+    /// # Errors
+    /// A keyring that is not usable, or a storage error.
+    pub fn delete(&self, keyring: &KeyringName, key: &[u8]) -> Result<bool, StoreError> {
+        check_key(key)?;
+        let existed = {
+            let _r = self.read_lifecycle();
+            let cat = self.read_catalog();
+            let kr = cat.keyring(keyring)?;
+            check_usable(&cat, keyring, &kr)?;
+            self.inner
+                .storage
+                .remove(TreeId::Records, format::record_key(kr.id, key))?
+                .is_some()
+        };
+        self.audit_access(
+            AuditOp::RecordDeleted,
+            keyring,
+            key,
+            Outcome::Ok,
+            if existed {
+                "deleted".into()
+            } else {
+                "not found".into()
+            },
+        )?;
+        Ok(existed)
+    }
+
+    /// Keys in `keyring` that start with `prefix`, in order (values are not opened).
+    ///
+    /// # Errors
+    /// A keyring that is not usable, or a storage error.
+    pub fn list(&self, keyring: &KeyringName, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let _r = self.read_lifecycle();
+        let kr = {
+            let cat = self.read_catalog();
+            let kr = cat.keyring(keyring)?;
+            check_usable(&cat, keyring, &kr)?;
+            kr
+        };
+        self.inner
+            .storage
+            .scan_prefix(TreeId::Records, format::record_key(kr.id, prefix))
+            .map(|r| r.map(|(k, _)| k[8..].to_vec()))
+            .collect()
+    }
+
+    /// Applies `ops` to `keyring` atomically: all of them or none.
+    ///
+    /// # Errors
+    /// A keyring that is not usable, a key or value over the limits, or a storage error (then
+    /// nothing was applied).
+    pub fn batch(&self, keyring: &KeyringName, ops: &[BatchOp]) -> Result<(), StoreError> {
+        let items: Vec<(&[u8], Option<&[u8]>)> = ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
+                BatchOp::Delete(k) => (k.as_slice(), None),
+            })
+            .collect();
+        self.write_records(keyring, &items)
+    }
+}

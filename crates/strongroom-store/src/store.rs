@@ -1,0 +1,799 @@
+//! The store handle: opening, the catalog of roots and keyrings, key resolution through the
+//! cache, and the commit path that writes a change and its audit entry in one transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use strongroom_core::blob::{WrapAlg, WrappedKey, WrappingKeyRef};
+use strongroom_core::crypto::kwp_unwrap_bound;
+use strongroom_core::record::RecordCipher;
+use strongroom_core::{
+    Backend, BackendError, DekVersion, KekVersion, Key256, KeyState, KeyringName, RootKeyId,
+    RootKeyName, RootVersion, Timestamp,
+};
+
+use crate::audit::{self, AuditKey, AuditOp, Event, Outcome};
+use crate::cache::{Cached, DownPolicy, KeyCache, Slot};
+use crate::error::StoreError;
+use crate::format::{self, KeyringEntry, RootEntry, STORE_FORMAT_VERSION, StoreMeta};
+use crate::storage::{Storage, TreeId, Tx, TxResult, abort};
+
+/// Meta key of the store identity.
+pub(crate) const META_KEY: &[u8] = b"store";
+/// Meta key of the wrapped audit key.
+pub(crate) const AUDIT_KEY_KEY: &[u8] = b"audit_key";
+/// Meta key of the next keyring id.
+pub(crate) const NEXT_ID_KEY: &[u8] = b"next_keyring_id";
+/// Directory (inside the store directory) that holds the database.
+pub const DB_DIR: &str = "db";
+
+/// How a store behaves. Every field has a documented default ([`StoreOptions::default`]).
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Who is acting, recorded in the audit log. Default `strongroom`.
+    pub actor: String,
+    /// Most unwrapped KEKs and DEKs kept in memory. Default 4096.
+    pub cache_capacity: usize,
+    /// How long a cached key is used before the backend is asked again; bounds how long a
+    /// revocation made in the HSM takes to bite. Default 5 minutes.
+    pub cache_ttl: Duration,
+    /// What to do when a cached key's TTL has run out and the backend is down. Default
+    /// [`DownPolicy::FailClosed`].
+    pub down_policy: DownPolicy,
+    /// Encryptions under one DEK before it rolls over by itself. Default 2^28, far below the
+    /// 2^32 bound of NIST SP 800-38D for random 96-bit nonces.
+    pub dek_rollover_after: u64,
+    /// Waiting period of a scheduled destruction when none is given. Default 7 days.
+    pub destruction_delay: Duration,
+    /// Audit every record read, write and delete too (one extra write per operation). Default off.
+    pub audit_data_access: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            actor: "strongroom".into(),
+            cache_capacity: 4096,
+            cache_ttl: Duration::from_secs(300),
+            down_policy: DownPolicy::FailClosed,
+            dek_rollover_after: 1 << 28,
+            destruction_delay: Duration::from_secs(7 * 24 * 3600),
+            audit_data_access: false,
+        }
+    }
+}
+
+/// Roots and keyrings as last committed (the database is the truth; this is its in-memory copy,
+/// changed only after a commit, under the lifecycle write lock).
+#[derive(Default)]
+pub(crate) struct Catalog {
+    pub keyrings: BTreeMap<KeyringName, Arc<KeyringEntry>>,
+    pub roots: BTreeMap<RootKeyName, BTreeMap<RootVersion, RootEntry>>,
+    pub ids: HashMap<u64, KeyringName>,
+}
+
+impl Catalog {
+    /// The version new KEKs go under, and the state of the root as a whole: the newest version
+    /// that is not destroyed.
+    pub(crate) fn current_root(
+        &self,
+        name: &RootKeyName,
+    ) -> Result<(RootVersion, KeyState), StoreError> {
+        let versions = self
+            .roots
+            .get(name)
+            .ok_or_else(|| StoreError::RootNotFound { name: name.clone() })?;
+        versions
+            .iter()
+            .rev()
+            .find(|(_, e)| e.state != KeyState::Destroyed)
+            .map(|(v, e)| (*v, e.state))
+            .ok_or_else(|| StoreError::RootDestroyed { name: name.clone() })
+    }
+
+    /// The usable current version of a root, or why it is not usable.
+    pub(crate) fn usable_root(&self, name: &RootKeyName) -> Result<RootVersion, StoreError> {
+        match self.current_root(name)? {
+            (v, KeyState::Enabled) => Ok(v),
+            (_, KeyState::Destroyed) => Err(StoreError::RootDestroyed { name: name.clone() }),
+            _ => Err(StoreError::RootDisabled { name: name.clone() }),
+        }
+    }
+
+    pub(crate) fn keyring(&self, name: &KeyringName) -> Result<Arc<KeyringEntry>, StoreError> {
+        self.keyrings
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::KeyringNotFound { name: name.clone() })
+    }
+}
+
+/// Refuses access to a keyring that is not enabled (or whose root is not).
+pub(crate) fn check_usable(
+    cat: &Catalog,
+    name: &KeyringName,
+    kr: &KeyringEntry,
+) -> Result<(), StoreError> {
+    match kr.state {
+        KeyState::Enabled => {}
+        KeyState::Disabled => return Err(StoreError::KeyringDisabled { name: name.clone() }),
+        KeyState::PendingDestruction { not_before } => {
+            return Err(StoreError::KeyringPendingDestruction {
+                name: name.clone(),
+                not_before,
+            });
+        }
+        KeyState::Destroyed => return Err(StoreError::KeyringDestroyed { name: name.clone() }),
+    }
+    cat.usable_root(&kr.root).map(|_| ())
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Counter {
+    pub used: u64,
+    pub reserved: u64,
+}
+
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub storage: Storage,
+    pub backend: Arc<dyn Backend>,
+    pub meta: StoreMeta,
+    pub options: StoreOptions,
+    /// Data operations hold it shared; lifecycle changes hold it exclusively, so that once a
+    /// disable (or destroy) returns, no read or write of the keyring is in flight.
+    pub lifecycle: RwLock<()>,
+    pub catalog: RwLock<Catalog>,
+    pub cache: KeyCache,
+    pub audit_key: RwLock<Option<Arc<AuditKey>>>,
+    pub counters: Mutex<HashMap<(u64, u32), Counter>>,
+}
+
+/// An open store. `Send + Sync`, cheap to clone; clones share everything but the actor.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) actor: Arc<str>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("backend", &self.inner.meta.backend_kind)
+            .field("actor", &self.actor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The wrapping context of a KEK: binds it to the store, the keyring and the version.
+pub(crate) fn kek_context(
+    store_id: &[u8; 16],
+    keyring: &KeyringName,
+    id: u64,
+    v: KekVersion,
+) -> Vec<u8> {
+    context(b"strongroom/kek/v1\0", store_id, keyring, id, v.get())
+}
+
+/// The wrapping context of a DEK.
+pub(crate) fn dek_context(
+    store_id: &[u8; 16],
+    keyring: &KeyringName,
+    id: u64,
+    v: DekVersion,
+) -> Vec<u8> {
+    context(b"strongroom/dek/v1\0", store_id, keyring, id, v.get())
+}
+
+fn context(domain: &[u8], store_id: &[u8; 16], keyring: &KeyringName, id: u64, v: u32) -> Vec<u8> {
+    let mut c = domain.to_vec();
+    c.extend_from_slice(store_id);
+    strongroom_core::format::put_name(&mut c, keyring.as_str());
+    c.extend_from_slice(&id.to_be_bytes());
+    c.extend_from_slice(&v.to_be_bytes());
+    c
+}
+
+/// The wrapping context of the audit key.
+pub(crate) fn audit_key_context(store_id: &[u8; 16]) -> Vec<u8> {
+    let mut c = b"strongroom/audit-key/v1\0".to_vec();
+    c.extend_from_slice(store_id);
+    c
+}
+
+fn parse_blob(bytes: &[u8], what: impl Fn() -> String) -> Result<WrappedKey, StoreError> {
+    WrappedKey::parse(bytes).map_err(|source| StoreError::Corrupt {
+        what: what(),
+        source,
+    })
+}
+
+impl Store {
+    /// Creates a store in `dir` (which must not hold one) on `backend`, with `primary_root` as
+    /// its first root key (made in the backend, or adopted if the backend already holds
+    /// version 1 of it from an interrupted earlier attempt), which also protects the audit log.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`], a backend error, or a storage error.
+    pub fn create(
+        dir: impl AsRef<Path>,
+        backend: Arc<dyn Backend>,
+        primary_root: &RootKeyName,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let db_dir = dir.join(DB_DIR);
+        if db_dir.exists() {
+            return Err(StoreError::AlreadyExists { path: dir });
+        }
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            op: "create directory",
+            path: dir.clone(),
+            source,
+        })?;
+        let info = backend.describe();
+        let mut store_id = [0u8; 16];
+        strongroom_core::rng::os_fill(&mut store_id)?;
+        let meta = StoreMeta {
+            store_id,
+            created: Timestamp::now(),
+            backend_kind: info.kind.to_owned(),
+            backend_instance: info.instance_id,
+            primary_root: primary_root.clone(),
+        };
+        let root = RootKeyId::new(primary_root.clone(), RootVersion::FIRST);
+        ensure_backend_root(&*backend, &root)?;
+        let audit_key = Key256::generate()?;
+        let audit_blob = backend
+            .wrap(&root, &audit_key, &audit_key_context(&store_id))
+            .map_err(StoreError::backend(format!(
+                "wrapping the audit key under root key {root}"
+            )))?;
+        let storage = Storage::open(&db_dir)?;
+        let store = Self::assemble(dir, storage, backend, meta.clone(), options);
+        *store
+            .inner
+            .audit_key
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Arc::new(AuditKey::new(audit_key)));
+        let root_entry = RootEntry {
+            state: KeyState::Enabled,
+            created: Timestamp::now(),
+        };
+        store.commit(
+            AuditOp::StoreCreated,
+            format!("store {}", hex(&store_id)),
+            format!(
+                "backend {} ({}); primary root key {root}",
+                meta.backend_kind, meta.backend_instance
+            ),
+            |tx| {
+                tx.insert(TreeId::Meta, META_KEY, meta.to_bytes())?;
+                tx.insert(TreeId::Meta, AUDIT_KEY_KEY, audit_blob.to_bytes())?;
+                tx.insert(TreeId::Meta, NEXT_ID_KEY, 1u64.to_be_bytes().to_vec())?;
+                tx.insert(
+                    TreeId::Roots,
+                    format::root_key(primary_root, RootVersion::FIRST),
+                    root_entry.to_bytes(),
+                )?;
+                Ok(())
+            },
+        )?;
+        store
+            .write_catalog()
+            .roots
+            .entry(primary_root.clone())
+            .or_default()
+            .insert(RootVersion::FIRST, root_entry);
+        Ok(store)
+    }
+
+    /// Opens the store in `dir` with `backend`, which must be the backend instance the store was
+    /// created with. Carries out destructions that fell due and finishes interrupted purges.
+    ///
+    /// # Errors
+    /// [`StoreError::NotAStore`], [`StoreError::NewerFormat`], [`StoreError::WrongBackend`], a
+    /// corrupt store, or a storage error.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let db_dir = dir.join(DB_DIR);
+        if !db_dir.is_dir() {
+            return Err(StoreError::NotAStore { path: dir });
+        }
+        let storage = Storage::open(&db_dir)?;
+        let raw = storage
+            .get(TreeId::Meta, META_KEY)?
+            .ok_or_else(|| StoreError::NotAStore { path: dir.clone() })?;
+        if let Some(v) = StoreMeta::version_of(&raw)
+            && v > STORE_FORMAT_VERSION
+        {
+            return Err(StoreError::NewerFormat {
+                path: dir,
+                found: v,
+                supported: STORE_FORMAT_VERSION,
+            });
+        }
+        let meta = StoreMeta::parse(&raw).map_err(|source| StoreError::Corrupt {
+            what: "the store's metadata".into(),
+            source,
+        })?;
+        let info = backend.describe();
+        if info.kind != meta.backend_kind || info.instance_id != meta.backend_instance {
+            return Err(StoreError::WrongBackend {
+                path: dir,
+                expected: format!("{} {}", meta.backend_kind, meta.backend_instance),
+                found: format!("{} {}", info.kind, info.instance_id),
+            });
+        }
+        let store = Self::assemble(dir, storage, backend, meta, options);
+        store.load_catalog()?;
+        // The audit key is loaded now if its root allows; if not, key operations report
+        // AuditUnavailable until the root is enabled (data operations are unaffected).
+        let _ = store.audit_key();
+        store.run_due_destructions()?;
+        store.finish_purges()?;
+        Ok(store)
+    }
+
+    fn assemble(
+        dir: PathBuf,
+        storage: Storage,
+        backend: Arc<dyn Backend>,
+        meta: StoreMeta,
+        options: StoreOptions,
+    ) -> Self {
+        let actor: Arc<str> = Arc::from(options.actor.as_str());
+        Self {
+            inner: Arc::new(Inner {
+                dir,
+                storage,
+                backend,
+                meta,
+                cache: KeyCache::new(options.cache_capacity),
+                options,
+                lifecycle: RwLock::new(()),
+                catalog: RwLock::new(Catalog::default()),
+                audit_key: RwLock::new(None),
+                counters: Mutex::new(HashMap::new()),
+            }),
+            actor,
+        }
+    }
+
+    /// The same store, acting as `actor` in the audit log.
+    #[must_use]
+    pub fn with_actor(&self, actor: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            actor: Arc::from(actor.into().as_str()),
+        }
+    }
+
+    /// The store directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The backend.
+    #[must_use]
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The store's identity.
+    #[must_use]
+    pub fn meta(&self) -> &StoreMeta {
+        &self.inner.meta
+    }
+
+    /// The options the store was opened with.
+    #[must_use]
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    /// Drops every cached key now (they are zeroized as their last users finish); the next
+    /// operations unwrap again through the backend.
+    pub fn purge_key_cache(&self) {
+        self.inner.cache.purge_all();
+    }
+
+    /// Entries in the key cache now.
+    #[must_use]
+    pub fn cached_keys(&self) -> usize {
+        self.inner.cache.len()
+    }
+
+    /// Bytes the database uses on disk.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.inner.storage.size_on_disk()
+    }
+
+    /// Makes every write so far durable (records written with [`Store::put`] are otherwise
+    /// flushed in the background within about 500 ms).
+    ///
+    /// # Errors
+    /// A storage error (a full disk, an I/O error).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.storage.flush()
+    }
+
+    pub(crate) fn read_lifecycle(&self) -> RwLockReadGuard<'_, ()> {
+        self.inner
+            .lifecycle
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn write_lifecycle(&self) -> RwLockWriteGuard<'_, ()> {
+        self.inner
+            .lifecycle
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn read_catalog(&self) -> RwLockReadGuard<'_, Catalog> {
+        self.inner
+            .catalog
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn write_catalog(&self) -> RwLockWriteGuard<'_, Catalog> {
+        self.inner
+            .catalog
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn load_catalog(&self) -> Result<(), StoreError> {
+        let mut cat = Catalog::default();
+        for item in self.inner.storage.scan_prefix(TreeId::Roots, []) {
+            let (k, v) = item?;
+            let (name, version) =
+                format::parse_root_key(&k).map_err(|source| StoreError::Corrupt {
+                    what: "a root key entry".into(),
+                    source,
+                })?;
+            let e = RootEntry::parse(&v).map_err(|source| StoreError::Corrupt {
+                what: format!("root key entry {name}/{version}"),
+                source,
+            })?;
+            cat.roots.entry(name).or_default().insert(version, e);
+        }
+        for item in self.inner.storage.scan_prefix(TreeId::Keyrings, []) {
+            let (k, v) = item?;
+            let name = format::keyring_name(&k).map_err(|source| StoreError::Corrupt {
+                what: "a keyring entry".into(),
+                source,
+            })?;
+            let e = KeyringEntry::parse(&v).map_err(|source| StoreError::Corrupt {
+                what: format!("keyring entry {name}"),
+                source,
+            })?;
+            cat.ids.insert(e.id, name.clone());
+            cat.keyrings.insert(name, Arc::new(e));
+        }
+        *self.write_catalog() = cat;
+        Ok(())
+    }
+
+    /// The audit key, unwrapped from the store on first use.
+    pub(crate) fn audit_key(&self) -> Result<Arc<AuditKey>, StoreError> {
+        if let Some(k) = self
+            .inner
+            .audit_key
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            return Ok(Arc::clone(k));
+        }
+        let root = self.inner.meta.primary_root.clone();
+        let raw = self
+            .inner
+            .storage
+            .get(TreeId::Meta, AUDIT_KEY_KEY)?
+            .ok_or_else(|| StoreError::KeyIntegrity {
+                what: "the audit key (missing)".into(),
+            })?;
+        let blob = parse_blob(&raw, || "the wrapped audit key".into())?;
+        let key = match self
+            .inner
+            .backend
+            .unwrap(&blob, &audit_key_context(&self.inner.meta.store_id))
+        {
+            Ok(k) => k,
+            Err(BackendError::Integrity) => {
+                return Err(StoreError::KeyIntegrity {
+                    what: "the wrapped audit key".into(),
+                });
+            }
+            Err(e) => {
+                return Err(StoreError::AuditUnavailable {
+                    root,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let key = Arc::new(AuditKey::new(key));
+        *self
+            .inner
+            .audit_key
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&key));
+        Ok(key)
+    }
+
+    /// Writes `change` and its audit entry in one transaction, then flushes: a change that must
+    /// hold together either happens whole, audited, and durable, or not at all.
+    pub(crate) fn commit(
+        &self,
+        op: AuditOp,
+        target: String,
+        detail: String,
+        change: impl Fn(&Tx<'_>) -> TxResult<()>,
+    ) -> Result<u64, StoreError> {
+        let key = self.audit_key()?;
+        let event = Event {
+            op,
+            outcome: Outcome::Ok,
+            actor: &self.actor,
+            target,
+            detail,
+        };
+        let store_id = self.inner.meta.store_id;
+        let seq = self.inner.storage.transaction(|tx| {
+            change(tx)?;
+            audit::append(tx, &key, &store_id, &event)
+        })?;
+        self.inner.storage.flush()?;
+        Ok(seq)
+    }
+
+    /// Records an operation that was refused or failed (best effort: if even this cannot be
+    /// written, the original error is what the caller reports).
+    pub(crate) fn audit_failure(&self, op: AuditOp, target: String, err: &StoreError) {
+        let outcome = if err.is_access_refused()
+            || matches!(err, StoreError::Transition(_) | StoreError::InUse(_))
+        {
+            Outcome::Refused
+        } else {
+            Outcome::Failed
+        };
+        let Ok(key) = self.audit_key() else {
+            return;
+        };
+        let event = Event {
+            op,
+            outcome,
+            actor: &self.actor,
+            target,
+            detail: err.to_string(),
+        };
+        let store_id = self.inner.meta.store_id;
+        let _ = self
+            .inner
+            .storage
+            .transaction(|tx| audit::append(tx, &key, &store_id, &event).map(|_| ()));
+        let _ = self.inner.storage.flush();
+    }
+
+    /// Runs a lifecycle operation: audits its failure, passes its result through.
+    pub(crate) fn audited<T>(
+        &self,
+        op: AuditOp,
+        target: String,
+        f: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let r = f();
+        if let Err(e) = &r {
+            self.audit_failure(op, target, e);
+        }
+        r
+    }
+
+    // ----- key resolution -----
+
+    fn fresh(&self, age: Duration) -> bool {
+        age < self.inner.options.cache_ttl
+    }
+
+    fn may_serve_stale(&self, age: Duration, err: &BackendError) -> bool {
+        match self.inner.options.down_policy {
+            DownPolicy::FailClosed => false,
+            DownPolicy::ServeCached { grace } => {
+                matches!(err, BackendError::Device { .. } | BackendError::Io { .. })
+                    && age < self.inner.options.cache_ttl + grace
+            }
+        }
+    }
+
+    /// A keyring's KEK version `v`, from the cache or unwrapped by the backend. Returns the key
+    /// and when the backend last vouched for it.
+    pub(crate) fn kek(
+        &self,
+        name: &KeyringName,
+        kr: &KeyringEntry,
+        v: KekVersion,
+    ) -> Result<(Arc<Key256>, Instant), StoreError> {
+        let stale = match self.inner.cache.get(kr.id, Slot::Kek(v.get())) {
+            Some(hit) => match hit.value {
+                Cached::Kek(k) if self.fresh(hit.age) => return Ok((k, Instant::now() - hit.age)),
+                Cached::Kek(k) => Some((k, hit.age)),
+                Cached::Dek(_) => None,
+            },
+            None => None,
+        };
+        let what = || format!("KEK {v} of keyring {name}");
+        let raw = self
+            .inner
+            .storage
+            .get(TreeId::Keks, format::versioned_key(kr.id, v.get()))?
+            .ok_or_else(|| StoreError::KeyIntegrity {
+                what: format!("{} (missing)", what()),
+            })?;
+        let blob = parse_blob(&raw, what)?;
+        match self.inner.backend.unwrap(
+            &blob,
+            &kek_context(&self.inner.meta.store_id, name, kr.id, v),
+        ) {
+            Ok(k) => {
+                let k = Arc::new(k);
+                let now = Instant::now();
+                self.inner.cache.insert(
+                    kr.id,
+                    Slot::Kek(v.get()),
+                    Cached::Kek(Arc::clone(&k)),
+                    now,
+                );
+                Ok((k, now))
+            }
+            Err(BackendError::Integrity) => Err(StoreError::KeyIntegrity { what: what() }),
+            Err(e) => {
+                if let Some((k, age)) = stale
+                    && self.may_serve_stale(age, &e)
+                {
+                    return Ok((k, Instant::now() - age));
+                }
+                if e.is_key_unavailable() {
+                    self.inner.cache.purge_keyring(kr.id);
+                }
+                Err(StoreError::Backend {
+                    while_doing: format!("unwrapping {}", what()),
+                    source: e,
+                })
+            }
+        }
+    }
+
+    /// A keyring's DEK version `v` as a ready cipher, from the cache or unwrapped.
+    pub(crate) fn dek(
+        &self,
+        name: &KeyringName,
+        kr: &KeyringEntry,
+        v: DekVersion,
+    ) -> Result<Arc<RecordCipher>, StoreError> {
+        let stale = match self.inner.cache.get(kr.id, Slot::Dek(v.get())) {
+            Some(hit) => match hit.value {
+                Cached::Dek(c) if self.fresh(hit.age) => return Ok(c),
+                Cached::Dek(c) => Some((c, hit.age)),
+                Cached::Kek(_) => None,
+            },
+            None => None,
+        };
+        let what = || format!("DEK {v} of keyring {name}");
+        let raw = self
+            .inner
+            .storage
+            .get(TreeId::Deks, format::versioned_key(kr.id, v.get()))?
+            .ok_or_else(|| StoreError::KeyIntegrity {
+                what: format!("{} (missing)", what()),
+            })?;
+        let blob = parse_blob(&raw, what)?;
+        let kek_v = match blob.wrapped_by() {
+            WrappingKeyRef::Kek { keyring, version }
+                if keyring == name && blob.alg() == WrapAlg::AesKwp =>
+            {
+                *version
+            }
+            _ => {
+                return Err(StoreError::KeyIntegrity {
+                    what: format!("{} (wrapped by the wrong key)", what()),
+                });
+            }
+        };
+        let (kek, fetched) = match self.kek(name, kr, kek_v) {
+            Ok(x) => x,
+            Err(e) => {
+                // The KEK could not be refreshed; serve the stale DEK only if the policy allows
+                // it for the KEK error (the KEK path already decided for its own entry).
+                if let (Some((c, age)), StoreError::Backend { source, .. }) = (&stale, &e)
+                    && self.may_serve_stale(*age, source)
+                {
+                    return Ok(Arc::clone(c));
+                }
+                return Err(e);
+            }
+        };
+        let key = kwp_unwrap_bound(
+            &kek,
+            blob.payload(),
+            &dek_context(&self.inner.meta.store_id, name, kr.id, v),
+        )
+        .map_err(|_| StoreError::KeyIntegrity { what: what() })?;
+        let cipher = Arc::new(RecordCipher::new(v, &key));
+        self.inner.cache.insert(
+            kr.id,
+            Slot::Dek(v.get()),
+            Cached::Dek(Arc::clone(&cipher)),
+            fetched,
+        );
+        Ok(cipher)
+    }
+
+    /// The names and ids of keyrings under root `name`.
+    pub(crate) fn keyrings_under(
+        &self,
+        root: &RootKeyName,
+    ) -> Vec<(KeyringName, Arc<KeyringEntry>)> {
+        self.read_catalog()
+            .keyrings
+            .iter()
+            .filter(|(_, e)| &e.root == root)
+            .map(|(n, e)| (n.clone(), Arc::clone(e)))
+            .collect()
+    }
+}
+
+/// Makes sure the backend holds root version `id`: generates it, or adopts one the backend
+/// already holds enabled (left by an attempt that crashed before the store recorded it: the
+/// backend instance is this store's own).
+pub(crate) fn ensure_backend_root(backend: &dyn Backend, id: &RootKeyId) -> Result<(), StoreError> {
+    match backend.generate_root(id) {
+        Ok(_) => Ok(()),
+        Err(BackendError::RootExists { .. }) => match backend.find_root(id) {
+            Ok(Some(info)) if info.status == strongroom_core::RootStatus::Enabled => Ok(()),
+            Ok(_) => Err(StoreError::Backend {
+                while_doing: format!("creating root key {id}"),
+                source: BackendError::RootExists { root: id.clone() },
+            }),
+            Err(e) => Err(StoreError::backend(format!("looking up root key {id}"))(e)),
+        },
+        Err(e) => Err(StoreError::backend(format!("creating root key {id}"))(e)),
+    }
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Aborts a transaction unless `tree[key]` still holds `expected` (a guard against a change
+/// committed between a check and its transaction).
+pub(crate) fn expect_value(
+    tx: &Tx<'_>,
+    tree: TreeId,
+    key: &[u8],
+    expected: Option<&[u8]>,
+    what: &str,
+) -> TxResult<()> {
+    let now = tx.get(tree, key)?;
+    if now.as_deref() != expected {
+        return abort(StoreError::InUse(format!(
+            "{what} changed while this operation ran; retry it"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! Shared fixtures for the store tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use strongroom_core::{KeyringName, RootKeyName, SoftBackend};
+use strongroom_store::{Store, StoreOptions};
+use strongroom_test_support::wrappers::TestBackend;
+
+pub fn kr(s: &str) -> KeyringName {
+    KeyringName::new(s).unwrap()
+}
+
+pub fn rn(s: &str) -> RootKeyName {
+    RootKeyName::new(s).unwrap()
+}
+
+/// A store on a soft backend in a temp dir, with the backend wrapped to count calls.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub backend: Arc<TestBackend>,
+    pub store: Option<Store>,
+    pub options: StoreOptions,
+}
+
+impl Fixture {
+    pub fn new(options: StoreOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let soft = SoftBackend::create(dir.path()).unwrap();
+        let backend = TestBackend::new(Arc::new(soft));
+        let store =
+            Store::create(dir.path(), backend.clone(), &rn("service"), options.clone()).unwrap();
+        Self {
+            dir,
+            backend,
+            store: Some(store),
+            options,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        self.store.as_ref().unwrap()
+    }
+
+    /// Closes the store and opens it again (same backend instance).
+    pub fn reopen(&mut self) -> &Store {
+        self.store = None;
+        self.store =
+            Some(Store::open(self.dir.path(), self.backend.clone(), self.options.clone()).unwrap());
+        self.store()
+    }
+
+    /// Closes the store and hands its database to `f` (for tampering), then reopens.
+    pub fn with_raw_db(&mut self, f: impl FnOnce(&sled::Db)) -> &Store {
+        self.store = None;
+        {
+            let db = sled::open(self.dir.path().join(strongroom_store::DB_DIR)).unwrap();
+            f(&db);
+            db.flush().unwrap();
+        }
+        self.reopen()
+    }
+}
+
+pub fn get_string(store: &Store, k: &KeyringName, key: &str) -> Option<String> {
+    store
+        .get(k, key.as_bytes())
+        .unwrap()
+        .map(|p| String::from_utf8(p.expose().to_vec()).unwrap())
+}

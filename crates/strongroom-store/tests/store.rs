@@ -1,0 +1,903 @@
+//! The store end to end on the soft backend: opening, records, the key lifecycle, the cache,
+//! re-encryption, crypto-shredding, backup.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Fixture, get_string, kr, rn};
+use strongroom_core::{
+    Backend, BackendError, DekVersion, KekVersion, KeyState, RootKeyId, RootStatus, RootVersion,
+    SoftBackend,
+};
+use strongroom_store::{
+    BatchOp, DownPolicy, MAX_KEY_LEN, MAX_VALUE_LEN, PendingJob, Progress, Store, StoreError,
+    StoreOptions,
+};
+use strongroom_test_support::wrappers::TestBackend;
+
+fn no_progress() -> impl FnMut(Progress) {
+    |_| {}
+}
+
+#[test]
+fn the_handle_is_send_sync_clone() {
+    fn assert<T: Send + Sync + Clone + 'static>() {}
+    assert::<Store>();
+}
+
+#[test]
+fn create_open_and_refusals() {
+    let mut fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    assert_eq!(s.meta().backend_kind, "soft");
+    s.create_keyring(&kr("payroll"), None).unwrap();
+    s.put(&kr("payroll"), b"alice", b"100").unwrap();
+    let s = fx.reopen();
+    assert_eq!(
+        get_string(s, &kr("payroll"), "alice").as_deref(),
+        Some("100")
+    );
+
+    // Another store cannot be created over it.
+    let e = Store::create(
+        fx.dir.path(),
+        fx.backend.clone(),
+        &rn("x"),
+        StoreOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, StoreError::AlreadyExists { .. }), "{e}");
+
+    // Another backend instance (a foreign key file) is refused.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other: Arc<dyn Backend> = Arc::new(SoftBackend::create(other_dir.path()).unwrap());
+    fx.store = None;
+    let e = Store::open(fx.dir.path(), other, StoreOptions::default()).unwrap_err();
+    assert!(matches!(e, StoreError::WrongBackend { .. }), "{e}");
+    assert!(e.to_string().contains("its own backend"), "{e}");
+
+    // No store here.
+    let e = Store::open(
+        other_dir.path(),
+        fx.backend.clone(),
+        StoreOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, StoreError::NotAStore { .. }), "{e}");
+    assert!(e.to_string().contains("strongroom init"));
+
+    // A newer format is refused, not misread.
+    fx.with_raw_db_unchecked(|db| {
+        let meta = db.open_tree("meta").unwrap();
+        let mut m = meta.get(b"store").unwrap().unwrap().to_vec();
+        m[4] = 9;
+        meta.insert(b"store", m).unwrap();
+    });
+    let e = Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::NewerFormat {
+                found: 9,
+                supported: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+trait RawDb {
+    fn with_raw_db_unchecked(&mut self, f: impl FnOnce(&sled::Db));
+}
+
+impl RawDb for Fixture {
+    fn with_raw_db_unchecked(&mut self, f: impl FnOnce(&sled::Db)) {
+        self.store = None;
+        let db = sled::open(self.dir.path().join(strongroom_store::DB_DIR)).unwrap();
+        f(&db);
+        db.flush().unwrap();
+    }
+}
+
+#[test]
+fn records_put_get_delete_list_batch_and_limits() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("app");
+    s.create_keyring(&k, None).unwrap();
+    for i in 0..20 {
+        s.put(
+            &k,
+            format!("user/{i:02}").as_bytes(),
+            format!("v{i}").as_bytes(),
+        )
+        .unwrap();
+    }
+    s.put(&k, b"other", b"x").unwrap();
+    s.put(&k, b"", b"empty key is a key").unwrap();
+    s.put(&k, b"bin", &[0u8, 255, 10, 13]).unwrap();
+    assert_eq!(
+        s.get(&k, b"bin").unwrap().unwrap().expose(),
+        &[0u8, 255, 10, 13]
+    );
+    assert_eq!(get_string(s, &k, ""), Some("empty key is a key".into()));
+    assert_eq!(s.list(&k, b"user/").unwrap().len(), 20);
+    assert_eq!(
+        s.list(&k, b"user/1").unwrap(),
+        (10..20)
+            .map(|i| format!("user/{i}").into_bytes())
+            .collect::<Vec<_>>()
+    );
+    assert!(s.delete(&k, b"user/00").unwrap());
+    assert!(!s.delete(&k, b"user/00").unwrap());
+    assert_eq!(s.get(&k, b"user/00").unwrap().map(|p| p.len()), None);
+    s.put(&k, b"user/01", b"overwritten").unwrap();
+    assert_eq!(get_string(s, &k, "user/01").as_deref(), Some("overwritten"));
+
+    s.batch(
+        &k,
+        &[
+            BatchOp::Put(b"b1".to_vec(), b"1".to_vec()),
+            BatchOp::Put(b"b2".to_vec(), b"2".to_vec()),
+            BatchOp::Delete(b"other".to_vec()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(get_string(s, &k, "b2").as_deref(), Some("2"));
+    assert!(s.get(&k, b"other").unwrap().is_none());
+    // A batch with one bad op applies nothing.
+    let e = s
+        .batch(
+            &k,
+            &[
+                BatchOp::Put(b"b3".to_vec(), b"3".to_vec()),
+                BatchOp::Put(vec![b'k'; MAX_KEY_LEN + 1], b"x".to_vec()),
+            ],
+        )
+        .unwrap_err();
+    assert!(matches!(e, StoreError::TooLarge { .. }), "{e}");
+    assert!(s.get(&k, b"b3").unwrap().is_none());
+
+    let e = s.put(&k, &vec![b'k'; MAX_KEY_LEN + 1], b"v").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::TooLarge {
+                what: "a record key",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = s
+        .put(&k, b"big", &vec![0u8; MAX_VALUE_LEN + 1])
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::TooLarge {
+                what: "a record value",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    s.put(&k, b"max", &vec![7u8; MAX_VALUE_LEN]).unwrap();
+    assert_eq!(s.get(&k, b"max").unwrap().unwrap().len(), MAX_VALUE_LEN);
+
+    let e = s.get(&kr("nope"), b"x").unwrap_err();
+    assert!(matches!(e, StoreError::KeyringNotFound { .. }), "{e}");
+}
+
+#[test]
+fn values_moved_truncated_or_altered_fail_with_an_integrity_error_naming_the_record() {
+    let mut fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    s.create_keyring(&kr("a"), None).unwrap();
+    s.create_keyring(&kr("b"), None).unwrap();
+    s.put(&kr("a"), b"alice", b"secret-a").unwrap();
+    s.put(&kr("a"), b"bob", b"secret-b").unwrap();
+    s.put(&kr("b"), b"alice", b"other").unwrap();
+    let s = fx.with_raw_db(|db| {
+        let rec = db.open_tree("records").unwrap();
+        let key = |id: u64, k: &[u8]| [&id.to_be_bytes()[..], k].concat();
+        let alice = rec.get(key(1, b"alice")).unwrap().unwrap();
+        // a/alice's value copied over a/bob (moved to another key) and b/alice (another keyring).
+        rec.insert(key(1, b"bob"), alice.clone()).unwrap();
+        rec.insert(key(2, b"alice"), alice.clone()).unwrap();
+        // a/carol: truncated; a/dave: one bit flipped in the ciphertext; a/erin: header bit.
+        rec.insert(key(1, b"carol"), &alice[..alice.len() - 1])
+            .unwrap();
+        let mut flipped = alice.to_vec();
+        flipped[20] ^= 0x10;
+        rec.insert(key(1, b"dave"), flipped).unwrap();
+        let mut header = alice.to_vec();
+        header[3] ^= 0x01;
+        rec.insert(key(1, b"erin"), header).unwrap();
+    });
+    assert_eq!(
+        get_string(s, &kr("a"), "alice").as_deref(),
+        Some("secret-a")
+    );
+    for (ring, key) in [
+        ("a", "bob"),
+        ("b", "alice"),
+        ("a", "carol"),
+        ("a", "dave"),
+        ("a", "erin"),
+    ] {
+        let e = s.get(&kr(ring), key.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::RecordIntegrity { key: k, .. } if k == key),
+            "{ring}/{key}: {e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(key) && msg.contains(ring) && !msg.contains("secret"),
+            "{msg}"
+        );
+        assert!(e.is_integrity());
+    }
+}
+
+#[test]
+fn dek_rotation_reencryption_and_retirement() {
+    let mut fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("ring");
+    s.create_keyring(&k, None).unwrap();
+    for i in 0..600 {
+        s.put(
+            &k,
+            format!("r{i:04}").as_bytes(),
+            format!("value {i}").as_bytes(),
+        )
+        .unwrap();
+    }
+    assert_eq!(s.rotate_dek(&k).unwrap(), DekVersion::new(2).unwrap());
+    s.put(&k, b"new", b"under v2").unwrap();
+    assert_eq!(get_string(s, &k, "r0000").as_deref(), Some("value 0"));
+    assert_eq!(s.keyring(&k).unwrap().dek_versions.len(), 2);
+
+    // Interrupt the re-encryption after its first batch (a panic in the progress callback stands
+    // in for a crash or a Ctrl-C); a second run resumes where it stopped.
+    let mut seen = Vec::new();
+    let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        s.reencrypt(&k, &mut |p| {
+            seen.push(p);
+            if p.done >= 256 {
+                panic!("interrupted");
+            }
+        })
+    }));
+    assert!(interrupted.is_err());
+    assert!(
+        s.pending_jobs()
+            .unwrap()
+            .contains(&PendingJob::Reencrypt(k.clone()))
+    );
+    let s = fx.reopen();
+    assert!(
+        s.pending_jobs()
+            .unwrap()
+            .contains(&PendingJob::Reencrypt(k.clone()))
+    );
+    let mut last = Progress { done: 0, total: 0 };
+    let report = s.reencrypt(&k, &mut |p| last = p).unwrap();
+    assert!(report.resumed);
+    // 601 records: the first run did one batch of 256 before it was interrupted.
+    assert_eq!(report.reencrypted + report.skipped + 256, 601, "{report:?}");
+    assert_eq!(last.done, last.total);
+    assert_eq!(report.retired, [DekVersion::FIRST]);
+    assert_eq!(
+        s.keyring(&k).unwrap().dek_versions,
+        [DekVersion::new(2).unwrap()]
+    );
+    assert!(s.pending_jobs().unwrap().is_empty());
+    for i in (0..600).step_by(37) {
+        assert_eq!(
+            get_string(s, &k, &format!("r{i:04}")),
+            Some(format!("value {i}"))
+        );
+    }
+    assert_eq!(
+        s.verify_audit().unwrap().unwrap().entries,
+        s.audit_entries(1).count() as u64
+    );
+}
+
+#[test]
+fn kek_rotation_touches_no_record() {
+    let mut fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("ring");
+    s.create_keyring(&k, None).unwrap();
+    s.put(&k, b"x", b"1").unwrap();
+    s.rotate_dek(&k).unwrap();
+    s.put(&k, b"y", b"2").unwrap();
+    s.flush().unwrap();
+    let snapshot = |fx: &mut Fixture| {
+        let mut out = Vec::new();
+        fx.with_raw_db_unchecked(|db| {
+            out = db
+                .open_tree("records")
+                .unwrap()
+                .iter()
+                .map(|r| r.unwrap().1.to_vec())
+                .collect();
+        });
+        out
+    };
+    let before = snapshot(&mut fx);
+    let s = fx.reopen();
+    assert_eq!(s.rotate_kek(&k).unwrap(), KekVersion::new(2).unwrap());
+    let info = s.keyring(&k).unwrap();
+    assert_eq!(
+        info.kek_versions
+            .iter()
+            .map(|(v, _)| *v)
+            .collect::<Vec<_>>(),
+        [KekVersion::new(2).unwrap()]
+    );
+    s.purge_key_cache();
+    assert_eq!(get_string(s, &k, "x").as_deref(), Some("1"));
+    assert_eq!(get_string(s, &k, "y").as_deref(), Some("2"));
+    assert_eq!(
+        snapshot(&mut fx),
+        before,
+        "records are byte-for-byte unchanged"
+    );
+    let s = fx.reopen();
+    assert_eq!(get_string(s, &k, "y").as_deref(), Some("2"));
+}
+
+#[test]
+fn root_rotation_rewraps_keks_and_old_versions_retire_only_when_unused() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    s.create_root(&rn("acme")).unwrap();
+    for i in 0..5 {
+        let name = kr(&format!("t{i}"));
+        s.create_keyring(&name, Some(&rn("acme"))).unwrap();
+        s.put(&name, b"k", format!("v{i}").as_bytes()).unwrap();
+        s.rotate_kek(&name).unwrap();
+    }
+    let mut ticks = Vec::new();
+    let v2 = s.rotate_root(&rn("acme"), &mut |p| ticks.push(p)).unwrap();
+    assert_eq!(v2, RootVersion::new(2).unwrap());
+    assert_eq!(ticks.last().unwrap(), &Progress { done: 5, total: 5 });
+    for i in 0..5 {
+        let info = s.keyring(&kr(&format!("t{i}"))).unwrap();
+        assert!(
+            info.kek_versions
+                .iter()
+                .all(|(_, r)| r.as_ref().unwrap().version == v2),
+            "{info:?}"
+        );
+    }
+    // Readable through the new version only: retire v1, and everything still opens.
+    s.retire_root_version(&rn("acme"), RootVersion::FIRST)
+        .unwrap();
+    s.purge_key_cache();
+    for i in 0..5 {
+        assert_eq!(
+            get_string(s, &kr(&format!("t{i}")), "k"),
+            Some(format!("v{i}"))
+        );
+    }
+    let backend_roots = fx.backend.list_roots().unwrap();
+    let v1 = RootKeyId::new(rn("acme"), RootVersion::FIRST);
+    assert_eq!(
+        backend_roots.iter().find(|r| r.id == v1).unwrap().status,
+        RootStatus::Destroyed
+    );
+    // The current version cannot be retired.
+    let e = s.retire_root_version(&rn("acme"), v2).unwrap_err();
+    assert!(matches!(e, StoreError::InUse(_)), "{e}");
+
+    // A rewrap interrupted half-way is finished by running it again.
+    s.rotate_root(&rn("acme"), &mut no_progress()).unwrap();
+    let e = s.retire_root_version(&rn("acme"), v2);
+    assert!(e.is_ok(), "everything was rewrapped: {e:?}");
+
+    // The primary root rotates too, and takes the audit key with it.
+    s.rotate_root(&rn("service"), &mut no_progress()).unwrap();
+    s.retire_root_version(&rn("service"), RootVersion::FIRST)
+        .unwrap();
+    assert!(s.verify_audit().unwrap().is_ok());
+}
+
+#[test]
+fn moving_a_keyring_to_its_own_root_and_back() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("tenant");
+    s.create_keyring(&k, None).unwrap();
+    s.put(&k, b"doc", b"contract").unwrap();
+    s.rotate_kek(&k).unwrap();
+    s.rotate_kek(&k).unwrap();
+    s.create_root(&rn("byok")).unwrap();
+    s.move_keyring(&k, &rn("byok")).unwrap();
+    let info = s.keyring(&k).unwrap();
+    assert_eq!(info.root, rn("byok"));
+    assert!(
+        info.kek_versions
+            .iter()
+            .all(|(_, r)| r.as_ref().unwrap().name == rn("byok"))
+    );
+    // The service's root no longer matters to the tenant; the tenant's own root does.
+    s.disable_root(&rn("service")).unwrap();
+    s.purge_key_cache();
+    assert_eq!(get_string(s, &k, "doc").as_deref(), Some("contract"));
+    s.disable_root(&rn("byok")).unwrap();
+    assert!(matches!(
+        s.get(&k, b"doc").unwrap_err(),
+        StoreError::RootDisabled { .. }
+    ));
+    s.enable_root(&rn("byok")).unwrap();
+    s.enable_root(&rn("service")).unwrap();
+    s.move_keyring(&k, &rn("service")).unwrap();
+    s.disable_root(&rn("byok")).unwrap();
+    s.purge_key_cache();
+    assert_eq!(get_string(s, &k, "doc").as_deref(), Some("contract"));
+}
+
+#[test]
+fn disabling_keyrings_and_roots_takes_effect_at_once() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("payroll");
+    s.create_keyring(&k, None).unwrap();
+    s.put(&k, b"alice", b"100").unwrap();
+    assert_eq!(get_string(s, &k, "alice").as_deref(), Some("100"));
+    assert!(s.cached_keys() > 0);
+    s.disable_keyring(&k).unwrap();
+    assert_eq!(s.cached_keys(), 0, "a local disable purges the cache");
+    let e = s.get(&k, b"alice").unwrap_err();
+    assert!(matches!(e, StoreError::KeyringDisabled { .. }), "{e}");
+    assert!(
+        e.to_string().contains("strongroom keyring enable payroll"),
+        "{e}"
+    );
+    assert!(e.is_access_refused());
+    assert!(matches!(
+        s.put(&k, b"bob", b"1").unwrap_err(),
+        StoreError::KeyringDisabled { .. }
+    ));
+    assert!(matches!(
+        s.list(&k, b"").unwrap_err(),
+        StoreError::KeyringDisabled { .. }
+    ));
+    assert!(matches!(
+        s.disable_keyring(&k).unwrap_err(),
+        StoreError::Transition(_)
+    ));
+    s.enable_keyring(&k).unwrap();
+    assert_eq!(get_string(s, &k, "alice").as_deref(), Some("100"));
+
+    // A root disabled in the store is disabled in the backend too.
+    s.create_root(&rn("acme")).unwrap();
+    let t = kr("tenant");
+    s.create_keyring(&t, Some(&rn("acme"))).unwrap();
+    s.put(&t, b"x", b"y").unwrap();
+    s.disable_root(&rn("acme")).unwrap();
+    assert!(matches!(
+        s.get(&t, b"x").unwrap_err(),
+        StoreError::RootDisabled { .. }
+    ));
+    let id = RootKeyId::new(rn("acme"), RootVersion::FIRST);
+    assert_eq!(
+        fx.backend.find_root(&id).unwrap().unwrap().status,
+        RootStatus::Disabled
+    );
+    assert_eq!(
+        get_string(s, &k, "alice").as_deref(),
+        Some("100"),
+        "other roots are unaffected"
+    );
+    s.enable_root(&rn("acme")).unwrap();
+    assert_eq!(get_string(s, &t, "x").as_deref(), Some("y"));
+}
+
+#[test]
+fn scheduled_destruction_can_be_cancelled_until_it_falls_due() {
+    let mut fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("tenant");
+    s.create_keyring(&k, None).unwrap();
+    s.put(&k, b"a", b"1").unwrap();
+    let when = s.schedule_keyring_destruction(&k, None).unwrap();
+    let week = strongroom_core::Timestamp::now().saturating_add(Duration::from_secs(7 * 86400));
+    assert!(
+        when.unix_secs().abs_diff(week.unix_secs()) <= 2,
+        "default waiting period is 7 days"
+    );
+    let e = s.get(&k, b"a").unwrap_err();
+    assert!(
+        matches!(e, StoreError::KeyringPendingDestruction { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("cancel-destroy"));
+    assert!(s.run_due_destructions().unwrap().is_empty(), "not due yet");
+    s.cancel_keyring_destruction(&k).unwrap();
+    assert!(
+        matches!(
+            s.get(&k, b"a").unwrap_err(),
+            StoreError::KeyringDisabled { .. }
+        ),
+        "cancel leaves it disabled"
+    );
+    s.enable_keyring(&k).unwrap();
+    assert_eq!(get_string(s, &k, "a").as_deref(), Some("1"));
+
+    // Due now: destroyed at the next open.
+    s.schedule_keyring_destruction(&k, Some(Duration::ZERO))
+        .unwrap();
+    let s = fx.reopen();
+    assert!(matches!(
+        s.get(&k, b"a").unwrap_err(),
+        StoreError::KeyringDestroyed { .. }
+    ));
+    assert_eq!(s.keyring(&k).unwrap().state, KeyState::Destroyed);
+    assert!(matches!(
+        s.cancel_keyring_destruction(&k).unwrap_err(),
+        StoreError::Transition(_)
+    ));
+}
+
+#[test]
+fn destroy_now_crypto_shreds_even_against_an_old_copy_of_the_keys() {
+    let mut fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("gone");
+    s.create_keyring(&k, None).unwrap();
+    for i in 0..50 {
+        s.put(&k, format!("r{i}").as_bytes(), b"sensitive").unwrap();
+    }
+    s.create_keyring(&kr("kept"), None).unwrap();
+    s.put(&kr("kept"), b"r", b"stays").unwrap();
+    let info = s.keyring(&k).unwrap();
+    assert!(!info.dek_versions.is_empty());
+    let report = s.destroy_keyring_now(&k).unwrap();
+    assert_eq!(report.records, 50);
+    let e = s.get(&k, b"r1").unwrap_err();
+    assert!(matches!(e, StoreError::KeyringDestroyed { .. }), "{e}");
+    assert!(e.to_string().contains("unrecoverable"));
+    let info = s.keyring(&k).unwrap();
+    assert!(
+        info.dek_versions.is_empty() && info.kek_versions.is_empty(),
+        "wrapped keys erased"
+    );
+    assert!(matches!(
+        s.create_keyring(&k, None).unwrap_err(),
+        StoreError::KeyringExists {
+            destroyed: true,
+            ..
+        }
+    ));
+    assert_eq!(get_string(s, &kr("kept"), "r").as_deref(), Some("stays"));
+    // Nothing of it is left in the database: no records, no wrapped keys.
+    fx.with_raw_db_unchecked(|db| {
+        let prefix = 1u64.to_be_bytes();
+        for tree in ["records", "keks", "deks"] {
+            assert_eq!(
+                db.open_tree(tree).unwrap().scan_prefix(prefix).count(),
+                0,
+                "{tree}"
+            );
+        }
+        let all: Vec<u8> = db
+            .open_tree("records")
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.unwrap().1.to_vec())
+            .collect();
+        assert!(!all.windows(9).any(|w| w == b"sensitive"));
+    });
+}
+
+#[test]
+fn destroying_a_tenant_root_destroys_its_keyrings_and_the_backend_key() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    s.create_root(&rn("tenant-root")).unwrap();
+    s.create_keyring(&kr("t1"), Some(&rn("tenant-root")))
+        .unwrap();
+    s.put(&kr("t1"), b"a", b"b").unwrap();
+    let e = s.destroy_root_now(&rn("service")).unwrap_err();
+    assert!(
+        matches!(e, StoreError::InUse(_)) && e.to_string().contains("audit"),
+        "{e}"
+    );
+    s.destroy_root_now(&rn("tenant-root")).unwrap();
+    assert!(matches!(
+        s.get(&kr("t1"), b"a").unwrap_err(),
+        StoreError::KeyringDestroyed { .. }
+    ));
+    let id = RootKeyId::new(rn("tenant-root"), RootVersion::FIRST);
+    assert_eq!(
+        fx.backend.find_root(&id).unwrap().unwrap().status,
+        RootStatus::Destroyed
+    );
+    assert!(s.verify_audit().unwrap().is_ok());
+}
+
+#[test]
+fn dek_rolls_over_by_itself_and_the_counter_survives_restart() {
+    let mut fx = Fixture::new(StoreOptions {
+        dek_rollover_after: 5,
+        ..StoreOptions::default()
+    });
+    let s = fx.store();
+    let k = kr("hot");
+    s.create_keyring(&k, None).unwrap();
+    for i in 0..12 {
+        s.put(&k, format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    assert_eq!(
+        s.keyring(&k).unwrap().current_dek,
+        DekVersion::new(3).unwrap()
+    );
+    assert_eq!(s.dek_uses(&k, DekVersion::new(3).unwrap()).unwrap(), 2);
+    s.put(&k, b"k12", b"v").unwrap();
+    let s = fx.reopen();
+    // After a restart the whole reserved block counts as used: never under-counted.
+    assert!(s.dek_uses(&k, DekVersion::new(3).unwrap()).unwrap() >= 3);
+    s.put(&k, b"k13", b"v").unwrap();
+    assert_eq!(
+        s.keyring(&k).unwrap().current_dek,
+        DekVersion::new(4).unwrap()
+    );
+    for i in 0..14 {
+        assert_eq!(get_string(s, &k, &format!("k{i}")).as_deref(), Some("v"));
+    }
+    let rotations = s
+        .audit_entries(1)
+        .filter(|e| e.as_ref().unwrap().detail.contains("automatic rollover"))
+        .count();
+    assert_eq!(rotations, 3);
+}
+
+#[test]
+fn steady_state_makes_zero_backend_calls() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("busy");
+    s.create_keyring(&k, None).unwrap();
+    s.put(&k, b"warm", b"up").unwrap();
+    s.get(&k, b"warm").unwrap();
+    let before = fx.backend.crypto_calls();
+    for i in 0..1000 {
+        s.put(&k, format!("k{i}").as_bytes(), b"value").unwrap();
+        assert!(s.get(&k, format!("k{i}").as_bytes()).unwrap().is_some());
+    }
+    assert_eq!(
+        fx.backend.crypto_calls(),
+        before,
+        "1000 puts and 1000 gets made backend calls"
+    );
+}
+
+#[test]
+fn the_ttl_bounds_how_long_an_outside_revocation_takes_to_bite() {
+    let fx = Fixture::new(StoreOptions {
+        cache_ttl: Duration::from_millis(300),
+        ..StoreOptions::default()
+    });
+    let s = fx.store();
+    s.create_root(&rn("customer")).unwrap();
+    let k = kr("tenant");
+    s.create_keyring(&k, Some(&rn("customer"))).unwrap();
+    s.put(&k, b"a", b"1").unwrap();
+    get_string(s, &k, "a");
+    // The customer disables the key in their HSM, not through strongroom.
+    fx.backend
+        .disable_root(&RootKeyId::new(rn("customer"), RootVersion::FIRST))
+        .unwrap();
+    assert_eq!(
+        get_string(s, &k, "a").as_deref(),
+        Some("1"),
+        "within the TTL the cached key still serves"
+    );
+    std::thread::sleep(Duration::from_millis(350));
+    let e = s.get(&k, b"a").unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            StoreError::Backend {
+                source: BackendError::RootDisabled { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.is_access_refused());
+    assert_eq!(s.cached_keys(), 0, "the refused keyring's keys are purged");
+    fx.backend
+        .enable_root(&RootKeyId::new(rn("customer"), RootVersion::FIRST))
+        .unwrap();
+    assert_eq!(get_string(s, &k, "a").as_deref(), Some("1"));
+}
+
+#[test]
+fn a_backend_outage_fails_closed_or_serves_cached_keys_for_a_grace_period() {
+    for (policy, served) in [
+        (DownPolicy::FailClosed, false),
+        (
+            DownPolicy::ServeCached {
+                grace: Duration::from_secs(60),
+            },
+            true,
+        ),
+    ] {
+        let fx = Fixture::new(StoreOptions {
+            cache_ttl: Duration::from_millis(100),
+            down_policy: policy,
+            ..StoreOptions::default()
+        });
+        let s = fx.store();
+        let k = kr("r");
+        s.create_keyring(&k, None).unwrap();
+        s.put(&k, b"a", b"1").unwrap();
+        get_string(s, &k, "a");
+        fx.backend.set_down(true);
+        std::thread::sleep(Duration::from_millis(150));
+        let r = s.get(&k, b"a");
+        if served {
+            assert_eq!(r.unwrap().unwrap().expose(), b"1", "{policy:?}");
+        } else {
+            let e = r.unwrap_err();
+            assert!(
+                matches!(
+                    &e,
+                    StoreError::Backend {
+                        source: BackendError::Device { .. },
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+        fx.backend.set_down(false);
+        assert_eq!(get_string(s, &k, "a").as_deref(), Some("1"));
+    }
+    // Past the grace period even ServeCached refuses.
+    let fx = Fixture::new(StoreOptions {
+        cache_ttl: Duration::from_millis(50),
+        down_policy: DownPolicy::ServeCached {
+            grace: Duration::from_millis(50),
+        },
+        ..StoreOptions::default()
+    });
+    let s = fx.store();
+    s.create_keyring(&kr("r"), None).unwrap();
+    s.put(&kr("r"), b"a", b"1").unwrap();
+    fx.backend.set_down(true);
+    std::thread::sleep(Duration::from_millis(150));
+    assert!(s.get(&kr("r"), b"a").is_err());
+}
+
+#[test]
+fn concurrent_writers_and_readers_while_another_thread_rotates() {
+    let fx = Fixture::new(StoreOptions {
+        dek_rollover_after: 500,
+        ..StoreOptions::default()
+    });
+    let s = fx.store().clone();
+    let k = kr("shared");
+    s.create_keyring(&k, None).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (s, k) = (s.clone(), k.clone());
+            scope.spawn(move || {
+                for i in 0..400 {
+                    let key = format!("t{t}/{}", i % 50);
+                    let value = format!("{t}-{i}");
+                    s.put(&k, key.as_bytes(), value.as_bytes()).unwrap();
+                    assert_eq!(
+                        get_string(&s, &k, &key),
+                        Some(value),
+                        "a thread must read its own last write"
+                    );
+                }
+            });
+        }
+        let (s, k) = (s.clone(), k.clone());
+        scope.spawn(move || {
+            for _ in 0..5 {
+                s.rotate_kek(&k).unwrap();
+                s.rotate_dek(&k).unwrap();
+                s.reencrypt(&k, &mut |_| {}).unwrap();
+            }
+        });
+    });
+    for t in 0..4 {
+        assert_eq!(
+            get_string(&s, &k, &format!("t{t}/49")),
+            Some(format!("{t}-399"))
+        );
+    }
+    assert!(s.verify_audit().unwrap().is_ok());
+}
+
+#[test]
+fn backup_and_restore_keep_everything_sealed() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("ring");
+    s.create_keyring(&k, None).unwrap();
+    for i in 0..300 {
+        s.put(
+            &k,
+            format!("k{i}").as_bytes(),
+            format!("plaintext-{i}").as_bytes(),
+        )
+        .unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("store.backup");
+    std::thread::scope(|scope| {
+        let (s2, k2) = (s.clone(), k.clone());
+        scope.spawn(move || {
+            for i in 300..400 {
+                s2.put(
+                    &k2,
+                    format!("k{i}").as_bytes(),
+                    format!("plaintext-{i}").as_bytes(),
+                )
+                .unwrap();
+            }
+        });
+        let report = s.backup(&file).unwrap();
+        assert!(report.entries > 300);
+    });
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(
+        !bytes.windows(10).any(|w| w == b"plaintext-"),
+        "no plaintext in the backup"
+    );
+
+    // Restore next to a copy of the soft key file (which the backup does not hold).
+    let restored = tempfile::tempdir().unwrap();
+    let meta = Store::restore(&file, restored.path()).unwrap();
+    assert_eq!(&meta, s.meta());
+    drop(fx.store);
+    let key_file = fx.dir.path().join(strongroom_core::soft::KEY_FILE_NAME);
+    std::fs::copy(
+        &key_file,
+        restored.path().join(strongroom_core::soft::KEY_FILE_NAME),
+    )
+    .unwrap();
+    drop(fx.backend);
+    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::open(restored.path()).unwrap());
+    let r = Store::open(
+        restored.path(),
+        TestBackend::new(backend),
+        StoreOptions::default(),
+    )
+    .unwrap();
+    let n = r.list(&k, b"k").unwrap().len();
+    assert!((300..=400).contains(&n), "{n}");
+    for i in 0..300 {
+        assert_eq!(
+            get_string(&r, &k, &format!("k{i}")),
+            Some(format!("plaintext-{i}"))
+        );
+    }
+    assert!(r.verify_audit().unwrap().is_ok());
+
+    // A damaged backup is refused and leaves nothing behind.
+    let mut damaged = bytes.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 1;
+    let bad = out.path().join("bad.backup");
+    std::fs::write(&bad, damaged).unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let e = Store::restore(&bad, target.path()).unwrap_err();
+    assert!(matches!(e, StoreError::BadBackup { .. }), "{e}");
+    assert!(!target.path().join(strongroom_store::DB_DIR).exists());
+}

@@ -1,0 +1,118 @@
+//! Backend wrappers for tests: one that counts calls, one whose failures a test switches on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use strongroom_core::backend::{BackendInfo, HealthCheck, ImportKey, RootKeyInfo};
+use strongroom_core::{Backend, BackendError, Key256, RootKeyId, WrappedKey};
+
+/// Forwards to a backend, counting calls and able to fail wrap/unwrap with a device error on
+/// demand (an HSM that went away).
+pub struct TestBackend {
+    inner: Arc<dyn Backend>,
+    calls: AtomicU64,
+    unwraps: AtomicU64,
+    down: AtomicBool,
+}
+
+impl TestBackend {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Backend>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            calls: AtomicU64::new(0),
+            unwraps: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+        })
+    }
+
+    /// Calls of `wrap` and `unwrap` so far.
+    pub fn crypto_calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls of `unwrap` so far.
+    pub fn unwraps(&self) -> u64 {
+        self.unwraps.load(Ordering::SeqCst)
+    }
+
+    /// Makes `wrap` and `unwrap` fail with a device error (`true`) or work again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &Arc<dyn Backend> {
+        &self.inner
+    }
+
+    fn gate(&self) -> Result<(), BackendError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(BackendError::Device {
+                operation: "test",
+                detail: "the test switched the backend off".into(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Backend for TestBackend {
+    fn describe(&self) -> BackendInfo {
+        self.inner.describe()
+    }
+    fn health(&self) -> Result<Vec<HealthCheck>, BackendError> {
+        self.inner.health()
+    }
+    fn list_roots(&self) -> Result<Vec<RootKeyInfo>, BackendError> {
+        self.inner.list_roots()
+    }
+    fn find_root(&self, id: &RootKeyId) -> Result<Option<RootKeyInfo>, BackendError> {
+        self.inner.find_root(id)
+    }
+    fn wrap(
+        &self,
+        root: &RootKeyId,
+        key: &Key256,
+        context: &[u8],
+    ) -> Result<WrappedKey, BackendError> {
+        self.gate()?;
+        self.inner.wrap(root, key, context)
+    }
+    fn unwrap(&self, blob: &WrappedKey, context: &[u8]) -> Result<Key256, BackendError> {
+        self.gate()?;
+        self.unwraps.fetch_add(1, Ordering::SeqCst);
+        self.inner.unwrap(blob, context)
+    }
+    fn generate_root(&self, id: &RootKeyId) -> Result<RootKeyInfo, BackendError> {
+        self.inner.generate_root(id)
+    }
+    fn import_root(&self, id: &RootKeyId, material: &Key256) -> Result<RootKeyInfo, BackendError> {
+        self.inner.import_root(id, material)
+    }
+    fn import_key(&self) -> Result<ImportKey, BackendError> {
+        self.inner.import_key()
+    }
+    fn import_wrapped_root(
+        &self,
+        id: &RootKeyId,
+        wrapped: &[u8],
+        check_value: &[u8; 3],
+    ) -> Result<RootKeyInfo, BackendError> {
+        self.inner.import_wrapped_root(id, wrapped, check_value)
+    }
+    fn adopt_root(&self, id: &RootKeyId, selector: &str) -> Result<RootKeyInfo, BackendError> {
+        self.inner.adopt_root(id, selector)
+    }
+    fn disable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        self.inner.disable_root(id)
+    }
+    fn enable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        self.inner.enable_root(id)
+    }
+    fn destroy_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        self.inner.destroy_root(id)
+    }
+}
