@@ -1,0 +1,164 @@
+//! The audit log: every key operation is in it, in order, with its actor and outcome; and a
+//! changed, removed, reordered or truncated entry, or an altered head, is found by verification,
+//! which names the first broken entry.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Fixture, kr, rn};
+use strongroom_store::{AuditOp, Outcome, StoreOptions};
+
+fn populated() -> Fixture {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store().with_actor("ops:alice");
+    s.create_keyring(&kr("payroll"), None).unwrap();
+    s.rotate_kek(&kr("payroll")).unwrap();
+    s.rotate_dek(&kr("payroll")).unwrap();
+    s.disable_keyring(&kr("payroll")).unwrap();
+    // Refused: already disabled. Refusals are audited too.
+    s.disable_keyring(&kr("payroll")).unwrap_err();
+    s.enable_keyring(&kr("payroll")).unwrap();
+    s.create_root(&rn("acme")).unwrap();
+    s.with_actor("ops:bob")
+        .create_keyring(&kr("hr"), Some(&rn("acme")))
+        .unwrap();
+    fx
+}
+
+fn entries(fx: &Fixture) -> Vec<strongroom_store::AuditEntry> {
+    fx.store().audit_entries(1).map(Result::unwrap).collect()
+}
+
+#[test]
+fn every_key_operation_is_recorded_in_order() {
+    let fx = populated();
+    let e = entries(&fx);
+    let ops: Vec<(AuditOp, Outcome)> = e.iter().map(|e| (e.op, e.outcome)).collect();
+    assert_eq!(
+        ops,
+        [
+            (AuditOp::StoreCreated, Outcome::Ok),
+            (AuditOp::KeyringCreated, Outcome::Ok),
+            (AuditOp::KekRotated, Outcome::Ok),
+            (AuditOp::DekRotated, Outcome::Ok),
+            (AuditOp::KeyringDisabled, Outcome::Ok),
+            (AuditOp::KeyringDisabled, Outcome::Refused),
+            (AuditOp::KeyringEnabled, Outcome::Ok),
+            (AuditOp::RootCreated, Outcome::Ok),
+            (AuditOp::KeyringCreated, Outcome::Ok),
+        ]
+    );
+    assert_eq!(
+        e.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=9).collect::<Vec<u64>>()
+    );
+    assert_eq!(e[1].actor, "ops:alice");
+    assert_eq!(e[1].target, "keyring payroll");
+    assert_eq!(e[8].actor, "ops:bob");
+    assert!(e[8].detail.contains("acme/v1"), "{}", e[8].detail);
+    assert!(e[5].detail.contains("cannot disable"), "{}", e[5].detail);
+    let report = fx.store().verify_audit().unwrap().unwrap();
+    assert_eq!(report.entries, 9);
+    assert_eq!(report.head.seq, 9);
+    assert_eq!(report.head.hash, e[8].hash());
+}
+
+fn audit_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn broken_at(fx: &Fixture) -> (u64, String) {
+    let b = fx.store().verify_audit().unwrap().unwrap_err();
+    (b.seq, b.problem)
+}
+
+#[test]
+fn a_changed_entry_is_found() {
+    let mut fx = populated();
+    fx.with_raw_db(|db| {
+        let t = db.open_tree("audit").unwrap();
+        let mut v = t.get(audit_key(4)).unwrap().unwrap().to_vec();
+        // Change one byte of the actor ("ops:alice" -> "ops:alicf").
+        let at = v.windows(9).position(|w| w == b"ops:alice").unwrap() + 8;
+        v[at] ^= 0x07;
+        t.insert(audit_key(4), v).unwrap();
+    });
+    let (seq, why) = broken_at(&fx);
+    assert_eq!(seq, 4);
+    assert!(why.contains("MAC"), "{why}");
+}
+
+#[test]
+fn a_removed_entry_is_found() {
+    let mut fx = populated();
+    fx.with_raw_db(|db| {
+        db.open_tree("audit").unwrap().remove(audit_key(5)).unwrap();
+    });
+    let (seq, why) = broken_at(&fx);
+    assert_eq!(seq, 5);
+    assert!(why.contains("missing"), "{why}");
+}
+
+#[test]
+fn reordered_entries_are_found() {
+    let mut fx = populated();
+    fx.with_raw_db(|db| {
+        let t = db.open_tree("audit").unwrap();
+        let a = t.get(audit_key(2)).unwrap().unwrap();
+        let b = t.get(audit_key(3)).unwrap().unwrap();
+        t.insert(audit_key(2), b).unwrap();
+        t.insert(audit_key(3), a).unwrap();
+    });
+    assert_eq!(broken_at(&fx).0, 2);
+}
+
+#[test]
+fn a_genuine_entry_moved_to_another_place_is_found() {
+    // Entry 8's genuine bytes (a valid MAC) stored in place of entry 7.
+    let mut fx = populated();
+    fx.with_raw_db(|db| {
+        let t = db.open_tree("audit").unwrap();
+        let e8 = t.get(audit_key(8)).unwrap().unwrap();
+        t.insert(audit_key(7), e8).unwrap();
+    });
+    let (seq, why) = broken_at(&fx);
+    assert_eq!(seq, 7);
+    assert!(
+        why.contains("stored as 7") || why.contains("chain"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_truncated_tail_is_found() {
+    let mut fx = populated();
+    fx.with_raw_db(|db| {
+        let t = db.open_tree("audit").unwrap();
+        t.remove(audit_key(9)).unwrap();
+        t.remove(audit_key(8)).unwrap();
+    });
+    let (seq, why) = broken_at(&fx);
+    assert_eq!(seq, 8);
+    assert!(why.contains("removed from the end"), "{why}");
+}
+
+#[test]
+fn an_altered_head_is_found() {
+    let mut fx = populated();
+    fx.with_raw_db(|db| {
+        let meta = db.open_tree("meta").unwrap();
+        let mut h = meta.get(b"audit_head").unwrap().unwrap().to_vec();
+        h[7] = 7; // claim the log ends at entry 7
+        meta.insert(b"audit_head", h).unwrap();
+    });
+    let (_, why) = broken_at(&fx);
+    assert!(why.contains("head"), "{why}");
+}
+
+#[test]
+fn an_untouched_log_keeps_verifying_across_reopen_and_new_entries() {
+    let mut fx = populated();
+    let s = fx.reopen();
+    s.rotate_kek(&kr("hr")).unwrap();
+    assert_eq!(s.verify_audit().unwrap().unwrap().entries, 10);
+}

@@ -1,0 +1,381 @@
+//! Crash safety: the test re-runs its own binary as a child that works on a store (durable puts,
+//! deletes, DEK and KEK rotations, root rotations, re-encryption, keyring destruction) and keeps
+//! a journal of what it was about to do and what was acknowledged; the parent kills it with
+//! SIGKILL at a random moment, reopens the store and checks that every acknowledged record reads
+//! back exactly, that nothing is unreadable unless its keyring's destruction was acknowledged (or
+//! in flight), and that the audit log verifies. Many rounds, on the same store.
+//!
+//! `STRONGROOM_CRASH_ROUNDS` sets the number of rounds (default 25).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strongroom_core::{Backend, KeyState, KeyringName, RootKeyName, SoftBackend};
+use strongroom_store::{Store, StoreError, StoreOptions};
+
+const CHILD_ENV: &str = "STRONGROOM_CRASH_CHILD_DIR";
+
+fn kr(s: &str) -> KeyringName {
+    KeyringName::new(s).unwrap()
+}
+
+fn rn(s: &str) -> RootKeyName {
+    RootKeyName::new(s).unwrap()
+}
+
+fn open(dir: &Path) -> Store {
+    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::open(dir).unwrap());
+    Store::open(
+        dir,
+        backend,
+        StoreOptions {
+            dek_rollover_after: 40,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A small deterministic generator (the child needs no cryptographic randomness).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+struct Journal {
+    file: File,
+    n: u64,
+}
+
+impl Journal {
+    fn line(&mut self, s: &str) {
+        writeln!(self.file, "{s}").unwrap();
+        self.file.sync_data().unwrap();
+    }
+
+    fn intent(&mut self, what: &str) -> u64 {
+        self.n += 1;
+        let n = self.n;
+        self.line(&format!("I {n} {what}"));
+        n
+    }
+
+    fn ack(&mut self, n: u64) {
+        self.line(&format!("A {n}"));
+    }
+}
+
+/// The child: works until it is killed.
+fn child(dir: &Path) -> ! {
+    let journal_path = dir.join("journal");
+    let n = std::fs::read_to_string(&journal_path).map_or(0, |j| j.lines().count() as u64);
+    let mut journal = Journal {
+        file: OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&journal_path)
+            .unwrap(),
+        // Sequence numbers stay unique across rounds.
+        n: n * 10 + 1_000_000 * u64::from(std::process::id()),
+    };
+    let s = if dir.join(strongroom_store::DB_DIR).exists() {
+        open(dir)
+    } else {
+        let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir).unwrap());
+        let s = Store::create(
+            dir,
+            backend,
+            &rn("service"),
+            StoreOptions {
+                dek_rollover_after: 40,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        s.create_root(&rn("tenant")).unwrap();
+        for (i, root) in [(0, "service"), (1, "tenant")] {
+            let n = journal.intent(&format!("create k{i}"));
+            s.create_keyring(&kr(&format!("k{i}")), Some(&rn(root)))
+                .unwrap();
+            journal.ack(n);
+        }
+        s
+    };
+    let mut rng = Rng(u64::from(std::process::id()) << 20 | 0x9E37);
+    loop {
+        let live: Vec<KeyringName> = s
+            .keyrings()
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.state == KeyState::Enabled)
+            .map(|k| k.name)
+            .collect();
+        let ring = live[usize::try_from(rng.below(live.len() as u64)).unwrap()].clone();
+        let key = format!("key{}", rng.below(24));
+        match rng.below(100) {
+            0..=64 => {
+                let value = format!("{:016x}", rng.next());
+                let n = journal.intent(&format!("put {ring} {key} {value}"));
+                s.put_durable(&ring, key.as_bytes(), value.as_bytes())
+                    .unwrap();
+                journal.ack(n);
+            }
+            65..=74 => {
+                let n = journal.intent(&format!("del {ring} {key}"));
+                s.delete(&ring, key.as_bytes()).unwrap();
+                s.flush().unwrap();
+                journal.ack(n);
+            }
+            75..=81 => {
+                s.rotate_dek(&ring).unwrap();
+            }
+            82..=86 => {
+                s.rotate_kek(&ring).unwrap();
+            }
+            87..=91 => {
+                s.reencrypt(&ring, &mut |_| {}).unwrap();
+            }
+            92..=94 => {
+                s.rotate_root(&rn("tenant"), &mut |_| {}).unwrap();
+            }
+            _ if live.len() > 1 => {
+                let n = journal.intent(&format!("destroy {ring}"));
+                s.destroy_keyring_now(&ring).unwrap();
+                journal.ack(n);
+                let fresh = format!("k{}", rng.next() % 1_000_000);
+                let root = if rng.below(2) == 0 {
+                    "service"
+                } else {
+                    "tenant"
+                };
+                let n = journal.intent(&format!("create {fresh}"));
+                s.create_keyring(&kr(&fresh), Some(&rn(root))).unwrap();
+                journal.ack(n);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What the journal says each record may hold now.
+#[derive(Default)]
+struct Expect {
+    /// (keyring, key) -> acceptable values (`None`: absent).
+    records: BTreeMap<(String, String), BTreeSet<Option<String>>>,
+    /// Keyrings whose destruction was acknowledged.
+    destroyed: BTreeSet<String>,
+    /// A keyring whose destruction was in flight at the kill.
+    maybe_destroyed: Option<String>,
+    /// A keyring whose creation was in flight at the kill.
+    maybe_created: Option<String>,
+    /// The record an in-flight put or delete touched.
+    in_flight: Option<(String, String)>,
+    acked: u64,
+}
+
+fn expectations(journal: &str) -> Expect {
+    let mut intents: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut order: Vec<u64> = Vec::new();
+    let mut acked = BTreeSet::new();
+    for line in journal.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        match parts.as_slice() {
+            ["I", n, rest @ ..] => {
+                let n: u64 = n.parse().unwrap();
+                intents.insert(n, rest.iter().map(|s| (*s).to_owned()).collect());
+                order.push(n);
+            }
+            ["A", n] => {
+                acked.insert(n.parse::<u64>().unwrap());
+            }
+            // A line cut by the kill.
+            _ => {}
+        }
+    }
+    let mut e = Expect::default();
+    let mut acked_value: BTreeMap<(String, String), Option<String>> = BTreeMap::new();
+    for n in &order {
+        let op = &intents[n];
+        let done = acked.contains(n);
+        e.acked += u64::from(done);
+        match (op[0].as_str(), done) {
+            ("put", true) => {
+                acked_value.insert((op[1].clone(), op[2].clone()), Some(op[3].clone()));
+            }
+            ("del", true) => {
+                acked_value.insert((op[1].clone(), op[2].clone()), None);
+            }
+            ("destroy", true) => {
+                e.destroyed.insert(op[1].clone());
+            }
+            _ => {}
+        }
+    }
+    for (k, v) in &acked_value {
+        e.records.entry(k.clone()).or_default().insert(v.clone());
+    }
+    // At most one operation was in flight: the child is single-threaded.
+    if let Some(last) = order.last()
+        && !acked.contains(last)
+    {
+        let op = &intents[last];
+        match op[0].as_str() {
+            "put" | "del" => {
+                let k = (op[1].clone(), op[2].clone());
+                let set = e.records.entry(k.clone()).or_default();
+                if !acked_value.contains_key(&k) {
+                    set.insert(None);
+                }
+                set.insert(if op[0] == "put" {
+                    Some(op[3].clone())
+                } else {
+                    None
+                });
+                e.in_flight = Some(k);
+            }
+            "destroy" => e.maybe_destroyed = Some(op[1].clone()),
+            "create" => e.maybe_created = Some(op[1].clone()),
+            _ => {}
+        }
+    }
+    e
+}
+
+/// Checks the store against the journal, then settles the operation that was in flight by
+/// appending what actually happened to it, so later rounds hold the store to it.
+fn verify(dir: &Path, round: u32) -> u64 {
+    let journal = std::fs::read_to_string(dir.join("journal")).unwrap_or_default();
+    let e = expectations(&journal);
+    let s = open(dir);
+    let mut settle: Vec<String> = Vec::new();
+    for ((ring, key), allowed) in &e.records {
+        let name = kr(ring);
+        let got = match s.get(&name, key.as_bytes()) {
+            Ok(v) => Some(v.map(|p| String::from_utf8(p.expose().to_vec()).unwrap())),
+            Err(StoreError::KeyringDestroyed { .. })
+                if e.destroyed.contains(ring) || e.maybe_destroyed.as_ref() == Some(ring) =>
+            {
+                None
+            }
+            Err(err) => panic!("{ring}/{key}: {err}"),
+        };
+        if let Some(got) = got {
+            assert!(
+                !e.destroyed.contains(ring),
+                "{ring} was destroyed but {key} still reads"
+            );
+            assert!(
+                allowed.contains(&got),
+                "{ring}/{key}: read {got:?}, journal allows {allowed:?}"
+            );
+            if e.in_flight.as_ref() == Some(&(ring.clone(), key.clone())) {
+                settle.push(match got {
+                    Some(v) => format!("put {ring} {key} {v}"),
+                    None => format!("del {ring} {key}"),
+                });
+            }
+        }
+    }
+    if let Some(ring) = &e.maybe_destroyed
+        && s.keyring(&kr(ring))
+            .is_ok_and(|k| k.state == KeyState::Destroyed)
+    {
+        settle.push(format!("destroy {ring}"));
+    }
+    // Nothing present is unreadable.
+    for k in s.keyrings().unwrap() {
+        if k.state != KeyState::Enabled {
+            continue;
+        }
+        for key in s.list(&k.name, b"").unwrap() {
+            s.get(&k.name, &key).unwrap_or_else(|err| {
+                panic!("{}/{}: {err}", k.name, String::from_utf8_lossy(&key))
+            });
+        }
+    }
+    let report = s
+        .verify_audit()
+        .unwrap()
+        .unwrap_or_else(|b| panic!("audit: {b}"));
+    assert!(report.entries > 0);
+    assert!(
+        s.pending_jobs()
+            .unwrap()
+            .iter()
+            .all(|j| !matches!(j, strongroom_store::PendingJob::Purge(_))),
+        "purges finish at open"
+    );
+    let mut j = OpenOptions::new()
+        .append(true)
+        .open(dir.join("journal"))
+        .unwrap();
+    for (i, op) in settle.iter().enumerate() {
+        let n = 9_000_000_000_000 + u64::from(round) * 10 + i as u64;
+        // A line cut by the kill is ended first.
+        writeln!(j, "\nI {n} {op}\nA {n}").unwrap();
+    }
+    j.sync_data().unwrap();
+    e.acked
+}
+
+#[test]
+fn killed_at_random_moments_nothing_acknowledged_is_lost() {
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        child(Path::new(&dir));
+    }
+    let rounds: u32 = std::env::var("STRONGROOM_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
+    let started = Instant::now();
+    let mut acked = 0;
+    for round in 0..rounds {
+        let mut c = Command::new(&exe)
+            .args([
+                "killed_at_random_moments_nothing_acknowledged_is_lost",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let wait = Duration::from_millis(30 + rng.below(400));
+        std::thread::sleep(wait);
+        if let Ok(Some(status)) = c.try_wait() {
+            let err = std::io::read_to_string(c.stderr.take().unwrap()).unwrap_or_default();
+            panic!("round {round}: the child exited by itself ({status}): {err}");
+        }
+        c.kill().unwrap();
+        c.wait().unwrap();
+        acked = verify(dir.path(), round);
+    }
+    println!(
+        "crash suite: {rounds} kills at random moments; {acked} acknowledged operations verified after every reopen; {:?}",
+        started.elapsed()
+    );
+    assert!(
+        acked > u64::from(rounds),
+        "the child made too little progress to test anything ({acked} acknowledged)"
+    );
+}
