@@ -222,11 +222,13 @@ proptest! {
             // The keyring states agree too.
             for (i, n) in names.iter().enumerate() {
                 let st = fx.store().keyring(n).unwrap().state;
-                let agrees = match (model.state[i], st) {
-                    (M::Enabled, KeyState::Enabled) | (M::Disabled, KeyState::Disabled) | (M::Destroyed, KeyState::Destroyed) => true,
-                    (M::Pending { .. }, KeyState::PendingDestruction { .. }) => true,
-                    _ => false,
-                };
+                let agrees = matches!(
+                    (model.state[i], st),
+                    (M::Enabled, KeyState::Enabled)
+                        | (M::Disabled, KeyState::Disabled)
+                        | (M::Destroyed, KeyState::Destroyed)
+                        | (M::Pending { .. }, KeyState::PendingDestruction { .. })
+                );
                 prop_assert!(agrees, "step {} {:?}: keyring {} is {:?}, model {:?}", step, op, n, st, model.state[i]);
             }
         }
