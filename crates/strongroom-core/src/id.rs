@@ -81,7 +81,7 @@ macro_rules! name_type {
 
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -142,7 +142,7 @@ macro_rules! version_type {
 
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "v{}", self.0)
+                f.pad(&format!("v{}", self.0))
             }
         }
 
@@ -186,7 +186,7 @@ impl RootKeyId {
 
 impl fmt::Display for RootKeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.name, self.version)
+        f.pad(&format!("{}/v{}", self.name.as_str(), self.version.get()))
     }
 }
 
@@ -217,5 +217,10 @@ mod tests {
             RootVersion::new(3).unwrap(),
         );
         assert_eq!(id.to_string(), "acme/v3");
+        // Width and alignment apply, as for strings (tables line up).
+        assert_eq!(
+            format!("[{:<6}][{:>4}][{:<9}]", id.name, id.version, id),
+            "[acme  ][  v3][acme/v3  ]"
+        );
     }
 }

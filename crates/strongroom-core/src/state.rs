@@ -141,12 +141,12 @@ impl fmt::Display for Transition {
 impl fmt::Display for KeyState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Enabled => f.write_str("enabled"),
-            Self::Disabled => f.write_str("disabled"),
+            Self::Enabled => f.pad("enabled"),
+            Self::Disabled => f.pad("disabled"),
             Self::PendingDestruction { not_before } => {
-                write!(f, "pending destruction (not before {not_before})")
+                f.pad(&format!("pending destruction (not before {not_before})"))
             }
-            Self::Destroyed => f.write_str("destroyed"),
+            Self::Destroyed => f.pad("destroyed"),
         }
     }
 }

@@ -120,7 +120,7 @@ ops! {
 
 impl fmt::Display for AuditOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

@@ -200,9 +200,7 @@ impl Store {
                 let audit_blob = if *name == self.inner.meta.primary_root {
                     let key = self.audit_key_material()?;
                     Some(
-                        self.inner
-                            .backend
-                            .wrap(&id, &key, &audit_key_context(&self.inner.meta.store_id))
+                        self.backend_wrap(&id, &key, &audit_key_context(&self.inner.meta.store_id))
                             .map_err(StoreError::backend(format!(
                                 "wrapping the audit key under {id}"
                             )))?
@@ -256,9 +254,7 @@ impl Store {
             what: "the wrapped audit key".into(),
             source,
         })?;
-        self.inner
-            .backend
-            .unwrap(&blob, &audit_key_context(&self.inner.meta.store_id))
+        self.backend_unwrap(&blob, &audit_key_context(&self.inner.meta.store_id))
             .map_err(|e| match e {
                 BackendError::Integrity => StoreError::KeyIntegrity {
                     what: "the wrapped audit key".into(),
@@ -335,9 +331,7 @@ impl Store {
             })?;
             let (kek, _) = self.kek(&kr_name, &kr, v)?;
             let new = self
-                .inner
-                .backend
-                .wrap(
+                .backend_wrap(
                     &RootKeyId::new(name.clone(), target),
                     &kek,
                     &kek_context(&self.inner.meta.store_id, &kr_name, id, v),
@@ -764,9 +758,7 @@ impl Store {
             let root_id = RootKeyId::new(root.clone(), root_v);
             let kek = Key256::generate()?;
             let kek_blob = self
-                .inner
-                .backend
-                .wrap(
+                .backend_wrap(
                     &root_id,
                     &kek,
                     &kek_context(&store_id, name, id, KekVersion::FIRST),
@@ -857,9 +849,7 @@ impl Store {
         let kek = Key256::generate()?;
         let root_id = RootKeyId::new(kr.root.clone(), root_v);
         let kek_blob = self
-            .inner
-            .backend
-            .wrap(&root_id, &kek, &kek_context(&store_id, name, kr.id, next))
+            .backend_wrap(&root_id, &kek, &kek_context(&store_id, name, kr.id, next))
             .map_err(StoreError::backend(format!(
                 "wrapping KEK {next} of keyring {name} under {root_id}"
             )))?;
@@ -1043,9 +1033,7 @@ impl Store {
                 };
                 let (kek, _) = self.kek(name, &kr, v)?;
                 let blob = self
-                    .inner
-                    .backend
-                    .wrap(&to, &kek, &kek_context(&store_id, name, kr.id, v))
+                    .backend_wrap(&to, &kek, &kek_context(&store_id, name, kr.id, v))
                     .map_err(StoreError::backend(format!(
                         "wrapping KEK {v} of keyring {name} under {to}"
                     )))?;

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -149,6 +150,8 @@ pub(crate) struct Inner {
     pub cache: KeyCache,
     pub audit_key: RwLock<Option<Arc<AuditKey>>>,
     pub counters: Mutex<HashMap<(u64, u32), Counter>>,
+    /// Wrap and unwrap calls made to the backend.
+    pub backend_calls: AtomicU64,
 }
 
 /// An open store. `Send + Sync`, cheap to clone; clones share everything but the actor.
@@ -363,6 +366,7 @@ impl Store {
                 catalog: RwLock::new(Catalog::default()),
                 audit_key: RwLock::new(None),
                 counters: Mutex::new(HashMap::new()),
+                backend_calls: AtomicU64::new(0),
             }),
             actor,
         }
@@ -510,11 +514,7 @@ impl Store {
                 what: "the audit key (missing)".into(),
             })?;
         let blob = parse_blob(&raw, || "the wrapped audit key".into())?;
-        let key = match self
-            .inner
-            .backend
-            .unwrap(&blob, &audit_key_context(&self.inner.meta.store_id))
-        {
+        let key = match self.backend_unwrap(&blob, &audit_key_context(&self.inner.meta.store_id)) {
             Ok(k) => k,
             Err(BackendError::Integrity) => {
                 return Err(StoreError::KeyIntegrity {
@@ -605,6 +605,32 @@ impl Store {
         r
     }
 
+    /// Wrap and unwrap calls this handle has made to the backend (zero in steady state: see
+    /// the key cache).
+    #[must_use]
+    pub fn backend_calls(&self) -> u64 {
+        self.inner.backend_calls.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn backend_wrap(
+        &self,
+        root: &RootKeyId,
+        key: &Key256,
+        context: &[u8],
+    ) -> Result<WrappedKey, BackendError> {
+        self.inner.backend_calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.backend.wrap(root, key, context)
+    }
+
+    pub(crate) fn backend_unwrap(
+        &self,
+        blob: &WrappedKey,
+        context: &[u8],
+    ) -> Result<Key256, BackendError> {
+        self.inner.backend_calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.backend.unwrap(blob, context)
+    }
+
     // ----- key resolution -----
 
     fn fresh(&self, age: Duration) -> bool {
@@ -646,7 +672,7 @@ impl Store {
                 what: format!("{} (missing)", what()),
             })?;
         let blob = parse_blob(&raw, what)?;
-        match self.inner.backend.unwrap(
+        match self.backend_unwrap(
             &blob,
             &kek_context(&self.inner.meta.store_id, name, kr.id, v),
         ) {

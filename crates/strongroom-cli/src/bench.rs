@@ -1,0 +1,193 @@
+//! `strongroom bench`: plain sled against strongroom, measured in the same run.
+//!
+//! Both run in one temporary directory on the embedded soft backend, in alternating rounds
+//! (plain, strongroom, plain, ...), so that load from elsewhere on the machine hits both alike;
+//! the ratios are what to read.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strongroom_cli::json::Json;
+use strongroom_core::{
+    Backend, Key256, KeyringName, RootKeyId, RootKeyName, RootVersion, SoftBackend,
+};
+use strongroom_store::{Store, StoreOptions};
+
+use crate::cli::BenchArgs;
+use crate::error::CliError;
+use crate::output::Out;
+
+const ROUNDS: u64 = 5;
+
+fn other(e: impl std::fmt::Display) -> CliError {
+    CliError::Other(format!("bench: {e}"))
+}
+
+/// Runs `op(i)` for `i` in `range`, split over `threads`; returns the time taken.
+fn timed(
+    threads: usize,
+    range: std::ops::Range<u64>,
+    op: &(dyn Fn(u64) -> Result<(), String> + Sync),
+) -> Result<Duration, CliError> {
+    let start = Instant::now();
+    let n = range.end - range.start;
+    let t = threads.max(1) as u64;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..t)
+            .map(|k| {
+                let lo = range.start + n * k / t;
+                let hi = range.start + n * (k + 1) / t;
+                s.spawn(move || (lo..hi).try_for_each(op))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().map_err(|_| "a bench thread panicked".to_owned())?)
+    })
+    .map_err(other)?;
+    Ok(start.elapsed())
+}
+
+fn rate(ops: u64, d: Duration) -> f64 {
+    ops as f64 / d.as_secs_f64().max(1e-9)
+}
+
+pub fn run(out: &Out, a: &BenchArgs) -> Result<(), CliError> {
+    let dir = tempfile_dir()?;
+    let plain = sled::Config::new()
+        .path(dir.join("plain"))
+        .flush_every_ms(Some(500))
+        .open()
+        .map_err(other)?
+        .open_tree("records")
+        .map_err(other)?;
+    let soft: Arc<dyn Backend> = Arc::new(SoftBackend::create(&dir).map_err(other)?);
+    let store = Store::create(
+        &dir,
+        Arc::clone(&soft),
+        &RootKeyName::new("bench").map_err(other)?,
+        StoreOptions::default(),
+    )
+    .map_err(other)?;
+    let ring = KeyringName::new("bench").map_err(other)?;
+    store.create_keyring(&ring, None).map_err(other)?;
+    let value: Vec<u8> = (0..a.value_size).map(|i| u8::try_from(i * 31 % 251).unwrap_or(0)).collect();
+    let key = |i: u64| format!("record-{i:012}").into_bytes();
+    let n = a.records.max(ROUNDS);
+    let chunk = n / ROUNDS;
+
+    let (mut plain_put, mut sr_put, mut plain_get, mut sr_get) = (
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    for r in 0..ROUNDS {
+        let range = r * chunk..(r + 1) * chunk;
+        plain_put += timed(a.threads, range.clone(), &|i| {
+            plain
+                .insert(key(i), value.as_slice())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })?;
+        sr_put += timed(a.threads, range, &|i| {
+            store.put(&ring, &key(i), &value).map_err(|e| e.to_string())
+        })?;
+    }
+    for r in 0..ROUNDS {
+        let range = r * chunk..(r + 1) * chunk;
+        plain_get += timed(a.threads, range.clone(), &|i| match plain.get(key(i)) {
+            Ok(Some(v)) if v.len() == value.len() => Ok(()),
+            other => Err(format!("plain get {i}: {other:?}")),
+        })?;
+        sr_get += timed(a.threads, range, &|i| match store.get(&ring, &key(i)) {
+            Ok(Some(v)) if v.len() == value.len() => Ok(()),
+            Ok(other) => Err(format!("get {i}: {:?}", other.map(|p| p.len()))),
+            Err(e) => Err(e.to_string()),
+        })?;
+    }
+    let total = chunk * ROUNDS;
+
+    // Backend calls per 1000 reads once warm.
+    let before = store.backend_calls();
+    timed(1, 0..1000, &|i| {
+        store
+            .get(&ring, &key(i % total))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })?;
+    let calls_per_1000 = store.backend_calls() - before;
+
+    // The backend's own wrap and unwrap, one thread, about a second each.
+    let root = RootKeyId::new(
+        RootKeyName::new("bench").map_err(other)?,
+        RootVersion::FIRST,
+    );
+    let k = Key256::generate().map_err(other)?;
+    let blob = soft.wrap(&root, &k, b"bench").map_err(other)?;
+    let measure = |f: &dyn Fn() -> bool| -> f64 {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < Duration::from_millis(700) {
+            for _ in 0..64 {
+                if f() {
+                    n += 1;
+                }
+            }
+        }
+        rate(n, start.elapsed())
+    };
+    let wrap_rate = measure(&|| soft.wrap(&root, &k, b"bench").is_ok());
+    let unwrap_rate = measure(&|| soft.unwrap(&blob, b"bench").is_ok());
+
+    let rows = [
+        ("put", rate(total, plain_put), rate(total, sr_put)),
+        ("get", rate(total, plain_get), rate(total, sr_get)),
+    ];
+    out.result(
+        || {
+            let mut t = format!(
+                "strongroom bench: {total} records of {} bytes, {} thread(s), {ROUNDS} alternating rounds, soft backend\n\n",
+                a.value_size, a.threads
+            );
+            t.push_str(&format!("{:<6} {:>14} {:>18} {:>22}\n", "op", "plain sled/s", "strongroom/s", "strongroom / plain"));
+            for (op, p, s) in rows {
+                t.push_str(&format!("{op:<6} {p:>14.0} {s:>18.0} {:>22.2}\n", s / p));
+            }
+            t.push_str(&format!("\nbackend wrap/s   {wrap_rate:>10.0}\nbackend unwrap/s {unwrap_rate:>10.0}\nbackend calls per 1000 reads after warm-up: {calls_per_1000}"));
+            t
+        },
+        || {
+            Json::obj([
+                ("records", Json::Num(total)),
+                ("value_size", Json::Num(a.value_size as u64)),
+                ("threads", Json::Num(a.threads as u64)),
+                (
+                    "ops",
+                    Json::Arr(
+                        rows.iter()
+                            .map(|(op, p, s)| Json::obj([("op", Json::str(op)), ("plain_per_sec", Json::Float(*p)), ("strongroom_per_sec", Json::Float(*s)), ("ratio", Json::Float(s / p))]))
+                            .collect(),
+                    ),
+                ),
+                ("backend_wrap_per_sec", Json::Float(wrap_rate)),
+                ("backend_unwrap_per_sec", Json::Float(unwrap_rate)),
+                ("backend_calls_per_1000_reads", Json::Num(calls_per_1000)),
+            ])
+        },
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A fresh private directory under the system temp dir.
+pub(crate) fn tempfile_dir() -> Result<std::path::PathBuf, CliError> {
+    let mut r = [0u8; 8];
+    strongroom_core::rng::os_fill(&mut r).map_err(other)?;
+    let dir = std::env::temp_dir().join(format!("strongroom-{}", crate::ops::hex(&r)));
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&dir)
+        .map_err(|e| CliError::Other(format!("creating {}: {e}", dir.display())))?;
+    Ok(dir)
+}

@@ -1,0 +1,315 @@
+//! The command-line grammar.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  other error
+  2  usage error (bad arguments)
+  3  not found (store, keyring, root key or record)
+  4  access refused (a key is disabled, scheduled for destruction, destroyed or unavailable)
+  5  integrity failure (a record, key, backup or the audit log was altered or is corrupt)
+  6  backend failure (HSM, PKCS#11 module, token, login)
+  7  aborted (a destructive command was not confirmed)
+
+Environment:
+  STRONGROOM_DATA   data directory (instead of --data)
+  STRONGROOM_ACTOR  who is acting, for the audit log (instead of --actor; default $USER)
+  STRONGROOM_PIN    the PKCS#11 user PIN, when `init --pin-env STRONGROOM_PIN` was used";
+
+/// strongroom: records encrypted at rest under keys the customer controls.
+///
+/// A store keeps records sealed under a hierarchy: root keys in a backend (an HSM through
+/// PKCS#11, or the embedded software backend) wrap per-keyring KEKs, which wrap DEKs, which
+/// seal the records. Start with `strongroom tour` to see the whole lifecycle, or
+/// `strongroom init` to create a store.
+#[derive(Parser, Debug)]
+#[command(name = "strongroom", version, after_help = EXIT_CODES, propagate_version = true)]
+pub struct Cli {
+    /// The data directory holding the store.
+    #[arg(
+        long,
+        global = true,
+        env = "STRONGROOM_DATA",
+        default_value = "./strongroom-data",
+        value_name = "DIR"
+    )]
+    pub data: PathBuf,
+    /// Machine-readable output: one JSON document on stdout (errors too).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Who is acting, recorded in the audit log.
+    #[arg(long, global = true, env = "STRONGROOM_ACTOR", value_name = "NAME")]
+    pub actor: Option<String>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create a store and its first root key (or adopt a key that exists in the token).
+    Init(InitArgs),
+    /// Root keys: the customer-managed keys in the backend.
+    #[command(subcommand)]
+    Root(RootCmd),
+    /// Keyrings: the unit of tenancy and revocation.
+    #[command(subcommand)]
+    Keyring(KeyringCmd),
+    /// Store a record (the value from stdin when not given; binary-safe).
+    Put {
+        /// The keyring.
+        keyring: String,
+        /// The record key.
+        key: String,
+        /// The value (omit to read it from stdin).
+        value: Option<String>,
+    },
+    /// Print a record's value (raw bytes to stdout).
+    Get {
+        /// The keyring.
+        keyring: String,
+        /// The record key.
+        key: String,
+    },
+    /// Delete a record.
+    Delete {
+        /// The keyring.
+        keyring: String,
+        /// The record key.
+        key: String,
+    },
+    /// List record keys, one per line.
+    List {
+        /// The keyring.
+        keyring: String,
+        /// Only keys starting with this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Re-encrypt a keyring's records under its current DEK (resumable), then retire unused DEKs.
+    Reencrypt {
+        /// The keyring.
+        keyring: String,
+    },
+    /// List work an interrupt or a crash left unfinished.
+    Jobs,
+    /// Finish every job an interrupt or a crash left unfinished.
+    Resume,
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Check the backend, the login, the root keys, the store and the audit log; print the fix
+    /// for anything wrong.
+    Doctor,
+    /// Measure: plain sled against strongroom put/get, backend wrap/unwrap, backend calls per read.
+    Bench(BenchArgs),
+    /// Walk through the whole key lifecycle in a temporary store on the embedded backend.
+    Tour,
+    /// Write a consistent backup of the store (everything in it stays sealed).
+    Backup {
+        /// The backup file to write.
+        file: PathBuf,
+    },
+    /// Restore a backup into the data directory (which must not hold a store).
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Write this configuration (copy the original store's `strongroom.conf`).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The embedded software backend (root keys in a key file in the data directory).
+    Soft,
+    /// A PKCS#11 token (an HSM; SoftHSM2 for testing).
+    Pkcs11,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Where root keys live.
+    #[arg(long, value_enum, default_value_t = BackendKind::Soft)]
+    pub backend: BackendKind,
+    /// The PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(long, value_name = "PATH", required_if_eq("backend", "pkcs11"))]
+    pub module: Option<PathBuf>,
+    /// The token's label.
+    #[arg(long, value_name = "LABEL", conflicts_with = "slot")]
+    pub token: Option<String>,
+    /// The token's slot id (instead of --token).
+    #[arg(long, value_name = "ID")]
+    pub slot: Option<u64>,
+    /// Read the PIN from this environment variable (the PIN is never stored).
+    #[arg(long, value_name = "VAR", conflicts_with = "pin_file")]
+    pub pin_env: Option<String>,
+    /// Read the PIN from this file (mode o-rwx; the PIN is never stored).
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
+    /// Name of the first root key (the store's primary root, which also protects the audit log).
+    #[arg(long, default_value = "service", value_name = "NAME")]
+    pub root: String,
+    /// Adopt this existing key in the token as the first root key instead of generating one
+    /// (a label, `label:LABEL` or `id:HEX`).
+    #[arg(long, value_name = "SELECTOR")]
+    pub adopt_root: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RootCmd {
+    /// Create a root key (version 1) in the backend.
+    Create {
+        /// The name.
+        name: String,
+        /// Adopt this existing key in the token instead of generating one (label or id:HEX).
+        #[arg(long, value_name = "SELECTOR")]
+        adopt: Option<String>,
+    },
+    /// Rotate: a new version; every KEK under the old ones is rewrapped (resumable).
+    Rotate {
+        /// The name.
+        name: String,
+    },
+    /// List root keys and their versions.
+    List,
+    /// Disable (every version): every keyring under it is refused until enabled.
+    Disable {
+        /// The name.
+        name: String,
+    },
+    /// Enable again.
+    Enable {
+        /// The name.
+        name: String,
+    },
+    /// Destroy an old version that nothing uses any more.
+    Retire {
+        /// The name.
+        name: String,
+        /// The version (a number, e.g. 1).
+        #[arg(long)]
+        version: u32,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Destroy the root key and every keyring under it (after a waiting period, or now).
+    Destroy {
+        /// The name.
+        name: String,
+        /// Waiting period (e.g. 7d, 12h); default: the store's (7 days).
+        #[arg(long, value_name = "DURATION", conflicts_with = "now")]
+        after: Option<String>,
+        /// Destroy now, irreversibly.
+        #[arg(long)]
+        now: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Cancel a scheduled destruction (the root is left disabled).
+    CancelDestroy {
+        /// The name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyringCmd {
+    /// Create a keyring.
+    Create {
+        /// The name.
+        name: String,
+        /// The root key to put it under (default: the primary root).
+        #[arg(long, value_name = "ROOT")]
+        root: Option<String>,
+    },
+    /// List keyrings.
+    List,
+    /// Show a keyring: state, root, key versions, records.
+    Show {
+        /// The name.
+        name: String,
+    },
+    /// Rotate the KEK (default; no record is touched) or the DEK.
+    Rotate {
+        /// The name.
+        name: String,
+        /// Rotate the KEK (the default).
+        #[arg(long, conflicts_with = "dek")]
+        kek: bool,
+        /// Rotate the DEK (new records use it; `reencrypt` moves old ones).
+        #[arg(long)]
+        dek: bool,
+    },
+    /// Move to another root key: KEKs rewrapped, no record re-encrypted.
+    Move {
+        /// The name.
+        name: String,
+        /// The root key to move it under.
+        #[arg(long, value_name = "ROOT")]
+        root: String,
+    },
+    /// Disable: reads and writes refused until enabled.
+    Disable {
+        /// The name.
+        name: String,
+    },
+    /// Enable again.
+    Enable {
+        /// The name.
+        name: String,
+    },
+    /// Destroy (after a waiting period, or now): its keys are erased and its records purged.
+    Destroy {
+        /// The name.
+        name: String,
+        /// Waiting period (e.g. 7d, 12h); default: the store's (7 days).
+        #[arg(long, value_name = "DURATION", conflicts_with = "now")]
+        after: Option<String>,
+        /// Destroy now, irreversibly.
+        #[arg(long)]
+        now: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Cancel a scheduled destruction (the keyring is left disabled).
+    CancelDestroy {
+        /// The name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Verify the whole chain; exit 5 naming the first broken entry.
+    Verify,
+    /// Print entries.
+    Log {
+        /// From this sequence number on.
+        #[arg(long, default_value_t = 1)]
+        since: u64,
+        /// At most this many entries.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Records per phase.
+    #[arg(long, default_value_t = 20_000)]
+    pub records: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}

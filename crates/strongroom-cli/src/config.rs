@@ -1,0 +1,365 @@
+//! The configuration file `strongroom.conf` in the data directory, written by `strongroom init`.
+//!
+//! One `key = value` per line; `#` starts a comment line; keys are fixed; unknown keys and
+//! repeated keys are errors (a typo must not silently change the backend). It never holds a
+//! PIN: only where to find one.
+//!
+//! ```text
+//! # strongroom configuration, written by `strongroom init`
+//! format = 1
+//! backend = pkcs11
+//! primary-root = service
+//! pkcs11.module = /usr/lib/softhsm/libsofthsm2.so
+//! pkcs11.token = my-token            (or pkcs11.slot = 3)
+//! pkcs11.pin-env = STRONGROOM_PIN    (or pkcs11.pin-file = /run/secrets/pin)
+//! cache-ttl-secs = 300
+//! destruction-delay-secs = 604800
+//! audit-data-access = false
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use strongroom_core::RootKeyName;
+use strongroom_pkcs11::{PinSource, Pkcs11Config, TokenSelector};
+
+/// File name of the configuration in the data directory.
+pub const CONFIG_FILE: &str = "strongroom.conf";
+const FORMAT: u32 = 1;
+
+/// Which backend a store uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// The embedded software backend (key file in the data directory).
+    Soft,
+    /// A PKCS#11 token.
+    Pkcs11 {
+        /// Module path.
+        module: PathBuf,
+        /// The token.
+        token: TokenSelector,
+        /// Where the PIN comes from.
+        pin: PinSource,
+    },
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The backend.
+    pub backend: BackendConfig,
+    /// The store's primary root key.
+    pub primary_root: RootKeyName,
+    /// Cache TTL.
+    pub cache_ttl: Duration,
+    /// Default waiting period of a scheduled destruction.
+    pub destruction_delay: Duration,
+    /// Audit data access too.
+    pub audit_data_access: bool,
+}
+
+/// A configuration file that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line, 0 for the whole file.
+    pub line: usize,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl std::error::Error for ConfigError {}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{CONFIG_FILE}: {}", self.problem)
+        } else {
+            write!(f, "{CONFIG_FILE} line {}: {}", self.line, self.problem)
+        }
+    }
+}
+
+impl Config {
+    /// Serializes (the format in the module docs).
+    #[must_use]
+    pub fn to_text(&self) -> String {
+        let mut s = String::from(
+            "# strongroom configuration, written by `strongroom init`.\n# It never holds a PIN, only where to find one.\n",
+        );
+        let _ = writeln!(s, "format = {FORMAT}");
+        match &self.backend {
+            BackendConfig::Soft => s.push_str("backend = soft\n"),
+            BackendConfig::Pkcs11 { module, token, pin } => {
+                s.push_str("backend = pkcs11\n");
+                let _ = writeln!(s, "pkcs11.module = {}", module.display());
+                match token {
+                    TokenSelector::Label(l) => {
+                        let _ = writeln!(s, "pkcs11.token = {l}");
+                    }
+                    TokenSelector::Slot(n) => {
+                        let _ = writeln!(s, "pkcs11.slot = {n}");
+                    }
+                }
+                match pin {
+                    PinSource::Env(v) => {
+                        let _ = writeln!(s, "pkcs11.pin-env = {v}");
+                    }
+                    PinSource::File(p) => {
+                        let _ = writeln!(s, "pkcs11.pin-file = {}", p.display());
+                    }
+                }
+            }
+        }
+        let _ = writeln!(s, "primary-root = {}", self.primary_root);
+        let _ = writeln!(s, "cache-ttl-secs = {}", self.cache_ttl.as_secs());
+        let _ = writeln!(
+            s,
+            "destruction-delay-secs = {}",
+            self.destruction_delay.as_secs()
+        );
+        let _ = writeln!(s, "audit-data-access = {}", self.audit_data_access);
+        s
+    }
+
+    /// Parses.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the line and the problem.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let err = |line: usize, problem: String| ConfigError { line, problem };
+        let mut kv: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+        for (i, raw) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| err(n, format!("expected `key = value`, found {line:?}")))?;
+            let (k, v) = (k.trim(), v.trim());
+            if !KEYS.contains(&k) {
+                return Err(err(
+                    n,
+                    format!("unknown key {k:?} (known: {})", KEYS.join(", ")),
+                ));
+            }
+            if v.is_empty() {
+                return Err(err(n, format!("{k} has no value")));
+            }
+            if kv.insert(k, (n, v)).is_some() {
+                return Err(err(n, format!("{k} is set twice")));
+            }
+        }
+        let get = |k: &str| kv.get(k).copied();
+        let need = |k: &str| get(k).ok_or_else(|| err(0, format!("{k} is missing")));
+        let (fl, fv) = need("format")?;
+        if fv != FORMAT.to_string() {
+            return Err(err(
+                fl,
+                format!(
+                    "format {fv} is not supported (this strongroom reads format {FORMAT}); upgrade strongroom"
+                ),
+            ));
+        }
+        let num = |k: &str, default: u64| -> Result<u64, ConfigError> {
+            match get(k) {
+                None => Ok(default),
+                Some((l, v)) => v.parse::<u64>().map_err(|_| {
+                    err(
+                        l,
+                        format!("{k} must be a whole number of seconds, found {v:?}"),
+                    )
+                }),
+            }
+        };
+        let (bl, bv) = need("backend")?;
+        let pkcs11_keys = [
+            "pkcs11.module",
+            "pkcs11.token",
+            "pkcs11.slot",
+            "pkcs11.pin-env",
+            "pkcs11.pin-file",
+        ];
+        let backend = match bv {
+            "soft" => {
+                if let Some(k) = pkcs11_keys.iter().find(|k| get(k).is_some()) {
+                    return Err(err(
+                        get(k).map_or(0, |x| x.0),
+                        format!("{k} is set but the backend is soft"),
+                    ));
+                }
+                BackendConfig::Soft
+            }
+            "pkcs11" => {
+                let module = PathBuf::from(need("pkcs11.module")?.1);
+                let token = match (get("pkcs11.token"), get("pkcs11.slot")) {
+                    (Some((_, l)), None) => TokenSelector::Label(l.to_owned()),
+                    (None, Some((l, s))) => TokenSelector::Slot(s.parse().map_err(|_| {
+                        err(l, format!("pkcs11.slot must be a number, found {s:?}"))
+                    })?),
+                    (Some((l, _)), Some(_)) => {
+                        return Err(err(l, "set pkcs11.token or pkcs11.slot, not both".into()));
+                    }
+                    (None, None) => {
+                        return Err(err(0, "pkcs11.token (or pkcs11.slot) is missing".into()));
+                    }
+                };
+                let pin = match (get("pkcs11.pin-env"), get("pkcs11.pin-file")) {
+                    (Some((_, v)), None) => PinSource::Env(v.to_owned()),
+                    (None, Some((_, f))) => PinSource::File(PathBuf::from(f)),
+                    (Some((l, _)), Some(_)) => {
+                        return Err(err(
+                            l,
+                            "set pkcs11.pin-env or pkcs11.pin-file, not both".into(),
+                        ));
+                    }
+                    (None, None) => {
+                        return Err(err(
+                            0,
+                            "pkcs11.pin-env (or pkcs11.pin-file) is missing".into(),
+                        ));
+                    }
+                };
+                BackendConfig::Pkcs11 { module, token, pin }
+            }
+            other => {
+                return Err(err(
+                    bl,
+                    format!("backend must be soft or pkcs11, found {other:?}"),
+                ));
+            }
+        };
+        let (rl, rv) = need("primary-root")?;
+        let primary_root = RootKeyName::new(rv).map_err(|e| err(rl, e.to_string()))?;
+        let audit_data_access = match get("audit-data-access") {
+            None | Some((_, "false")) => false,
+            Some((_, "true")) => true,
+            Some((l, v)) => {
+                return Err(err(
+                    l,
+                    format!("audit-data-access must be true or false, found {v:?}"),
+                ));
+            }
+        };
+        Ok(Self {
+            backend,
+            primary_root,
+            cache_ttl: Duration::from_secs(num("cache-ttl-secs", 300)?),
+            destruction_delay: Duration::from_secs(num("destruction-delay-secs", 7 * 86400)?),
+            audit_data_access,
+        })
+    }
+
+    /// The PKCS#11 backend configuration, if this is a PKCS#11 store.
+    #[must_use]
+    pub fn pkcs11(&self) -> Option<Pkcs11Config> {
+        match &self.backend {
+            BackendConfig::Pkcs11 { module, token, pin } => Some(Pkcs11Config::new(
+                module.clone(),
+                token.clone(),
+                pin.clone(),
+            )),
+            BackendConfig::Soft => None,
+        }
+    }
+}
+
+const KEYS: &[&str] = &[
+    "format",
+    "backend",
+    "primary-root",
+    "pkcs11.module",
+    "pkcs11.token",
+    "pkcs11.slot",
+    "pkcs11.pin-env",
+    "pkcs11.pin-file",
+    "cache-ttl-secs",
+    "destruction-delay-secs",
+    "audit-data-access",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Config {
+        Config {
+            backend: BackendConfig::Pkcs11 {
+                module: "/usr/lib/softhsm/libsofthsm2.so".into(),
+                token: TokenSelector::Label("my token".into()),
+                pin: PinSource::Env("STRONGROOM_PIN".into()),
+            },
+            primary_root: RootKeyName::new("service").unwrap(),
+            cache_ttl: Duration::from_secs(60),
+            destruction_delay: Duration::from_secs(3600),
+            audit_data_access: true,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let c = sample();
+        assert_eq!(Config::parse(&c.to_text()).unwrap(), c);
+        let soft = Config {
+            backend: BackendConfig::Soft,
+            ..sample()
+        };
+        assert_eq!(Config::parse(&soft.to_text()).unwrap(), soft);
+        let slot = Config {
+            backend: BackendConfig::Pkcs11 {
+                module: "/m.so".into(),
+                token: TokenSelector::Slot(7),
+                pin: PinSource::File("/p".into()),
+            },
+            ..sample()
+        };
+        assert_eq!(Config::parse(&slot.to_text()).unwrap(), slot);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let good = sample().to_text();
+        for (bad, want) in [
+            (
+                good.replace("backend = pkcs11", "backend = hsm"),
+                "backend must be soft or pkcs11",
+            ),
+            (
+                good.replace("format = 1", "format = 2"),
+                "upgrade strongroom",
+            ),
+            (format!("{good}backnd = soft\n"), "unknown key \"backnd\""),
+            (format!("{good}backend = soft\n"), "set twice"),
+            (
+                good.replace("pkcs11.pin-env = STRONGROOM_PIN\n", ""),
+                "pin-env (or pkcs11.pin-file) is missing",
+            ),
+            (
+                good.replace("cache-ttl-secs = 60", "cache-ttl-secs = soon"),
+                "whole number",
+            ),
+            (
+                good.replace("primary-root = service", "primary-root = bad name"),
+                "invalid root key name",
+            ),
+            (format!("{good}just words\n"), "expected `key = value`"),
+        ] {
+            let e = Config::parse(&bad).unwrap_err();
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+        assert!(
+            Config::parse("")
+                .unwrap_err()
+                .to_string()
+                .contains("format is missing")
+        );
+    }
+
+    #[test]
+    fn never_holds_a_pin() {
+        assert!(!sample().to_text().to_lowercase().contains("pin ="));
+    }
+}

@@ -1,0 +1,213 @@
+//! `strongroom doctor`: each line OK, WARN or FAIL, with the fix for anything not OK.
+
+use strongroom_cli::json::Json;
+use strongroom_core::{Backend, KeyState, RootKeyId, RootStatus};
+use strongroom_store::Store;
+
+use crate::cli::Cli;
+use crate::error::CliError;
+use crate::ops;
+use crate::output::Out;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "OK",
+            Self::Warn => "WARN",
+            Self::Fail => "FAIL",
+        }
+    }
+}
+
+struct Line {
+    status: Status,
+    name: String,
+    detail: String,
+}
+
+#[derive(Default)]
+struct Report(Vec<Line>);
+
+impl Report {
+    fn add(&mut self, status: Status, name: impl Into<String>, detail: impl Into<String>) {
+        self.0.push(Line {
+            status,
+            name: name.into(),
+            detail: detail.into(),
+        });
+    }
+
+    fn print(&self, out: &Out) -> Result<(), CliError> {
+        out.result(
+            || {
+                self.0
+                    .iter()
+                    .map(|l| format!("{:<5} {:<22} {}", l.status.as_str(), l.name, l.detail))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+            || {
+                Json::Arr(
+                    self.0
+                        .iter()
+                        .map(|l| {
+                            Json::obj([
+                                ("status", Json::str(l.status.as_str())),
+                                ("check", Json::str(&l.name)),
+                                ("detail", Json::str(&l.detail)),
+                            ])
+                        })
+                        .collect(),
+                )
+            },
+        );
+        let fails = self.0.iter().filter(|l| l.status == Status::Fail).count();
+        if fails > 0 {
+            return Err(CliError::Checks(format!(
+                "doctor found {fails} problem{}; the FAIL lines above say what to do",
+                if fails == 1 { "" } else { "s" }
+            )));
+        }
+        Ok(())
+    }
+}
+
+pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
+    let mut r = Report::default();
+    let config = match ops::read_config(&cli.data) {
+        Ok(c) => {
+            r.add(
+                Status::Ok,
+                "configuration",
+                format!(
+                    "{}",
+                    cli.data.join(strongroom_cli::config::CONFIG_FILE).display()
+                ),
+            );
+            c
+        }
+        Err(e) => {
+            r.add(Status::Fail, "configuration", e.to_string());
+            return r.print(out);
+        }
+    };
+    let backend = match ops::backend(&config, &cli.data) {
+        Ok(b) => b,
+        Err(e) => {
+            r.add(Status::Fail, "backend", e.to_string());
+            return r.print(out);
+        }
+    };
+    let info = backend.describe();
+    r.add(
+        Status::Ok,
+        "backend",
+        format!("{}: {}", info.kind, info.description),
+    );
+    match backend.health() {
+        Ok(checks) => {
+            for c in checks {
+                r.add(
+                    if c.ok { Status::Ok } else { Status::Fail },
+                    format!("  {}", c.name),
+                    c.detail,
+                );
+            }
+        }
+        Err(e) => r.add(Status::Fail, "  health", e.to_string()),
+    }
+    r.add(
+        Status::Ok,
+        "  mechanisms",
+        format!(
+            "new wraps use {}; {}",
+            info.capabilities
+                .preferred_alg()
+                .map_or("none".into(), |a| a.to_string()),
+            if info.capabilities.hardware {
+                "root keys never leave the HSM"
+            } else {
+                "root keys are in a local key file (see the README's security model)"
+            }
+        ),
+    );
+    let store = match Store::open(
+        &cli.data,
+        std::sync::Arc::clone(&backend),
+        ops::options(cli, &config),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            r.add(Status::Fail, "store", e.to_string());
+            return r.print(out);
+        }
+    };
+    let m = store.meta();
+    r.add(
+        Status::Ok,
+        "store",
+        format!(
+            "format {}, id {}, created {}, {} bytes on disk",
+            strongroom_store::format::STORE_FORMAT_VERSION,
+            ops::hex(&m.store_id),
+            m.created,
+            store.size_on_disk().unwrap_or(0)
+        ),
+    );
+    for root in store.roots() {
+        for (v, state) in &root.versions {
+            let id = RootKeyId::new(root.name.clone(), *v);
+            let want = match state {
+                KeyState::Destroyed => continue,
+                KeyState::Enabled => RootStatus::Enabled,
+                _ => RootStatus::Disabled,
+            };
+            match backend.find_root(&id) {
+                Ok(Some(b)) if b.status == want || (want == RootStatus::Disabled && !info.capabilities.disable) => {
+                    r.add(Status::Ok, format!("root {id}"), format!("{} ({})", b.status, b.locator));
+                }
+                Ok(Some(b)) => r.add(
+                    Status::Fail,
+                    format!("root {id}"),
+                    format!(
+                        "the store has it {state}, the backend reports it {}: it was changed outside strongroom; {}",
+                        b.status,
+                        if b.status == RootStatus::Unavailable || b.status == RootStatus::Destroyed {
+                            "restore it in the HSM from its backup, or destroy what depends on it"
+                        } else {
+                            "run `strongroom root enable` / `disable` to bring them in line"
+                        }
+                    ),
+                ),
+                Ok(None) => r.add(Status::Fail, format!("root {id}"), "missing from the backend: restore it in the HSM (or the soft key file from its backup)"),
+                Err(e) => r.add(Status::Fail, format!("root {id}"), e.to_string()),
+            }
+        }
+    }
+    match store.verify_audit() {
+        Ok(Ok(a)) => r.add(Status::Ok, "audit log", format!("{} entries; chain and MACs verify", a.entries)),
+        Ok(Err(b)) => r.add(Status::Fail, "audit log", format!("{b}; the log was tampered with: keep this store for investigation and restore from a backup")),
+        Err(e) => r.add(Status::Fail, "audit log", e.to_string()),
+    }
+    match store.pending_jobs() {
+        Ok(jobs) if jobs.is_empty() => r.add(Status::Ok, "unfinished work", "none"),
+        Ok(jobs) => {
+            for j in jobs {
+                r.add(
+                    Status::Warn,
+                    "unfinished work",
+                    format!("{j:?}; run `strongroom resume`"),
+                );
+            }
+        }
+        Err(e) => r.add(Status::Fail, "unfinished work", e.to_string()),
+    }
+    r.print(out)
+}

@@ -1,0 +1,90 @@
+//! The CLI's errors and their exit codes (listed in `--help` and the README).
+
+use strongroom_core::BackendError;
+use strongroom_store::{AuditBreak, StoreError};
+
+/// Something that ends the command with a non-zero exit code and one line on stderr.
+#[derive(Debug)]
+pub enum CliError {
+    Store(StoreError),
+    Backend(BackendError),
+    /// No such thing (exit 3).
+    NotFound(String),
+    /// Bad input that clap could not catch (exit 2).
+    Usage(String),
+    /// The audit chain is broken (exit 5).
+    Audit(AuditBreak),
+    /// A check failed (doctor, tour), already reported line by line (exit 1).
+    Checks(String),
+    /// A destructive command was not confirmed (exit 7).
+    Aborted(String),
+    /// Anything else (exit 1).
+    Other(String),
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Store(e) => write!(f, "{e}"),
+            Self::Backend(e) => write!(f, "{e}"),
+            Self::Audit(b) => write!(f, "{b}"),
+            Self::NotFound(s)
+            | Self::Usage(s)
+            | Self::Checks(s)
+            | Self::Aborted(s)
+            | Self::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+fn backend_code(e: &BackendError) -> i32 {
+    if e.is_key_unavailable() {
+        4
+    } else if matches!(e, BackendError::Integrity) {
+        5
+    } else {
+        6
+    }
+}
+
+impl CliError {
+    /// The exit code.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Store(e) => match e {
+                StoreError::KeyringNotFound { .. }
+                | StoreError::RootNotFound { .. }
+                | StoreError::NotAStore { .. } => 3,
+                e if e.is_integrity() || matches!(e, StoreError::BadBackup { .. }) => 5,
+                e if e.is_access_refused() => 4,
+                StoreError::Backend { source, .. } => backend_code(source),
+                StoreError::WrongBackend { .. } => 6,
+                _ => 1,
+            },
+            Self::Backend(e) => backend_code(e),
+            Self::NotFound(_) => 3,
+            Self::Usage(_) => 2,
+            Self::Audit(_) => 5,
+            Self::Aborted(_) => 7,
+            Self::Checks(_) | Self::Other(_) => 1,
+        }
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<BackendError> for CliError {
+    fn from(e: BackendError) -> Self {
+        Self::Backend(e)
+    }
+}
+
+impl From<strongroom_core::id::NameError> for CliError {
+    fn from(e: strongroom_core::id::NameError) -> Self {
+        Self::Usage(e.to_string())
+    }
+}

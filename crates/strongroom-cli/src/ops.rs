@@ -1,0 +1,889 @@
+//! The commands.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use strongroom_cli::config::{BackendConfig, CONFIG_FILE, Config};
+use strongroom_cli::json::Json;
+use strongroom_cli::parse_duration;
+use strongroom_core::{
+    Backend, KeyState, KeyringName, RootKeyId, RootKeyName, RootVersion, SoftBackend,
+};
+use strongroom_pkcs11::{PinSource, Pkcs11Backend, TokenSelector};
+use strongroom_store::{PendingJob, Progress, Store, StoreOptions};
+
+use crate::cli::{AuditCmd, BackendKind, Cli, Cmd, InitArgs, KeyringCmd, RootCmd};
+use crate::error::CliError;
+use crate::output::{Out, confirm};
+
+/// Runs the command line.
+pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
+    match &cli.cmd {
+        Cmd::Init(args) => init(cli, out, args),
+        Cmd::Root(cmd) => root(cli, out, cmd),
+        Cmd::Keyring(cmd) => keyring(cli, out, cmd),
+        Cmd::Put {
+            keyring,
+            key,
+            value,
+        } => {
+            let s = open(cli)?;
+            let value = match value {
+                Some(v) => v.as_bytes().to_vec(),
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::stdin().read_to_end(&mut buf).map_err(|e| {
+                        CliError::Other(format!("reading the value from stdin: {e}"))
+                    })?;
+                    buf
+                }
+            };
+            s.put_durable(&kr(keyring)?, key.as_bytes(), &value)?;
+            out.result(String::new, || {
+                Json::obj([
+                    ("keyring", Json::str(keyring)),
+                    ("key", Json::str(key)),
+                    ("bytes", Json::Num(value.len() as u64)),
+                ])
+            });
+            Ok(())
+        }
+        Cmd::Get { keyring, key } => {
+            let s = open(cli)?;
+            let value = s.get(&kr(keyring)?, key.as_bytes())?.ok_or_else(|| {
+                CliError::NotFound(format!("no record {key:?} in keyring {keyring}"))
+            })?;
+            if out.json_mode() {
+                let text = std::str::from_utf8(value.expose()).ok();
+                out.result(String::new, || {
+                    Json::obj([
+                        ("keyring", Json::str(keyring)),
+                        ("key", Json::str(key)),
+                        ("value", text.map_or(Json::Null, Json::str)),
+                        (
+                            "value_hex",
+                            Json::Str(value.expose().iter().map(|b| format!("{b:02x}")).collect()),
+                        ),
+                    ])
+                });
+            } else {
+                let mut stdout = std::io::stdout().lock();
+                stdout
+                    .write_all(value.expose())
+                    .and_then(|()| stdout.flush())
+                    .map_err(|e| CliError::Other(format!("writing the value: {e}")))?;
+            }
+            Ok(())
+        }
+        Cmd::Delete { keyring, key } => {
+            let s = open(cli)?;
+            if !s.delete(&kr(keyring)?, key.as_bytes())? {
+                return Err(CliError::NotFound(format!(
+                    "no record {key:?} in keyring {keyring}"
+                )));
+            }
+            s.flush()?;
+            out.result(String::new, || Json::obj([("deleted", Json::str(key))]));
+            Ok(())
+        }
+        Cmd::List { keyring, prefix } => {
+            let s = open(cli)?;
+            let keys = s.list(&kr(keyring)?, prefix.as_bytes())?;
+            let shown: Vec<String> = keys.iter().map(|k| k.escape_ascii().to_string()).collect();
+            out.result(
+                || shown.join("\n"),
+                || Json::Arr(shown.iter().map(Json::str).collect()),
+            );
+            Ok(())
+        }
+        Cmd::Reencrypt { keyring } => {
+            let s = open(cli)?;
+            let pb = out.progress(&format!("re-encrypting {keyring}"));
+            let report = s.reencrypt(&kr(keyring)?, &mut progress_to(&pb))?;
+            pb.finish_and_clear();
+            let retired: Vec<String> = report.retired.iter().map(ToString::to_string).collect();
+            out.result(
+                || {
+                    format!(
+                        "keyring {keyring}: {} records re-encrypted, {} already current{}; DEK versions retired: {}",
+                        report.reencrypted,
+                        report.skipped,
+                        if report.resumed { " (resumed)" } else { "" },
+                        if retired.is_empty() { "none".into() } else { retired.join(", ") }
+                    )
+                },
+                || {
+                    Json::obj([
+                        ("keyring", Json::str(keyring)),
+                        ("reencrypted", Json::Num(report.reencrypted)),
+                        ("skipped", Json::Num(report.skipped)),
+                        ("resumed", Json::Bool(report.resumed)),
+                        ("retired", Json::Arr(retired.iter().map(Json::str).collect())),
+                    ])
+                },
+            );
+            Ok(())
+        }
+        Cmd::Jobs => {
+            let s = open(cli)?;
+            let jobs = s.pending_jobs()?;
+            let lines: Vec<String> = jobs.iter().map(describe_job).collect();
+            out.result(
+                || {
+                    if lines.is_empty() {
+                        "no unfinished work".into()
+                    } else {
+                        lines.join("\n")
+                    }
+                },
+                || Json::Arr(lines.iter().map(Json::str).collect()),
+            );
+            Ok(())
+        }
+        Cmd::Resume => resume(cli, out),
+        Cmd::Audit(cmd) => audit(cli, out, cmd),
+        Cmd::Doctor => crate::doctor::run(cli, out),
+        Cmd::Bench(args) => crate::bench::run(out, args),
+        Cmd::Tour => crate::tour::run(out),
+        Cmd::Backup { file } => {
+            let s = open(cli)?;
+            let r = s.backup(file)?;
+            let soft = s.meta().backend_kind == "soft";
+            out.result(
+                || {
+                    let mut t = format!("backup written to {} ({} entries, {} bytes; everything in it is sealed)", file.display(), r.entries, r.bytes);
+                    if soft {
+                        t.push_str(&format!(
+                            "\nnote: it holds no root key; back up the soft backend's key file {} separately, and keep it secret",
+                            cli.data.join(strongroom_core::soft::KEY_FILE_NAME).display()
+                        ));
+                    }
+                    t
+                },
+                || Json::obj([("file", Json::str(file.display())), ("entries", Json::Num(r.entries)), ("bytes", Json::Num(r.bytes))]),
+            );
+            Ok(())
+        }
+        Cmd::Restore { file, config } => {
+            let text = std::fs::read_to_string(config)
+                .map_err(|e| CliError::Other(format!("reading {}: {e}", config.display())))?;
+            Config::parse(&text).map_err(|e| CliError::Usage(e.to_string()))?;
+            if cli.data.join(CONFIG_FILE).exists() {
+                return Err(CliError::Usage(format!(
+                    "{} already holds a store configuration; restore into an empty directory",
+                    cli.data.display()
+                )));
+            }
+            let meta = Store::restore(file, &cli.data)?;
+            write_private(&cli.data.join(CONFIG_FILE), text.as_bytes())?;
+            out.result(
+                || format!("store {} restored into {}; open it with its own backend (for soft: copy its key file here)", hex(&meta.store_id), cli.data.display()),
+                || Json::obj([("store_id", Json::Str(hex(&meta.store_id))), ("data", Json::str(cli.data.display()))]),
+            );
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub(crate) fn kr(s: &str) -> Result<KeyringName, CliError> {
+    Ok(KeyringName::new(s)?)
+}
+
+pub(crate) fn rn(s: &str) -> Result<RootKeyName, CliError> {
+    Ok(RootKeyName::new(s)?)
+}
+
+fn progress_to(pb: &indicatif::ProgressBar) -> impl FnMut(Progress) + '_ {
+    |p| {
+        pb.set_length(p.total);
+        pb.set_position(p.done);
+    }
+}
+
+fn describe_job(j: &PendingJob) -> String {
+    match j {
+        PendingJob::Reencrypt(k) => format!(
+            "re-encryption of keyring {k} (run `strongroom resume` or `strongroom reencrypt {k}`)"
+        ),
+        PendingJob::Rewrap { root, keks } => format!(
+            "{keks} KEKs still under an old version of root key {root} (run `strongroom resume`)"
+        ),
+        PendingJob::Purge(id) => {
+            format!("purge of destroyed keyring #{id} (finishes at the next open)")
+        }
+    }
+}
+
+/// The actor recorded in the audit log.
+pub(crate) fn actor(cli: &Cli) -> String {
+    cli.actor
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "cli".into())
+}
+
+/// The configuration of the store in the data directory.
+pub(crate) fn read_config(data: &Path) -> Result<Config, CliError> {
+    let path = data.join(CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CliError::NotFound(format!(
+                "no strongroom store at {} (no {CONFIG_FILE}); create one with `strongroom init`, or point --data (or STRONGROOM_DATA) at an existing store",
+                data.display()
+            )));
+        }
+        Err(e) => return Err(CliError::Other(format!("reading {}: {e}", path.display()))),
+    };
+    Config::parse(&text).map_err(|e| CliError::Other(format!("{e} (in {})", data.display())))
+}
+
+/// The backend a configuration names.
+pub(crate) fn backend(config: &Config, data: &Path) -> Result<Arc<dyn Backend>, CliError> {
+    Ok(match &config.backend {
+        BackendConfig::Soft => Arc::new(SoftBackend::open(data)?),
+        BackendConfig::Pkcs11 { .. } => {
+            let c = config
+                .pkcs11()
+                .ok_or_else(|| CliError::Other("internal: no PKCS#11 configuration".into()))?;
+            Arc::new(Pkcs11Backend::open(c)?)
+        }
+    })
+}
+
+pub(crate) fn options(cli: &Cli, config: &Config) -> StoreOptions {
+    StoreOptions {
+        actor: actor(cli),
+        cache_ttl: config.cache_ttl,
+        destruction_delay: config.destruction_delay,
+        audit_data_access: config.audit_data_access,
+        ..StoreOptions::default()
+    }
+}
+
+/// Opens the store in the data directory with its configured backend.
+pub(crate) fn open(cli: &Cli) -> Result<Store, CliError> {
+    let config = read_config(&cli.data)?;
+    let backend = backend(&config, &cli.data)?;
+    Ok(Store::open(&cli.data, backend, options(cli, &config))?)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| CliError::Other(format!("writing {}: {e}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| CliError::Other(format!("writing {}: {e}", path.display())))
+}
+
+fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
+    let data = &cli.data;
+    if data.join(CONFIG_FILE).exists() || data.join(strongroom_store::DB_DIR).exists() {
+        return Err(CliError::Usage(format!(
+            "{} already holds a strongroom store; use it, or choose another --data",
+            data.display()
+        )));
+    }
+    let created_dir = !data.exists();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+        .map_err(|e| CliError::Other(format!("creating {}: {e}", data.display())))?;
+    let root = rn(&a.root)?;
+    let result = (|| {
+        let config = Config {
+            backend: match a.backend {
+                BackendKind::Soft => BackendConfig::Soft,
+                BackendKind::Pkcs11 => BackendConfig::Pkcs11 {
+                    module: a.module.clone().ok_or_else(|| {
+                        CliError::Usage("--module is required with --backend pkcs11".into())
+                    })?,
+                    token: match (&a.token, a.slot) {
+                        (Some(l), _) => TokenSelector::Label(l.clone()),
+                        (None, Some(s)) => TokenSelector::Slot(s),
+                        (None, None) => {
+                            return Err(CliError::Usage(
+                                "give the token with --token LABEL (or --slot ID)".into(),
+                            ));
+                        }
+                    },
+                    pin: match (&a.pin_env, &a.pin_file) {
+                        (Some(v), _) => PinSource::Env(v.clone()),
+                        (None, Some(f)) => PinSource::File(f.clone()),
+                        (None, None) => {
+                            return Err(CliError::Usage(
+                                "say where the PIN comes from: --pin-env VAR or --pin-file FILE (never on the command line)".into(),
+                            ));
+                        }
+                    },
+                },
+            },
+            primary_root: root.clone(),
+            cache_ttl: StoreOptions::default().cache_ttl,
+            destruction_delay: StoreOptions::default().destruction_delay,
+            audit_data_access: false,
+        };
+        let backend: Arc<dyn Backend> = match &config.backend {
+            BackendConfig::Soft => {
+                if a.adopt_root.is_some() {
+                    return Err(CliError::Usage(
+                        "--adopt-root needs --backend pkcs11".into(),
+                    ));
+                }
+                Arc::new(SoftBackend::create(data)?)
+            }
+            BackendConfig::Pkcs11 { .. } => backend(&config, data)?,
+        };
+        if let Some(sel) = &a.adopt_root {
+            backend.adopt_root(&RootKeyId::new(root.clone(), RootVersion::FIRST), sel)?;
+        }
+        let store = Store::create(data, Arc::clone(&backend), &root, options(cli, &config))?;
+        write_private(&data.join(CONFIG_FILE), config.to_text().as_bytes())?;
+        Ok((store, backend))
+    })();
+    let (store, backend) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            // Leave nothing half-made behind (a generated or adopted root key stays in the HSM:
+            // strongroom does not destroy keys on its own).
+            if created_dir {
+                let _ = std::fs::remove_dir_all(data);
+            } else {
+                for f in [
+                    CONFIG_FILE,
+                    strongroom_store::DB_DIR,
+                    strongroom_core::soft::KEY_FILE_NAME,
+                    strongroom_core::soft::LOCK_FILE_NAME,
+                ] {
+                    let p = data.join(f);
+                    let _ = if p.is_dir() {
+                        std::fs::remove_dir_all(p)
+                    } else {
+                        std::fs::remove_file(p)
+                    };
+                }
+            }
+            return Err(e);
+        }
+    };
+    let info = backend.describe();
+    out.result(
+        || {
+            format!(
+                "created store {} in {} on {}; primary root key {root}/v1",
+                hex(&store.meta().store_id),
+                data.display(),
+                info.description
+            )
+        },
+        || {
+            Json::obj([
+                ("store_id", Json::Str(hex(&store.meta().store_id))),
+                ("data", Json::str(data.display())),
+                ("backend", Json::str(info.kind)),
+                ("backend_instance", Json::Str(info.instance_id.clone())),
+                ("primary_root", Json::str(&root)),
+            ])
+        },
+    );
+    Ok(())
+}
+
+fn state_text(s: KeyState) -> String {
+    s.to_string()
+}
+
+fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
+    let s = open(cli)?;
+    match cmd {
+        RootCmd::Create { name, adopt } => {
+            let n = rn(name)?;
+            if let Some(sel) = adopt {
+                s.backend()
+                    .adopt_root(&RootKeyId::new(n.clone(), RootVersion::FIRST), sel)?;
+            }
+            s.create_root(&n)?;
+            out.result(
+                || format!("root key {n}/v1 created"),
+                || Json::obj([("root", Json::str(&n)), ("version", Json::Num(1))]),
+            );
+        }
+        RootCmd::Rotate { name } => {
+            let n = rn(name)?;
+            let pb = out.progress(&format!("rewrapping KEKs under {n}"));
+            let mut total = 0;
+            let v = s.rotate_root(&n, &mut |p| {
+                total = p.total;
+                progress_to(&pb)(p);
+            })?;
+            pb.finish_and_clear();
+            out.result(
+                || {
+                    format!(
+                        "root key {n} rotated to {v}; {total} KEK{} rewrapped under it",
+                        if total == 1 { "" } else { "s" }
+                    )
+                },
+                || {
+                    Json::obj([
+                        ("root", Json::str(&n)),
+                        ("version", Json::Num(v.get().into())),
+                        ("rewrapped", Json::Num(total)),
+                    ])
+                },
+            );
+        }
+        RootCmd::List => {
+            let roots = s.roots();
+            out.result(
+                || {
+                    let mut t = format!(
+                        "{:<24} {:<8} {:<9} {}\n",
+                        "ROOT", "CURRENT", "KEYRINGS", "VERSIONS"
+                    );
+                    for r in &roots {
+                        let versions: Vec<String> = r
+                            .versions
+                            .iter()
+                            .map(|(v, st)| format!("{v}:{}", short_state(*st)))
+                            .collect();
+                        t.push_str(&format!(
+                            "{:<24} {:<8} {:<9} {}{}\n",
+                            r.name,
+                            r.current.map_or("-".into(), |v| v.to_string()),
+                            r.keyrings,
+                            versions.join(" "),
+                            if r.primary {
+                                "  (primary: protects the audit log)"
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
+                    t.trim_end().to_owned()
+                },
+                || {
+                    Json::Arr(
+                        roots
+                            .iter()
+                            .map(|r| {
+                                Json::obj([
+                                    ("name", Json::str(&r.name)),
+                                    (
+                                        "current",
+                                        r.current.map_or(Json::Null, |v| Json::Num(v.get().into())),
+                                    ),
+                                    ("keyrings", Json::Num(r.keyrings as u64)),
+                                    ("primary", Json::Bool(r.primary)),
+                                    (
+                                        "versions",
+                                        Json::Arr(
+                                            r.versions
+                                                .iter()
+                                                .map(|(v, st)| {
+                                                    Json::obj([
+                                                        ("version", Json::Num(v.get().into())),
+                                                        ("state", Json::Str(state_text(*st))),
+                                                    ])
+                                                })
+                                                .collect(),
+                                        ),
+                                    ),
+                                ])
+                            })
+                            .collect(),
+                    )
+                },
+            );
+        }
+        RootCmd::Disable { name } => {
+            let n = rn(name)?;
+            s.disable_root(&n)?;
+            out.result(|| format!("root key {n} disabled: every keyring under it is refused until it is enabled"), || Json::obj([("root", Json::str(&n)), ("state", Json::str("disabled"))]));
+        }
+        RootCmd::Enable { name } => {
+            let n = rn(name)?;
+            s.enable_root(&n)?;
+            out.result(
+                || format!("root key {n} enabled"),
+                || Json::obj([("root", Json::str(&n)), ("state", Json::str("enabled"))]),
+            );
+        }
+        RootCmd::Retire { name, version, yes } => {
+            let n = rn(name)?;
+            let v = RootVersion::new(*version).map_err(|e| CliError::Usage(e.to_string()))?;
+            confirm(
+                &format!("Destroy version {v} of root key {n} in the backend, irreversibly?"),
+                *yes,
+            )?;
+            s.retire_root_version(&n, v)?;
+            out.result(
+                || format!("root key {n}/{v} retired (destroyed in the backend)"),
+                || {
+                    Json::obj([
+                        ("root", Json::str(&n)),
+                        ("retired", Json::Num(v.get().into())),
+                    ])
+                },
+            );
+        }
+        RootCmd::Destroy {
+            name,
+            after,
+            now,
+            yes,
+        } => {
+            let n = rn(name)?;
+            if *now {
+                confirm(
+                    &format!(
+                        "Destroy root key {n} and every keyring under it NOW? Their data becomes unrecoverable."
+                    ),
+                    *yes,
+                )?;
+                let d = s.destroy_root_now(&n)?;
+                out.result(
+                    || {
+                        format!(
+                            "root key {n} destroyed; {} keyrings under it crypto-shredded",
+                            d.len()
+                        )
+                    },
+                    || {
+                        Json::obj([
+                            ("root", Json::str(&n)),
+                            ("state", Json::str("destroyed")),
+                            (
+                                "keyrings",
+                                Json::Arr(d.iter().map(|x| Json::str(&x.keyring)).collect()),
+                            ),
+                        ])
+                    },
+                );
+            } else {
+                let after = after
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(CliError::Usage)?;
+                let when = s.schedule_root_destruction(&n, after)?;
+                out.result(
+                    || format!("root key {n} will be destroyed at {when}; until then everything under it is refused; cancel with `strongroom root cancel-destroy {n}`"),
+                    || Json::obj([("root", Json::str(&n)), ("state", Json::str("pending destruction")), ("not_before", Json::str(when))]),
+                );
+            }
+        }
+        RootCmd::CancelDestroy { name } => {
+            let n = rn(name)?;
+            s.cancel_root_destruction(&n)?;
+            out.result(|| format!("destruction of root key {n} cancelled; it is disabled: enable it with `strongroom root enable {n}`"), || Json::obj([("root", Json::str(&n)), ("state", Json::str("disabled"))]));
+        }
+    }
+    Ok(())
+}
+
+fn short_state(s: KeyState) -> &'static str {
+    match s {
+        KeyState::Enabled => "enabled",
+        KeyState::Disabled => "disabled",
+        KeyState::PendingDestruction { .. } => "pending-destruction",
+        KeyState::Destroyed => "destroyed",
+    }
+}
+
+fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
+    let s = open(cli)?;
+    match cmd {
+        KeyringCmd::Create { name, root } => {
+            let n = kr(name)?;
+            let r = root.as_deref().map(rn).transpose()?;
+            let info = s.create_keyring(&n, r.as_ref())?;
+            out.result(
+                || format!("keyring {n} created under root key {}", info.root),
+                || Json::obj([("keyring", Json::str(&n)), ("root", Json::str(&info.root))]),
+            );
+        }
+        KeyringCmd::List => {
+            let list = s.keyrings()?;
+            out.result(
+                || {
+                    let mut t = format!(
+                        "{:<24} {:<22} {:<20} {:<5} {}\n",
+                        "KEYRING", "STATE", "ROOT", "KEK", "DEK"
+                    );
+                    for k in &list {
+                        t.push_str(&format!(
+                            "{:<24} {:<22} {:<20} {:<5} {}\n",
+                            k.name,
+                            short_state(k.state),
+                            k.root,
+                            k.current_kek,
+                            k.current_dek
+                        ));
+                    }
+                    t.trim_end().to_owned()
+                },
+                || Json::Arr(list.iter().map(keyring_json).collect()),
+            );
+        }
+        KeyringCmd::Show { name } => {
+            let n = kr(name)?;
+            let k = s.keyring(&n)?;
+            let records = if k.state == KeyState::Enabled {
+                s.list(&n, b"").ok().map(|l| l.len())
+            } else {
+                None
+            };
+            out.result(
+                || {
+                    let keks: Vec<String> = k.kek_versions.iter().map(|(v, r)| format!("{v} (under {})", r.as_ref().map_or("?".into(), ToString::to_string))).collect();
+                    let deks: Vec<String> = k.dek_versions.iter().map(ToString::to_string).collect();
+                    format!(
+                        "keyring   {}\nstate     {}\nroot      {}\nKEK       {} [{}]\nDEK       {} [{}]\nrecords   {}\ncreated   {}",
+                        k.name,
+                        k.state,
+                        k.root,
+                        k.current_kek,
+                        keks.join(", "),
+                        k.current_dek,
+                        deks.join(", "),
+                        records.map_or("(not readable now)".into(), |n| n.to_string()),
+                        k.created
+                    )
+                },
+                || {
+                    let mut j = keyring_json(&k);
+                    if let Json::Obj(f) = &mut j {
+                        f.push(("records".into(), records.map_or(Json::Null, |n| Json::Num(n as u64))));
+                    }
+                    j
+                },
+            );
+        }
+        KeyringCmd::Rotate { name, dek, .. } => {
+            let n = kr(name)?;
+            if *dek {
+                let v = s.rotate_dek(&n)?;
+                out.result(|| format!("keyring {n}: new records use DEK {v}; `strongroom reencrypt {n}` moves the old ones"), || Json::obj([("keyring", Json::str(&n)), ("dek", Json::Num(v.get().into()))]));
+            } else {
+                let v = s.rotate_kek(&n)?;
+                out.result(|| format!("keyring {n}: KEK rotated to {v}; its DEKs were rewrapped, no record was touched"), || Json::obj([("keyring", Json::str(&n)), ("kek", Json::Num(v.get().into()))]));
+            }
+        }
+        KeyringCmd::Move { name, root } => {
+            let (n, r) = (kr(name)?, rn(root)?);
+            s.move_keyring(&n, &r)?;
+            out.result(
+                || format!("keyring {n} moved under root key {r}; no record was re-encrypted"),
+                || Json::obj([("keyring", Json::str(&n)), ("root", Json::str(&r))]),
+            );
+        }
+        KeyringCmd::Disable { name } => {
+            let n = kr(name)?;
+            s.disable_keyring(&n)?;
+            out.result(
+                || format!("keyring {n} disabled"),
+                || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("disabled"))]),
+            );
+        }
+        KeyringCmd::Enable { name } => {
+            let n = kr(name)?;
+            s.enable_keyring(&n)?;
+            out.result(
+                || format!("keyring {n} enabled"),
+                || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("enabled"))]),
+            );
+        }
+        KeyringCmd::Destroy {
+            name,
+            after,
+            now,
+            yes,
+        } => {
+            let n = kr(name)?;
+            if *now {
+                confirm(
+                    &format!("Destroy keyring {n} NOW? Its data becomes unrecoverable."),
+                    *yes,
+                )?;
+                let d = s.destroy_keyring_now(&n)?;
+                out.result(
+                    || {
+                        format!(
+                            "keyring {n} destroyed: its keys were erased and {} records purged",
+                            d.records
+                        )
+                    },
+                    || {
+                        Json::obj([
+                            ("keyring", Json::str(&n)),
+                            ("state", Json::str("destroyed")),
+                            ("records_purged", Json::Num(d.records)),
+                        ])
+                    },
+                );
+            } else {
+                let after = after
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(CliError::Usage)?;
+                let when = s.schedule_keyring_destruction(&n, after)?;
+                out.result(
+                    || format!("keyring {n} will be destroyed at {when}; until then it is refused; cancel with `strongroom keyring cancel-destroy {n}`"),
+                    || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("pending destruction")), ("not_before", Json::str(when))]),
+                );
+            }
+        }
+        KeyringCmd::CancelDestroy { name } => {
+            let n = kr(name)?;
+            s.cancel_keyring_destruction(&n)?;
+            out.result(|| format!("destruction of keyring {n} cancelled; it is disabled: enable it with `strongroom keyring enable {n}`"), || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("disabled"))]));
+        }
+    }
+    Ok(())
+}
+
+fn keyring_json(k: &strongroom_store::KeyringInfo) -> Json {
+    Json::obj([
+        ("name", Json::str(&k.name)),
+        ("state", Json::Str(state_text(k.state))),
+        ("root", Json::str(&k.root)),
+        ("kek", Json::Num(k.current_kek.get().into())),
+        ("dek", Json::Num(k.current_dek.get().into())),
+        (
+            "dek_versions",
+            Json::Arr(
+                k.dek_versions
+                    .iter()
+                    .map(|v| Json::Num(v.get().into()))
+                    .collect(),
+            ),
+        ),
+        ("created", Json::str(k.created)),
+    ])
+}
+
+fn resume(cli: &Cli, out: &Out) -> Result<(), CliError> {
+    let s = open(cli)?;
+    let jobs = s.pending_jobs()?;
+    let mut done = Vec::new();
+    for j in &jobs {
+        match j {
+            PendingJob::Reencrypt(k) => {
+                let pb = out.progress(&format!("re-encrypting {k}"));
+                let r = s.reencrypt(k, &mut progress_to(&pb))?;
+                pb.finish_and_clear();
+                done.push(format!(
+                    "keyring {k}: re-encryption finished ({} records)",
+                    r.reencrypted
+                ));
+            }
+            PendingJob::Rewrap { root, .. } => {
+                let pb = out.progress(&format!("rewrapping KEKs under {root}"));
+                let n = s.rewrap_root(root, &mut progress_to(&pb))?;
+                pb.finish_and_clear();
+                done.push(format!("root key {root}: {n} KEKs rewrapped"));
+            }
+            PendingJob::Purge(_) => done.push(describe_job(j)),
+        }
+    }
+    out.result(
+        || {
+            if done.is_empty() {
+                "no unfinished work".into()
+            } else {
+                done.join("\n")
+            }
+        },
+        || Json::Arr(done.iter().map(Json::str).collect()),
+    );
+    Ok(())
+}
+
+fn audit(cli: &Cli, out: &Out, cmd: &AuditCmd) -> Result<(), CliError> {
+    let s = open(cli)?;
+    match cmd {
+        AuditCmd::Verify => match s.verify_audit()? {
+            Ok(r) => out.result(
+                || {
+                    format!(
+                        "audit log OK: {} entries, every MAC and link verified; head #{} {}",
+                        r.entries,
+                        r.head.seq,
+                        hex(&r.head.hash)
+                    )
+                },
+                || {
+                    Json::obj([
+                        ("ok", Json::Bool(true)),
+                        ("entries", Json::Num(r.entries)),
+                        ("head_seq", Json::Num(r.head.seq)),
+                        ("head_hash", Json::Str(hex(&r.head.hash))),
+                    ])
+                },
+            ),
+            Err(b) => return Err(CliError::Audit(b)),
+        },
+        AuditCmd::Log { since, limit } => {
+            let entries: Vec<strongroom_store::AuditEntry> = s
+                .audit_entries(*since)
+                .take(limit.unwrap_or(usize::MAX))
+                .collect::<Result<_, _>>()?;
+            out.result(
+                || {
+                    entries
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "#{:<5} {} {:<12} {:<26} {:<8} {}{}",
+                                e.seq,
+                                e.time,
+                                e.actor,
+                                e.op,
+                                e.outcome.as_str(),
+                                e.target,
+                                if e.detail.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" ({})", e.detail)
+                                }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                || {
+                    Json::Arr(
+                        entries
+                            .iter()
+                            .map(|e| {
+                                Json::obj([
+                                    ("seq", Json::Num(e.seq)),
+                                    ("time", Json::str(e.time)),
+                                    ("actor", Json::str(&e.actor)),
+                                    ("op", Json::str(e.op)),
+                                    ("outcome", Json::str(e.outcome.as_str())),
+                                    ("target", Json::str(&e.target)),
+                                    ("detail", Json::str(&e.detail)),
+                                ])
+                            })
+                            .collect(),
+                    )
+                },
+            );
+        }
+    }
+    Ok(())
+}

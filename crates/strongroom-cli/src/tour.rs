@@ -1,0 +1,252 @@
+//! `strongroom tour`: the whole key lifecycle in a temporary store on the embedded backend,
+//! each step shown and checked. It fails (exit 1) if any step does not behave as it must.
+
+use std::sync::Arc;
+
+use strongroom_cli::json::Json;
+use strongroom_core::{Backend, KeyringName, RootKeyName, SoftBackend};
+use strongroom_store::{Store, StoreError, StoreOptions};
+
+use crate::error::CliError;
+use crate::output::Out;
+
+struct Tour<'a> {
+    out: &'a Out,
+    steps: Vec<Json>,
+    n: usize,
+}
+
+impl Tour<'_> {
+    fn step(&mut self, title: &str, lines: &[String]) {
+        self.n += 1;
+        if !self.out.json_mode() {
+            let mut first = true;
+            for l in lines {
+                if first {
+                    println!("{:>2}. {title:<22} {l}", self.n);
+                    first = false;
+                } else {
+                    println!("    {:<22} {l}", "");
+                }
+            }
+        }
+        self.steps.push(Json::obj([
+            ("step", Json::Num(self.n as u64)),
+            ("title", Json::str(title)),
+            ("result", Json::Arr(lines.iter().map(Json::str).collect())),
+        ]));
+    }
+}
+
+fn fail(what: &str, got: impl std::fmt::Debug) -> CliError {
+    CliError::Checks(format!("tour step failed: {what} (got {got:?})"))
+}
+
+fn text(s: &Store, k: &KeyringName, key: &str) -> Result<String, CliError> {
+    match s.get(k, key.as_bytes())? {
+        Some(v) => Ok(String::from_utf8_lossy(v.expose()).into_owned()),
+        None => Err(fail("a record that must be there is missing", key)),
+    }
+}
+
+fn refused(
+    r: Result<Option<strongroom_core::Plaintext>, StoreError>,
+    what: &str,
+) -> Result<String, CliError> {
+    match r {
+        Err(e) if e.is_access_refused() => Ok(e.to_string()),
+        other => Err(fail(what, other.map(|v| v.map(|p| p.len())))),
+    }
+}
+
+pub fn run(out: &Out) -> Result<(), CliError> {
+    let dir = crate::bench::tempfile_dir()?;
+    let r = tour(out, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
+    let mut t = Tour {
+        out,
+        steps: Vec::new(),
+        n: 0,
+    };
+    if !out.json_mode() {
+        println!(
+            "strongroom tour: the whole key lifecycle in a temporary store on the embedded soft backend"
+        );
+        println!("({}; removed at the end)\n", dir.display());
+    }
+    let name = |s: &str| RootKeyName::new(s).map_err(|e| CliError::Other(e.to_string()));
+    let ring = KeyringName::new("payroll").map_err(|e| CliError::Other(e.to_string()))?;
+    let options = StoreOptions {
+        actor: "tour".into(),
+        ..StoreOptions::default()
+    };
+
+    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir)?);
+    let s = Store::create(
+        dir,
+        Arc::clone(&backend),
+        &name("service")?,
+        options.clone(),
+    )?;
+    t.step(
+        "init",
+        &[format!(
+            "store {} created; primary root key service/v1 in {}",
+            crate::ops::hex(&s.meta().store_id[..4]),
+            backend.describe().description
+        )],
+    );
+
+    s.create_root(&name("acme")?)?;
+    t.step(
+        "customer root key",
+        &["root key acme/v1 created: the customer's key (in production, in their HSM)".into()],
+    );
+
+    s.create_keyring(&ring, Some(&name("acme")?))?;
+    t.step(
+        "keyring",
+        &[
+            "keyring payroll created under acme: KEK v1 wrapped by acme, DEK v1 wrapped by the KEK"
+                .into(),
+        ],
+    );
+
+    s.put(&ring, b"alice", b"salary=100000")?;
+    t.step(
+        "put",
+        &["payroll/alice = \"salary=100000\", sealed with AES-256-GCM under DEK v1".into()],
+    );
+    let v = text(&s, &ring, "alice")?;
+    if v != "salary=100000" {
+        return Err(fail("get returns what put stored", v));
+    }
+    t.step("get", &[format!("payroll/alice -> {v:?}")]);
+
+    let mut rewrapped = 0;
+    let v2 = s.rotate_root(&name("acme")?, &mut |p| rewrapped = p.total)?;
+    let kek = s.rotate_kek(&ring)?;
+    s.purge_key_cache();
+    let v = text(&s, &ring, "alice")?;
+    t.step(
+        "rotate root and KEK",
+        &[
+            format!(
+                "root key acme rotated to {v2}: {rewrapped} KEK{} rewrapped under it",
+                if rewrapped == 1 { "" } else { "s" }
+            ),
+            format!("keyring payroll KEK rotated to {kek}: DEKs rewrapped, no record touched"),
+            format!("payroll/alice still -> {v:?}"),
+        ],
+    );
+
+    s.disable_keyring(&ring)?;
+    let why = refused(
+        s.get(&ring, b"alice"),
+        "a disabled keyring must refuse reads",
+    )?;
+    t.step(
+        "disable",
+        &[
+            "keyring payroll disabled".into(),
+            format!("get refused: {why}"),
+        ],
+    );
+
+    s.enable_keyring(&ring)?;
+    let v = text(&s, &ring, "alice")?;
+    t.step(
+        "enable",
+        &[format!(
+            "keyring payroll enabled; payroll/alice -> {v:?} again"
+        )],
+    );
+
+    let when = s.schedule_keyring_destruction(&ring, None)?;
+    let why = refused(
+        s.get(&ring, b"alice"),
+        "a keyring scheduled for destruction must refuse reads",
+    )?;
+    t.step(
+        "schedule destruction",
+        &[
+            format!("keyring payroll will be destroyed at {when} (7-day waiting period)"),
+            format!("get refused: {why}"),
+        ],
+    );
+
+    let d = s.destroy_keyring_now(&ring)?;
+    let why = refused(
+        s.get(&ring, b"alice"),
+        "a destroyed keyring must never be readable again",
+    )?;
+    t.step(
+        "destroy",
+        &[
+            format!(
+                "keyring payroll destroyed now: its wrapped keys erased, {} record purged",
+                d.records
+            ),
+            format!("get refused for good: {why}"),
+        ],
+    );
+
+    let a = s.verify_audit()?.map_err(CliError::Audit)?;
+    t.step(
+        "audit verify",
+        &[format!(
+            "OK: {} entries (every key operation above), chain and MACs verify",
+            a.entries
+        )],
+    );
+
+    // Tamper with the audit log on disk: change one byte of entry 5.
+    drop(s);
+    drop(backend);
+    {
+        let db = sled::open(dir.join(strongroom_store::DB_DIR))
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        let audit = db
+            .open_tree("audit")
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        let k = 5u64.to_be_bytes();
+        let mut e = audit
+            .get(k)
+            .ok()
+            .flatten()
+            .ok_or_else(|| fail("audit entry 5 exists", ()))?
+            .to_vec();
+        let at = e.len() / 2;
+        e[at] ^= 0x01;
+        audit
+            .insert(k, e)
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        db.flush().map_err(|e| CliError::Other(e.to_string()))?;
+    }
+    t.step(
+        "tamper",
+        &["one byte of audit entry #5 changed directly in the database files".into()],
+    );
+    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::open(dir)?);
+    let s = Store::open(dir, backend, options)?;
+    match s.verify_audit()? {
+        Err(b) if b.seq == 5 => t.step("audit verify", &[format!("FAILED, as it must: {b}")]),
+        other => return Err(fail("verification must find the changed entry", other)),
+    }
+
+    if out.json_mode() {
+        out.result(String::new, || {
+            Json::obj([
+                ("ok", Json::Bool(true)),
+                ("steps", Json::Arr(t.steps.clone())),
+            ])
+        });
+    } else {
+        println!("\ntour complete: every step behaved as it must.");
+    }
+    Ok(())
+}
