@@ -71,7 +71,9 @@ pub fn run(out: &Out, a: &BenchArgs) -> Result<(), CliError> {
     .map_err(other)?;
     let ring = KeyringName::new("bench").map_err(other)?;
     store.create_keyring(&ring, None).map_err(other)?;
-    let value: Vec<u8> = (0..a.value_size).map(|i| u8::try_from(i * 31 % 251).unwrap_or(0)).collect();
+    let value: Vec<u8> = (0..a.value_size)
+        .map(|i| u8::try_from(i * 31 % 251).unwrap_or(0))
+        .collect();
     let key = |i: u64| format!("record-{i:012}").into_bytes();
     let n = a.records.max(ROUNDS);
     let chunk = n / ROUNDS;

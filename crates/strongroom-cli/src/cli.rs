@@ -191,9 +191,9 @@ pub enum RootCmd {
     Retire {
         /// The name.
         name: String,
-        /// The version (a number, e.g. 1).
-        #[arg(long)]
-        version: u32,
+        /// The version to retire (`1` or `v1`).
+        #[arg(value_name = "VERSION")]
+        old: String,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,

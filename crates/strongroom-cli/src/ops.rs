@@ -520,9 +520,22 @@ fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
                 || Json::obj([("root", Json::str(&n)), ("state", Json::str("enabled"))]),
             );
         }
-        RootCmd::Retire { name, version, yes } => {
+        RootCmd::Retire {
+            name,
+            old: version,
+            yes,
+        } => {
             let n = rn(name)?;
-            let v = RootVersion::new(*version).map_err(|e| CliError::Usage(e.to_string()))?;
+            let v = version
+                .trim_start_matches('v')
+                .parse::<u32>()
+                .ok()
+                .and_then(|n| RootVersion::new(n).ok())
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "{version:?} is not a root key version; give a number like 1 (or v1)"
+                    ))
+                })?;
             confirm(
                 &format!("Destroy version {v} of root key {n} in the backend, irreversibly?"),
                 *yes,

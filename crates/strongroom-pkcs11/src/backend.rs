@@ -446,7 +446,8 @@ impl Pkcs11Backend {
 
     /// Finalizes and re-initializes the library, unless another thread already did since
     /// generation `failed` (one guarded re-initialize for any number of failing threads).
-    fn recover(&self, failed: u64) -> Result<(), BackendError> {
+    /// `cause` is the failure that called for it.
+    fn recover(&self, failed: u64, cause: &CkError) -> Result<(), BackendError> {
         let _one = lock(&self.inner.recovery);
         let mut generation = self
             .inner
@@ -460,6 +461,19 @@ impl Pkcs11Backend {
         // re-initialize their handle numbers may name other sessions.
         let ctx = generation.ctx.clone();
         let _ = ctx.clone().finalize();
+        // From here on the old sessions and handles are void even if the re-initialize fails
+        // (a pulled token, a device still down): a lost generation takes their place until a
+        // later recovery succeeds, so that nothing runs on a handle that a re-initialized
+        // library may have given to another session or object.
+        if let CkError::Pkcs11(rv, function) = cause {
+            *generation = Generation::lost(
+                failed,
+                ctx.clone(),
+                generation.slot,
+                self.inner.cap,
+                (*rv, *function),
+            );
+        }
         initialize(&ctx).map_err(|e| {
             device(
                 "re-initialize the PKCS#11 library",
@@ -467,7 +481,19 @@ impl Pkcs11Backend {
                 "check the HSM connection; strongroom retries on the next call",
             )
         })?;
-        let slot = find_slot(&ctx, &self.inner.config.token)?;
+        let slot = find_slot(&ctx, &self.inner.config.token).map_err(|e| match e {
+            // The token was there when the backend opened: its absence now is a device
+            // condition (pulled, or the HSM is still coming back), not a configuration mistake.
+            BackendError::Config(_) => BackendError::Device {
+                operation: "reconnect to the token",
+                detail: format!(
+                    "no slot holds the token with {} any more; reinsert it or check the HSM connection",
+                    self.inner.config.token
+                ),
+                source: None,
+            },
+            other => other,
+        })?;
         let info = ctx
             .get_token_info(slot)
             .map_err(|e| device("read token information", e, "check the HSM"))?;
@@ -526,23 +552,38 @@ impl Pkcs11Backend {
                 Err(OpError::Ck(e)) => e,
             };
             match classify(&e) {
-                Failure::SessionLost => {
-                    // Another session may be fine; if they are all gone, the next attempt's
-                    // checkout or call fails the same way and the one after re-initializes.
-                    if attempt > 0 {
-                        drop(generation);
-                        self.recover(gen_id)?;
-                    }
-                }
-                Failure::DeviceLost => {
+                // A lost session: another session may be fine; if they are all gone, the next
+                // attempt's checkout or call fails the same way and the one after
+                // re-initializes. A lost device: back off and re-initialize.
+                failure @ (Failure::SessionLost | Failure::DeviceLost)
+                    if failure == Failure::DeviceLost || attempt > 0 =>
+                {
                     drop(generation);
+                    // Backing off before every re-initialize keeps a device that keeps
+                    // failing from being hammered (bounded: attempts x backoff).
+                    let _ = failure;
                     self.backoff(attempt);
-                    if let Err(re) = self.recover(gen_id)
+                    if let Err(re) = self.recover(gen_id, &e)
                         && attempt + 1 == attempts
                     {
-                        return Err(re);
+                        // The caller's operation failed; say so with the device's answer,
+                        // and why reconnecting did not help (e.g. the token is not back).
+                        let why = match re {
+                            BackendError::Device {
+                                operation, detail, ..
+                            } => format!("{operation}: {detail}"),
+                            other => other.to_string(),
+                        };
+                        return Err(device(
+                            operation,
+                            e,
+                            &format!(
+                                "the device's last answer; reconnecting failed after {attempts} attempts ({why}); strongroom reconnects on the next call"
+                            ),
+                        ));
                     }
                 }
+                Failure::SessionLost | Failure::DeviceLost => {}
                 Failure::LoggedOut => {
                     // The next checkout sees the logged-out state and logs in again.
                 }
@@ -998,7 +1039,21 @@ impl Pkcs11Backend {
         self.run(operation, |generation, s, retry| {
             let _admin = lock(&self.inner.admin);
             let found = Self::locate(s, id)?;
-            if found.record.is_some() {
+            if let Some(record) = &found.record {
+                // On a retry, an enabled record of a managed key, with a root-shaped key under
+                // our label, is what our failed attempt wrote before its reply was lost: done.
+                if retry
+                    && record.state == RecordState::Enabled
+                    && record.key == KeyLocator::Managed
+                    && let Some(handle) = found.key
+                    && Self::is_root_shaped(s, handle)?
+                {
+                    let usage = Self::read_usage(s, handle)?;
+                    if let Some(alg) = self.alg_for(usage) {
+                        generation.cache_key(id, CachedKey { handle, alg });
+                    }
+                    return Ok(Self::info_for(id, RootStatus::Enabled, &KeyLocator::Managed));
+                }
                 return Err(BackendError::RootExists { root: id.clone() }.into());
             }
             let handle = match found.key {
@@ -1016,7 +1071,12 @@ impl Pkcs11Backend {
                 None => make(s)?,
             };
             if let Err(e) = Self::write_record(s, id, &found, RecordState::Enabled, KeyLocator::Managed) {
-                let _ = s.destroy_object(handle);
+                // Roll back only when the token refused the record. After a lost session or
+                // device the record may have been written (the reply was lost): the key stays,
+                // and the retry finishes with what it finds.
+                if !matches!(classify(&e), Failure::SessionLost | Failure::DeviceLost) {
+                    let _ = s.destroy_object(handle);
+                }
                 return Err(e.into());
             }
             let usage = Self::read_usage(s, handle)?;

@@ -17,7 +17,7 @@ use std::ops::Deref;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cryptoki::context::Pkcs11;
+use cryptoki::context::{Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState, UserType};
@@ -38,6 +38,10 @@ pub(crate) struct CachedKey {
 struct PoolState {
     idle: Vec<Session>,
     open: usize,
+    /// Most sessions the token let this pool open: lowered to the number open when
+    /// `C_OpenSession` answers `CKR_SESSION_COUNT` (other applications may hold the rest, so
+    /// the token's advertised limit is no promise). Holds for the rest of the generation.
+    limit: usize,
 }
 
 /// One initialization of the library (see the module docs).
@@ -49,6 +53,10 @@ pub(crate) struct Generation {
     freed: Condvar,
     cap: usize,
     keys: Mutex<HashMap<RootKeyId, CachedKey>>,
+    /// Set when a re-initialize failed after finalizing the library: this generation has no
+    /// sessions and opens none; checkouts fail with the error that started the recovery, so
+    /// that callers retry the recovery instead of running on stale handles.
+    lost: Option<(RvError, Function)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,10 +82,27 @@ impl Generation {
             pool: Mutex::new(PoolState {
                 idle: Vec::new(),
                 open: 0,
+                limit: usize::MAX,
             }),
             freed: Condvar::new(),
             cap: cap.max(1),
             keys: Mutex::new(HashMap::new()),
+            lost: None,
+        }
+    }
+
+    /// A generation that replaces one whose library was finalized when the re-initialize
+    /// failed: its sessions and handles are void, and it opens none until recovery succeeds.
+    pub(crate) fn lost(
+        id: u64,
+        ctx: Pkcs11,
+        slot: Slot,
+        cap: usize,
+        cause: (RvError, Function),
+    ) -> Self {
+        Self {
+            lost: Some(cause),
+            ..Self::new(id, ctx, slot, cap)
         }
     }
 
@@ -100,7 +125,7 @@ impl Generation {
     /// (sessions open, sessions idle, cap).
     pub(crate) fn pool_stats(&self) -> (usize, usize, usize) {
         let p = lock(&self.pool);
-        (p.open, p.idle.len(), self.cap)
+        (p.open, p.idle.len(), self.cap.min(p.limit))
     }
 
     /// A session from the pool: an idle one that still answers and is logged in, or a new one
@@ -111,6 +136,9 @@ impl Generation {
         token: &str,
         timeout: Duration,
     ) -> Result<Lease<'_>, CheckoutError> {
+        if let Some((rv, function)) = self.lost {
+            return Err(CheckoutError::Ck(CkError::Pkcs11(rv, function)));
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let mut pool = lock(&self.pool);
@@ -130,24 +158,35 @@ impl Generation {
                     }
                 }
             }
-            if pool.open < self.cap {
+            if pool.open < self.cap.min(pool.limit) {
                 pool.open += 1;
                 drop(pool);
                 let opened = self.ctx.open_rw_session_no_drop(self.slot);
-                return match opened {
-                    Ok(s) => match login(&s, pin, token) {
-                        Ok(()) => Ok(Lease::new(self, s, true)),
-                        Err(e) => {
-                            self.discard(s, true);
-                            Err(e)
-                        }
-                    },
-                    Err(e) => {
-                        lock(&self.pool).open -= 1;
-                        self.freed.notify_one();
-                        Err(CheckoutError::Ck(e))
+                match opened {
+                    Ok(s) => {
+                        return match login(&s, pin, token) {
+                            Ok(()) => Ok(Lease::new(self, s, true)),
+                            Err(e) => {
+                                self.discard(s, true);
+                                Err(e)
+                            }
+                        };
                     }
-                };
+                    Err(e) => {
+                        let mut pool = lock(&self.pool);
+                        pool.open -= 1;
+                        if matches!(e, CkError::Pkcs11(RvError::SessionCount, _)) && pool.open > 0 {
+                            // The token has no session to spare, but this pool holds some: use
+                            // only those from now on, and wait for one to come back (within
+                            // the timeout) instead of failing.
+                            pool.limit = pool.open;
+                            continue;
+                        }
+                        drop(pool);
+                        self.freed.notify_one();
+                        return Err(CheckoutError::Ck(e));
+                    }
+                }
             }
             let now = Instant::now();
             if now >= deadline {
@@ -155,7 +194,7 @@ impl Generation {
                     operation: "checkout a session",
                     detail: format!(
                         "all {} sessions stayed busy for {timeout:?}; raise max_sessions or lower the load",
-                        self.cap
+                        self.cap.min(pool.limit)
                     ),
                     source: None,
                 }));

@@ -8,6 +8,11 @@
 //! `SOFTHSM2_CONF` pointing there and a filter that selects exactly this test, and fails unless
 //! the child ran that one test and passed. Inside the child, the same call runs the test body.
 //!
+//! The child also gets `STRONGROOM_FAULT_CONTROL` (the token's [`Token::fault_control`] file) and
+//! `STRONGROOM_FAULT_TARGET` (the SoftHSM2 module), for tests that run the backend on the
+//! fault-injecting module of `strongroom-p11-testkit`; other tests never load that module, and
+//! without a control file it injects nothing.
+//!
 //! If SoftHSM2 is not installed the test fails and says how to install it; it never skips.
 
 use std::ffi::OsString;
@@ -30,6 +35,10 @@ const INSTALL_HINT: &str = "SoftHSM2 is required by strongroom's PKCS#11 tests a
 const CHILD_ENV: &str = "STRONGROOM_SOFTHSM_TOKEN_DIR";
 const LABEL_ENV: &str = "STRONGROOM_SOFTHSM_TOKEN_LABEL";
 const CHILD_TIMEOUT: Duration = Duration::from_secs(600);
+/// Read by the fault-injecting test module (`strongroom-p11-testkit`): its control file.
+const FAULT_CONTROL_ENV: &str = "STRONGROOM_FAULT_CONTROL";
+/// Read by the fault-injecting test module: the real module behind it.
+const FAULT_TARGET_ENV: &str = "STRONGROOM_FAULT_TARGET";
 
 /// The SoftHSM2 module path: `STRONGROOM_TEST_PKCS11_MODULE`, or the first candidate that exists.
 ///
@@ -165,6 +174,15 @@ impl Token {
         self.dir.join("user.pin")
     }
 
+    /// The control file of the fault-injecting test module (`strongroom-p11-testkit`) for this
+    /// token: inside an [`isolated`] child, `STRONGROOM_FAULT_CONTROL` names it (and
+    /// `STRONGROOM_FAULT_TARGET` this token's module), so a backend opened on the fault module
+    /// injects what the test writes there. No file, no faults.
+    #[must_use]
+    pub fn fault_control(&self) -> PathBuf {
+        self.dir.join("faults")
+    }
+
     /// The `softhsm2.conf` of this token.
     #[must_use]
     pub fn conf(&self) -> PathBuf {
@@ -235,6 +253,8 @@ pub fn isolated(test_path: &str, body: impl FnOnce(&Token)) {
         .env("SOFTHSM2_CONF", token.conf())
         .env(CHILD_ENV, token.dir())
         .env(LABEL_ENV, &token.label)
+        .env(FAULT_CONTROL_ENV, token.fault_control())
+        .env(FAULT_TARGET_ENV, &token.module)
         .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,0 +1,518 @@
+//! The `strongroom` binary, run for real: every command, JSON output, exit codes and the one-line
+//! errors, the tour against its golden output, and a full PKCS#11 session on SoftHSM2.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use strongroom_test_support::softhsm::Token;
+use strongroom_test_support::softhsm_tests;
+
+struct Run {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Run {
+    fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    fn ok(self) -> Self {
+        assert_eq!(
+            self.code,
+            0,
+            "stdout: {}\nstderr: {}",
+            self.out(),
+            self.stderr
+        );
+        self
+    }
+
+    fn fails(self, code: i32, says: &str) -> Self {
+        assert_eq!(
+            self.code,
+            code,
+            "stdout: {}\nstderr: {}",
+            self.out(),
+            self.stderr
+        );
+        assert!(
+            self.stderr.contains(says),
+            "stderr should say {says:?}: {}",
+            self.stderr
+        );
+        // One clear line.
+        assert_eq!(self.stderr.trim_end().lines().count(), 1, "{}", self.stderr);
+        assert!(
+            self.stderr.starts_with("strongroom: error: "),
+            "{}",
+            self.stderr
+        );
+        self
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.out()))
+    }
+}
+
+fn cmd(data: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    c.arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("STRONGROOM_DATA")
+        .env("STRONGROOM_ACTOR", "tester");
+    c
+}
+
+fn run_with(mut c: Command, stdin: Option<&[u8]>) -> Run {
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        let mut i = child.stdin.take().unwrap();
+        if let Some(b) = stdin {
+            i.write_all(b).unwrap();
+        }
+    }
+    let o = child.wait_with_output().unwrap();
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: o.stdout,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn sr(data: &Path, args: &[&str]) -> Run {
+    run_with(cmd(data, args), None)
+}
+
+fn new_store() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    sr(&data, &["init"]).ok();
+    (dir, data)
+}
+
+#[test]
+fn help_teaches_commands_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = sr(dir.path(), &["--help"]).ok().out();
+    for must in [
+        "tour",
+        "init",
+        "keyring",
+        "doctor",
+        "Exit codes:",
+        "4  access refused",
+        "STRONGROOM_DATA",
+    ] {
+        assert!(h.contains(must), "--help lacks {must:?}:\n{h}");
+    }
+    let h = sr(dir.path(), &["keyring", "--help"]).ok().out();
+    for must in [
+        "create",
+        "rotate",
+        "move",
+        "disable",
+        "destroy",
+        "cancel-destroy",
+    ] {
+        assert!(h.contains(must), "{h}");
+    }
+    assert_eq!(sr(dir.path(), &["keyring", "frobnicate"]).code, 2);
+}
+
+#[test]
+fn the_tour_matches_its_golden_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sr(dir.path(), &["tour"]).ok().out();
+    let tmp = regex_lite_replace(&out);
+    let golden = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tour.txt"),
+    )
+    .unwrap();
+    assert_eq!(
+        tmp, golden,
+        "the tour's output changed; if on purpose, update tests/golden/tour.txt"
+    );
+    let j = sr(dir.path(), &["--json", "tour"]).ok().json();
+    assert_eq!(j["ok"], true);
+    assert_eq!(j["steps"].as_array().unwrap().len(), 13);
+}
+
+/// Replaces temp paths, store ids and times with placeholders (what the golden file holds).
+fn regex_lite_replace(s: &str) -> String {
+    let mut out = String::new();
+    for line in s.lines() {
+        let mut l = line.to_owned();
+        while let Some(i) = l.find("/tmp/strongroom-") {
+            let end = l[i + 16..]
+                .find(|c: char| !c.is_ascii_hexdigit())
+                .map_or(l.len(), |e| i + 16 + e);
+            l.replace_range(i..end, "<TMP>");
+        }
+        if let Some(i) = l.find("store ") {
+            let rest = &l[i + 6..];
+            if rest.len() >= 8
+                && rest[..8].chars().all(|c| c.is_ascii_hexdigit())
+                && rest[8..].starts_with(" created")
+            {
+                l.replace_range(i + 6..i + 14, "<ID>");
+            }
+        }
+        // RFC 3339 times: 2026-12-07T01:29:21Z
+        let bytes = l.clone().into_bytes();
+        let mut i = 0;
+        let mut rebuilt = String::new();
+        while i < bytes.len() {
+            if i + 20 <= bytes.len()
+                && bytes[i + 4] == b'-'
+                && bytes[i + 10] == b'T'
+                && bytes[i + 19] == b'Z'
+                && bytes[i..i + 4].iter().all(u8::is_ascii_digit)
+            {
+                rebuilt.push_str("<TIME>");
+                i += 20;
+            } else {
+                rebuilt.push(char::from(bytes[i]));
+                i += 1;
+            }
+        }
+        out.push_str(&rebuilt);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn a_soft_store_through_every_command() {
+    let (_dir, data) = new_store();
+    let d = data.as_path();
+    assert!(d.join("strongroom.conf").exists());
+    let conf = std::fs::read_to_string(d.join("strongroom.conf")).unwrap();
+    assert!(conf.contains("backend = soft"));
+    sr(d, &["init"]).fails(2, "already holds a strongroom store");
+
+    sr(d, &["keyring", "create", "payroll"]).ok();
+    sr(d, &["put", "payroll", "alice", "salary=100"]).ok();
+    let binary: Vec<u8> = (0u8..=255).chain([0, b'\n', 0]).collect();
+    run_with(cmd(d, &["put", "payroll", "blob"]), Some(&binary)).ok();
+    assert_eq!(
+        sr(d, &["get", "payroll", "blob"]).ok().stdout,
+        binary,
+        "binary-safe through stdin and stdout"
+    );
+    assert_eq!(sr(d, &["get", "payroll", "alice"]).ok().out(), "salary=100");
+    assert_eq!(sr(d, &["list", "payroll"]).ok().out(), "alice\nblob\n");
+    assert_eq!(
+        sr(d, &["list", "payroll", "--prefix", "al"]).ok().out(),
+        "alice\n"
+    );
+    let show = sr(d, &["keyring", "show", "payroll"]).ok().out();
+    assert!(
+        show.contains("state     enabled") && show.contains("records   2"),
+        "{show}"
+    );
+
+    sr(d, &["keyring", "rotate", "payroll"]).ok();
+    sr(d, &["keyring", "rotate", "payroll", "--dek"]).ok();
+    let re = sr(d, &["reencrypt", "payroll"]).ok().out();
+    assert!(
+        re.contains("2 records re-encrypted") && re.contains("retired: v1"),
+        "{re}"
+    );
+    sr(d, &["root", "create", "acme"]).ok();
+    sr(d, &["keyring", "move", "payroll", "--root", "acme"]).ok();
+    let rot = sr(d, &["root", "rotate", "acme"]).ok().out();
+    assert!(
+        rot.contains("rotated to v2") && rot.contains("1 KEK rewrapped"),
+        "{rot}"
+    );
+    let roots = sr(d, &["root", "list"]).ok().out();
+    assert!(
+        roots.contains("acme                     v2       1         v1:enabled v2:enabled"),
+        "{roots}"
+    );
+    sr(d, &["root", "retire", "acme", "v1", "--yes"]).ok();
+    sr(d, &["root", "retire", "acme", "v2", "--yes"]).fails(1, "current version");
+    assert_eq!(sr(d, &["get", "payroll", "alice"]).ok().out(), "salary=100");
+
+    sr(d, &["root", "disable", "acme"]).ok();
+    sr(d, &["get", "payroll", "alice"]).fails(4, "root key acme is disabled");
+    sr(d, &["root", "enable", "acme"]).ok();
+    sr(d, &["keyring", "disable", "payroll"]).ok();
+    sr(d, &["get", "payroll", "alice"]).fails(4, "strongroom keyring enable payroll");
+    sr(d, &["keyring", "enable", "payroll"]).ok();
+
+    sr(d, &["delete", "payroll", "blob"]).ok();
+    sr(d, &["delete", "payroll", "blob"]).fails(3, "no record");
+    sr(d, &["get", "payroll", "nope"]).fails(3, "no record \"nope\"");
+    sr(d, &["get", "nokeyring", "x"]).fails(3, "keyring nokeyring does not exist");
+    sr(d, &["keyring", "create", "bad name"]).fails(2, "invalid keyring name");
+
+    let sched = sr(d, &["keyring", "destroy", "payroll", "--after", "1d"])
+        .ok()
+        .out();
+    assert!(
+        sched.contains("will be destroyed at") && sched.contains("cancel-destroy"),
+        "{sched}"
+    );
+    sr(d, &["get", "payroll", "alice"]).fails(4, "scheduled for destruction");
+    sr(d, &["keyring", "cancel-destroy", "payroll"]).ok();
+    sr(d, &["keyring", "enable", "payroll"]).ok();
+    sr(d, &["keyring", "destroy", "payroll", "--after", "2w"]).fails(2, "unknown unit");
+    // Destructive and no terminal to ask on: refused without --yes.
+    sr(d, &["keyring", "destroy", "payroll", "--now"]).fails(7, "--yes");
+    assert_eq!(sr(d, &["get", "payroll", "alice"]).ok().out(), "salary=100");
+    let gone = sr(d, &["keyring", "destroy", "payroll", "--now", "--yes"])
+        .ok()
+        .out();
+    assert!(
+        gone.contains("1 records purged") || gone.contains("records purged"),
+        "{gone}"
+    );
+    sr(d, &["get", "payroll", "alice"]).fails(4, "unrecoverable");
+
+    let v = sr(d, &["audit", "verify"]).ok().out();
+    assert!(v.starts_with("audit log OK:"), "{v}");
+    let log = sr(d, &["audit", "log", "--since", "2", "--limit", "2"])
+        .ok()
+        .out();
+    assert_eq!(log.lines().count(), 2);
+    assert!(
+        log.contains("tester") && log.contains("keyring.create"),
+        "{log}"
+    );
+    let doc = sr(d, &["doctor"]).ok().out();
+    assert!(doc.lines().all(|l| l.starts_with("OK ")), "{doc}");
+    assert_eq!(sr(d, &["jobs"]).ok().out(), "no unfinished work\n");
+    assert_eq!(sr(d, &["resume"]).ok().out(), "no unfinished work\n");
+}
+
+#[test]
+fn json_output_for_every_kind_of_command() {
+    let (_dir, data) = new_store();
+    let d = data.as_path();
+    let j = |args: &[&str]| {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        sr(d, &a).ok().json()
+    };
+    assert_eq!(j(&["keyring", "create", "k"])["keyring"], "k");
+    assert_eq!(j(&["put", "k", "a", "v\"1"])["bytes"], 3);
+    let got = j(&["get", "k", "a"]);
+    assert_eq!(got["value"], "v\"1");
+    assert_eq!(got["value_hex"], "762231");
+    assert_eq!(j(&["list", "k"]), serde_json::json!(["a"]));
+    assert_eq!(j(&["keyring", "list"])[0]["state"], "enabled");
+    assert_eq!(j(&["keyring", "show", "k"])["records"], 1);
+    assert_eq!(j(&["root", "list"])[0]["primary"], true);
+    assert_eq!(j(&["audit", "verify"])["ok"], true);
+    assert_eq!(j(&["audit", "log"])[1]["op"], "keyring.create");
+    assert!(
+        j(&["doctor"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["status"] == "OK")
+    );
+    assert_eq!(j(&["reencrypt", "k"])["reencrypted"], 0);
+    // Errors are JSON too, with the exit code.
+    let e = sr(d, &["--json", "get", "k", "missing"]);
+    assert_eq!(e.code, 3);
+    assert_eq!(e.json()["exit_code"], 3);
+}
+
+#[test]
+fn tampering_is_an_integrity_failure_with_exit_code_5() {
+    let (_dir, data) = new_store();
+    let d = data.as_path();
+    sr(d, &["keyring", "create", "k"]).ok();
+    sr(d, &["put", "k", "a", "alpha"]).ok();
+    sr(d, &["put", "k", "b", "beta"]).ok();
+    {
+        let db = sled::open(d.join("db")).unwrap();
+        let rec = db.open_tree("records").unwrap();
+        let key = |k: &[u8]| [&1u64.to_be_bytes()[..], k].concat();
+        let a = rec.get(key(b"a")).unwrap().unwrap();
+        rec.insert(key(b"b"), a).unwrap();
+        let audit = db.open_tree("audit").unwrap();
+        let mut e = audit.get(2u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        let mid = e.len() / 2;
+        e[mid] ^= 1;
+        audit.insert(2u64.to_be_bytes(), e).unwrap();
+        db.flush().unwrap();
+    }
+    assert_eq!(sr(d, &["get", "k", "a"]).ok().out(), "alpha");
+    sr(d, &["get", "k", "b"]).fails(5, "record b in keyring k failed its integrity check");
+    sr(d, &["audit", "verify"]).fails(5, "audit log broken at entry 2");
+    let doc = sr(d, &["doctor"]);
+    assert_eq!(doc.code, 1);
+    assert!(
+        doc.out().contains("FAIL  audit log") && doc.out().contains("entry 2"),
+        "{}",
+        doc.out()
+    );
+}
+
+#[test]
+fn missing_store_and_broken_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    sr(dir.path(), &["keyring", "list"]).fails(3, "strongroom init");
+    let (_d2, data) = new_store();
+    std::fs::write(
+        data.join("strongroom.conf"),
+        "format = 1\nbackend = hsm\nprimary-root = service\n",
+    )
+    .unwrap();
+    sr(&data, &["keyring", "list"]).fails(1, "backend must be soft or pkcs11");
+    // The soft key file's permissions are checked.
+    let (_d3, data) = new_store();
+    std::fs::set_permissions(
+        data.join("soft-root-keys"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    sr(&data, &["keyring", "list"]).fails(6, "chmod 600");
+}
+
+#[test]
+fn backup_and_restore_through_the_cli() {
+    let (dir, data) = new_store();
+    let d = data.as_path();
+    sr(d, &["keyring", "create", "k"]).ok();
+    sr(d, &["put", "k", "a", "alpha"]).ok();
+    let file = dir.path().join("b.backup");
+    let out = sr(d, &["backup", file.to_str().unwrap()]).ok().out();
+    assert!(out.contains("back up the soft backend's key file"), "{out}");
+    let restored = dir.path().join("restored");
+    sr(
+        &restored,
+        &[
+            "restore",
+            file.to_str().unwrap(),
+            "--config",
+            d.join("strongroom.conf").to_str().unwrap(),
+        ],
+    )
+    .ok();
+    std::fs::copy(d.join("soft-root-keys"), restored.join("soft-root-keys")).unwrap();
+    assert_eq!(sr(&restored, &["get", "k", "a"]).ok().out(), "alpha");
+    sr(&restored, &["audit", "verify"]).ok();
+}
+
+#[test]
+fn bench_reports_ratios_and_zero_backend_calls_once_warm() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sr(
+        dir.path(),
+        &[
+            "bench",
+            "--records",
+            "2000",
+            "--value-size",
+            "64",
+            "--threads",
+            "2",
+        ],
+    )
+    .ok()
+    .out();
+    assert!(out.contains("strongroom / plain"), "{out}");
+    assert!(
+        out.contains("backend calls per 1000 reads after warm-up: 0"),
+        "{out}"
+    );
+    let j = sr(dir.path(), &["--json", "bench", "--records", "1000"])
+        .ok()
+        .json();
+    assert_eq!(j["backend_calls_per_1000_reads"], 0);
+    assert!(j["ops"][0]["ratio"].as_f64().unwrap() > 0.0);
+}
+
+fn p11_init(token: &Token, data: &Path, extra: &[&str]) -> Run {
+    let mut c = cmd(
+        data,
+        &[
+            "init",
+            "--backend",
+            "pkcs11",
+            "--module",
+            token.module.to_str().unwrap(),
+            "--token",
+            &token.label,
+            "--pin-env",
+            "STRONGROOM_PIN",
+        ],
+    );
+    c.args(extra).env("STRONGROOM_PIN", &token.user_pin);
+    run_with(c, None)
+}
+
+fn p11(data: &Path, pin: &str, args: &[&str]) -> Run {
+    let mut c = cmd(data, args);
+    c.env("STRONGROOM_PIN", pin);
+    run_with(c, None)
+}
+
+softhsm_tests! {
+    fn a_pkcs11_session_through_the_cli(token) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let d = data.as_path();
+        let out = p11_init(token, d, &[]).ok().out();
+        assert!(out.contains(&token.label), "{out}");
+        let conf = std::fs::read_to_string(d.join("strongroom.conf")).unwrap();
+        assert!(conf.contains("pkcs11.pin-env = STRONGROOM_PIN") && !conf.contains(&token.user_pin), "{conf}");
+        let pin = token.user_pin.as_str();
+        p11(d, pin, &["keyring", "create", "payroll"]).ok();
+        p11(d, pin, &["put", "payroll", "alice", "salary=100"]).ok();
+        assert_eq!(p11(d, pin, &["get", "payroll", "alice"]).ok().out(), "salary=100");
+        p11(d, pin, &["root", "rotate", "service"]).ok();
+        p11(d, pin, &["root", "retire", "service", "1", "--yes"]).ok();
+        assert_eq!(p11(d, pin, &["get", "payroll", "alice"]).ok().out(), "salary=100");
+        let listing = token.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
+        let block = listing.split("Secret Key Object").find(|b| b.contains("strongroom/service/v2")).unwrap_or_else(|| panic!("{listing}"));
+        assert!(block.contains("sensitive") && block.contains("never extractable"), "{block}");
+        assert!(!listing.contains("strongroom/service/v1"), "retired v1 is gone from the token:\n{listing}");
+        let doc = p11(d, pin, &["doctor"]).ok().out();
+        for must in ["OK      login", "OK      mechanisms", "aes-gcm", "root service/v2", "OK    audit log"] {
+            assert!(doc.contains(must), "doctor lacks {must:?}:\n{doc}");
+        }
+        // The bad-input cases, each one line with the fix.
+        p11(d, "0000", &["get", "payroll", "alice"]).fails(6, "wrong PIN");
+        let no_pin = run_with(cmd(d, &["get", "payroll", "alice"]), None);
+        assert_eq!(no_pin.code, 6, "{}", no_pin.stderr);
+        assert!(no_pin.stderr.contains("STRONGROOM_PIN is not set"), "{}", no_pin.stderr);
+        let d2 = dir.path().join("other");
+        let mut c = cmd(&d2, &["init", "--backend", "pkcs11", "--module", "/nonexistent/lib.so", "--token", &token.label, "--pin-env", "STRONGROOM_PIN"]);
+        c.env("STRONGROOM_PIN", pin);
+        run_with(c, None).fails(6, "does not exist");
+        assert!(!d2.exists(), "a failed init leaves nothing behind");
+        let mut c = cmd(&d2, &["init", "--backend", "pkcs11", "--module", token.module.to_str().unwrap(), "--token", "nope", "--pin-env", "STRONGROOM_PIN"]);
+        c.env("STRONGROOM_PIN", pin);
+        run_with(c, None).fails(6, "no token with label \"nope\"");
+        run_with(cmd(&d2, &["init", "--backend", "pkcs11", "--module", token.module.to_str().unwrap(), "--token", &token.label]), None)
+            .fails(2, "--pin-env VAR or --pin-file FILE");
+    }
+
+    fn init_can_adopt_a_key_made_by_pkcs11_tool(token) {
+        let _ = token.pkcs11_tool(&["--keygen", "--key-type", "AES:32", "--label", "customer-root", "--sensitive"]);
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        p11_init(token, &data, &["--root", "customer", "--adopt-root", "customer-root"]).ok();
+        let pin = token.user_pin.as_str();
+        p11(&data, pin, &["keyring", "create", "k"]).ok();
+        p11(&data, pin, &["put", "k", "a", "b"]).ok();
+        assert_eq!(p11(&data, pin, &["get", "k", "a"]).ok().out(), "b");
+        let roots = p11(&data, pin, &["--json", "root", "list"]).ok().json();
+        assert_eq!(roots[0]["name"], "customer");
+    }
+}
