@@ -72,15 +72,21 @@ pub(crate) fn tmp_label() -> Vec<u8> {
 
 /// Key usage flags strongroom turns off to disable a key and on again to enable it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Usage {
+pub struct Usage {
+    /// `CKA_ENCRYPT`.
     pub encrypt: bool,
+    /// `CKA_DECRYPT`.
     pub decrypt: bool,
+    /// `CKA_WRAP`.
     pub wrap: bool,
+    /// `CKA_UNWRAP`.
     pub unwrap: bool,
 }
 
 impl Usage {
-    pub(crate) fn none(self) -> bool {
+    /// No usage at all.
+    #[must_use]
+    pub fn none(self) -> bool {
         !(self.encrypt || self.decrypt || self.wrap || self.unwrap)
     }
 }
@@ -102,7 +108,7 @@ impl fmt::Display for Usage {
 
 /// Where a root version's key object is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum KeyLocator {
+pub enum KeyLocator {
     /// strongroom's own key, labelled by the scheme above.
     Managed,
     /// An adopted key, by its label.
@@ -113,7 +119,11 @@ pub(crate) enum KeyLocator {
 
 impl KeyLocator {
     /// Parses an operator's selector: `id:<hex>`, `label:<label>`, or a bare label.
-    pub(crate) fn from_selector(selector: &str) -> Result<Self, String> {
+    /// Parses an operator's selector.
+    ///
+    /// # Errors
+    /// What is wrong, in words.
+    pub fn from_selector(selector: &str) -> Result<Self, String> {
         if let Some(h) = selector.strip_prefix("id:") {
             let bytes = decode_hex(h).ok_or_else(|| format!("{h:?} is not hex"))?;
             if bytes.is_empty() {
@@ -142,26 +152,33 @@ impl fmt::Display for KeyLocator {
 
 /// The state a root record holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RecordState {
+pub enum RecordState {
+    /// In use.
     Enabled,
     /// Disabled by strongroom; `restore` is what enabling turns back on.
     Disabled {
+        /// Usage flags to turn back on.
         restore: Usage,
     },
+    /// Destroyed.
     Destroyed,
 }
 
 /// A root record (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct RootRecord {
+pub struct RootRecord {
     /// Sequence number: the record with the highest one is in force.
     pub seq: u64,
+    /// The state.
     pub state: RecordState,
+    /// Where the key is.
     pub key: KeyLocator,
 }
 
 impl RootRecord {
-    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+    /// Serializes (one line of text).
+    #[must_use]
+    pub fn to_bytes(&self) -> Vec<u8> {
         let state = match self.state {
             RecordState::Enabled => "enabled".to_owned(),
             RecordState::Disabled { restore } => format!("disabled({restore})"),
@@ -174,7 +191,11 @@ impl RootRecord {
         .into_bytes()
     }
 
-    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
+    /// Parses.
+    ///
+    /// # Errors
+    /// What is wrong, in words.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let s = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
         let mut parts = s.splitn(4, "; ");
         if parts.next() != Some(RECORD_MAGIC) {

@@ -1,0 +1,2 @@
+//! Store benchmark (placeholder; being written).
+fn main() {}
