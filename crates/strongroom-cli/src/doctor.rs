@@ -125,7 +125,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
     }
     r.add(
         Status::Ok,
-        "  mechanisms",
+        "  root key protection",
         format!(
             "new wraps use {}; {}",
             info.capabilities

@@ -1304,7 +1304,7 @@ impl Backend for Pkcs11Backend {
                 Ok(r) => {
                     let bad: Vec<String> = r.iter().filter(|k| k.status == RootStatus::Unavailable).map(|k| k.id.to_string()).collect();
                     if bad.is_empty() {
-                        format!("{} root key versions", r.len())
+                        format!("{} root key version{}", r.len(), if r.len() == 1 { "" } else { "s" })
                     } else {
                         format!("unavailable (changed outside strongroom): {}; restore or re-enable them in the HSM", bad.join(", "))
                     }

@@ -11,6 +11,27 @@
 //! - records: put, get, delete, list, atomic batch;
 //! - resumable re-encryption, a bounded key cache, a tamper-evident audit log, online backup.
 //!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tmp = tempfile::tempdir()?;
+//! # let dir = tmp.path();
+//! use std::sync::Arc;
+//! use strongroom_core::{KeyringName, RootKeyName, SoftBackend};
+//! use strongroom_store::{Store, StoreOptions};
+//!
+//! let backend = Arc::new(SoftBackend::create(dir)?); // or strongroom_pkcs11::Pkcs11Backend::open(..)
+//! let store = Store::create(dir, backend, &RootKeyName::new("service")?, StoreOptions::default())?;
+//! let payroll = KeyringName::new("payroll")?;
+//! store.create_keyring(&payroll, None)?;
+//! store.put_durable(&payroll, b"alice", b"salary=100000")?;
+//! let value = store.get(&payroll, b"alice")?; // Option<Plaintext>, zeroized on drop
+//! assert_eq!(value.unwrap().expose(), b"salary=100000");
+//! store.disable_keyring(&payroll)?;
+//! assert!(store.get(&payroll, b"alice").unwrap_err().is_access_refused());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Durability contract
 //! sled writes in the background and flushes every 500 ms (using `sync_file_range` and `fsync`
 //! on Linux). Every key-management operation (create, rotate, move, disable, enable, schedule,
