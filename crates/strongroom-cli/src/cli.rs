@@ -292,9 +292,9 @@ pub enum AuditCmd {
     Verify,
     /// Print entries.
     Log {
-        /// From this sequence number on.
-        #[arg(long, default_value_t = 1)]
-        since: u64,
+        /// From this sequence number, or this time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ), on.
+        #[arg(long, default_value = "1", value_name = "SEQ|TIME")]
+        since: String,
         /// At most this many entries.
         #[arg(long)]
         limit: Option<usize>,

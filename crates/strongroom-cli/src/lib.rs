@@ -51,9 +51,79 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// Parses `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SSZ` (UTC) into seconds since the Unix epoch.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a time; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)");
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t.strip_suffix('Z').ok_or_else(bad)?)),
+        None => (s, None),
+    };
+    let d: Vec<&str> = date.split('-').collect();
+    let [y, m, day] = d.as_slice() else {
+        return Err(bad());
+    };
+    let (y, m, day): (i64, i64, i64) = (
+        y.parse().map_err(|_| bad())?,
+        m.parse().map_err(|_| bad())?,
+        day.parse().map_err(|_| bad())?,
+    );
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return Err(bad());
+    }
+    let secs_of_day = match time {
+        None => 0,
+        Some(t) => {
+            let p: Vec<&str> = t.split(':').collect();
+            let [h, mi, se] = p.as_slice() else {
+                return Err(bad());
+            };
+            let (h, mi, se): (i64, i64, i64) = (
+                h.parse().map_err(|_| bad())?,
+                mi.parse().map_err(|_| bad())?,
+                se.parse().map_err(|_| bad())?,
+            );
+            if h > 23 || mi > 59 || se > 60 {
+                return Err(bad());
+            }
+            h * 3600 + mi * 60 + se
+        }
+    };
+    // Days from civil (Howard Hinnant), the inverse of the formatting in strongroom-core.
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + secs_of_day).map_err(|_| bad())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_round_trip_with_the_core_formatting() {
+        for secs in [0u64, 951_782_400, 1_795_999_415, 4_102_444_799] {
+            let shown = strongroom_core::Timestamp::from_unix_secs(secs).to_string();
+            assert_eq!(parse_time(&shown).unwrap(), secs, "{shown}");
+        }
+        assert_eq!(parse_time("2026-11-30").unwrap(), 1_795_996_800);
+        for bad in [
+            "",
+            "2026-13-01",
+            "2026-11-30T25:00:00Z",
+            "2026-11-30T10:00:00",
+            "yesterday",
+            "1969-12-31",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations() {

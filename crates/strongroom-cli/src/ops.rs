@@ -850,8 +850,16 @@ fn audit(cli: &Cli, out: &Out, cmd: &AuditCmd) -> Result<(), CliError> {
             Err(b) => return Err(CliError::Audit(b)),
         },
         AuditCmd::Log { since, limit } => {
+            let (from_seq, from_time) = match since.parse::<u64>() {
+                Ok(seq) => (seq, 0),
+                Err(_) => (
+                    1,
+                    strongroom_cli::parse_time(since).map_err(CliError::Usage)?,
+                ),
+            };
             let entries: Vec<strongroom_store::AuditEntry> = s
-                .audit_entries(*since)
+                .audit_entries(from_seq)
+                .filter(|e| e.as_ref().map_or(true, |e| e.time.unix_secs() >= from_time))
                 .take(limit.unwrap_or(usize::MAX))
                 .collect::<Result<_, _>>()?;
             out.result(

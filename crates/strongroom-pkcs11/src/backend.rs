@@ -1010,6 +1010,58 @@ impl Pkcs11Backend {
         }
     }
 
+    /// What an operator checks about a key object: type and length, sensitivity,
+    /// extractability, permitted operations.
+    fn key_attributes(s: &Session, h: ObjectHandle) -> String {
+        let Ok(attrs) = s.get_attributes(
+            h,
+            &[
+                AttributeType::ValueLen,
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::NeverExtractable,
+            ],
+        ) else {
+            return "attributes unreadable".into();
+        };
+        let mut parts = Vec::new();
+        for a in attrs {
+            match a {
+                Attribute::ValueLen(l) => parts.push(format!("AES-{}", usize::from(l) * 8)),
+                Attribute::Sensitive(b) => {
+                    parts.push(if b { "sensitive" } else { "NOT sensitive" }.to_owned())
+                }
+                Attribute::Extractable(b) => {
+                    parts.push(if b { "EXTRACTABLE" } else { "not extractable" }.to_owned())
+                }
+                Attribute::NeverExtractable(true) => parts.push("never extractable".to_owned()),
+                _ => {}
+            }
+        }
+        if let Ok(u) = Self::read_usage(s, h) {
+            parts.push(format!(
+                "usage {}",
+                if u.none() {
+                    "none".to_owned()
+                } else {
+                    u.to_string()
+                }
+            ));
+        }
+        parts.join(", ")
+    }
+
+    fn with_attributes(
+        mut info: RootKeyInfo,
+        s: &Session,
+        key: Option<ObjectHandle>,
+    ) -> RootKeyInfo {
+        if let Some(h) = key {
+            info.locator = format!("{} ({})", info.locator, Self::key_attributes(s, h));
+        }
+        info
+    }
+
     fn status_of(
         &self,
         s: &Session,
@@ -1343,11 +1395,12 @@ impl Backend for Pkcs11Backend {
                     .record
                     .as_ref()
                     .map_or(KeyLocator::Managed, |r| r.key.clone());
-                out.push(Self::info_for(
+                let info = Self::info_for(
                     &id,
                     self.status_of(s, found.record.as_ref(), found.key),
                     &locator,
-                ));
+                );
+                out.push(Self::with_attributes(info, s, found.key));
             }
             for h in Self::find(
                 s,
@@ -1364,11 +1417,9 @@ impl Backend for Pkcs11Backend {
                     continue;
                 };
                 if !out.iter().any(|r| r.id == id) {
-                    out.push(Self::info_for(
-                        &id,
-                        self.status_of(s, None, Some(h)),
-                        &KeyLocator::Managed,
-                    ));
+                    let info =
+                        Self::info_for(&id, self.status_of(s, None, Some(h)), &KeyLocator::Managed);
+                    out.push(Self::with_attributes(info, s, Some(h)));
                 }
             }
             out.sort_by(|a, b| a.id.cmp(&b.id));
