@@ -150,12 +150,20 @@ fn the_tour_matches_its_golden_output() {
 /// Replaces temp paths, store ids and times with placeholders (what the golden file holds).
 fn regex_lite_replace(s: &str) -> String {
     let mut out = String::new();
+    // The tour's directory is under the system temp dir (TMPDIR may move it).
+    let prefix = format!(
+        "{}/strongroom-",
+        std::env::temp_dir()
+            .display()
+            .to_string()
+            .trim_end_matches('/')
+    );
     for line in s.lines() {
         let mut l = line.to_owned();
-        while let Some(i) = l.find("/tmp/strongroom-") {
-            let end = l[i + 16..]
+        while let Some(i) = l.find(&prefix) {
+            let end = l[i + prefix.len()..]
                 .find(|c: char| !c.is_ascii_hexdigit())
-                .map_or(l.len(), |e| i + 16 + e);
+                .map_or(l.len(), |e| i + prefix.len() + e);
             l.replace_range(i..end, "<TMP>");
         }
         if let Some(i) = l.find("store ") {
