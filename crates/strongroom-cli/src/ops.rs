@@ -30,7 +30,8 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
             value,
         } => {
             let s = open(cli)?;
-            let value = match value {
+            // The value is plaintext: zeroized when this command is done with it.
+            let value = zeroize::Zeroizing::new(match value {
                 Some(v) => v.as_bytes().to_vec(),
                 None => {
                     let mut buf = Vec::new();
@@ -39,7 +40,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
                     })?;
                     buf
                 }
-            };
+            });
             s.put_durable(&kr(keyring)?, key.as_bytes(), &value)?;
             out.result(String::new, || {
                 Json::obj([

@@ -967,8 +967,11 @@ impl Pkcs11Backend {
                     k.handle,
                     &p[NONCE_LEN..],
                 )?;
-                // A wrong length (impossible for an authentic blob) is zeroized and refused.
-                Ok(Key256::from_slice_zeroizing(&mut plain).map_err(|_| ()))
+                // A wrong length (impossible for an authentic blob) is refused; either way the
+                // whole buffer cryptoki allocated (its full capacity) is zeroized.
+                let key = Key256::from_slice_zeroizing(&mut plain).map_err(|_| ());
+                plain.zeroize();
+                Ok(key)
             }
             alg => {
                 let label = tmp_label();
