@@ -333,6 +333,36 @@ fn head_bytes(key: &AuditKey, head: AuditHead) -> Vec<u8> {
     out
 }
 
+/// The head of the log as stored in the database (unverified), if any.
+pub(crate) fn stored_head(storage: &Storage) -> Result<Option<AuditHead>, crate::StoreError> {
+    Ok(storage
+        .get(TreeId::Meta, HEAD_KEY)?
+        .as_deref()
+        .and_then(parse_head)
+        .map(|(h, _)| h))
+}
+
+/// The stored hash of entry `seq`, if it exists and parses.
+pub(crate) fn entry_hash(
+    storage: &Storage,
+    seq: u64,
+) -> Result<Option<[u8; 32]>, crate::StoreError> {
+    Ok(storage
+        .get(TreeId::Audit, seq.to_be_bytes())?
+        .and_then(|v| AuditEntry::parse(&v).ok())
+        .map(|e| e.hash()))
+}
+
+/// The anchor file's bytes for `head`: seq u64 ‖ hash [32] ‖ MAC [32] (the head format).
+pub(crate) fn anchor_bytes(key: &AuditKey, head: AuditHead) -> Vec<u8> {
+    head_bytes(key, head)
+}
+
+/// Parses an anchor file (the head format); the MAC is not checked here.
+pub(crate) fn parse_anchor(b: &[u8]) -> Option<AuditHead> {
+    parse_head(b).map(|(h, _)| h)
+}
+
 fn parse_head(b: &[u8]) -> Option<(AuditHead, [u8; 32])> {
     if b.len() != 8 + 32 + 32 {
         return None;

@@ -180,8 +180,33 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The database lost key operations that were acknowledged (its log was damaged, or an
+    /// older copy of its files was put in place): detected against the audit anchor file.
+    #[error(
+        "the store at {path} lost acknowledged key operations: its audit log ends at entry {found} but {anchor} records entry {anchored}; its database log was damaged or an older copy of its files was put in place. Restore it from a backup; if an older copy was put in place on purpose, delete {anchor} to accept it"
+    )]
+    RolledBack {
+        /// The store directory.
+        path: PathBuf,
+        /// The anchor file.
+        anchor: PathBuf,
+        /// The last entry the anchor vouches for.
+        anchored: u64,
+        /// The last entry the database has (or the entry where it diverges).
+        found: u64,
+    },
+    /// The database's files are damaged so badly that opening them failed inside sled.
+    #[error(
+        "the database at {path} could not be opened: {why}; its files are damaged: restore the store from a backup"
+    )]
+    Damaged {
+        /// The database directory.
+        path: PathBuf,
+        /// What sled reported.
+        why: String,
+    },
     /// The embedded database failed.
-    #[error("storage error while {while_doing}: {source}{}", storage_hint(.source))]
+    #[error("storage error while {while_doing}: {}{}", storage_text(.source), storage_hint(.source))]
     Storage {
         /// What the store was doing.
         while_doing: &'static str,
@@ -213,19 +238,42 @@ pub enum StoreError {
     Random(#[from] strongroom_core::RandomError),
 }
 
+/// sled's error in plain words (its own Display shows the `Debug` form of I/O errors).
+fn storage_text(e: &sled::Error) -> String {
+    match e {
+        // sled re-wraps I/O errors so that their Display shows their Debug form.
+        sled::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::StorageFull => "no space left on device".into(),
+            std::io::ErrorKind::QuotaExceeded => "disk quota exceeded".into(),
+            std::io::ErrorKind::FileTooLarge => "file too large".into(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+            std::io::ErrorKind::NotFound => "a file is missing".into(),
+            _ => io.to_string(),
+        },
+        sled::Error::Corruption { at, .. } => match at {
+            Some(at) => format!("the database's files are corrupt (at {at:?})"),
+            None => "the database's files are corrupt".into(),
+        },
+        other => other.to_string(),
+    }
+}
+
 fn storage_hint(e: &sled::Error) -> &'static str {
     match e {
         sled::Error::Io(io) => match io.kind() {
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-                "; the disk is full: free space and retry (everything acknowledged before is intact)"
+                "; the disk is full: free space, then open the store again (restart the process); everything acknowledged before is intact"
             }
             std::io::ErrorKind::FileTooLarge => {
-                "; the file size limit was hit: raise it and retry (everything acknowledged before is intact)"
+                "; the file size limit was hit: raise it, then open the store again (restart the process); everything acknowledged before is intact"
+            }
+            std::io::ErrorKind::NotFound => {
+                "; a database file is missing: restore the store from a backup"
             }
             std::io::ErrorKind::PermissionDenied => "; check the data directory's permissions",
             _ => "",
         },
-        sled::Error::Corruption { .. } => "; the store's files are corrupt: restore from a backup",
+        sled::Error::Corruption { .. } => ": restore the store from a backup",
         _ => "",
     }
 }
@@ -267,7 +315,11 @@ impl StoreError {
     pub fn is_integrity(&self) -> bool {
         matches!(
             self,
-            Self::RecordIntegrity { .. } | Self::KeyIntegrity { .. } | Self::Corrupt { .. }
+            Self::RecordIntegrity { .. }
+                | Self::KeyIntegrity { .. }
+                | Self::Corrupt { .. }
+                | Self::RolledBack { .. }
+                | Self::Damaged { .. }
         )
     }
 }

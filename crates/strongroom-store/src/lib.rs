@@ -60,4 +60,4 @@ pub use error::StoreError;
 pub use jobs::{PendingJob, ReencryptReport};
 pub use lifecycle::{Destroyed, KeyringInfo, Progress, RootInfo};
 pub use records::{BatchOp, MAX_KEY_LEN, MAX_VALUE_LEN};
-pub use store::{DB_DIR, Store, StoreOptions};
+pub use store::{ANCHOR_FILE, DB_DIR, Store, StoreOptions};

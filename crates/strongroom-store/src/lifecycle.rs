@@ -1239,6 +1239,18 @@ impl Store {
             let Ok(id) = <[u8; 8]>::try_from(&job[PURGE_PREFIX.len()..]) else {
                 continue;
             };
+            // Only the records of a keyring that is destroyed are ever purged: a damaged or
+            // forged job entry must not wipe a live keyring.
+            let destroyed = {
+                let cat = self.read_catalog();
+                cat.ids
+                    .get(&u64::from_be_bytes(id))
+                    .and_then(|n| cat.keyrings.get(n))
+                    .is_some_and(|k| k.state == KeyState::Destroyed)
+            };
+            if !destroyed {
+                continue;
+            }
             loop {
                 let batch: Vec<Vec<u8>> = self
                     .inner

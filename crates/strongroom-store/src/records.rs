@@ -329,7 +329,9 @@ impl Store {
         let cipher = match self.dek(keyring, &kr, header.dek_version) {
             Ok(c) => c,
             // A header naming a DEK the keyring does not have is a damaged record.
-            Err(StoreError::KeyIntegrity { what }) if what.ends_with("(missing)") => {
+            Err(StoreError::KeyIntegrity { what })
+                if what.starts_with("DEK ") && what.ends_with("(missing)") =>
+            {
                 return Err(integrity());
             }
             Err(e) => return Err(e),

@@ -97,11 +97,34 @@ impl Storage {
     pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
         // sled flushes every 500 ms in the background; key-management operations flush
         // explicitly before they return (see the README's durability contract).
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(StoreError::storage("opening the database"))?;
+        let config = sled::Config::new().path(dir).flush_every_ms(Some(500));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            // sled 0.34 panics on some damaged logs instead of returning an error (seen in the
+            // tamper suite: "tried to serialize Uninitialized" while writing its snapshot); a
+            // panic here means damaged files, and is reported as such.
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+                .map_err(|panic| StoreError::Damaged {
+                path: dir.to_path_buf(),
+                why: panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "sled panicked".into()),
+            })?;
+            match opened {
+                Ok(db) => break db,
+                // A store closed a moment ago: sled's background threads release its file
+                // lock a little after the last handle drops (1 in ~500 close-then-open cycles).
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(StoreError::storage("opening the database")(e)),
+            }
+        };
         let trees = TREE_NAMES
             .iter()
             .map(|n| db.open_tree(n))

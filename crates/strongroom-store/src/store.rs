@@ -29,6 +29,10 @@ pub(crate) const AUDIT_KEY_KEY: &[u8] = b"audit_key";
 pub(crate) const NEXT_ID_KEY: &[u8] = b"next_keyring_id";
 /// Directory (inside the store directory) that holds the database.
 pub const DB_DIR: &str = "db";
+/// File (inside the store directory) that records the audit log's head after every key
+/// operation, outside the database: if the database later ends before it (a damaged log that
+/// sled silently cut short, or an older copy of its files), the store refuses to open.
+pub const ANCHOR_FILE: &str = "audit-anchor";
 
 /// How a store behaves. Every field has a documented default ([`StoreOptions::default`]).
 #[derive(Clone, Debug)]
@@ -337,6 +341,7 @@ impl Store {
             });
         }
         let store = Self::assemble(dir, storage, backend, meta, options);
+        store.check_anchor()?;
         store.load_catalog()?;
         // The audit key is loaded now if its root allows; if not, key operations report
         // AuditUnavailable until the root is enabled (data operations are unaffected).
@@ -537,6 +542,67 @@ impl Store {
         Ok(key)
     }
 
+    /// Refuses a database that ends before the audit anchor (see [`ANCHOR_FILE`]).
+    fn check_anchor(&self) -> Result<(), StoreError> {
+        let path = self.inner.dir.join(ANCHOR_FILE);
+        let _ = std::fs::remove_file(self.inner.dir.join(format!("{ANCHOR_FILE}.tmp")));
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Ok(());
+        };
+        let Some(anchor) = audit::parse_anchor(&bytes) else {
+            return Err(StoreError::Corrupt {
+                what: format!("the audit anchor {}", path.display()),
+                source: strongroom_core::FormatError::BadLength {
+                    what: "audit anchor",
+                    field: "file",
+                    expected: 72,
+                    found: bytes.len(),
+                },
+            });
+        };
+        // Only the sequence is checked here; whether the entries match is `verify_audit`'s job.
+        let head = audit::stored_head(&self.inner.storage)?.map_or(0, |h| h.seq);
+        if head < anchor.seq {
+            return Err(StoreError::RolledBack {
+                path: self.inner.dir.clone(),
+                anchor: path,
+                anchored: anchor.seq,
+                found: head,
+            });
+        }
+        Ok(())
+    }
+
+    /// The head recorded in the anchor file, if there is one that parses.
+    pub(crate) fn anchor(&self) -> Option<audit::AuditHead> {
+        std::fs::read(self.inner.dir.join(ANCHOR_FILE))
+            .ok()
+            .as_deref()
+            .and_then(audit::parse_anchor)
+    }
+
+    /// Records the audit head outside the database (best effort: a missing or older anchor only
+    /// weakens the rollback check, never causes a false alarm, because the database is flushed
+    /// first).
+    fn write_anchor(&self, key: &AuditKey) {
+        let Ok(Some(head)) = audit::stored_head(&self.inner.storage) else {
+            return;
+        };
+        let path = self.inner.dir.join(ANCHOR_FILE);
+        let tmp = self.inner.dir.join(format!("{ANCHOR_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&audit::anchor_bytes(key, head))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.inner.dir)?.sync_all()
+        };
+        if write().is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
     /// Writes `change` and its audit entry in one transaction, then flushes: a change that must
     /// hold together either happens whole, audited, and durable, or not at all.
     pub(crate) fn commit(
@@ -560,6 +626,7 @@ impl Store {
             audit::append(tx, &key, &store_id, &event)
         })?;
         self.inner.storage.flush()?;
+        self.write_anchor(&key);
         Ok(seq)
     }
 
@@ -588,7 +655,9 @@ impl Store {
             .inner
             .storage
             .transaction(|tx| audit::append(tx, &key, &store_id, &event).map(|_| ()));
-        let _ = self.inner.storage.flush();
+        if self.inner.storage.flush().is_ok() {
+            self.write_anchor(&key);
+        }
     }
 
     /// Runs a lifecycle operation: audits its failure, passes its result through.
@@ -672,6 +741,22 @@ impl Store {
                 what: format!("{} (missing)", what()),
             })?;
         let blob = parse_blob(&raw, what)?;
+        // The blob must name a root key version this store has: a damaged reference is a damaged
+        // KEK, not a root key the backend lacks.
+        let known = blob.root().is_some_and(|r| {
+            self.read_catalog()
+                .roots
+                .get(&r.name)
+                .is_some_and(|versions| versions.contains_key(&r.version))
+        });
+        if !known {
+            return Err(StoreError::KeyIntegrity {
+                what: format!(
+                    "{} (wrapped under a root key version this store does not have)",
+                    what()
+                ),
+            });
+        }
         match self.backend_unwrap(
             &blob,
             &kek_context(&self.inner.meta.store_id, name, kr.id, v),

@@ -13,7 +13,31 @@ impl Store {
     /// error.
     pub fn verify_audit(&self) -> Result<Result<AuditReport, AuditBreak>, StoreError> {
         let key = self.audit_key()?;
-        audit::verify(&self.inner.storage, &key, &self.inner.meta.store_id)
+        let report = match audit::verify(&self.inner.storage, &key, &self.inner.meta.store_id)? {
+            Ok(r) => r,
+            Err(b) => return Ok(Err(b)),
+        };
+        // The anchor kept outside the database must name an entry of this chain.
+        if let Some(anchor) = self.anchor() {
+            if anchor.seq > report.entries {
+                return Ok(Err(AuditBreak {
+                    seq: report.entries + 1,
+                    problem: format!(
+                        "the log ends at entry {} but the anchor outside the database records entry {}: acknowledged entries were lost",
+                        report.entries, anchor.seq
+                    ),
+                }));
+            }
+            if anchor.seq > 0
+                && audit::entry_hash(&self.inner.storage, anchor.seq)? != Some(anchor.hash)
+            {
+                return Ok(Err(AuditBreak {
+                    seq: anchor.seq,
+                    problem: "it is not the entry the anchor outside the database recorded: the log was replaced from that point".into(),
+                }));
+            }
+        }
+        Ok(Ok(report))
     }
 
     /// Audit entries from sequence number `from` on (not verified: use

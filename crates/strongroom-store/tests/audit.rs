@@ -144,15 +144,88 @@ fn a_truncated_tail_is_found() {
 
 #[test]
 fn an_altered_head_is_found() {
+    // Its hash changed: the head's MAC fails.
     let mut fx = populated();
     fx.with_raw_db(|db| {
         let meta = db.open_tree("meta").unwrap();
         let mut h = meta.get(b"audit_head").unwrap().unwrap().to_vec();
-        h[7] = 7; // claim the log ends at entry 7
+        h[20] ^= 1;
         meta.insert(b"audit_head", h).unwrap();
     });
     let (_, why) = broken_at(&fx);
     assert!(why.contains("head"), "{why}");
+}
+
+#[test]
+fn a_head_moved_back_is_refused_at_open_by_the_anchor() {
+    // The head claims the log ends at entry 7 (as if the last two operations never happened):
+    // the anchor kept outside the database says 9, so the store refuses to open.
+    let mut fx = populated();
+    fx.store = None;
+    {
+        let db = sled::open(fx.dir.path().join(strongroom_store::DB_DIR)).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        let mut h = meta.get(b"audit_head").unwrap().unwrap().to_vec();
+        h[..8].copy_from_slice(&7u64.to_be_bytes());
+        meta.insert(b"audit_head", h).unwrap();
+        db.flush().unwrap();
+    }
+    let e =
+        strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
+            .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            strongroom_store::StoreError::RolledBack {
+                anchored: 9,
+                found: 7,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.is_integrity());
+    assert!(e.to_string().contains("Restore it from a backup"), "{e}");
+}
+
+#[test]
+fn an_older_copy_of_the_database_is_refused_unless_accepted() {
+    let mut fx = populated();
+    let old = tempfile::tempdir().unwrap();
+    fx.store = None;
+    copy_dir(&fx.dir.path().join(strongroom_store::DB_DIR), old.path());
+    let s = fx.reopen();
+    // The keyring is destroyed; then the old copy of the database (with its keys) is put back.
+    s.destroy_keyring_now(&kr("hr")).unwrap();
+    fx.store = None;
+    let db = fx.dir.path().join(strongroom_store::DB_DIR);
+    std::fs::remove_dir_all(&db).unwrap();
+    copy_dir(old.path(), &db);
+    let e =
+        strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
+            .unwrap_err();
+    assert!(
+        matches!(e, strongroom_store::StoreError::RolledBack { .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains(strongroom_store::ANCHOR_FILE), "{e}");
+    // An operator who put the copy back on purpose accepts it by deleting the anchor.
+    std::fs::remove_file(fx.dir.path().join(strongroom_store::ANCHOR_FILE)).unwrap();
+    let s = fx.reopen();
+    assert!(s.verify_audit().unwrap().is_ok());
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
 }
 
 #[test]
