@@ -248,12 +248,20 @@ impl AuditEntry {
         let n = usize::from(r.u8("actor length")?);
         let raw = r.bytes("actor", n)?;
         let actor = text(&r, "actor", raw)?;
-        let n = usize::from(r.u16("target length")?);
-        let raw = r.bytes("target", n)?;
-        let target = text(&r, "target", raw)?;
-        let n = usize::from(r.u16("detail length")?);
-        let raw = r.bytes("detail", n)?;
-        let detail = text(&r, "detail", raw)?;
+        let long_text = |r: &mut Reader<'_>, field: &'static str| -> Result<String, FormatError> {
+            let n = usize::from(r.u16(field)?);
+            // Writers clip at MAX_TEXT; a longer field was not written by strongroom.
+            if n > MAX_TEXT {
+                return Err(r.invalid(
+                    field,
+                    format!("{n} bytes, more than the {MAX_TEXT} a writer produces"),
+                ));
+            }
+            let raw = r.bytes(field, n)?;
+            text(r, field, raw)
+        };
+        let target = long_text(&mut r, "target")?;
+        let detail = long_text(&mut r, "detail")?;
         let prev_hash = r.array::<32>("prev_hash")?;
         let mac = r.array::<32>("mac")?;
         r.finish()?;
@@ -589,6 +597,30 @@ mod tests {
             .hash(),
             "the hash covers the MAC"
         );
+    }
+
+    #[test]
+    fn fields_longer_than_a_writer_writes_are_refused() {
+        // Found by fuzzing: a 4097-byte target parsed, then could not serialize back to itself.
+        let mut b = entry().body();
+        let at = 1 + 8 + 8 + 1 + 1 + 1 + "ops:alice".len();
+        let long = "t".repeat(MAX_TEXT + 1);
+        b.splice(
+            at..at + 2 + "keyring payroll".len(),
+            [
+                &u16::try_from(long.len()).unwrap().to_be_bytes()[..],
+                long.as_bytes(),
+            ]
+            .concat(),
+        );
+        b.extend_from_slice(&[0; 32]);
+        assert!(matches!(
+            AuditEntry::parse(&b),
+            Err(FormatError::Invalid {
+                field: "target",
+                ..
+            })
+        ));
     }
 
     #[test]

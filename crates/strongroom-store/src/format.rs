@@ -106,9 +106,8 @@ impl StoreMeta {
         read_version(&mut r)?;
         let store_id = r.array::<16>("store id")?;
         let created = Timestamp::from_unix_secs(r.u64("created")?);
-        let backend_kind = r.name("backend kind", |s| {
-            if s.is_empty() { Err("empty") } else { Ok(s) }
-        })?;
+        // The same rules as every name: what the writer accepts, the reader accepts, no more.
+        let backend_kind = r.name("backend kind", |s| RootKeyName::new(s.clone()).map(|_| s))?;
         let n = usize::from(r.u16("backend instance length")?);
         let inst = r.bytes("backend instance", n)?;
         let backend_instance = std::str::from_utf8(inst)
@@ -343,6 +342,14 @@ mod tests {
             RootEntry::parse(&bad_state),
             Err(FormatError::UnknownCode { code: 9, .. })
         ));
+        // Found by fuzzing: a 65-byte backend kind parsed but could not be written back.
+        let mut long = m.to_bytes();
+        let at = 4 + 1 + 16 + 8;
+        long.splice(
+            at..at + 1 + "pkcs11".len(),
+            [&[65u8][..], &[b'k'; 65][..]].concat(),
+        );
+        assert!(StoreMeta::parse(&long).is_err());
         let name = RootKeyName::new("acme").unwrap();
         let v = RootVersion::new(258).unwrap();
         assert_eq!(

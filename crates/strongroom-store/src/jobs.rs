@@ -102,6 +102,12 @@ impl Store {
             None => 0,
         };
         if cursor.is_none() {
+            // A job is recorded only for a keyring that can be re-encrypted now.
+            {
+                let cat = self.read_catalog();
+                let kr = cat.keyring(keyring)?;
+                check_usable(&cat, keyring, &kr)?;
+            }
             self.inner.storage.insert(TreeId::Jobs, &job, Vec::new())?;
         }
         progress(Progress { done, total });

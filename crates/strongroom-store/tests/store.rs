@@ -311,6 +311,21 @@ fn dek_rotation_reencryption_and_retirement() {
 }
 
 #[test]
+fn a_refused_reencryption_leaves_no_unfinished_job() {
+    // Found by the store-model fuzzer.
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("ring");
+    s.create_keyring(&k, None).unwrap();
+    s.disable_keyring(&k).unwrap();
+    assert!(matches!(
+        s.reencrypt(&k, &mut no_progress()).unwrap_err(),
+        StoreError::KeyringDisabled { .. }
+    ));
+    assert!(s.pending_jobs().unwrap().is_empty());
+}
+
+#[test]
 fn kek_rotation_touches_no_record() {
     let mut fx = Fixture::new(StoreOptions::default());
     let s = fx.store();
