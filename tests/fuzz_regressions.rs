@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use strongroom_test_support::fuzz_checks::TARGETS;
+use strongroom_fuzz_checks::TARGETS;
 
 #[test]
 fn every_saved_fuzz_input_passes_its_target() {
@@ -54,5 +54,27 @@ fn every_fuzz_target_has_a_check_and_a_seed_folder() {
                 .join(format!("{name}.rs"))
                 .exists()
         );
+    }
+}
+
+#[test]
+fn every_seed_and_regression_folder_belongs_to_a_target() {
+    // A folder for a renamed or removed target would silently stop being replayed.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    for dir in ["seeds", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            if !path.is_dir() {
+                continue;
+            }
+            let folder = path.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                TARGETS.iter().any(|(name, _)| *name == folder),
+                "fuzz/{dir}/{folder} is not a fuzz target (fuzz_checks::TARGETS)"
+            );
+        }
     }
 }

@@ -33,10 +33,18 @@ fn the_readme_leads_with_two_commands() {
 fn ci_runs_exactly_the_readme_test_command() {
     let test_cmd = &readme_commands()[1];
     let ci = read(".ci/run");
-    let last = ci.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        ci.contains("set -euo pipefail"),
+        ".ci/run must stop at the first failure"
+    );
     assert_eq!(
-        last.trim(),
-        test_cmd,
-        ".ci/run must end with the README's test command"
+        ci.lines().filter(|l| l.trim() == test_cmd).count(),
+        1,
+        ".ci/run must run the README's test command, exactly, once"
+    );
+    assert!(
+        !ci.lines()
+            .any(|l| l.trim().starts_with("cargo test") && l.trim() != test_cmd),
+        ".ci/run must not run another test command in its place"
     );
 }

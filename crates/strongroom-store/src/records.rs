@@ -394,9 +394,23 @@ impl Store {
     /// Applies `ops` to `keyring` atomically: all of them or none.
     ///
     /// # Errors
-    /// A keyring that is not usable, a key or value over the limits, or a storage error (then
-    /// nothing was applied).
+    /// A keyring that is not usable, a key or value over the limits, more puts than one DEK may
+    /// seal (`dek_rollover_after`), or a storage error (then nothing was applied).
     pub fn batch(&self, keyring: &KeyringName, ops: &[BatchOp]) -> Result<(), StoreError> {
+        // A batch is sealed under one DEK, so it can hold at most one DEK's quota of puts
+        // (found by fuzzing: a larger one rolled the DEK over without end).
+        let puts = ops
+            .iter()
+            .filter(|op| matches!(op, BatchOp::Put(..)))
+            .count();
+        let quota = usize::try_from(self.inner.options.dek_rollover_after).unwrap_or(usize::MAX);
+        if puts > quota {
+            return Err(StoreError::TooLarge {
+                what: "the puts of one batch (one DEK's quota, dek_rollover_after)",
+                limit: quota,
+                found: puts,
+            });
+        }
         let items: Vec<(&[u8], Option<&[u8]>)> = ops
             .iter()
             .map(|op| match op {

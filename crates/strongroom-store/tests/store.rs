@@ -916,3 +916,37 @@ fn backup_and_restore_keep_everything_sealed() {
     assert!(matches!(e, StoreError::BadBackup { .. }), "{e}");
     assert!(!target.path().join(strongroom_store::DB_DIR).exists());
 }
+
+#[test]
+fn a_batch_holds_at_most_one_deks_quota_of_puts() {
+    // Found by the store-model fuzzer: a larger batch rolled the DEK over without end.
+    let fx = Fixture::new(StoreOptions {
+        dek_rollover_after: 2,
+        ..StoreOptions::default()
+    });
+    let s = fx.store();
+    let k = kr("b");
+    s.create_keyring(&k, None).unwrap();
+    let puts = |n: u8| {
+        (0..n)
+            .map(|i| BatchOp::Put(vec![i], vec![i]))
+            .collect::<Vec<_>>()
+    };
+    let e = s.batch(&k, &puts(3)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::TooLarge {
+                limit: 2,
+                found: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(s.list(&k, b"").unwrap().is_empty(), "nothing applied");
+    s.batch(&k, &puts(2)).unwrap();
+    s.batch(&k, &puts(2)).unwrap();
+    assert_eq!(s.list(&k, b"").unwrap().len(), 2);
+    assert!(s.keyring(&k).unwrap().current_dek.get() <= 3);
+}

@@ -9,7 +9,6 @@
 
 pub mod bench;
 pub mod conformance;
-pub mod fuzz_checks;
 pub mod softhsm;
 pub mod wrappers;
 
