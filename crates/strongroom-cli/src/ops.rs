@@ -335,6 +335,13 @@ fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
             destruction_delay: StoreOptions::default().destruction_delay,
             audit_data_access: false,
         };
+        // Whatever is written must read back the same (a value with leading or trailing spaces
+        // or a line break would not).
+        if Config::parse(&config.to_text()).as_ref() != Ok(&config) {
+            return Err(CliError::Usage(
+                "a value given to init (module path, token label, PIN variable or file) has leading or trailing spaces or a line break, which strongroom.conf cannot hold".into(),
+            ));
+        }
         let backend: Arc<dyn Backend> = match &config.backend {
             BackendConfig::Soft => {
                 if a.adopt_root.is_some() {
