@@ -1,8 +1,25 @@
 //! strongroom: an embedded key-store engine for data encrypted at rest under keys the customer
 //! controls.
 //!
-//! This facade re-exports the public API of strongroom's crates. See the README for the key
-//! hierarchy, the security model and its limits.
+//! This facade re-exports the public API of strongroom's crates: the store ([`Store`]), the key
+//! hierarchy's types and the embedded soft backend ([`core`]), and, with the `pkcs11` feature,
+//! the PKCS#11 backend ([`pkcs11`]). See the README for the security model and its limits.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tmp = tempfile::tempdir()?;
+//! use std::sync::Arc;
+//! use strongroom::{KeyringName, RootKeyName, SoftBackend, Store, StoreOptions};
+//!
+//! let backend = Arc::new(SoftBackend::create(tmp.path())?);
+//! let store = Store::create(tmp.path(), backend, &RootKeyName::new("service")?, StoreOptions::default())?;
+//! let payroll = KeyringName::new("payroll")?;
+//! store.create_keyring(&payroll, None)?;
+//! store.put_durable(&payroll, b"alice", b"salary=100000")?;
+//! assert_eq!(store.get(&payroll, b"alice")?.unwrap().expose(), b"salary=100000");
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 pub use strongroom_core as core;
@@ -11,6 +28,8 @@ pub use strongroom_core::{
     Key256, KeyState, KeyringName, Plaintext, RootKeyId, RootKeyName, RootVersion, SoftBackend,
     Timestamp, WrapAlg, WrappedKey,
 };
+pub use strongroom_store as store;
+pub use strongroom_store::{DownPolicy, Store, StoreError, StoreOptions};
 
 /// The PKCS#11 backend (feature `pkcs11`).
 #[cfg(feature = "pkcs11")]
