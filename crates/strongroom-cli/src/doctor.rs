@@ -200,11 +200,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
         Ok(jobs) if jobs.is_empty() => r.add(Status::Ok, "unfinished work", "none"),
         Ok(jobs) => {
             for j in jobs {
-                r.add(
-                    Status::Warn,
-                    "unfinished work",
-                    format!("{j:?}; run `strongroom resume`"),
-                );
+                r.add(Status::Warn, "unfinished work", ops::describe_job(&j));
             }
         }
         Err(e) => r.add(Status::Fail, "unfinished work", e.to_string()),

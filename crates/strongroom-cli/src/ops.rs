@@ -207,7 +207,7 @@ fn progress_to(pb: &indicatif::ProgressBar) -> impl FnMut(Progress) + '_ {
     }
 }
 
-fn describe_job(j: &PendingJob) -> String {
+pub(crate) fn describe_job(j: &PendingJob) -> String {
     match j {
         PendingJob::Reencrypt(k) => format!(
             "re-encryption of keyring {k} (run `strongroom resume` or `strongroom reencrypt {k}`)"
@@ -218,6 +218,12 @@ fn describe_job(j: &PendingJob) -> String {
         PendingJob::Purge(id) => {
             format!("purge of destroyed keyring #{id} (finishes at the next open)")
         }
+        PendingJob::DueKeyringDestruction(k) => format!(
+            "keyring {k} is due for destruction but could not be destroyed yet (run `strongroom resume`)"
+        ),
+        PendingJob::DueRootDestruction(r) => format!(
+            "root key {r} is due for destruction but could not be destroyed yet (run `strongroom resume`)"
+        ),
     }
 }
 
@@ -800,24 +806,56 @@ fn resume(cli: &Cli, out: &Out) -> Result<(), CliError> {
     let s = open(cli)?;
     let jobs = s.pending_jobs()?;
     let mut done = Vec::new();
+    // A job that cannot run now (a disabled key, say) is reported, and the others still run.
+    let mut first_failure: Option<CliError> = None;
+    let mut due_run = false;
     for j in &jobs {
-        match j {
+        let r: Result<String, CliError> = match j {
             PendingJob::Reencrypt(k) => {
                 let pb = out.progress(&format!("re-encrypting {k}"));
-                let r = s.reencrypt(k, &mut progress_to(&pb))?;
+                let r = s.reencrypt(k, &mut progress_to(&pb));
                 pb.finish_and_clear();
-                done.push(format!(
-                    "keyring {k}: re-encryption finished ({} records)",
-                    r.reencrypted
-                ));
+                r.map(|r| {
+                    format!(
+                        "keyring {k}: re-encryption finished ({} records)",
+                        r.reencrypted
+                    )
+                })
+                .map_err(CliError::from)
             }
             PendingJob::Rewrap { root, .. } => {
                 let pb = out.progress(&format!("rewrapping KEKs under {root}"));
-                let n = s.rewrap_root(root, &mut progress_to(&pb))?;
+                let r = s.rewrap_root(root, &mut progress_to(&pb));
                 pb.finish_and_clear();
-                done.push(format!("root key {root}: {n} KEKs rewrapped"));
+                r.map(|n| format!("root key {root}: {n} KEKs rewrapped"))
+                    .map_err(CliError::from)
             }
-            PendingJob::Purge(_) => done.push(describe_job(j)),
+            PendingJob::Purge(_) => Ok(describe_job(j)),
+            PendingJob::DueKeyringDestruction(_) | PendingJob::DueRootDestruction(_) => {
+                if due_run {
+                    continue;
+                }
+                due_run = true;
+                s.run_due_destructions()
+                    .map(|d| {
+                        let mut lines: Vec<String> = d
+                            .iter()
+                            .map(|d| format!("keyring {}: destroyed", d.keyring))
+                            .collect();
+                        if lines.is_empty() {
+                            lines.push("due destructions carried out".into());
+                        }
+                        lines.join("\n")
+                    })
+                    .map_err(CliError::from)
+            }
+        };
+        match r {
+            Ok(line) => done.push(line),
+            Err(e) => {
+                done.push(format!("not finished: {}: {e}", describe_job(j)));
+                first_failure.get_or_insert(e);
+            }
         }
     }
     out.result(
@@ -830,7 +868,7 @@ fn resume(cli: &Cli, out: &Out) -> Result<(), CliError> {
         },
         || Json::Arr(done.iter().map(Json::str).collect()),
     );
-    Ok(())
+    first_failure.map_or(Ok(()), Err)
 }
 
 fn audit(cli: &Cli, out: &Out, cmd: &AuditCmd) -> Result<(), CliError> {

@@ -48,6 +48,12 @@ pub enum PendingJob {
     },
     /// Records of a destroyed keyring not yet purged (finished at the next open).
     Purge(u64),
+    /// A keyring whose scheduled destruction is due but could not be carried out yet (finish
+    /// with [`Store::run_due_destructions`]; it is unusable meanwhile).
+    DueKeyringDestruction(KeyringName),
+    /// A root whose scheduled destruction is due but could not be carried out yet (finish with
+    /// [`Store::run_due_destructions`]; it is unusable meanwhile).
+    DueRootDestruction(RootKeyName),
 }
 
 impl Store {
@@ -302,6 +308,13 @@ impl Store {
                 out.push(PendingJob::Purge(u64::from_be_bytes(id)));
             }
         }
+        let (due_keyrings, due_roots) = self.due_destructions(strongroom_core::Timestamp::now());
+        out.extend(
+            due_keyrings
+                .into_iter()
+                .map(PendingJob::DueKeyringDestruction),
+        );
+        out.extend(due_roots.into_iter().map(PendingJob::DueRootDestruction));
         let roots: Vec<RootKeyName> = self.read_catalog().roots.keys().cloned().collect();
         for root in roots {
             let Ok((current, _)) = self.read_catalog().current_root(&root) else {

@@ -1288,21 +1288,7 @@ impl Store {
     pub fn run_due_destructions(&self) -> Result<Vec<Destroyed>, StoreError> {
         let now = Timestamp::now();
         let mut out = Vec::new();
-        let due_keyrings: Vec<KeyringName> = self
-            .read_catalog()
-            .keyrings
-            .iter()
-            .filter(|(_, e)| matches!(e.state, KeyState::PendingDestruction { not_before } if not_before <= now))
-            .map(|(n, _)| n.clone())
-            .collect();
-        let due_roots: Vec<RootKeyName> = {
-            let cat = self.read_catalog();
-            cat.roots
-                .keys()
-                .filter(|n| matches!(cat.current_root(n), Ok((_, KeyState::PendingDestruction { not_before })) if not_before <= now))
-                .cloned()
-                .collect()
-        };
+        let (due_keyrings, due_roots) = self.due_destructions(now);
         if due_keyrings.is_empty() && due_roots.is_empty() {
             return Ok(out);
         }
@@ -1326,6 +1312,26 @@ impl Store {
         }
         self.finish_purges()?;
         Ok(out)
+    }
+}
+
+impl Store {
+    /// The keyrings and roots whose scheduled destruction is due at `now`.
+    pub(crate) fn due_destructions(&self, now: Timestamp) -> (Vec<KeyringName>, Vec<RootKeyName>) {
+        let cat = self.read_catalog();
+        let keyrings = cat
+            .keyrings
+            .iter()
+            .filter(|(_, e)| matches!(e.state, KeyState::PendingDestruction { not_before } if not_before <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let roots = cat
+            .roots
+            .keys()
+            .filter(|n| matches!(cat.current_root(n), Ok((_, KeyState::PendingDestruction { not_before })) if not_before <= now))
+            .cloned()
+            .collect();
+        (keyrings, roots)
     }
 }
 

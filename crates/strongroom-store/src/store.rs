@@ -300,7 +300,8 @@ impl Store {
     }
 
     /// Opens the store in `dir` with `backend`, which must be the backend instance the store was
-    /// created with. Carries out destructions that fell due and finishes interrupted purges.
+    /// created with. Carries out destructions that fell due (those that cannot be carried out now
+    /// are left to [`Store::pending_jobs`]) and finishes interrupted purges.
     ///
     /// # Errors
     /// [`StoreError::NotAStore`], [`StoreError::NewerFormat`], [`StoreError::WrongBackend`], a
@@ -346,7 +347,11 @@ impl Store {
         // The audit key is loaded now if its root allows; if not, key operations report
         // AuditUnavailable until the root is enabled (data operations are unaffected).
         let _ = store.audit_key();
-        store.run_due_destructions()?;
+        // Due destructions are carried out now if they can be. One that cannot (its audit entry
+        // needs the primary root, which may be disabled) must not lock the store: the key is
+        // unusable already, and it is listed by `pending_jobs` until `run_due_destructions`
+        // succeeds.
+        let _ = store.run_due_destructions();
         store.finish_purges()?;
         Ok(store)
     }

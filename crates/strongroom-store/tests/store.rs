@@ -565,6 +565,44 @@ fn scheduled_destruction_can_be_cancelled_until_it_falls_due() {
 }
 
 #[test]
+fn a_due_destruction_that_cannot_run_does_not_lock_the_store() {
+    let mut fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("due");
+    s.create_keyring(&k, None).unwrap();
+    s.put(&k, b"a", b"1").unwrap();
+    s.create_root(&rn("other")).unwrap();
+    let other = kr("other-data");
+    s.create_keyring(&other, Some(&rn("other"))).unwrap();
+    s.put(&other, b"b", b"2").unwrap();
+    s.schedule_keyring_destruction(&k, Some(Duration::ZERO))
+        .unwrap();
+    // With the primary root disabled the audit key is out of reach, so the destruction (an
+    // audited key operation) cannot be carried out at open; the store must open anyway.
+    s.disable_root(&rn("service")).unwrap();
+    let s = fx.reopen();
+    assert_eq!(get_string(s, &other, "b").as_deref(), Some("2"));
+    assert!(matches!(
+        s.get(&k, b"a").unwrap_err(),
+        StoreError::KeyringPendingDestruction { .. }
+    ));
+    assert!(
+        s.pending_jobs()
+            .unwrap()
+            .contains(&PendingJob::DueKeyringDestruction(k.clone())),
+        "the due destruction is listed as unfinished work"
+    );
+    assert!(s.run_due_destructions().is_err());
+    s.enable_root(&rn("service")).unwrap();
+    let d = s.run_due_destructions().unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].keyring, k);
+    assert_eq!(s.keyring(&k).unwrap().state, KeyState::Destroyed);
+    assert!(s.pending_jobs().unwrap().is_empty());
+    assert!(s.verify_audit().unwrap().is_ok());
+}
+
+#[test]
 fn destroy_now_crypto_shreds_even_against_an_old_copy_of_the_keys() {
     let mut fx = Fixture::new(StoreOptions::default());
     let s = fx.store();
