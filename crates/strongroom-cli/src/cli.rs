@@ -151,6 +151,10 @@ pub struct InitArgs {
     /// Read the PIN from this file (mode o-rwx; the PIN is never stored).
     #[arg(long, value_name = "FILE")]
     pub pin_file: Option<PathBuf>,
+    /// Namespace of the store's labels in the token (`NAMESPACE/<root>/v<N>`). Each store on a
+    /// token needs its own; the default is `strongroom-` and 8 random hex digits.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
     /// Name of the first root key (the store's primary root, which also protects the audit log).
     #[arg(long, default_value = "service", value_name = "NAME")]
     pub root: String,

@@ -12,6 +12,7 @@
 //! pkcs11.module = /usr/lib/softhsm/libsofthsm2.so
 //! pkcs11.token = my-token            (or pkcs11.slot = 3)
 //! pkcs11.pin-env = STRONGROOM_PIN    (or pkcs11.pin-file = /run/secrets/pin)
+//! pkcs11.namespace = strongroom-3f9a01bc   (labels in the token; default strongroom)
 //! cache-ttl-secs = 300
 //! destruction-delay-secs = 604800
 //! audit-data-access = false
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use strongroom_core::RootKeyName;
+use strongroom_pkcs11::objects::{DEFAULT_NAMESPACE, check_namespace};
 use strongroom_pkcs11::{PinSource, Pkcs11Config, TokenSelector};
 
 /// File name of the configuration in the data directory.
@@ -42,6 +44,8 @@ pub enum BackendConfig {
         token: TokenSelector,
         /// Where the PIN comes from.
         pin: PinSource,
+        /// The namespace of the store's labels in the token ([`Pkcs11Config::namespace`]).
+        namespace: String,
     },
 }
 
@@ -91,7 +95,12 @@ impl Config {
         let _ = writeln!(s, "format = {FORMAT}");
         match &self.backend {
             BackendConfig::Soft => s.push_str("backend = soft\n"),
-            BackendConfig::Pkcs11 { module, token, pin } => {
+            BackendConfig::Pkcs11 {
+                module,
+                token,
+                pin,
+                namespace,
+            } => {
                 s.push_str("backend = pkcs11\n");
                 let _ = writeln!(s, "pkcs11.module = {}", module.display());
                 match token {
@@ -110,6 +119,7 @@ impl Config {
                         let _ = writeln!(s, "pkcs11.pin-file = {}", p.display());
                     }
                 }
+                let _ = writeln!(s, "pkcs11.namespace = {namespace}");
             }
         }
         let _ = writeln!(s, "primary-root = {}", self.primary_root);
@@ -182,6 +192,7 @@ impl Config {
             "pkcs11.slot",
             "pkcs11.pin-env",
             "pkcs11.pin-file",
+            "pkcs11.namespace",
         ];
         let backend = match bv {
             "soft" => {
@@ -223,7 +234,19 @@ impl Config {
                         ));
                     }
                 };
-                BackendConfig::Pkcs11 { module, token, pin }
+                let namespace = match get("pkcs11.namespace") {
+                    None => DEFAULT_NAMESPACE.to_owned(),
+                    Some((l, n)) => {
+                        check_namespace(n).map_err(|e| err(l, e))?;
+                        n.to_owned()
+                    }
+                };
+                BackendConfig::Pkcs11 {
+                    module,
+                    token,
+                    pin,
+                    namespace,
+                }
             }
             other => {
                 return Err(err(
@@ -257,11 +280,15 @@ impl Config {
     #[must_use]
     pub fn pkcs11(&self) -> Option<Pkcs11Config> {
         match &self.backend {
-            BackendConfig::Pkcs11 { module, token, pin } => Some(Pkcs11Config::new(
-                module.clone(),
-                token.clone(),
-                pin.clone(),
-            )),
+            BackendConfig::Pkcs11 {
+                module,
+                token,
+                pin,
+                namespace,
+            } => Some(Pkcs11Config {
+                namespace: namespace.clone(),
+                ..Pkcs11Config::new(module.clone(), token.clone(), pin.clone())
+            }),
             BackendConfig::Soft => None,
         }
     }
@@ -276,6 +303,7 @@ const KEYS: &[&str] = &[
     "pkcs11.slot",
     "pkcs11.pin-env",
     "pkcs11.pin-file",
+    "pkcs11.namespace",
     "cache-ttl-secs",
     "destruction-delay-secs",
     "audit-data-access",
@@ -291,6 +319,7 @@ mod tests {
                 module: "/usr/lib/softhsm/libsofthsm2.so".into(),
                 token: TokenSelector::Label("my token".into()),
                 pin: PinSource::Env("STRONGROOM_PIN".into()),
+                namespace: "strongroom-0123abcd".into(),
             },
             primary_root: RootKeyName::new("service").unwrap(),
             cache_ttl: Duration::from_secs(60),
@@ -313,6 +342,7 @@ mod tests {
                 module: "/m.so".into(),
                 token: TokenSelector::Slot(7),
                 pin: PinSource::File("/p".into()),
+                namespace: DEFAULT_NAMESPACE.into(),
             },
             ..sample()
         };
@@ -346,6 +376,10 @@ mod tests {
                 "invalid root key name",
             ),
             (format!("{good}just words\n"), "expected `key = value`"),
+            (
+                good.replace("strongroom-0123abcd", "a/b"),
+                "namespace \"a/b\" may hold only",
+            ),
         ] {
             let e = Config::parse(&bad).unwrap_err();
             assert!(e.to_string().contains(want), "{want}: {e}");
@@ -355,6 +389,20 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("format is missing")
+        );
+    }
+
+    #[test]
+    fn a_hand_written_pkcs11_config_without_a_namespace_gets_the_default() {
+        let text = sample()
+            .to_text()
+            .replace("pkcs11.namespace = strongroom-0123abcd\n", "");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.pkcs11().unwrap().namespace, DEFAULT_NAMESPACE);
+        assert_eq!(
+            sample().pkcs11().unwrap().namespace,
+            "strongroom-0123abcd",
+            "the configured namespace reaches the backend"
         );
     }
 

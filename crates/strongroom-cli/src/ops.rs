@@ -11,6 +11,7 @@ use strongroom_cli::parse_duration;
 use strongroom_core::{
     Backend, KeyState, KeyringName, RootKeyId, RootKeyName, RootVersion, SoftBackend,
 };
+use strongroom_pkcs11::objects::check_namespace;
 use strongroom_pkcs11::{PinSource, Pkcs11Backend, TokenSelector};
 use strongroom_store::{PendingJob, Progress, Store, StoreOptions};
 
@@ -293,6 +294,15 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
         .map_err(|e| CliError::Other(format!("writing {}: {e}", path.display())))
 }
 
+/// A namespace of its own for a new store's labels in the token: `strongroom-` and 8 random
+/// hex digits (so two stores on one token never share keys).
+fn fresh_namespace() -> Result<String, CliError> {
+    let mut r = [0u8; 4];
+    strongroom_core::rng::os_fill(&mut r)
+        .map_err(|e| CliError::Other(format!("choosing a namespace: {e}")))?;
+    Ok(format!("strongroom-{}", hex(&r)))
+}
+
 fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
     let data = &cli.data;
     if data.join(CONFIG_FILE).exists() || data.join(strongroom_store::DB_DIR).exists() {
@@ -333,6 +343,13 @@ fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
                                 "say where the PIN comes from: --pin-env VAR or --pin-file FILE (never on the command line)".into(),
                             ));
                         }
+                    },
+                    namespace: match &a.namespace {
+                        Some(n) => {
+                            check_namespace(n).map_err(CliError::Usage)?;
+                            n.clone()
+                        }
+                        None => fresh_namespace()?,
                     },
                 },
             },

@@ -486,10 +486,13 @@ softhsm_tests! {
         p11(d, pin, &["root", "rotate", "service"]).ok();
         p11(d, pin, &["root", "retire", "service", "1", "--yes"]).ok();
         assert_eq!(p11(d, pin, &["get", "payroll", "alice"]).ok().out(), "salary=100");
+        // init gave the store a namespace of its own for its labels in the token.
+        let ns = conf.lines().find_map(|l| l.strip_prefix("pkcs11.namespace = ")).unwrap_or_else(|| panic!("{conf}"));
+        assert!(ns.starts_with("strongroom-") && ns.len() == "strongroom-".len() + 8, "{ns}");
         let listing = token.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
-        let block = listing.split("Secret Key Object").find(|b| b.contains("strongroom/service/v2")).unwrap_or_else(|| panic!("{listing}"));
+        let block = listing.split("Secret Key Object").find(|b| b.contains(&format!("{ns}/service/v2"))).unwrap_or_else(|| panic!("{listing}"));
         assert!(block.contains("sensitive") && block.contains("never extractable"), "{block}");
-        assert!(!listing.contains("strongroom/service/v1"), "retired v1 is gone from the token:\n{listing}");
+        assert!(!listing.contains(&format!("{ns}/service/v1")), "retired v1 is gone from the token:\n{listing}");
         let doc = p11(d, pin, &["doctor"]).ok().out();
         for must in ["OK      login", "OK      mechanisms", "aes-gcm", "root service/v2", "OK    audit log"] {
             assert!(doc.contains(must), "doctor lacks {must:?}:\n{doc}");
@@ -509,6 +512,37 @@ softhsm_tests! {
         run_with(c, None).fails(6, "no token with label \"nope\"");
         run_with(cmd(&d2, &["init", "--backend", "pkcs11", "--module", token.module.to_str().unwrap(), "--token", &token.label]), None)
             .fails(2, "--pin-env VAR or --pin-file FILE");
+    }
+
+    fn two_stores_on_one_token_keep_their_keys_apart(token) {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let pin = token.user_pin.as_str();
+        p11_init(token, &a, &[]).ok();
+        p11_init(token, &b, &["--namespace", "store-b"]).ok();
+        for d in [&a, &b] {
+            p11(d, pin, &["root", "create", "tenant"]).ok();
+            p11(d, pin, &["keyring", "create", "k", "--root", "tenant"]).ok();
+            p11(d, pin, &["put", "k", "x", d.file_name().unwrap().to_str().unwrap()]).ok();
+        }
+        // b's root key "tenant" is not a's: destroying b's leaves a readable.
+        p11(&b, pin, &["root", "destroy", "tenant", "--now", "--yes"]).ok();
+        assert_eq!(p11(&a, pin, &["get", "k", "x"]).ok().out(), "a");
+        p11(&b, pin, &["get", "k", "x"]).fails(4, "destroyed");
+        let roots = p11(&a, pin, &["--json", "root", "list"]).ok().json();
+        assert_eq!(roots.as_array().unwrap().len(), 2, "{roots}");
+        assert!(roots.as_array().unwrap().iter().all(|r| r["versions"][0]["state"] == "enabled"), "{roots}");
+        // doctor compares the store with the token: a's keys are all there.
+        p11(&a, pin, &["doctor"]).ok();
+        let listing = token.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
+        assert!(!listing.contains("store-b/tenant/v1") && listing.contains("store-b/service/v1"), "{listing}");
+        // A configuration pointed at another namespace is refused, not silently empty.
+        let conf = a.join("strongroom.conf");
+        let text = std::fs::read_to_string(&conf).unwrap();
+        let ns = text.lines().find_map(|l| l.strip_prefix("pkcs11.namespace = ")).unwrap().to_owned();
+        std::fs::write(&conf, text.replace(&ns, "store-b")).unwrap();
+        p11(&a, pin, &["get", "k", "x"]).fails(6, "pkcs11.namespace");
+        p11_init(token, &dir.path().join("c"), &["--namespace", "no/slash"]).fails(2, "namespace");
     }
 
     fn init_can_adopt_a_key_made_by_pkcs11_tool(token) {

@@ -31,7 +31,7 @@ use strongroom_core::id::MAX_NAME_LEN;
 use strongroom_core::record::{RECORD_HEADER_LEN, RecordCipher, RecordHeader};
 use strongroom_core::soft::keyfile::KeyFile;
 use strongroom_core::{Key256, KeyState, KeyringName, RootKeyName, SoftBackend};
-use strongroom_pkcs11::objects::{KeyLocator, RootRecord};
+use strongroom_pkcs11::objects::{DEFAULT_NAMESPACE, KeyLocator, RootRecord, check_namespace};
 use strongroom_pkcs11::{PinSource, TokenSelector};
 use strongroom_store::format::{
     KeyringEntry, RootEntry, StoreMeta, keyring_name, parse_root_key, root_key,
@@ -163,8 +163,14 @@ pub fn cli_config(data: &[u8]) {
     if let Some(c) = config_from_bytes(data) {
         let representable = match &c.backend {
             BackendConfig::Soft => true,
-            BackendConfig::Pkcs11 { module, token, pin } => {
-                config_path_ok(module)
+            BackendConfig::Pkcs11 {
+                module,
+                token,
+                pin,
+                namespace,
+            } => {
+                check_namespace(namespace).is_ok()
+                    && config_path_ok(module)
                     && match token {
                         TokenSelector::Label(l) => config_value_ok(l),
                         TokenSelector::Slot(_) => true,
@@ -205,7 +211,17 @@ fn config_from_bytes(data: &[u8]) -> Option<Config> {
         } else {
             PinSource::File(PathBuf::from(next()))
         };
-        BackendConfig::Pkcs11 { module, token, pin }
+        let namespace = if flags & 16 == 0 {
+            DEFAULT_NAMESPACE.to_owned()
+        } else {
+            next()
+        };
+        BackendConfig::Pkcs11 {
+            module,
+            token,
+            pin,
+            namespace,
+        }
     };
     Some(Config {
         backend,

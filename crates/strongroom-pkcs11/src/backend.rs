@@ -26,10 +26,7 @@ use strongroom_core::{
 use crate::config::{Pin, Pkcs11Config, TokenSelector};
 use crate::der;
 use crate::error::{Failure, classify, describe, device, rv};
-use crate::objects::{
-    APPLICATION, IMPORT_LABEL, KeyLocator, RecordState, RootRecord, Usage, parse_root_label,
-    root_label, tmp_label,
-};
+use crate::objects::{APPLICATION, KeyLocator, Labels, RecordState, RootRecord, Usage};
 use crate::session::{CachedKey, CheckoutError, Generation, Lease};
 
 const KIND: &str = "pkcs11";
@@ -92,6 +89,7 @@ pub struct PoolStats {
 
 struct Inner {
     config: Pkcs11Config,
+    labels: Labels,
     pin: Pin,
     token_label: String,
     serial: String,
@@ -248,12 +246,13 @@ fn usage_attrs(u: Usage) -> Vec<Attribute> {
 /// The template of a root key object: a sensitive, non-extractable AES key on the token,
 /// permitted exactly what `alg` needs.
 fn root_template(
+    labels: &Labels,
     id: &RootKeyId,
     alg: WrapAlg,
     allowed_mechanisms: bool,
     value_len: bool,
 ) -> Vec<Attribute> {
-    let label = root_label(id).into_bytes();
+    let label = labels.root(id).into_bytes();
     let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
@@ -320,6 +319,7 @@ impl Pkcs11Backend {
     /// [`BackendError::Config`] for a missing module, an unknown token or a bad PIN source;
     /// [`BackendError::Login`] for a wrong or locked PIN; a device error otherwise.
     pub fn open(config: Pkcs11Config) -> Result<Self, BackendError> {
+        let labels = Labels::new(&config.namespace).map_err(BackendError::Config)?;
         let pin = Pin(config.pin.load()?);
         if !config.module.exists() {
             return Err(BackendError::Config(format!(
@@ -377,6 +377,7 @@ impl Pkcs11Backend {
         );
         let backend = Self {
             inner: Arc::new(Inner {
+                labels,
                 pin,
                 token_label,
                 serial,
@@ -628,25 +629,30 @@ impl Pkcs11Backend {
         }
     }
 
-    fn record_template(id: &RootKeyId) -> Vec<Attribute> {
+    fn record_template(l: &Labels, id: &RootKeyId) -> Vec<Attribute> {
         vec![
             Attribute::Class(ObjectClass::DATA),
             Attribute::Application(APPLICATION.to_vec()),
-            Attribute::Label(root_label(id).into_bytes()),
+            Attribute::Label(l.root(id).into_bytes()),
         ]
     }
 
-    fn key_template(locator: &KeyLocator, id: &RootKeyId) -> Vec<Attribute> {
+    fn key_template(l: &Labels, locator: &KeyLocator, id: &RootKeyId) -> Vec<Attribute> {
         let mut t = vec![Attribute::Class(ObjectClass::SECRET_KEY)];
         match locator {
-            KeyLocator::Managed => t.push(Attribute::Label(root_label(id).into_bytes())),
+            KeyLocator::Managed => t.push(Attribute::Label(l.root(id).into_bytes())),
             KeyLocator::Label(l) => t.push(Attribute::Label(l.clone().into_bytes())),
             KeyLocator::Id(i) => t.push(Attribute::Id(i.clone())),
         }
         t
     }
 
-    fn read_record(s: &Session, h: ObjectHandle, id: &RootKeyId) -> OpResult<RootRecord> {
+    fn read_record(
+        l: &Labels,
+        s: &Session,
+        h: ObjectHandle,
+        id: &RootKeyId,
+    ) -> OpResult<RootRecord> {
         let attrs = s.get_attributes(h, &[AttributeType::Value])?;
         let value = attrs
             .into_iter()
@@ -661,16 +667,16 @@ impl Pkcs11Backend {
         RootRecord::parse(&value).map_err(|why| {
             OpError::Final(BackendError::Config(format!(
                 "the token's record of root key {id} is unreadable ({why}); restore it or delete the data object labelled {}",
-                root_label(id)
+                l.root(id)
             )))
         })
     }
 
-    fn locate(s: &Session, id: &RootKeyId) -> OpResult<Located> {
-        let record_objects = Self::find(s, &Self::record_template(id))?;
+    fn locate(l: &Labels, s: &Session, id: &RootKeyId) -> OpResult<Located> {
+        let record_objects = Self::find(s, &Self::record_template(l, id))?;
         let mut record: Option<RootRecord> = None;
         for h in &record_objects {
-            let r = Self::read_record(s, *h, id)?;
+            let r = Self::read_record(l, s, *h, id)?;
             if record.as_ref().is_none_or(|best| r.seq > best.seq) {
                 record = Some(r);
             }
@@ -680,7 +686,7 @@ impl Pkcs11Backend {
             .map_or(KeyLocator::Managed, |r| r.key.clone());
         let key = Self::find_one(
             s,
-            &Self::key_template(&locator, id),
+            &Self::key_template(l, &locator, id),
             &format!("key {locator} of {id}"),
         )?;
         Ok(Located {
@@ -693,6 +699,7 @@ impl Pkcs11Backend {
     /// Puts `state` and `key` in force as a new record after those in `found`, then removes the
     /// old record objects (see [`RootRecord`] for why records are replaced, not changed).
     fn write_record(
+        &self,
         s: &Session,
         id: &RootKeyId,
         found: &Located,
@@ -704,7 +711,7 @@ impl Pkcs11Backend {
             state,
             key,
         };
-        let mut t = Self::record_template(id);
+        let mut t = Self::record_template(&self.inner.labels, id);
         t.extend([
             Attribute::Token(true),
             Attribute::Private(true),
@@ -759,7 +766,7 @@ impl Pkcs11Backend {
             return Ok(k);
         }
         let _admin = lock(&self.inner.admin);
-        let found = Self::locate(s, id)?;
+        let found = Self::locate(&self.inner.labels, s, id)?;
         match found.state() {
             Some(RecordState::Destroyed) => {
                 return Err(BackendError::RootDestroyed { root: id.clone() }.into());
@@ -806,7 +813,7 @@ impl Pkcs11Backend {
         generation.forget_key(id);
         let _admin = lock(&self.inner.admin);
         let disabled_here = matches!(
-            Self::locate(s, id).map(|f| f.state()),
+            Self::locate(&self.inner.labels, s, id).map(|f| f.state()),
             Ok(Some(RecordState::Disabled { .. }))
         );
         OpError::Final(if disabled_here {
@@ -825,7 +832,7 @@ impl Pkcs11Backend {
     /// Tells a tampered input from a failing device after `CKR_GENERAL_ERROR`, which SoftHSM2
     /// returns for both: a known-good round trip under the same key must work if the device
     /// does. `Ok(())` means the device works (so the input was bad).
-    fn canary(s: &Session, k: &CachedKey) -> Result<(), CkError> {
+    fn canary(&self, s: &Session, k: &CachedKey) -> Result<(), CkError> {
         let mut probe = Zeroizing::new([0u8; 32]);
         let _ = rng::fill_nonce(&mut probe[..]);
         match k.alg {
@@ -855,7 +862,7 @@ impl Pkcs11Backend {
                 }
             }
             alg => {
-                let mut tmpl = Self::tmp_secret_template(tmp_label());
+                let mut tmpl = Self::tmp_secret_template(self.inner.labels.tmp());
                 tmpl.push(Attribute::Value(probe.to_vec()));
                 let obj = s.create_object(&tmpl);
                 scrub(&mut tmpl);
@@ -866,7 +873,7 @@ impl Pkcs11Backend {
                     &wrap_mechanism(alg),
                     k.handle,
                     &wrapped?,
-                    &Self::tmp_secret_template(tmp_label()),
+                    &Self::tmp_secret_template(self.inner.labels.tmp()),
                 )?;
                 let mut attrs = s.get_attributes(h, &[AttributeType::Value]);
                 let _ = s.destroy_object(h);
@@ -939,7 +946,7 @@ impl Pkcs11Backend {
         context: &[u8],
     ) -> Result<Vec<u8>, CkError> {
         let bound = bind_context(key, context);
-        let mut tmpl = Self::tmp_secret_template(tmp_label());
+        let mut tmpl = Self::tmp_secret_template(self.inner.labels.tmp());
         tmpl.push(Attribute::Value(bound.to_vec()));
         let obj = s.create_object(&tmpl);
         scrub(&mut tmpl);
@@ -974,7 +981,7 @@ impl Pkcs11Backend {
                 Ok(key)
             }
             alg => {
-                let label = tmp_label();
+                let label = self.inner.labels.tmp();
                 let h = match s.unwrap_key(
                     &wrap_mechanism(alg),
                     k.handle,
@@ -1002,12 +1009,14 @@ impl Pkcs11Backend {
         }
     }
 
-    fn info_for(id: &RootKeyId, status: RootStatus, locator: &KeyLocator) -> RootKeyInfo {
+    fn info_for(&self, id: &RootKeyId, status: RootStatus, locator: &KeyLocator) -> RootKeyInfo {
         RootKeyInfo {
             id: id.clone(),
             status,
             locator: match locator {
-                KeyLocator::Managed => format!("PKCS#11 secret key labelled {}", root_label(id)),
+                KeyLocator::Managed => {
+                    format!("PKCS#11 secret key labelled {}", self.inner.labels.root(id))
+                }
                 other => format!("PKCS#11 secret key {other} (adopted)"),
             },
         }
@@ -1093,7 +1102,7 @@ impl Pkcs11Backend {
     ) -> Result<RootKeyInfo, BackendError> {
         self.run(operation, |generation, s, retry| {
             let _admin = lock(&self.inner.admin);
-            let found = Self::locate(s, id)?;
+            let found = Self::locate(&self.inner.labels, s, id)?;
             if let Some(record) = &found.record {
                 // On a retry, an enabled record of a managed key, with a root-shaped key under
                 // our label, is what our failed attempt wrote before its reply was lost: done.
@@ -1107,7 +1116,7 @@ impl Pkcs11Backend {
                     if let Some(alg) = self.alg_for(usage) {
                         generation.cache_key(id, CachedKey { handle, alg });
                     }
-                    return Ok(Self::info_for(id, RootStatus::Enabled, &KeyLocator::Managed));
+                    return Ok(self.info_for(id, RootStatus::Enabled, &KeyLocator::Managed));
                 }
                 return Err(BackendError::RootExists { root: id.clone() }.into());
             }
@@ -1119,13 +1128,13 @@ impl Pkcs11Backend {
                 Some(_) => {
                     return Err(BackendError::Config(format!(
                         "the token holds a key labelled {} with no strongroom record; adopt it (`adopt_root`) if it is meant to be this root key, or delete it",
-                        root_label(id)
+                        self.inner.labels.root(id)
                     ))
                     .into());
                 }
                 None => make(s)?,
             };
-            if let Err(e) = Self::write_record(s, id, &found, RecordState::Enabled, KeyLocator::Managed) {
+            if let Err(e) = self.write_record(s, id, &found, RecordState::Enabled, KeyLocator::Managed) {
                 // Roll back only when the token refused the record. After a lost session or
                 // device the record may have been written (the reply was lost): the key stays,
                 // and the retry finishes with what it finds.
@@ -1138,7 +1147,7 @@ impl Pkcs11Backend {
             if let Some(alg) = self.alg_for(usage) {
                 generation.cache_key(id, CachedKey { handle, alg });
             }
-            Ok(Self::info_for(id, RootStatus::Enabled, &KeyLocator::Managed))
+            Ok(self.info_for(id, RootStatus::Enabled, &KeyLocator::Managed))
         })
     }
 
@@ -1163,14 +1172,15 @@ impl Pkcs11Backend {
 
     /// The BYOK import key pair: (private, public), made on first use.
     fn import_pair(&self, s: &Session, create: bool) -> OpResult<(ObjectHandle, ObjectHandle)> {
-        let label = IMPORT_LABEL.as_bytes().to_vec();
+        let import = self.inner.labels.import();
+        let label = import.as_bytes().to_vec();
         let private = Self::find_one(
             s,
             &[
                 Attribute::Class(ObjectClass::PRIVATE_KEY),
                 Attribute::Label(label.clone()),
             ],
-            IMPORT_LABEL,
+            &import,
         )?;
         let public = Self::find_one(
             s,
@@ -1178,7 +1188,7 @@ impl Pkcs11Backend {
                 Attribute::Class(ObjectClass::PUBLIC_KEY),
                 Attribute::Label(label.clone()),
             ],
-            IMPORT_LABEL,
+            &import,
         )?;
         match (private, public) {
             (Some(p), Some(q)) => Ok((p, q)),
@@ -1219,7 +1229,7 @@ impl Pkcs11Backend {
                     .into(),
             ))),
             _ => Err(OpError::Final(BackendError::Config(format!(
-                "the token holds half of the import key pair {IMPORT_LABEL}; delete the remaining half and request a new import key"
+                "the token holds half of the import key pair {import}; delete the remaining half and request a new import key"
             )))),
         }
     }
@@ -1250,7 +1260,7 @@ impl Pkcs11Backend {
         self.run(operation, |generation, s, _| {
             let _admin = lock(&self.inner.admin);
             generation.forget_key(id);
-            let found = Self::locate(s, id)?;
+            let found = Self::locate(&self.inner.labels, s, id)?;
             if found.record.is_none() && found.key.is_none() {
                 return Err(BackendError::RootNotFound { root: id.clone() }.into());
             }
@@ -1266,7 +1276,11 @@ impl Backend for Pkcs11Backend {
         let i = &self.inner;
         BackendInfo {
             kind: KIND,
-            instance_id: format!("pkcs11:serial={}", i.serial),
+            instance_id: format!(
+                "pkcs11:serial={};namespace={}",
+                i.serial,
+                i.labels.namespace()
+            ),
             description: i.description.clone(),
             capabilities: Capabilities {
                 generate: true,
@@ -1385,7 +1399,9 @@ impl Backend for Pkcs11Backend {
             for h in records {
                 let attrs = s.get_attributes(h, &[AttributeType::Label])?;
                 if let Some(id) = attrs.iter().find_map(|a| match a {
-                    Attribute::Label(l) => parse_root_label(&String::from_utf8_lossy(l)),
+                    Attribute::Label(l) => {
+                        self.inner.labels.parse_root(&String::from_utf8_lossy(l))
+                    }
                     _ => None,
                 }) && !ids.contains(&id)
                 {
@@ -1393,12 +1409,12 @@ impl Backend for Pkcs11Backend {
                 }
             }
             for id in ids {
-                let found = Self::locate(s, &id)?;
+                let found = Self::locate(&self.inner.labels, s, &id)?;
                 let locator = found
                     .record
                     .as_ref()
                     .map_or(KeyLocator::Managed, |r| r.key.clone());
-                let info = Self::info_for(
+                let info = self.info_for(
                     &id,
                     self.status_of(s, found.record.as_ref(), found.key),
                     &locator,
@@ -1414,14 +1430,16 @@ impl Backend for Pkcs11Backend {
             )? {
                 let attrs = s.get_attributes(h, &[AttributeType::Label])?;
                 let Some(id) = attrs.iter().find_map(|a| match a {
-                    Attribute::Label(l) => parse_root_label(&String::from_utf8_lossy(l)),
+                    Attribute::Label(l) => {
+                        self.inner.labels.parse_root(&String::from_utf8_lossy(l))
+                    }
                     _ => None,
                 }) else {
                     continue;
                 };
                 if !out.iter().any(|r| r.id == id) {
                     let info =
-                        Self::info_for(&id, self.status_of(s, None, Some(h)), &KeyLocator::Managed);
+                        self.info_for(&id, self.status_of(s, None, Some(h)), &KeyLocator::Managed);
                     out.push(Self::with_attributes(info, s, Some(h)));
                 }
             }
@@ -1490,7 +1508,7 @@ impl Backend for Pkcs11Backend {
                     // fault. If it works, the unwrap is tried once more, so that a one-off device
                     // glitch is not mistaken for tampering; tampered input fails every time.
                     Failure::BadData if rv(&e) == Some(RvError::GeneralError) => {
-                        match Self::canary(s, &k) {
+                        match self.canary(s, &k) {
                             Ok(()) => match self.unwrap_payload(s, &k, blob, context) {
                                 Ok(Ok(key)) => Ok(key),
                                 Ok(Err(())) => Err(BackendError::Integrity.into()),
@@ -1513,8 +1531,10 @@ impl Backend for Pkcs11Backend {
     fn generate_root(&self, id: &RootKeyId) -> Result<RootKeyInfo, BackendError> {
         let alg = self.inner.algs[0];
         self.create_root("generate a root key", id, |s| {
-            let attempt =
-                s.generate_key(&Mechanism::AesKeyGen, &root_template(id, alg, true, true));
+            let attempt = s.generate_key(
+                &Mechanism::AesKeyGen,
+                &root_template(&self.inner.labels, id, alg, true, true),
+            );
             match attempt {
                 Ok(h) => Ok(h),
                 // A token that does not know CKA_ALLOWED_MECHANISMS: the usage flags still
@@ -1524,13 +1544,16 @@ impl Backend for Pkcs11Backend {
                     | RvError::AttributeValueInvalid
                     | RvError::TemplateInconsistent,
                     _,
-                )) => Ok(
-                    s.generate_key(&Mechanism::AesKeyGen, &root_template(id, alg, false, true))?
-                ),
+                )) => Ok(s.generate_key(
+                    &Mechanism::AesKeyGen,
+                    &root_template(&self.inner.labels, id, alg, false, true),
+                )?),
                 Err(e) => {
                     // Remove a half-made object the failed call may have left.
-                    if let Ok(strays) = Self::find(s, &Self::key_template(&KeyLocator::Managed, id))
-                    {
+                    if let Ok(strays) = Self::find(
+                        s,
+                        &Self::key_template(&self.inner.labels, &KeyLocator::Managed, id),
+                    ) {
                         for h in strays {
                             let _ = s.destroy_object(h);
                         }
@@ -1544,7 +1567,7 @@ impl Backend for Pkcs11Backend {
     fn import_root(&self, id: &RootKeyId, material: &Key256) -> Result<RootKeyInfo, BackendError> {
         let alg = self.inner.algs[0];
         self.create_root("import a root key", id, |s| {
-            let mut t = root_template(id, alg, true, false);
+            let mut t = root_template(&self.inner.labels, id, alg, true, false);
             // Conversion to plain bytes: into the token's C_CreateObject; scrubbed right after.
             t.push(Attribute::Value(material.expose_bytes().to_vec()));
             let r = s.create_object(&t);
@@ -1572,7 +1595,7 @@ impl Backend for Pkcs11Backend {
             }
             let sha256 = Self::oaep_sha256(s, public)?;
             Ok(ImportKey {
-                id: IMPORT_LABEL.to_owned(),
+                id: self.inner.labels.import(),
                 mechanism: if sha256 {
                     "RSA-OAEP with SHA-256 and MGF1-SHA-256, empty label".into()
                 } else {
@@ -1613,7 +1636,7 @@ impl Backend for Pkcs11Backend {
                     Attribute::Sensitive(true),
                     Attribute::Extractable(false),
                     Attribute::Encrypt(true),
-                    Attribute::Label(tmp_label()),
+                    Attribute::Label(self.inner.labels.tmp()),
                 ],
             );
             let tmp = match tmp {
@@ -1648,7 +1671,7 @@ impl Backend for Pkcs11Backend {
                 &mech,
                 private,
                 wrapped,
-                &root_template(id, alg, true, false),
+                &root_template(&self.inner.labels, id, alg, true, false),
             )?)
         })
     }
@@ -1661,11 +1684,11 @@ impl Backend for Pkcs11Backend {
         })?;
         self.run("adopt a root key", |generation, s, _| {
             let _admin = lock(&self.inner.admin);
-            let found = Self::locate(s, id)?;
+            let found = Self::locate(&self.inner.labels, s, id)?;
             if found.record.is_some() || found.key.is_some() {
                 return Err(BackendError::RootExists { root: id.clone() }.into());
             }
-            let key = Self::find_one(s, &Self::key_template(&locator, id), &locator.to_string())?.ok_or_else(|| {
+            let key = Self::find_one(s, &Self::key_template(&self.inner.labels, &locator, id), &locator.to_string())?.ok_or_else(|| {
                 BackendError::Config(format!(
                     "no secret key {locator} in token {}; `pkcs11-tool --list-objects --login` lists its keys",
                     self.inner.token_label
@@ -1699,9 +1722,9 @@ impl Backend for Pkcs11Backend {
             }
             let usage = Self::read_usage(s, key)?;
             let alg = self.alg_for(usage).ok_or_else(|| refuse(&format!("it permits neither encrypt+decrypt nor wrap+unwrap (usage: {usage})")))?;
-            Self::write_record(s, id, &found, RecordState::Enabled, locator.clone())?;
+            self.write_record(s, id, &found, RecordState::Enabled, locator.clone())?;
             generation.cache_key(id, CachedKey { handle: key, alg });
-            Ok(Self::info_for(id, RootStatus::Enabled, &locator))
+            Ok(self.info_for(id, RootStatus::Enabled, &locator))
         })
     }
 
@@ -1728,7 +1751,7 @@ impl Backend for Pkcs11Backend {
             let restore = Self::read_usage(s, key)?;
             // Record first: from here on every use is refused as disabled, even if turning the
             // usage flags off fails or the process dies before it does.
-            Self::write_record(s, id, &found, RecordState::Disabled { restore }, locator)?;
+            self.write_record(s, id, &found, RecordState::Disabled { restore }, locator)?;
             s.update_attributes(key, &usage_attrs(Usage::default()))?;
             Ok(())
         })
@@ -1756,7 +1779,7 @@ impl Backend for Pkcs11Backend {
                 s.update_attributes(key, &usage_attrs(restore))?;
             }
             if found.state() != Some(RecordState::Enabled) {
-                Self::write_record(s, id, &found, RecordState::Enabled, locator)?;
+                self.write_record(s, id, &found, RecordState::Enabled, locator)?;
             }
             Ok(())
         })
@@ -1771,7 +1794,7 @@ impl Backend for Pkcs11Backend {
             // Record first, so a crash between the two steps leaves the root refused as
             // destroyed; running destroy again removes the key object.
             if found.state() != Some(RecordState::Destroyed) {
-                Self::write_record(s, id, &found, RecordState::Destroyed, locator)?;
+                self.write_record(s, id, &found, RecordState::Destroyed, locator)?;
             }
             if let Some(key) = found.key {
                 match s.destroy_object(key) {
@@ -1805,7 +1828,13 @@ mod tests {
     #[test]
     fn templates_make_sensitive_non_extractable_keys() {
         let id = RootKeyId::new(RootKeyName::new("acme").unwrap(), RootVersion::FIRST);
-        let t = root_template(&id, WrapAlg::AesGcm, true, true);
+        let t = root_template(
+            &Labels::new("strongroom").unwrap(),
+            &id,
+            WrapAlg::AesGcm,
+            true,
+            true,
+        );
         for must in [
             Attribute::Token(true),
             Attribute::Private(true),
@@ -1819,7 +1848,13 @@ mod tests {
         ] {
             assert!(t.contains(&must), "missing {must:?}");
         }
-        let t = root_template(&id, WrapAlg::AesKwp, false, false);
+        let t = root_template(
+            &Labels::new("strongroom").unwrap(),
+            &id,
+            WrapAlg::AesKwp,
+            false,
+            false,
+        );
         assert!(t.contains(&Attribute::Wrap(true)) && t.contains(&Attribute::Encrypt(false)));
         assert!(
             !t.iter()

@@ -134,6 +134,11 @@ pub struct Pkcs11Config {
     /// RSA modulus size of the BYOK import key pair made by [`strongroom_core::Backend::import_key`].
     /// Default 3072.
     pub import_key_bits: u32,
+    /// The first part of every label strongroom gives a token object (`<namespace>/<root>/v<N>`),
+    /// and part of the backend's instance id. Stores that share a token must each have their
+    /// own: a backend sees only its namespace's keys. 1 to 64 letters, digits, `.`, `_` or `-`.
+    /// Default `strongroom` ([`crate::objects::DEFAULT_NAMESPACE`]).
+    pub namespace: String,
 }
 
 impl Pkcs11Config {
@@ -150,6 +155,7 @@ impl Pkcs11Config {
             backoff: Duration::from_millis(25),
             checkout_timeout: Duration::from_secs(30),
             import_key_bits: 3072,
+            namespace: crate::objects::DEFAULT_NAMESPACE.to_owned(),
         }
     }
 }

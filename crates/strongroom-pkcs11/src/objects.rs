@@ -2,14 +2,18 @@
 //!
 //! # Label and ID scheme
 //! ```text
-//! object                         CKA_CLASS    CKA_LABEL                  CKA_ID (bytes)
-//! root key version               SECRET_KEY   strongroom/<name>/v<N>     strongroom/<name>/v<N>
-//! root record (one per version)  DATA         strongroom/<name>/v<N>     -      CKA_APPLICATION "strongroom"
-//! BYOK import key pair           PRIVATE_KEY, strongroom/import          strongroom/import
+//! object                         CKA_CLASS    CKA_LABEL              CKA_ID (bytes)
+//! root key version               SECRET_KEY   <ns>/<name>/v<N>       <ns>/<name>/v<N>
+//! root record (one per version)  DATA         <ns>/<name>/v<N>       -      CKA_APPLICATION "strongroom"
+//! BYOK import key pair           PRIVATE_KEY, <ns>/import            <ns>/import
 //!                                PUBLIC_KEY
-//! temporary objects              SECRET_KEY   strongroom/tmp/<hex>       -      session objects only
+//! temporary objects              SECRET_KEY   <ns>/tmp/<hex>         -      session objects only
 //! ```
 //! so `pkcs11-tool --list-objects --login` shows each root version under a readable name.
+//! `<ns>` is the backend's namespace ([`crate::Pkcs11Config::namespace`], `strongroom` by
+//! default; `strongroom init` gives each store its own): stores that share a token never see,
+//! adopt or destroy each other's objects, and the namespace is part of the backend's instance
+//! id, so a store opened with another namespace is refused instead of finding no keys.
 //! Root keys are token objects with `CKA_PRIVATE`, `CKA_SENSITIVE` true and `CKA_EXTRACTABLE`
 //! false, permitted only the operations their mechanism needs (`CKA_ENCRYPT`/`CKA_DECRYPT` for
 //! AES-GCM, `CKA_WRAP`/`CKA_UNWRAP` for AES-KW/KWP) and, where the token allows it, only that
@@ -39,35 +43,87 @@ use strongroom_core::{RootKeyId, RootKeyName, RootVersion};
 
 /// `CKA_APPLICATION` of strongroom's data objects.
 pub(crate) const APPLICATION: &[u8] = b"strongroom";
-/// Label (and ID) of the BYOK import key pair.
-pub(crate) const IMPORT_LABEL: &str = "strongroom/import";
-const ROOT_PREFIX: &str = "strongroom/";
 const RECORD_MAGIC: &str = "strongroom-root v1";
+/// The namespace used when none is configured.
+pub const DEFAULT_NAMESPACE: &str = "strongroom";
+const MAX_NAMESPACE_LEN: usize = 64;
 
-/// The label (and ID) of a root key version.
-pub(crate) fn root_label(id: &RootKeyId) -> String {
-    format!("{ROOT_PREFIX}{}/{}", id.name, id.version)
+/// The labels of one namespace: every label strongroom gives an object starts with
+/// `<namespace>/`, so that stores sharing a token (each with its own namespace) never see, adopt
+/// or destroy each other's keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Labels {
+    ns: String,
 }
 
-/// The root key version a label names, if it follows the scheme.
-pub(crate) fn parse_root_label(label: &str) -> Option<RootKeyId> {
-    let rest = label.strip_prefix(ROOT_PREFIX)?;
-    let (name, v) = rest.rsplit_once('/')?;
-    let v = v.strip_prefix('v')?.parse::<u32>().ok()?;
-    Some(RootKeyId::new(
-        RootKeyName::new(name).ok()?,
-        RootVersion::new(v).ok()?,
-    ))
+/// Checks a namespace ([`crate::Pkcs11Config::namespace`]): 1 to 64 characters, letters,
+/// digits, `.`, `_`, `-`, starting with a letter or digit (no `/`, so one namespace's labels
+/// never start with another's).
+///
+/// # Errors
+/// What is wrong with it, in words.
+pub fn check_namespace(namespace: &str) -> Result<(), String> {
+    if namespace.is_empty() || namespace.len() > MAX_NAMESPACE_LEN {
+        return Err(format!(
+            "the PKCS#11 namespace must be 1 to {MAX_NAMESPACE_LEN} characters long"
+        ));
+    }
+    if !namespace.as_bytes()[0].is_ascii_alphanumeric()
+        || !namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "the PKCS#11 namespace {namespace:?} may hold only letters, digits, '.', '_' and '-', and must start with a letter or digit"
+        ));
+    }
+    Ok(())
 }
 
-/// A fresh label for a temporary session object.
-pub(crate) fn tmp_label() -> Vec<u8> {
-    let mut r = [0u8; 8];
-    // A failure here only makes the label less unique; temporary objects are also found by
-    // their prefix when strays are cleaned up.
-    let _ = strongroom_core::rng::fill_nonce(&mut r);
-    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{ROOT_PREFIX}tmp/{hex}").into_bytes()
+impl Labels {
+    /// The labels of `namespace`, checked by [`check_namespace`].
+    pub(crate) fn new(namespace: &str) -> Result<Self, String> {
+        check_namespace(namespace)?;
+        Ok(Self {
+            ns: namespace.to_owned(),
+        })
+    }
+
+    /// The namespace.
+    pub(crate) fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// The label (and ID) of a root key version.
+    pub(crate) fn root(&self, id: &RootKeyId) -> String {
+        format!("{}/{}/{}", self.ns, id.name, id.version)
+    }
+
+    /// The root key version a label names, if it follows the scheme in this namespace.
+    pub(crate) fn parse_root(&self, label: &str) -> Option<RootKeyId> {
+        let rest = label.strip_prefix(self.ns.as_str())?.strip_prefix('/')?;
+        let (name, v) = rest.rsplit_once('/')?;
+        let v = v.strip_prefix('v')?.parse::<u32>().ok()?;
+        Some(RootKeyId::new(
+            RootKeyName::new(name).ok()?,
+            RootVersion::new(v).ok()?,
+        ))
+    }
+
+    /// The label (and ID) of the BYOK import key pair.
+    pub(crate) fn import(&self) -> String {
+        format!("{}/import", self.ns)
+    }
+
+    /// A fresh label for a temporary session object.
+    pub(crate) fn tmp(&self) -> Vec<u8> {
+        let mut r = [0u8; 8];
+        // A failure here only makes the label less unique: a temporary object is a session
+        // object, and strays are found by their exact label.
+        let _ = strongroom_core::rng::fill_nonce(&mut r);
+        let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}/tmp/{hex}", self.ns).into_bytes()
+    }
 }
 
 /// Key usage flags strongroom turns off to disable a key and on again to enable it.
@@ -263,23 +319,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_round_trip() {
+    fn labels_round_trip_within_their_namespace_only() {
         let id = RootKeyId::new(
             RootKeyName::new("acme.eu-1").unwrap(),
             RootVersion::new(12).unwrap(),
         );
-        assert_eq!(root_label(&id), "strongroom/acme.eu-1/v12");
-        assert_eq!(parse_root_label(&root_label(&id)), Some(id));
+        let l = Labels::new(DEFAULT_NAMESPACE).unwrap();
+        assert_eq!(l.root(&id), "strongroom/acme.eu-1/v12");
+        assert_eq!(l.parse_root(&l.root(&id)), Some(id.clone()));
         for bad in [
             "strongroom/acme",
             "strongroom/acme/v0",
             "other/acme/v1",
             "strongroom//v1",
             "strongroom/tmp/ab",
+            "strongroom/import",
+            "strongroomx/acme/v1",
+            "strongroom-b/acme/v1",
         ] {
-            assert_eq!(parse_root_label(bad), None, "{bad}");
+            assert_eq!(l.parse_root(bad), None, "{bad}");
         }
-        assert!(tmp_label().starts_with(b"strongroom/tmp/"));
+        assert!(l.tmp().starts_with(b"strongroom/tmp/"));
+        assert_ne!(l.tmp(), l.tmp());
+        assert_eq!(l.import(), "strongroom/import");
+
+        let b = Labels::new("strongroom-b").unwrap();
+        assert_eq!(b.root(&id), "strongroom-b/acme.eu-1/v12");
+        assert_eq!(b.parse_root(&l.root(&id)), None, "another namespace's key");
+        assert_eq!(l.parse_root(&b.root(&id)), None, "another namespace's key");
+        assert_eq!(b.import(), "strongroom-b/import");
+    }
+
+    #[test]
+    fn namespaces_are_checked() {
+        for ok in ["strongroom", "strongroom-3f9a01bc", "a", "A.b_c-1"] {
+            assert!(Labels::new(ok).is_ok(), "{ok}");
+        }
+        let long = "n".repeat(65);
+        for bad in ["", "a/b", "-a", ".a", "a b", "ä", long.as_str()] {
+            assert!(Labels::new(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

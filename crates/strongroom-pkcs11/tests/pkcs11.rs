@@ -504,6 +504,34 @@ softhsm_tests! {
         assert!(block.contains("sensitive") && !block.contains(" extractable"), "{block}");
     }
 
+    fn namespaces_keep_two_stores_on_one_token_apart(token) {
+        let a = open(token);
+        let b = open_with(token, |c| c.namespace = "tenant-b".into());
+        assert_ne!(a.describe().instance_id, b.describe().instance_id, "the namespace is part of the instance id");
+        assert!(b.describe().instance_id.ends_with(";namespace=tenant-b"));
+        // The same root name in both: two different keys, neither sees the other's.
+        let id = rid("acme", 1);
+        a.generate_root(&id).unwrap();
+        assert_eq!(b.find_root(&id).unwrap(), None, "b must not see a's key");
+        assert!(b.list_roots().unwrap().is_empty());
+        b.generate_root(&id).unwrap();
+        let k = Key256::generate().unwrap();
+        let blob = a.wrap(&id, &k, b"ctx").unwrap();
+        assert!(a.unwrap(&blob, b"ctx").unwrap().ct_eq(&k));
+        assert_integrity(b.unwrap(&blob, b"ctx"));
+        // b's lifecycle leaves a's key alone.
+        b.disable_root(&id).unwrap();
+        b.destroy_root(&id).unwrap();
+        assert_eq!(a.find_root(&id).unwrap().unwrap().status, RootStatus::Enabled);
+        assert!(a.unwrap(&blob, b"ctx").unwrap().ct_eq(&k));
+        let listed: Vec<_> = a.list_roots().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(listed, [id]);
+        assert_eq!(b.import_key().unwrap().id, "tenant-b/import");
+        assert_eq!(a.import_key().unwrap().id, "strongroom/import");
+        let e = Pkcs11Backend::open(Pkcs11Config { namespace: "a/b".into(), ..config(token) }).unwrap_err();
+        assert!(matches!(e, BackendError::Config(_)) && e.to_string().contains("namespace"), "{e}");
+    }
+
     fn health_and_describe_name_the_token(token) {
         let b = open(token);
         b.generate_root(&rid("h", 1)).unwrap();

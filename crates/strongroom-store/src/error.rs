@@ -142,7 +142,7 @@ pub enum StoreError {
     },
     /// The store was created with another backend (or another key file, or another token).
     #[error(
-        "the store at {path} belongs to backend {expected}, but it was opened with {found}; open it with its own backend (key file or token)"
+        "the store at {path} belongs to backend {expected}, but it was opened with {found}; open it with its own backend (its key file, or its token and pkcs11.namespace)"
     )]
     WrongBackend {
         /// The store directory.
