@@ -270,6 +270,7 @@ pub enum KeyringCmd {
         name: String,
     },
     /// Destroy (after a waiting period, or now): its keys are erased and its records purged.
+    /// Older backups still hold its keys while its root lives; destroy the root to shred those.
     Destroy {
         /// The name.
         name: String,

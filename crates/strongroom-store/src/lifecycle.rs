@@ -1169,7 +1169,10 @@ impl Store {
     }
 
     /// Destroys keyring `name` now: its wrapped KEKs and DEKs are erased in one transaction
-    /// (from then on nothing of it can be read: crypto-shredding), then its records are purged.
+    /// (from then on nothing of it can be read from this store: crypto-shredding), then its
+    /// records are purged. A copy of the store made before (a backup, a snapshot) still holds
+    /// the wrapped keys, unwrappable while the root above them lives: destroy the root
+    /// ([`Store::destroy_root_now`]) to make the data unrecoverable everywhere.
     ///
     /// # Errors
     /// A keyring already destroyed, or a storage error.

@@ -603,7 +603,7 @@ fn a_due_destruction_that_cannot_run_does_not_lock_the_store() {
 }
 
 #[test]
-fn destroy_now_crypto_shreds_even_against_an_old_copy_of_the_keys() {
+fn destroy_now_erases_every_wrapped_key_and_record_of_the_keyring() {
     let mut fx = Fixture::new(StoreOptions::default());
     let s = fx.store();
     let k = kr("gone");
@@ -953,6 +953,64 @@ fn backup_and_restore_keep_everything_sealed() {
     let e = Store::restore(&bad, target.path()).unwrap_err();
     assert!(matches!(e, StoreError::BadBackup { .. }), "{e}");
     assert!(!target.path().join(strongroom_store::DB_DIR).exists());
+}
+
+/// The limit the README states, shown: a keyring destruction does not reach a backup made
+/// before it while the root lives; destroying the root (the key in the backend) does.
+#[test]
+fn only_destroying_the_root_shreds_what_an_older_backup_holds() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    s.create_root(&rn("tenant")).unwrap();
+    let k = kr("tenant-data");
+    s.create_keyring(&k, Some(&rn("tenant"))).unwrap();
+    s.put(&k, b"a", b"secret").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("before.backup");
+    s.backup(&file).unwrap();
+    let key_file = fx.dir.path().join(strongroom_core::soft::KEY_FILE_NAME);
+    // The backup restored beside the backend as it is now (same root keys).
+    let restore_now = || {
+        let dir = tempfile::tempdir().unwrap();
+        Store::restore(&file, dir.path()).unwrap();
+        std::fs::copy(
+            &key_file,
+            dir.path().join(strongroom_core::soft::KEY_FILE_NAME),
+        )
+        .unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(SoftBackend::open(dir.path()).unwrap());
+        let r = Store::open(
+            dir.path(),
+            TestBackend::new(backend),
+            StoreOptions::default(),
+        )
+        .unwrap();
+        (dir, r)
+    };
+
+    s.destroy_keyring_now(&k).unwrap();
+    assert!(matches!(
+        s.get(&k, b"a").unwrap_err(),
+        StoreError::KeyringDestroyed { .. }
+    ));
+    let (_d1, old) = restore_now();
+    assert_eq!(
+        get_string(&old, &k, "a").as_deref(),
+        Some("secret"),
+        "the older copy still reads while the root lives"
+    );
+    drop(old);
+
+    s.destroy_root_now(&rn("tenant")).unwrap();
+    let (_d2, old) = restore_now();
+    let e = old.get(&k, b"a").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::RootDestroyed { .. } | StoreError::Backend { .. }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
