@@ -165,7 +165,20 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
         for (v, state) in &root.versions {
             let id = RootKeyId::new(root.name.clone(), *v);
             let want = match state {
-                KeyState::Destroyed => continue,
+                KeyState::Destroyed => {
+                    // Destroyed in the store: the backend must not still hold a usable key.
+                    if let Ok(Some(b)) = backend.find_root(&id)
+                        && b.status != RootStatus::Destroyed
+                        && b.status != RootStatus::Unavailable
+                    {
+                        r.add(
+                            Status::Fail,
+                            format!("root {id}"),
+                            format!("destroyed in the store but {} in the backend: run `strongroom resume` to destroy it there", b.status),
+                        );
+                    }
+                    continue;
+                }
                 KeyState::Enabled => RootStatus::Enabled,
                 _ => RootStatus::Disabled,
             };

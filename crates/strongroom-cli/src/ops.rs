@@ -222,6 +222,9 @@ pub(crate) fn describe_job(j: &PendingJob) -> String {
         PendingJob::DueKeyringDestruction(k) => format!(
             "keyring {k} is due for destruction but could not be destroyed yet (run `strongroom resume`)"
         ),
+        PendingJob::BackendDestroy(r) => format!(
+            "root key {r} is destroyed in the store but not yet in the backend (run `strongroom resume`)"
+        ),
         PendingJob::DueRootDestruction(r) => format!(
             "root key {r} is due for destruction but could not be destroyed yet (run `strongroom resume`)"
         ),
@@ -848,6 +851,10 @@ fn resume(cli: &Cli, out: &Out) -> Result<(), CliError> {
                     .map_err(CliError::from)
             }
             PendingJob::Purge(_) => Ok(describe_job(j)),
+            PendingJob::BackendDestroy(r) => s
+                .destroy_root_now(r)
+                .map(|_| format!("root key {r}: destroyed in the backend"))
+                .map_err(CliError::from),
             PendingJob::DueKeyringDestruction(_) | PendingJob::DueRootDestruction(_) => {
                 if due_run {
                     continue;

@@ -7,7 +7,7 @@ use strongroom_core::{DekVersion, KeyringName, RootKeyName};
 use crate::audit::AuditOp;
 use crate::error::StoreError;
 use crate::format;
-use crate::lifecycle::Progress;
+use crate::lifecycle::{BACKEND_DESTROY_PREFIX, Progress};
 use crate::records::show_key;
 use crate::storage::TreeId;
 use crate::store::{Store, check_usable};
@@ -54,6 +54,9 @@ pub enum PendingJob {
     /// A root whose scheduled destruction is due but could not be carried out yet (finish with
     /// [`Store::run_due_destructions`]; it is unusable meanwhile).
     DueRootDestruction(RootKeyName),
+    /// A root destroyed in the store whose keys the backend has not yet destroyed (finish with
+    /// [`Store::destroy_root_now`]).
+    BackendDestroy(RootKeyName),
 }
 
 impl Store {
@@ -306,6 +309,18 @@ impl Store {
             let (k, _) = item?;
             if let Ok(id) = <[u8; 8]>::try_from(&k[6..]) {
                 out.push(PendingJob::Purge(u64::from_be_bytes(id)));
+            }
+        }
+        for item in self
+            .inner
+            .storage
+            .scan_prefix(TreeId::Jobs, BACKEND_DESTROY_PREFIX)
+        {
+            let (k, _) = item?;
+            if let Ok(name) = std::str::from_utf8(&k[BACKEND_DESTROY_PREFIX.len()..])
+                && let Ok(name) = RootKeyName::new(name)
+            {
+                out.push(PendingJob::BackendDestroy(name));
             }
         }
         let (due_keyrings, due_roots) = self.due_destructions(strongroom_core::Timestamp::now());

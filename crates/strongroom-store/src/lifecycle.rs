@@ -91,6 +91,16 @@ fn transition(state: KeyState, t: Transition) -> Result<KeyState, StoreError> {
 
 const PURGE_PREFIX: &[u8] = b"purge/";
 
+pub(crate) const BACKEND_DESTROY_PREFIX: &[u8] = b"backend-destroy/";
+
+/// The job of destroying root `name`'s keys in the backend, written in the same transaction that
+/// marks the root destroyed in the store, removed once the backend has destroyed them.
+fn backend_destroy_job_key(name: &RootKeyName) -> Vec<u8> {
+    let mut k = BACKEND_DESTROY_PREFIX.to_vec();
+    k.extend_from_slice(name.as_str().as_bytes());
+    k
+}
+
 fn purge_job_key(id: u64) -> Vec<u8> {
     let mut k = PURGE_PREFIX.to_vec();
     k.extend_from_slice(&id.to_be_bytes());
@@ -414,6 +424,7 @@ impl Store {
         op: AuditOp,
         t: Transition,
         detail: String,
+        job: Option<Vec<u8>>,
     ) -> Result<Vec<RootVersion>, StoreError> {
         let changes: Vec<(RootVersion, RootEntry)> = {
             let cat = self.read_catalog();
@@ -443,6 +454,9 @@ impl Store {
             for (v, e) in &changes {
                 tx.insert(TreeId::Roots, format::root_key(name, *v), e.to_bytes())?;
             }
+            if let Some(job) = &job {
+                tx.insert(TreeId::Jobs, job.clone(), Vec::new())?;
+            }
             Ok(())
         })?;
         {
@@ -467,21 +481,40 @@ impl Store {
     pub fn disable_root(&self, name: &RootKeyName) -> Result<(), StoreError> {
         let _w = self.write_lifecycle();
         self.audited(AuditOp::RootDisabled, format!("root {name}"), || {
-            let already = matches!(self.read_catalog().current_root(name)?, (_, KeyState::Disabled));
-            let versions = if already {
-                self.live_root_versions(name)
-            } else {
-                self.root_transition(name, AuditOp::RootDisabled, Transition::Disable, String::new())?
-            };
-            for v in versions {
-                let id = RootKeyId::new(name.clone(), v);
-                match self.inner.backend.disable_root(&id) {
-                    Ok(()) | Err(BackendError::RootDisabled { .. } | BackendError::NotSupported { .. }) => {}
-                    Err(e) => return Err(StoreError::backend(format!("disabling {id} in the backend"))(e)),
+            // Disabled already (or pending destruction, which is disabled too): only the
+            // backend's part is done again.
+            let already = matches!(
+                self.read_catalog().current_root(name)?,
+                (_, KeyState::Disabled | KeyState::PendingDestruction { .. })
+            );
+            if !already {
+                self.root_transition(
+                    name,
+                    AuditOp::RootDisabled,
+                    Transition::Disable,
+                    String::new(),
+                    None,
+                )?;
+            }
+            self.disable_in_backend(name)
+        })
+    }
+
+    /// Disables every live version of root `name` in the backend (where it can).
+    fn disable_in_backend(&self, name: &RootKeyName) -> Result<(), StoreError> {
+        for v in self.live_root_versions(name) {
+            let id = RootKeyId::new(name.clone(), v);
+            match self.inner.backend.disable_root(&id) {
+                Ok(())
+                | Err(BackendError::RootDisabled { .. } | BackendError::NotSupported { .. }) => {}
+                Err(e) => {
+                    return Err(StoreError::backend(format!(
+                        "disabling {id} in the backend (the store refuses it already; `strongroom root disable {name}` finishes it in the backend)"
+                    ))(e));
                 }
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     fn live_root_versions(&self, name: &RootKeyName) -> Vec<RootVersion> {
@@ -523,6 +556,7 @@ impl Store {
                 AuditOp::RootEnabled,
                 Transition::Enable,
                 String::new(),
+                None,
             )?;
             Ok(())
         })
@@ -530,7 +564,8 @@ impl Store {
 
     /// Schedules the destruction of root key `name` (every version, and every keyring under
     /// it) after `after` (default: the store's destruction delay). Everything under it is
-    /// refused from now on; [`Store::cancel_root_destruction`] undoes it until then.
+    /// refused from now on, and the key is disabled in the backend where it can be;
+    /// [`Store::cancel_root_destruction`] undoes it until then (leaving it disabled).
     ///
     /// # Errors
     /// [`StoreError::InUse`] for the primary root (it protects the audit log), or a state error.
@@ -552,7 +587,10 @@ impl Store {
                     AuditOp::RootDestructionScheduled,
                     Transition::ScheduleDestruction { not_before },
                     format!("not before {not_before}"),
+                    None,
                 )?;
+                // Refused here from now on; in the backend too, for any other user of the HSM.
+                self.disable_in_backend(name)?;
                 Ok(not_before)
             },
         )
@@ -573,6 +611,7 @@ impl Store {
                     AuditOp::RootDestructionCancelled,
                     Transition::CancelDestruction,
                     "left disabled".into(),
+                    None,
                 )
                 .map(|_| ())
             },
@@ -593,7 +632,8 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::InUse`] for the primary root; a backend error (the store already counts it
-    /// destroyed; run it again to finish in the backend).
+    /// destroyed, and [`Store::pending_jobs`] lists the backend's part until a second call, or
+    /// `strongroom resume`, finishes it).
     pub fn destroy_root_now(&self, name: &RootKeyName) -> Result<Vec<Destroyed>, StoreError> {
         let w = self.write_lifecycle();
         let r = self.audited(AuditOp::RootDestroyed, format!("root {name}"), || {
@@ -637,6 +677,9 @@ impl Store {
                 AuditOp::RootDestroyed,
                 t,
                 format!("{} versions", versions.len()),
+                // If the backend's part fails below (or the process dies first), this job
+                // remains: `pending_jobs` lists it and `resume` finishes it.
+                Some(backend_destroy_job_key(name)),
             )?;
         }
         let all: Vec<RootVersion> = self
@@ -656,10 +699,15 @@ impl Store {
                 ) => {}
                 Err(e) => {
                     return Err(StoreError::backend(format!(
-                        "destroying {id} in the backend; run the destroy again"
+                        "destroying {id} in the backend (the store counts it destroyed; `strongroom resume` finishes it in the backend)"
                     ))(e));
                 }
             }
+        }
+        let job = backend_destroy_job_key(name);
+        if self.inner.storage.get(TreeId::Jobs, &job)?.is_some() {
+            self.inner.storage.remove(TreeId::Jobs, &job)?;
+            self.inner.storage.flush()?;
         }
         Ok(destroyed)
     }

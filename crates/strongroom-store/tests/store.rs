@@ -680,6 +680,118 @@ fn destroying_a_tenant_root_destroys_its_keyrings_and_the_backend_key() {
 }
 
 #[test]
+fn a_root_destruction_the_backend_failed_is_listed_and_finished_later() {
+    let mut fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    s.create_root(&rn("tenant-root")).unwrap();
+    s.create_keyring(&kr("t1"), Some(&rn("tenant-root")))
+        .unwrap();
+    s.put(&kr("t1"), b"a", b"b").unwrap();
+    fx.backend.set_admin_down(true);
+    let e = s.destroy_root_now(&rn("tenant-root")).unwrap_err();
+    assert!(e.to_string().contains("strongroom resume"), "{e}");
+    // The store counts it destroyed at once; the backend still holds the key.
+    assert!(matches!(
+        s.get(&kr("t1"), b"a").unwrap_err(),
+        StoreError::KeyringDestroyed { .. }
+    ));
+    let id = RootKeyId::new(rn("tenant-root"), RootVersion::FIRST);
+    assert_eq!(
+        fx.backend.find_root(&id).unwrap().unwrap().status,
+        RootStatus::Enabled
+    );
+    let job = PendingJob::BackendDestroy(rn("tenant-root"));
+    assert!(s.pending_jobs().unwrap().contains(&job));
+    // The job survives a restart, and a second call finishes it.
+    let s = fx.reopen();
+    assert!(s.pending_jobs().unwrap().contains(&job));
+    fx.backend.set_admin_down(false);
+    let s = fx.store();
+    s.destroy_root_now(&rn("tenant-root")).unwrap();
+    assert_eq!(
+        fx.backend.find_root(&id).unwrap().unwrap().status,
+        RootStatus::Destroyed
+    );
+    assert!(s.pending_jobs().unwrap().is_empty());
+    assert!(s.verify_audit().unwrap().is_ok());
+}
+
+#[test]
+fn a_scheduled_root_destruction_disables_the_key_in_the_backend_until_it_falls_due() {
+    let mut fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let root = rn("tenant-root");
+    let k = kr("t1");
+    s.create_root(&root).unwrap();
+    s.create_keyring(&k, Some(&root)).unwrap();
+    s.put(&k, b"a", b"b").unwrap();
+    let id = RootKeyId::new(root.clone(), RootVersion::FIRST);
+    let status = |fx: &Fixture| fx.backend.find_root(&id).unwrap().unwrap().status;
+
+    s.schedule_root_destruction(&root, None).unwrap();
+    assert_eq!(
+        status(&fx),
+        RootStatus::Disabled,
+        "disabled in the backend too"
+    );
+    assert!(s.get(&k, b"a").is_err());
+    s.cancel_root_destruction(&root).unwrap();
+    assert_eq!(
+        status(&fx),
+        RootStatus::Disabled,
+        "cancel leaves it disabled"
+    );
+    s.enable_root(&root).unwrap();
+    assert_eq!(status(&fx), RootStatus::Enabled);
+    assert_eq!(get_string(s, &k, "a").as_deref(), Some("b"));
+
+    // A backend that fails the disable: scheduled in the store all the same, and `disable_root`
+    // finishes the backend's part.
+    fx.backend.set_admin_down(true);
+    let e = s.schedule_root_destruction(&root, None).unwrap_err();
+    assert!(e.to_string().contains("root disable"), "{e}");
+    assert!(matches!(
+        s.roots()
+            .into_iter()
+            .find(|r| r.name == root)
+            .unwrap()
+            .versions[0]
+            .1,
+        KeyState::PendingDestruction { .. }
+    ));
+    assert_eq!(status(&fx), RootStatus::Enabled);
+    fx.backend.set_admin_down(false);
+    s.disable_root(&root).unwrap();
+    assert_eq!(status(&fx), RootStatus::Disabled);
+    assert!(
+        matches!(
+            s.roots()
+                .into_iter()
+                .find(|r| r.name == root)
+                .unwrap()
+                .versions[0]
+                .1,
+            KeyState::PendingDestruction { .. }
+        ),
+        "still pending destruction"
+    );
+
+    // Due: destroyed at the next open, in the store and in the backend.
+    s.cancel_root_destruction(&root).unwrap();
+    s.schedule_root_destruction(&root, Some(Duration::ZERO))
+        .unwrap();
+    fx.reopen();
+    let s = fx.store();
+    assert!(matches!(
+        s.get(&k, b"a").unwrap_err(),
+        StoreError::KeyringDestroyed { .. }
+    ));
+    assert_eq!(status(&fx), RootStatus::Destroyed);
+    assert!(s.pending_jobs().unwrap().is_empty());
+    assert!(s.verify_audit().unwrap().is_ok());
+}
+
+#[test]
 fn dek_rolls_over_by_itself_and_the_counter_survives_restart() {
     let mut fx = Fixture::new(StoreOptions {
         dek_rollover_after: 5,

@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use strongroom_core::backend::{BackendInfo, HealthCheck, ImportKey, RootKeyInfo};
 use strongroom_core::{Backend, BackendError, Key256, RootKeyId, WrappedKey};
 
-/// Forwards to a backend, counting calls and able to fail wrap/unwrap with a device error on
-/// demand (an HSM that went away).
+/// Forwards to a backend, counting calls and able to fail wrap/unwrap, or the lifecycle calls,
+/// with a device error on demand (an HSM that went away).
 pub struct TestBackend {
     inner: Arc<dyn Backend>,
     calls: AtomicU64,
     unwraps: AtomicU64,
     down: AtomicBool,
+    admin_down: AtomicBool,
 }
 
 impl TestBackend {
@@ -23,6 +24,7 @@ impl TestBackend {
             calls: AtomicU64::new(0),
             unwraps: AtomicU64::new(0),
             down: AtomicBool::new(false),
+            admin_down: AtomicBool::new(false),
         })
     }
 
@@ -39,6 +41,23 @@ impl TestBackend {
     /// Makes `wrap` and `unwrap` fail with a device error (`true`) or work again (`false`).
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Makes `disable_root`, `enable_root` and `destroy_root` fail with a device error (`true`)
+    /// or work again (`false`).
+    pub fn set_admin_down(&self, down: bool) {
+        self.admin_down.store(down, Ordering::SeqCst);
+    }
+
+    fn admin_gate(&self) -> Result<(), BackendError> {
+        if self.admin_down.load(Ordering::SeqCst) {
+            return Err(BackendError::Device {
+                operation: "test",
+                detail: "the test switched the backend's lifecycle calls off".into(),
+                source: None,
+            });
+        }
+        Ok(())
     }
 
     /// The wrapped backend.
@@ -107,12 +126,15 @@ impl Backend for TestBackend {
         self.inner.adopt_root(id, selector)
     }
     fn disable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        self.admin_gate()?;
         self.inner.disable_root(id)
     }
     fn enable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        self.admin_gate()?;
         self.inner.enable_root(id)
     }
     fn destroy_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        self.admin_gate()?;
         self.inner.destroy_root(id)
     }
 }
