@@ -630,7 +630,14 @@ impl Store {
             change(tx)?;
             audit::append(tx, &key, &store_id, &event)
         })?;
-        self.inner.storage.flush()?;
+        if let Err(e) = self.inner.storage.flush() {
+            // The transaction is in the database (and may or may not be on disk) but the caller
+            // will not update the in-memory state: bring that in line with the database now,
+            // so nothing acts on a catalog or a cached key the database no longer agrees with.
+            self.inner.cache.purge_all();
+            let _ = self.load_catalog();
+            return Err(e);
+        }
         self.write_anchor(&key);
         Ok(seq)
     }
