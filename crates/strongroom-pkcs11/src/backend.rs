@@ -1685,7 +1685,13 @@ impl Backend for Pkcs11Backend {
         self.run("adopt a root key", |generation, s, _| {
             let _admin = lock(&self.inner.admin);
             let found = Self::locate(&self.inner.labels, s, id)?;
-            if found.record.is_some() || found.key.is_some() {
+            // The same adoption again (a retry after its reply was lost) is checked and
+            // finished like the first; anything else already there is refused.
+            let again = found
+                .record
+                .as_ref()
+                .is_some_and(|r| r.key == locator && r.state == RecordState::Enabled);
+            if !again && (found.record.is_some() || found.key.is_some()) {
                 return Err(BackendError::RootExists { root: id.clone() }.into());
             }
             let key = Self::find_one(s, &Self::key_template(&self.inner.labels, &locator, id), &locator.to_string())?.ok_or_else(|| {
@@ -1722,7 +1728,9 @@ impl Backend for Pkcs11Backend {
             }
             let usage = Self::read_usage(s, key)?;
             let alg = self.alg_for(usage).ok_or_else(|| refuse(&format!("it permits neither encrypt+decrypt nor wrap+unwrap (usage: {usage})")))?;
-            self.write_record(s, id, &found, RecordState::Enabled, locator.clone())?;
+            if !again {
+                self.write_record(s, id, &found, RecordState::Enabled, locator.clone())?;
+            }
             generation.cache_key(id, CachedKey { handle: key, alg });
             Ok(self.info_for(id, RootStatus::Enabled, &locator))
         })
@@ -1739,6 +1747,13 @@ impl Backend for Pkcs11Backend {
                     return Err(BackendError::RootDestroyed { root: id.clone() }.into());
                 }
                 Some(RecordState::Disabled { .. }) => {
+                    // Disabled already; but a disable interrupted between its two steps (record
+                    // written, usage flags not yet off) is finished here.
+                    if let Some(key) = found.key
+                        && !Self::read_usage(s, key)?.none()
+                    {
+                        s.update_attributes(key, &usage_attrs(Usage::default()))?;
+                    }
                     return Err(BackendError::RootDisabled { root: id.clone() }.into());
                 }
                 Some(RecordState::Enabled) | None => {}

@@ -287,6 +287,24 @@ fn count_keys_labelled(token: &Token, label: &str) -> usize {
         .count()
 }
 
+/// The `Usage:` line pkcs11-tool prints for the secret key labelled `label`.
+fn key_usage(token: &Token, label: &str) -> String {
+    let listing = token.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
+    let block = listing
+        .split("Secret Key Object")
+        .find(|b| {
+            b.lines()
+                .any(|l| l.trim_start().starts_with("label:") && l.trim_end().ends_with(label))
+        })
+        .unwrap_or_else(|| panic!("{label} not listed:\n{listing}"));
+    block
+        .lines()
+        .find(|l| l.trim_start().starts_with("Usage:"))
+        .unwrap_or_else(|| panic!("no usage line:\n{block}"))
+        .trim()
+        .to_owned()
+}
+
 fn count_records_labelled(token: &Token, label: &str) -> usize {
     let listing = token.pkcs11_tool(&["--list-objects", "--type", "data"]);
     listing
@@ -562,6 +580,55 @@ softhsm_tests! {
         assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
         // A second generate of the same root is still refused.
         assert!(matches!(b.generate_root(&rid("lostrec", 1)), Err(BackendError::RootExists { .. })));
+    }
+
+    fn a_disable_interrupted_between_its_steps_is_finished_by_the_next(token) {
+        let b = open(token);
+        let control = faults(token);
+        let root = rid("dis", 1);
+        b.generate_root(&root).unwrap();
+        let label = "strongroom/dis/v1";
+        assert!(key_usage(token, label).contains("encrypt"), "{}", key_usage(token, label));
+        // The record says disabled, then turning the usage flags off fails once.
+        control.set(&FaultPlan::new().fail(CKR_DEVICE_ERROR).on(&["C_SetAttributeValue"]).times(1)).unwrap();
+        let r = b.disable_root(&root);
+        println!("disable with one refused C_SetAttributeValue: {r:?}");
+        assert_eq!(control.status().count_in("fail", "C_SetAttributeValue"), 1);
+        control.clear().unwrap();
+        match r {
+            Ok(()) | Err(BackendError::RootDisabled { .. }) => {}
+            Err(e) => {
+                assert!(matches!(e, BackendError::Device { .. }), "{e:?}");
+                // Run again: it must finish what the first one started.
+                let again = b.disable_root(&root);
+                assert!(matches!(again, Ok(()) | Err(BackendError::RootDisabled { .. })), "{again:?}");
+            }
+        }
+        assert_eq!(key_usage(token, label), "Usage:      none", "the key itself must be unusable");
+        assert_eq!(b.find_root(&root).unwrap().unwrap().status, strongroom_core::RootStatus::Disabled);
+        b.enable_root(&root).unwrap();
+        assert!(key_usage(token, label).contains("encrypt"));
+    }
+
+    fn an_adoption_whose_reply_was_lost_is_finished_on_retry(token) {
+        let _ = token.pkcs11_tool(&["--keygen", "--key-type", "AES:32", "--label", "customer-key", "--sensitive"]);
+        let b = open(token);
+        let control = faults(token);
+        let root = rid("cust", 1);
+        // The record is written, its reply lost: the retry finds its own record for the same key.
+        control.set(&FaultPlan::new().lose_reply(CKR_DEVICE_ERROR).on(&["C_CreateObject"]).times(1)).unwrap();
+        let r = b.adopt_root(&root, "customer-key");
+        println!("adopt with a lost record-write reply: {r:?}");
+        assert_eq!(control.status().count_in("lose-reply", "C_CreateObject"), 1);
+        control.clear().unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(count_records_labelled(token, "strongroom/cust/v1"), 1);
+        let k = Key256::generate().unwrap();
+        let blob = b.wrap(&root, &k, b"c").unwrap();
+        assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
+        // Adopting another key under the same id is still refused.
+        let _ = token.pkcs11_tool(&["--keygen", "--key-type", "AES:32", "--label", "other-key", "--sensitive"]);
+        assert!(matches!(b.adopt_root(&root, "other-key"), Err(BackendError::RootExists { .. })));
     }
 
     fn a_failed_record_write_leaves_no_orphan_key(token) {
