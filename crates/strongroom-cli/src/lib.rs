@@ -7,6 +7,41 @@ pub mod json;
 
 use std::time::Duration;
 
+/// Reads everything from `r` (a plaintext value from stdin) into a buffer that is zeroized
+/// when dropped, and whose earlier, smaller copies are zeroized as it grows (a plain
+/// `read_to_end` would leave them in freed memory). Reads at most `limit + 1` bytes, so a
+/// caller can tell "over the limit" without holding an unbounded input.
+///
+/// # Errors
+/// The reader's error.
+pub fn read_secret(
+    mut r: impl std::io::Read,
+    limit: usize,
+) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(8192));
+    let mut chunk = zeroize::Zeroizing::new([0u8; 8192]);
+    loop {
+        let n = match r.read(&mut chunk[..]) {
+            Ok(0) => return Ok(buf),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.len() + n > buf.capacity() {
+            let mut bigger = zeroize::Zeroizing::new(Vec::with_capacity(
+                (buf.len() + n).max(buf.capacity() * 2),
+            ));
+            bigger.extend_from_slice(&buf);
+            // The old buffer is zeroized as it is dropped here.
+            buf = bigger;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > limit {
+            return Ok(buf);
+        }
+    }
+}
+
 /// Parses a duration like `7d`, `12h`, `30m`, `45s`, `1d12h` or `0s`.
 ///
 /// # Errors
@@ -104,6 +139,21 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_secret_reads_everything_and_stops_past_the_limit() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let got = super::read_secret(&data[..], 1 << 20).unwrap();
+        assert_eq!(&got[..], &data[..]);
+        let got = super::read_secret(&data[..], 10_000).unwrap();
+        assert!(
+            got.len() > 10_000 && got.len() <= 10_000 + 8192,
+            "{}",
+            got.len()
+        );
+        assert_eq!(&got[..], &data[..got.len()]);
+        assert!(super::read_secret(&b""[..], 10).unwrap().is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -1,6 +1,6 @@
 //! The commands.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -32,16 +32,14 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
         } => {
             let s = open(cli)?;
             // The value is plaintext: zeroized when this command is done with it.
-            let value = zeroize::Zeroizing::new(match value {
-                Some(v) => v.as_bytes().to_vec(),
-                None => {
-                    let mut buf = Vec::new();
-                    std::io::stdin().read_to_end(&mut buf).map_err(|e| {
-                        CliError::Other(format!("reading the value from stdin: {e}"))
-                    })?;
-                    buf
-                }
-            });
+            let value = match value {
+                Some(v) => zeroize::Zeroizing::new(v.as_bytes().to_vec()),
+                None => strongroom_cli::read_secret(
+                    std::io::stdin().lock(),
+                    strongroom_store::MAX_VALUE_LEN,
+                )
+                .map_err(|e| CliError::Other(format!("reading the value from stdin: {e}")))?,
+            };
             s.put_durable(&kr(keyring)?, key.as_bytes(), &value)?;
             out.result(String::new, || {
                 Json::obj([

@@ -839,14 +839,14 @@ impl Pkcs11Backend {
             WrapAlg::AesGcm => {
                 let mut iv = [0u8; NONCE_LEN];
                 let _ = rng::fill_nonce(&mut iv);
-                let mut iv2 = iv;
                 let ct = s.encrypt(
                     &Mechanism::AesGcm(GcmParams::new(&mut iv, b"canary", GCM_TAG_BITS.into())?),
                     k.handle,
                     &probe[..],
                 )?;
+                // The IV as the token left it (a token may write the IV it used back).
                 let mut back = s.decrypt(
-                    &Mechanism::AesGcm(GcmParams::new(&mut iv2, b"canary", GCM_TAG_BITS.into())?),
+                    &Mechanism::AesGcm(GcmParams::new(&mut iv, b"canary", GCM_TAG_BITS.into())?),
                     k.handle,
                     &ct,
                 )?;
@@ -927,13 +927,16 @@ impl Pkcs11Backend {
         rng::fill_nonce(&mut iv).map_err(|_| {
             CkError::Pkcs11(RvError::RandomNoRng, cryptoki::context::Function::Encrypt)
         })?;
-        let mut payload = iv.to_vec();
         // Conversion to plain bytes: the key goes into the token's C_Encrypt, nowhere else.
         let ct = s.encrypt(
             &Mechanism::AesGcm(GcmParams::new(&mut iv, context, GCM_TAG_BITS.into())?),
             k.handle,
             key.expose_bytes(),
         )?;
+        // The IV is read after the call: the parameters hand the token a mutable IV, and a
+        // token that writes back the IV it used must have that one stored.
+        let mut payload = Vec::with_capacity(NONCE_LEN + ct.len());
+        payload.extend_from_slice(&iv);
         payload.extend_from_slice(&ct);
         Ok(payload)
     }
@@ -994,6 +997,8 @@ impl Pkcs11Backend {
                         return Err(e);
                     }
                 };
+                // cryptoki reads the value into a buffer of its own, which it frees without
+                // zeroizing (README: security model); the attribute it returns is scrubbed below.
                 let attrs = s.get_attributes(h, &[AttributeType::Value]);
                 let _ = s.destroy_object(h);
                 let mut attrs = attrs?;

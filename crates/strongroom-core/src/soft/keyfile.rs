@@ -84,7 +84,19 @@ impl KeyFile {
     /// Serializes the file. The result holds key material and is zeroized on drop.
     #[must_use]
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(64 + self.entries.len() * 80));
+        // The exact size, so the buffer never grows: a reallocation would leave a copy of the
+        // key material behind in freed memory that nothing zeroizes.
+        let size = MAGIC.len()
+            + 1
+            + self.instance_id.len()
+            + 4
+            + self
+                .entries
+                .keys()
+                .map(|id| 1 + id.name.as_str().len() + 4 + 1 + 32)
+                .sum::<usize>()
+            + CHECKSUM_LEN;
+        let mut out = Zeroizing::new(Vec::with_capacity(size));
         out.extend_from_slice(MAGIC);
         out.push(KEYFILE_FORMAT_VERSION);
         out.extend_from_slice(&self.instance_id);
@@ -109,6 +121,7 @@ impl KeyFile {
         }
         let sum = Sha256::digest(&out[..]);
         out.extend_from_slice(&sum);
+        debug_assert!(out.len() <= size, "the key file buffer grew");
         out
     }
 
@@ -219,6 +232,20 @@ mod tests {
             }
         }
         assert_eq!(g.to_bytes(), bytes);
+    }
+
+    #[test]
+    fn serializing_never_reallocates_the_buffer_that_holds_key_material() {
+        let mut f = sample();
+        for st in f.entries.values_mut() {
+            if st.material.is_none() {
+                st.status = RootStatus::Enabled;
+                st.material = Some(Key256::generate().unwrap());
+            }
+        }
+        let bytes = f.to_bytes();
+        // Allocated once at its final size: no reallocation left a copy behind.
+        assert_eq!(bytes.capacity(), bytes.len());
     }
 
     #[test]
