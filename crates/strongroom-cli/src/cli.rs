@@ -64,7 +64,8 @@ pub enum Cmd {
         keyring: String,
         /// The record key.
         key: String,
-        /// The value (omit to read it from stdin).
+        /// The value (omit to read it from stdin, which keeps it out of the process arguments
+        /// that `ps` shows).
         value: Option<String>,
     },
     /// Print a record's value (raw bytes to stdout).

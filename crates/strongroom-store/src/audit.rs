@@ -28,7 +28,8 @@ use strongroom_core::format::{FormatError, Reader};
 use strongroom_core::{Key256, Timestamp};
 use subtle::ConstantTimeEq;
 
-use crate::storage::{Storage, TreeId, Tx, TxResult};
+use crate::error::StoreError;
+use crate::storage::{Storage, TreeId, Tx, TxResult, abort};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -341,20 +342,39 @@ fn head_bytes(key: &AuditKey, head: AuditHead) -> Vec<u8> {
     out
 }
 
-/// The head of the log as stored in the database (unverified), if any.
-pub(crate) fn stored_head(storage: &Storage) -> Result<Option<AuditHead>, crate::StoreError> {
-    Ok(storage
-        .get(TreeId::Meta, HEAD_KEY)?
-        .as_deref()
-        .and_then(parse_head)
-        .map(|(h, _)| h))
+/// The head of the log as stored in the database (its MAC unverified), if any.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] for a head that is there but does not parse.
+pub(crate) fn stored_head(storage: &Storage) -> Result<Option<AuditHead>, StoreError> {
+    let Some(raw) = storage.get(TreeId::Meta, HEAD_KEY)? else {
+        return Ok(None);
+    };
+    match parse_head(&raw) {
+        Some((h, _)) => Ok(Some(h)),
+        None => Err(damaged_head(raw.len())),
+    }
+}
+
+fn damaged_head(found: usize) -> StoreError {
+    StoreError::Corrupt {
+        what: "the audit log's head (`strongroom audit verify` shows the damage; restore the store from a backup)".into(),
+        source: FormatError::BadLength {
+            what: "audit head",
+            field: "head",
+            expected: HEAD_LEN,
+            found,
+        },
+    }
+}
+
+/// Whether `anchor` (an anchor file's bytes) carries a valid MAC under `key`.
+pub(crate) fn anchor_mac_ok(key: &AuditKey, anchor: &[u8]) -> bool {
+    parse_head(anchor).is_some_and(|(h, _)| bool::from(head_bytes(key, h).ct_eq(anchor)))
 }
 
 /// The stored hash of entry `seq`, if it exists and parses.
-pub(crate) fn entry_hash(
-    storage: &Storage,
-    seq: u64,
-) -> Result<Option<[u8; 32]>, crate::StoreError> {
+pub(crate) fn entry_hash(storage: &Storage, seq: u64) -> Result<Option<[u8; 32]>, StoreError> {
     Ok(storage
         .get(TreeId::Audit, seq.to_be_bytes())?
         .and_then(|v| AuditEntry::parse(&v).ok())
@@ -371,8 +391,10 @@ pub(crate) fn parse_anchor(b: &[u8]) -> Option<AuditHead> {
     parse_head(b).map(|(h, _)| h)
 }
 
+const HEAD_LEN: usize = 8 + 32 + 32;
+
 fn parse_head(b: &[u8]) -> Option<(AuditHead, [u8; 32])> {
-    if b.len() != 8 + 32 + 32 {
+    if b.len() != HEAD_LEN {
         return None;
     }
     let seq = u64::from_be_bytes(b[..8].try_into().ok()?);
@@ -397,13 +419,14 @@ pub(crate) fn append(
     store_id: &[u8; 16],
     event: &Event<'_>,
 ) -> TxResult<u64> {
-    let (seq, prev_hash) = match tx
-        .get(TreeId::Meta, HEAD_KEY)?
-        .as_deref()
-        .and_then(parse_head)
-    {
-        Some((head, _)) => (head.seq + 1, head.hash),
+    let (seq, prev_hash) = match tx.get(TreeId::Meta, HEAD_KEY)? {
         None => (1, genesis(store_id)),
+        Some(raw) => match parse_head(&raw) {
+            Some((head, _)) => (head.seq + 1, head.hash),
+            // A damaged head must not silently start a new chain over the old one: nothing is
+            // appended (and so no key operation happens) until the log is looked at.
+            None => return abort(damaged_head(raw.len())),
+        },
     };
     let mut e = AuditEntry {
         seq,
@@ -456,7 +479,7 @@ pub(crate) fn verify(
     storage: &Storage,
     key: &AuditKey,
     store_id: &[u8; 16],
-) -> Result<Result<AuditReport, AuditBreak>, crate::StoreError> {
+) -> Result<Result<AuditReport, AuditBreak>, StoreError> {
     let mut expected_seq = 1u64;
     let mut prev = genesis(store_id);
     for item in storage.scan_prefix(TreeId::Audit, []) {
@@ -541,13 +564,13 @@ pub(crate) fn verify(
 pub(crate) fn entries(
     storage: &Storage,
     from_seq: u64,
-) -> impl Iterator<Item = Result<AuditEntry, crate::StoreError>> + '_ {
+) -> impl Iterator<Item = Result<AuditEntry, StoreError>> + '_ {
     storage
         .tree(TreeId::Audit)
         .range(from_seq.to_be_bytes()..)
         .map(|r| {
-            let (k, v) = r.map_err(crate::StoreError::storage("reading the audit log"))?;
-            AuditEntry::parse(&v).map_err(|source| crate::StoreError::Corrupt {
+            let (k, v) = r.map_err(StoreError::storage("reading the audit log"))?;
+            AuditEntry::parse(&v).map_err(|source| StoreError::Corrupt {
                 what: format!(
                     "audit entry {}",
                     <[u8; 8]>::try_from(&k[..])

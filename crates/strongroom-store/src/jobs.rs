@@ -15,7 +15,7 @@ use crate::store::{Store, check_usable};
 const REENCRYPT_PREFIX: &[u8] = b"reencrypt/";
 const BATCH: usize = 256;
 
-fn reencrypt_job_key(id: u64) -> Vec<u8> {
+pub(crate) fn reencrypt_job_key(id: u64) -> Vec<u8> {
     let mut k = REENCRYPT_PREFIX.to_vec();
     k.extend_from_slice(&id.to_be_bytes());
     k

@@ -1251,6 +1251,15 @@ impl Store {
                 keys.push((tree, item?.0.to_vec()));
             }
         }
+        // Its bookkeeping goes too: DEK use counters and an unfinished re-encryption.
+        let mut jobs: Vec<Vec<u8>> = vec![crate::jobs::reencrypt_job_key(kr.id)];
+        for item in self
+            .inner
+            .storage
+            .scan_prefix(TreeId::Jobs, crate::records::counter_prefix(kr.id))
+        {
+            jobs.push(item?.0.to_vec());
+        }
         let entry = KeyringEntry {
             state,
             ..(*kr).clone()
@@ -1262,6 +1271,9 @@ impl Store {
             |tx| {
                 for (tree, k) in &keys {
                     tx.remove(*tree, k.clone())?;
+                }
+                for k in &jobs {
+                    tx.remove(TreeId::Jobs, k.clone())?;
                 }
                 tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())?;
                 // Its records are purged next, resumably: this marker survives a crash.

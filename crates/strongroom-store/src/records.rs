@@ -64,6 +64,13 @@ pub(crate) fn show_key(key: &[u8]) -> String {
         .collect()
 }
 
+/// The prefix of every DEK use counter of keyring `id`.
+pub(crate) fn counter_prefix(id: u64) -> Vec<u8> {
+    let mut k = COUNTER_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
 fn counter_key(id: u64, v: u32) -> Vec<u8> {
     let mut k = COUNTER_PREFIX.to_vec();
     k.extend_from_slice(&format::versioned_key(id, v));
@@ -157,6 +164,9 @@ impl Store {
         if !self.inner.options.audit_data_access {
             return Ok(());
         }
+        // Under the lifecycle lock like every other write, so a backup (which holds it
+        // exclusively) never copies the log halfway through an append. Callers hold no lock here.
+        let _r = self.read_lifecycle();
         let akey = self.audit_key()?;
         let event = Event {
             op,

@@ -550,9 +550,29 @@ impl Store {
     /// Refuses a database that ends before the audit anchor (see [`ANCHOR_FILE`]).
     fn check_anchor(&self) -> Result<(), StoreError> {
         let path = self.inner.dir.join(ANCHOR_FILE);
-        let _ = std::fs::remove_file(self.inner.dir.join(format!("{ANCHOR_FILE}.tmp")));
-        let Ok(bytes) = std::fs::read(&path) else {
-            return Ok(());
+        // Temporary anchors a crash left behind.
+        if let Ok(entries) = std::fs::read_dir(&self.inner.dir) {
+            for e in entries.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{ANCHOR_FILE}.tmp"))
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            // No anchor yet (a store that never had a key operation, or one from before it).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            // Anything else must not pass as "no anchor": that would skip the rollback check.
+            Err(source) => {
+                return Err(StoreError::Io {
+                    op: "read the audit anchor",
+                    path,
+                    source,
+                });
+            }
         };
         let Some(anchor) = audit::parse_anchor(&bytes) else {
             return Err(StoreError::Corrupt {
@@ -578,12 +598,18 @@ impl Store {
         Ok(())
     }
 
-    /// The head recorded in the anchor file, if there is one that parses.
-    pub(crate) fn anchor(&self) -> Option<audit::AuditHead> {
-        std::fs::read(self.inner.dir.join(ANCHOR_FILE))
-            .ok()
-            .as_deref()
-            .and_then(audit::parse_anchor)
+    /// The anchor file's bytes, if there is one.
+    pub(crate) fn anchor_file(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.inner.dir.join(ANCHOR_FILE);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io {
+                op: "read the audit anchor",
+                path,
+                source,
+            }),
+        }
     }
 
     /// Records the audit head outside the database (best effort: a missing or older anchor only
@@ -594,7 +620,13 @@ impl Store {
             return;
         };
         let path = self.inner.dir.join(ANCHOR_FILE);
-        let tmp = self.inner.dir.join(format!("{ANCHOR_FILE}.tmp"));
+        // A name of its own for each write, so two writers never share a temporary file.
+        let mut r = [0u8; 8];
+        let _ = strongroom_core::rng::fill_nonce(&mut r);
+        let tmp = self
+            .inner
+            .dir
+            .join(format!("{ANCHOR_FILE}.tmp.{:016x}", u64::from_le_bytes(r)));
         let write = || -> std::io::Result<()> {
             use std::io::Write as _;
             let mut f = std::fs::File::create(&tmp)?;

@@ -17,8 +17,17 @@ impl Store {
             Ok(r) => r,
             Err(b) => return Ok(Err(b)),
         };
-        // The anchor kept outside the database must name an entry of this chain.
-        if let Some(anchor) = self.anchor() {
+        // The anchor kept outside the database must be genuine and name an entry of this chain.
+        if let Some(bytes) = self.anchor_file()? {
+            let anchor = match audit::parse_anchor(&bytes) {
+                Some(a) if audit::anchor_mac_ok(&key, &bytes) => a,
+                _ => {
+                    return Ok(Err(AuditBreak {
+                        seq: report.entries,
+                        problem: "the anchor outside the database (audit-anchor) is damaged or was not written by this store: it fails its MAC".into(),
+                    }));
+                }
+            };
             if anchor.seq > report.entries {
                 return Ok(Err(AuditBreak {
                     seq: report.entries + 1,

@@ -235,3 +235,79 @@ fn an_untouched_log_keeps_verifying_across_reopen_and_new_entries() {
     s.rotate_kek(&kr("hr")).unwrap();
     assert_eq!(s.verify_audit().unwrap().unwrap().entries, 10);
 }
+
+/// Closes the store, lets `f` change its database, and tries to open it again.
+fn reopen_after(
+    fx: &mut Fixture,
+    f: impl FnOnce(&sled::Db),
+) -> Result<strongroom_store::Store, strongroom_store::StoreError> {
+    fx.store = None;
+    {
+        let db = sled::open(fx.dir.path().join(strongroom_store::DB_DIR)).unwrap();
+        f(&db);
+        db.flush().unwrap();
+    }
+    strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
+}
+
+fn cut_head(db: &sled::Db) {
+    let meta = db.open_tree("meta").unwrap();
+    let h = meta.get(b"audit_head").unwrap().unwrap().to_vec();
+    meta.insert(b"audit_head", &h[..20]).unwrap();
+}
+
+#[test]
+fn a_damaged_head_is_an_integrity_failure_not_a_fresh_log() {
+    let mut fx = populated();
+    let e = reopen_after(&mut fx, cut_head).unwrap_err();
+    assert!(e.is_integrity(), "{e:?}");
+    assert!(e.to_string().contains("audit log's head"), "{e}");
+
+    // Without the anchor the store opens, but no key operation starts a new chain over the
+    // old one: it is refused, and changes nothing.
+    std::fs::remove_file(fx.dir.path().join(strongroom_store::ANCHOR_FILE)).unwrap();
+    let s =
+        strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
+            .unwrap();
+    let e = s.create_keyring(&kr("new"), None).unwrap_err();
+    assert!(
+        e.is_integrity() && e.to_string().contains("audit log's head"),
+        "{e}"
+    );
+    assert!(
+        s.keyring(&kr("new")).is_err(),
+        "the refused operation changed nothing"
+    );
+    assert_eq!(s.audit_entries(1).count(), 9, "nothing appended");
+}
+
+#[test]
+fn a_forged_anchor_fails_verification() {
+    let mut fx = populated();
+    let path = fx.dir.path().join(strongroom_store::ANCHOR_FILE);
+    let mut anchor = std::fs::read(&path).unwrap();
+    assert_eq!(anchor.len(), 72);
+    fx.store().verify_audit().unwrap().unwrap();
+    // Same sequence and hash (so the rollback check at open passes), a MAC it cannot know.
+    anchor[71] ^= 1;
+    std::fs::write(&path, &anchor).unwrap();
+    let s = fx.reopen();
+    let b = s.verify_audit().unwrap().unwrap_err();
+    assert!(b.problem.contains("fails its MAC"), "{b:?}");
+}
+
+#[test]
+fn an_unreadable_anchor_is_an_error_not_a_missing_one() {
+    let mut fx = populated();
+    let path = fx.dir.path().join(strongroom_store::ANCHOR_FILE);
+    fx.store = None;
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap(); // reading it fails with EISDIR
+    let e =
+        strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
+            .unwrap_err();
+    assert!(
+        matches!(&e, strongroom_store::StoreError::Io { op, .. } if op.contains("anchor")),
+        "{e:?}"
+    );
+}

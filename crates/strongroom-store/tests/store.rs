@@ -615,8 +615,24 @@ fn destroy_now_erases_every_wrapped_key_and_record_of_the_keyring() {
     s.put(&kr("kept"), b"r", b"stays").unwrap();
     let info = s.keyring(&k).unwrap();
     assert!(!info.dek_versions.is_empty());
+    // An unfinished re-encryption of it, which the destruction must not leave behind.
+    s.rotate_dek(&k).unwrap();
+    let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        s.reencrypt(&k, &mut |_| panic!("interrupted"))
+    }));
+    assert!(interrupted.is_err());
+    assert!(
+        s.pending_jobs()
+            .unwrap()
+            .contains(&PendingJob::Reencrypt(k.clone()))
+    );
     let report = s.destroy_keyring_now(&k).unwrap();
     assert_eq!(report.records, 50);
+    assert!(
+        s.pending_jobs().unwrap().is_empty(),
+        "{:?}",
+        s.pending_jobs()
+    );
     let e = s.get(&k, b"r1").unwrap_err();
     assert!(matches!(e, StoreError::KeyringDestroyed { .. }), "{e}");
     assert!(e.to_string().contains("unrecoverable"));
@@ -643,6 +659,19 @@ fn destroy_now_erases_every_wrapped_key_and_record_of_the_keyring() {
                 "{tree}"
             );
         }
+        // No bookkeeping of it either: use counters, jobs.
+        let leftovers: Vec<Vec<u8>> = db
+            .open_tree("jobs")
+            .unwrap()
+            .iter()
+            .map(|r| r.unwrap().0.to_vec())
+            .filter(|k| {
+                [&b"uses/"[..], b"reencrypt/", b"purge/"]
+                    .iter()
+                    .any(|p| k.starts_with(&[*p, &prefix[..]].concat()))
+            })
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
         let all: Vec<u8> = db
             .open_tree("records")
             .unwrap()
