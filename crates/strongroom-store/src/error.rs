@@ -81,6 +81,17 @@ pub enum StoreError {
         /// The name.
         name: RootKeyName,
     },
+    /// The root key is scheduled for destruction: every keyring under it is refused; the
+    /// destruction can still be cancelled.
+    #[error(
+        "root key {name} is scheduled for destruction at {not_before}; cancel it (`strongroom root cancel-destroy {name}`, then `strongroom root enable {name}`) to keep the keyrings under it"
+    )]
+    RootPendingDestruction {
+        /// The name.
+        name: RootKeyName,
+        /// When it will be destroyed.
+        not_before: Timestamp,
+    },
     /// The root key (all its versions) was destroyed.
     #[error("root key {name} was destroyed; keyrings under it are unrecoverable")]
     RootDestroyed {
@@ -303,6 +314,7 @@ impl StoreError {
             | Self::KeyringPendingDestruction { .. }
             | Self::KeyringDestroyed { .. }
             | Self::RootDisabled { .. }
+            | Self::RootPendingDestruction { .. }
             | Self::RootDestroyed { .. }
             | Self::AuditUnavailable { .. } => true,
             Self::Backend { source, .. } => source.is_key_unavailable(),

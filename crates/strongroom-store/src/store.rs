@@ -103,7 +103,13 @@ impl Catalog {
         match self.current_root(name)? {
             (v, KeyState::Enabled) => Ok(v),
             (_, KeyState::Destroyed) => Err(StoreError::RootDestroyed { name: name.clone() }),
-            _ => Err(StoreError::RootDisabled { name: name.clone() }),
+            (_, KeyState::PendingDestruction { not_before }) => {
+                Err(StoreError::RootPendingDestruction {
+                    name: name.clone(),
+                    not_before,
+                })
+            }
+            (_, KeyState::Disabled) => Err(StoreError::RootDisabled { name: name.clone() }),
         }
     }
 
@@ -531,12 +537,16 @@ impl Store {
                     what: "the wrapped audit key".into(),
                 });
             }
-            Err(e) => {
+            // The root is disabled, destroyed or gone: the operator must act on the root.
+            Err(e) if e.is_key_unavailable() => {
                 return Err(StoreError::AuditUnavailable {
                     root,
                     reason: e.to_string(),
                 });
             }
+            // A device or configuration failure (a wrong PIN, an HSM that is down) is reported
+            // as what it is, with the backend's own advice.
+            Err(e) => return Err(StoreError::backend("unwrapping the audit key")(e)),
         };
         let key = Arc::new(AuditKey::new(key));
         *self

@@ -763,7 +763,15 @@ fn a_scheduled_root_destruction_disables_the_key_in_the_backend_until_it_falls_d
         RootStatus::Disabled,
         "disabled in the backend too"
     );
-    assert!(s.get(&k, b"a").is_err());
+    let e = s.get(&k, b"a").unwrap_err();
+    assert!(
+        matches!(e, StoreError::RootPendingDestruction { .. }) && e.is_access_refused(),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("root cancel-destroy tenant-root"),
+        "{e}"
+    );
     s.cancel_root_destruction(&root).unwrap();
     assert_eq!(
         status(&fx),
@@ -818,6 +826,36 @@ fn a_scheduled_root_destruction_disables_the_key_in_the_backend_until_it_falls_d
     assert_eq!(status(&fx), RootStatus::Destroyed);
     assert!(s.pending_jobs().unwrap().is_empty());
     assert!(s.verify_audit().unwrap().is_ok());
+}
+
+#[test]
+fn an_hsm_that_is_down_is_a_backend_error_for_key_operations_not_a_disabled_audit_root() {
+    let mut fx = Fixture::new(StoreOptions::default());
+    let k = kr("k");
+    fx.store().create_keyring(&k, None).unwrap();
+    // Down before the store opens, so the audit key cannot be unwrapped.
+    fx.backend.set_down(true);
+    let s = fx.reopen();
+    let e = s.disable_keyring(&k).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            StoreError::Backend {
+                source: BackendError::Device { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("audit key"), "{e}");
+    fx.backend.set_down(false);
+    let s = fx.store();
+    s.disable_keyring(&k).unwrap();
+    // A disabled primary root is what AuditUnavailable means.
+    s.disable_root(&rn("service")).unwrap();
+    let s = fx.reopen();
+    let e = s.enable_keyring(&k).unwrap_err();
+    assert!(matches!(e, StoreError::AuditUnavailable { .. }), "{e:?}");
 }
 
 #[test]
