@@ -7,11 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  other error
-  2  usage error (bad arguments)
+  1  other error (a state change the key's state does not allow, a failed check, storage)
+  2  usage error (bad arguments, a record key or value over the limits)
   3  not found (store, keyring, root key or record)
   4  access refused (a key is disabled, scheduled for destruction, destroyed or unavailable)
-  5  integrity failure (a record, key, backup or the audit log was altered or is corrupt)
+  5  integrity failure (a record, key, backup, the audit log or the key file is corrupt)
   6  backend failure (HSM, PKCS#11 module, token, login)
   7  aborted (a destructive command was not confirmed)
 

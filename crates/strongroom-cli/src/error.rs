@@ -38,9 +38,18 @@ impl std::fmt::Display for CliError {
 }
 
 fn backend_code(e: &BackendError) -> i32 {
+    use strongroom_core::error::KeyFileProblem;
     if e.is_key_unavailable() {
         4
-    } else if matches!(e, BackendError::Integrity) {
+    } else if matches!(
+        e,
+        BackendError::Integrity
+            | BackendError::KeyFile {
+                problem: KeyFileProblem::Checksum | KeyFileProblem::Format(_),
+                ..
+            }
+    ) {
+        // A damaged soft-backend key file is an integrity failure like a damaged store.
         5
     } else {
         6
@@ -59,6 +68,10 @@ impl CliError {
                 e if e.is_access_refused() => 4,
                 StoreError::Backend { source, .. } => backend_code(source),
                 StoreError::WrongBackend { .. } => 6,
+                // A key or value over the limits is bad input.
+                StoreError::TooLarge { .. } => 2,
+                // Everything else (a state change the key's state does not allow, a key still
+                // in use, a storage or I/O failure) is "other".
                 _ => 1,
             },
             Self::Backend(e) => backend_code(e),

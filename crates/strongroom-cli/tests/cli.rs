@@ -368,6 +368,16 @@ fn tampering_is_an_integrity_failure_with_exit_code_5() {
         "{}",
         doc.out()
     );
+    // Bad input is a usage error: a record key over the limit.
+    let long = "k".repeat(1025);
+    sr(d, &["put", "k", &long, "v"]).fails(2, "");
+    // A damaged soft-backend key file is an integrity failure too.
+    let key_file = d.join("soft-root-keys");
+    let mut bytes = std::fs::read(&key_file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&key_file, bytes).unwrap();
+    sr(d, &["keyring", "list"]).fails(5, "corrupt (checksum mismatch); restore it from a backup");
 }
 
 #[test]
