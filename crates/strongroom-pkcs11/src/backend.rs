@@ -279,6 +279,20 @@ fn root_template(
     t
 }
 
+/// Whether a token refused a template because of `CKA_ALLOWED_MECHANISMS` (or something in it
+/// that it does not know), so the template is worth trying again without it.
+fn refuses_allowed_mechanisms(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::AttributeTypeInvalid
+                | RvError::AttributeValueInvalid
+                | RvError::TemplateInconsistent,
+            _,
+        )
+    )
+}
+
 /// Zeroizes any key material (`CKA_VALUE`) left in a template or attribute list.
 fn scrub(attrs: &mut [Attribute]) {
     for a in attrs {
@@ -458,10 +472,18 @@ impl Pkcs11Backend {
         if generation.id != failed {
             return Ok(());
         }
-        // The old generation's sessions are dropped without C_CloseSession: after the
-        // re-initialize their handle numbers may name other sessions.
         let ctx = generation.ctx.clone();
-        let _ = ctx.clone().finalize();
+        if self.inner.owns_library {
+            // The old generation's sessions are dropped without C_CloseSession: after the
+            // re-initialize their handle numbers may name other sessions.
+            let _ = ctx.clone().finalize();
+        } else {
+            // Another part of this process initialized the library and is using it: finalizing
+            // would pull it from under that user. Only this backend's sessions are replaced
+            // (the idle ones closed properly, since their handles stay valid); a device that
+            // needs the library re-initialized recovers when its owner does that.
+            generation.close_idle();
+        }
         // From here on the old sessions and handles are void even if the re-initialize fails
         // (a pulled token, a device still down): a lost generation takes their place until a
         // later recovery succeeds, so that nothing runs on a handle that a re-initialized
@@ -1544,12 +1566,7 @@ impl Backend for Pkcs11Backend {
                 Ok(h) => Ok(h),
                 // A token that does not know CKA_ALLOWED_MECHANISMS: the usage flags still
                 // restrict the key to its operations.
-                Err(CkError::Pkcs11(
-                    RvError::AttributeTypeInvalid
-                    | RvError::AttributeValueInvalid
-                    | RvError::TemplateInconsistent,
-                    _,
-                )) => Ok(s.generate_key(
+                Err(e) if refuses_allowed_mechanisms(&e) => Ok(s.generate_key(
                     &Mechanism::AesKeyGen,
                     &root_template(&self.inner.labels, id, alg, false, true),
                 )?),
@@ -1572,12 +1589,20 @@ impl Backend for Pkcs11Backend {
     fn import_root(&self, id: &RootKeyId, material: &Key256) -> Result<RootKeyInfo, BackendError> {
         let alg = self.inner.algs[0];
         self.create_root("import a root key", id, |s| {
-            let mut t = root_template(&self.inner.labels, id, alg, true, false);
-            // Conversion to plain bytes: into the token's C_CreateObject; scrubbed right after.
-            t.push(Attribute::Value(material.expose_bytes().to_vec()));
-            let r = s.create_object(&t);
-            scrub(&mut t);
-            Ok(r?)
+            let create = |allowed_mechanisms: bool| {
+                let mut t = root_template(&self.inner.labels, id, alg, allowed_mechanisms, false);
+                // Conversion to plain bytes: into the token's C_CreateObject; scrubbed right
+                // after.
+                t.push(Attribute::Value(material.expose_bytes().to_vec()));
+                let r = s.create_object(&t);
+                scrub(&mut t);
+                r
+            };
+            match create(true) {
+                // As in generate: a token without CKA_ALLOWED_MECHANISMS.
+                Err(e) if refuses_allowed_mechanisms(&e) => Ok(create(false)?),
+                r => Ok(r?),
+            }
         })
     }
 
@@ -1672,12 +1697,19 @@ impl Backend for Pkcs11Backend {
             if !matches {
                 return Err(BackendError::Integrity.into());
             }
-            Ok(s.unwrap_key(
-                &mech,
-                private,
-                wrapped,
-                &root_template(&self.inner.labels, id, alg, true, false),
-            )?)
+            let unwrap = |allowed_mechanisms: bool| {
+                s.unwrap_key(
+                    &mech,
+                    private,
+                    wrapped,
+                    &root_template(&self.inner.labels, id, alg, allowed_mechanisms, false),
+                )
+            };
+            match unwrap(true) {
+                // As in generate: a token without CKA_ALLOWED_MECHANISMS.
+                Err(e) if refuses_allowed_mechanisms(&e) => Ok(unwrap(false)?),
+                r => Ok(r?),
+            }
         })
     }
 

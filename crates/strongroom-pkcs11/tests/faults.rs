@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use strongroom_core::blob::WrappedKey;
 use strongroom_core::{Backend, BackendError, Key256, RootKeyId};
 use strongroom_p11_testkit::sys::{
-    CK_RV, CKR_CRYPTOKI_NOT_INITIALIZED, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_GENERAL_ERROR,
-    CKR_SESSION_CLOSED, CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT,
+    CK_RV, CKR_ATTRIBUTE_TYPE_INVALID, CKR_CRYPTOKI_NOT_INITIALIZED, CKR_DEVICE_ERROR,
+    CKR_DEVICE_REMOVED, CKR_GENERAL_ERROR, CKR_SESSION_CLOSED, CKR_SESSION_HANDLE_INVALID,
+    CKR_TOKEN_NOT_PRESENT,
 };
 use strongroom_p11_testkit::{FaultControl, FaultPlan, ckr_name};
 use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
@@ -629,6 +630,63 @@ softhsm_tests! {
         // Adopting another key under the same id is still refused.
         let _ = token.pkcs11_tool(&["--keygen", "--key-type", "AES:32", "--label", "other-key", "--sensitive"]);
         assert!(matches!(b.adopt_root(&root, "other-key"), Err(BackendError::RootExists { .. })));
+    }
+
+    fn a_backend_that_does_not_own_the_library_never_finalizes_it(token) {
+        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+        // Another part of this process initialized the library first and keeps a session.
+        let ctx = Pkcs11::new(strongroom_p11_testkit::module_path()).unwrap();
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
+        let slot = ctx
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == token.label)
+            .unwrap();
+        // Several read-only sessions: after a re-initialize their handle numbers would be void
+        // or, worse, name the backend's new (read-write) sessions.
+        let others: Vec<_> = (0..20).map(|_| ctx.open_ro_session(slot).unwrap()).collect();
+        let b = open(token);
+        let control = faults(token);
+        let root = rid("shared", 1);
+        b.generate_root(&root).unwrap();
+        let blobs = wrap_some(&b, &root, 2);
+        // The device goes away under the backend once: it recovers on its own sessions.
+        control.set(&FaultPlan::new().fail(CKR_DEVICE_REMOVED).on(&["C_Encrypt"]).times(1)).unwrap();
+        let k = Key256::generate().unwrap();
+        let blob = b.wrap(&root, &k, b"c").unwrap();
+        assert_eq!(control.status().count_in("fail", "C_Encrypt"), 1, "the fault was injected");
+        control.clear().unwrap();
+        assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
+        assert_unwrap_all(&b, &blobs);
+        // The other user's sessions survived: the library was not finalized under them.
+        for other in &others {
+            let info = other.get_session_info().expect("the library was finalized under its other user");
+            assert!(!info.read_write(), "a session handle now names someone else's session");
+        }
+    }
+
+    fn a_token_without_allowed_mechanisms_still_gets_root_keys(token) {
+        let b = open(token);
+        let control = faults(token);
+        // The token refuses CKA_ALLOWED_MECHANISMS (as tokens before PKCS#11 2.40 do) on the
+        // first try of each way of making a root key: generate, import in the clear.
+        let refuse = |function: &str| {
+            control.set(&FaultPlan::new().fail(CKR_ATTRIBUTE_TYPE_INVALID).on(&[function]).times(1)).unwrap();
+        };
+        refuse("C_GenerateKey");
+        b.generate_root(&rid("old-gen", 1)).unwrap();
+        assert_eq!(control.status().count_in("fail", "C_GenerateKey"), 1);
+        refuse("C_CreateObject");
+        let material = Key256::generate().unwrap();
+        b.import_root(&rid("old-imp", 1), &material).unwrap();
+        assert_eq!(control.status().count_in("fail", "C_CreateObject"), 1);
+        control.clear().unwrap();
+        for root in [rid("old-gen", 1), rid("old-imp", 1)] {
+            let k = Key256::generate().unwrap();
+            let blob = b.wrap(&root, &k, b"c").unwrap();
+            assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
+        }
     }
 
     fn a_failed_record_write_leaves_no_orphan_key(token) {
