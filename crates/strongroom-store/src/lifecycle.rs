@@ -308,7 +308,8 @@ impl Store {
 
     /// Rewraps, one KEK at a time, every KEK under an older version of root `name` under its
     /// current version. Safe to run again (after a crash, or to finish a rotation): it only
-    /// touches KEKs still under an old version, and records are never touched.
+    /// touches KEKs still under an old version, and records are never touched. Returns the KEKs
+    /// it rewrapped (one that a KEK rotation replaced meanwhile is skipped, not counted).
     ///
     /// # Errors
     /// A root that is not enabled, or a backend error (KEKs done so far stay done).
@@ -321,6 +322,7 @@ impl Store {
         let todo = self.keks_under(name, Some(target))?;
         let total = todo.len() as u64;
         let mut done = 0u64;
+        let mut rewrapped = 0u64;
         progress(Progress { done, total });
         for KekBlob {
             keyring_id: id,
@@ -350,26 +352,28 @@ impl Store {
                     "rewrapping KEK {v} of keyring {kr_name}"
                 )))?;
             // Replaced only if unchanged since it was read (a KEK rotation may have removed it).
-            self.inner.storage.compare_and_swap(
+            if self.inner.storage.compare_and_swap(
                 TreeId::Keks,
                 format::versioned_key(id, ver),
                 Some(&old_bytes),
                 Some(new.to_bytes()),
-            )?;
+            )? {
+                rewrapped += 1;
+            }
             done += 1;
             progress(Progress { done, total });
         }
         self.inner.storage.flush()?;
-        if done > 0 {
+        if rewrapped > 0 {
             let _w = self.write_lifecycle();
             self.commit(
                 AuditOp::RootRewrapped,
                 format!("root {name}"),
-                format!("{done} KEKs rewrapped under {target}"),
+                format!("{rewrapped} KEKs rewrapped under {target}"),
                 |_| Ok(()),
             )?;
         }
-        Ok(done)
+        Ok(rewrapped)
     }
 
     /// Destroys an old version of root `name` in the backend, once nothing refers to it: no KEK

@@ -818,12 +818,16 @@ impl Store {
             Ok(k) => {
                 let k = Arc::new(k);
                 let now = Instant::now();
-                self.inner.cache.insert(
-                    kr.id,
-                    Slot::Kek(v.get()),
-                    Cached::Kek(Arc::clone(&k)),
-                    now,
-                );
+                // Only a usable keyring's keys are kept: a lifecycle operation on a disabled
+                // keyring (a rewrap, a rotation) must not leave its keys cached.
+                if kr.state == KeyState::Enabled {
+                    self.inner.cache.insert(
+                        kr.id,
+                        Slot::Kek(v.get()),
+                        Cached::Kek(Arc::clone(&k)),
+                        now,
+                    );
+                }
                 Ok((k, now))
             }
             Err(BackendError::Integrity) => Err(StoreError::KeyIntegrity { what: what() }),
@@ -900,12 +904,14 @@ impl Store {
         )
         .map_err(|_| StoreError::KeyIntegrity { what: what() })?;
         let cipher = Arc::new(RecordCipher::new(v, &key));
-        self.inner.cache.insert(
-            kr.id,
-            Slot::Dek(v.get()),
-            Cached::Dek(Arc::clone(&cipher)),
-            fetched,
-        );
+        if kr.state == KeyState::Enabled {
+            self.inner.cache.insert(
+                kr.id,
+                Slot::Dek(v.get()),
+                Cached::Dek(Arc::clone(&cipher)),
+                fetched,
+            );
+        }
         Ok(cipher)
     }
 

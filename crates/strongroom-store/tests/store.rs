@@ -859,6 +859,27 @@ fn an_hsm_that_is_down_is_a_backend_error_for_key_operations_not_a_disabled_audi
 }
 
 #[test]
+fn rewrapping_a_disabled_keyrings_kek_leaves_nothing_of_it_cached() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("t");
+    s.create_root(&rn("acme")).unwrap();
+    s.create_keyring(&k, Some(&rn("acme"))).unwrap();
+    s.put(&k, b"a", b"b").unwrap();
+    s.disable_keyring(&k).unwrap();
+    assert_eq!(s.cached_keys(), 0, "disabling purges the cache");
+    s.rotate_root(&rn("acme"), &mut no_progress()).unwrap();
+    assert_eq!(
+        s.cached_keys(),
+        0,
+        "the KEK unwrapped for the rewrap stays out of the cache while the keyring is disabled"
+    );
+    s.enable_keyring(&k).unwrap();
+    assert_eq!(get_string(s, &k, "a").as_deref(), Some("b"));
+    assert!(s.cached_keys() > 0, "an enabled keyring's keys are cached");
+}
+
+#[test]
 fn dek_rolls_over_by_itself_and_the_counter_survives_restart() {
     let mut fx = Fixture::new(StoreOptions {
         dek_rollover_after: 5,
