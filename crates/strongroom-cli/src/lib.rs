@@ -142,16 +142,16 @@ mod tests {
     #[test]
     fn read_secret_reads_everything_and_stops_past_the_limit() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let got = super::read_secret(&data[..], 1 << 20).unwrap();
+        let got = read_secret(&data[..], 1 << 20).unwrap();
         assert_eq!(&got[..], &data[..]);
-        let got = super::read_secret(&data[..], 10_000).unwrap();
+        let got = read_secret(&data[..], 10_000).unwrap();
         assert!(
             got.len() > 10_000 && got.len() <= 10_000 + 8192,
             "{}",
             got.len()
         );
         assert_eq!(&got[..], &data[..got.len()]);
-        assert!(super::read_secret(&b""[..], 10).unwrap().is_empty());
+        assert!(read_secret(&b""[..], 10).unwrap().is_empty());
     }
 
     use super::*;

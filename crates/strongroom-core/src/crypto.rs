@@ -25,7 +25,7 @@ use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use aes_kw::{KwAes256, KwpAes256};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::secret::{KEY_LEN, Key256, Plaintext};
 
@@ -47,6 +47,12 @@ pub const TAG_LEN: usize = 16;
     "integrity check failed: the data was altered, corrupted, or opened with the wrong key or context"
 )]
 pub struct IntegrityError;
+
+/// A plaintext or AAD beyond what AES-GCM can seal under one nonce (2^36 - 32 bytes of
+/// plaintext, 2^61 - 1 of AAD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the value is too long for AES-GCM (at most 2^36 - 32 bytes under one nonce)")]
+pub struct GcmLengthError;
 
 const CONTEXT_DOMAIN: &[u8] = b"strongroom/wrap-context/v1\0";
 
@@ -175,32 +181,47 @@ impl Gcm {
     ///
     /// The caller guarantees `nonce` is fresh for this key (the store draws it at random and
     /// rotates the DEK long before the random-nonce bound).
-    #[must_use]
-    pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    ///
+    /// # Errors
+    /// [`GcmLengthError`] beyond GCM's limits (far above the store's own size limits).
+    pub fn seal(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, GcmLengthError> {
         let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
-        self.seal_into(nonce, aad, plaintext, &mut out);
-        out
+        self.seal_into(nonce, aad, plaintext, &mut out)?;
+        Ok(out)
     }
 
-    /// Like [`Gcm::seal`], appending `ciphertext ‖ tag` to `out`.
+    /// Like [`Gcm::seal`], appending `ciphertext ‖ tag` to `out`. On failure `out` is as it was
+    /// (the plaintext copied into it for in-place encryption is zeroized first).
+    ///
+    /// # Errors
+    /// [`GcmLengthError`] beyond GCM's limits.
     pub fn seal_into(
         &self,
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
         plaintext: &[u8],
         out: &mut Vec<u8>,
-    ) {
+    ) -> Result<(), GcmLengthError> {
         let start = out.len();
         out.extend_from_slice(plaintext);
-        // Infallible for every input strongroom accepts: GCM's limits (2^36 - 32 bytes of
-        // plaintext, 2^61 - 1 of AAD) are far above the store's size limits.
-        if let Ok(tag) =
-            self.0
-                .encrypt_inout_detached(gcm_nonce(nonce), aad, (&mut out[start..]).into())
+        match self
+            .0
+            .encrypt_inout_detached(gcm_nonce(nonce), aad, (&mut out[start..]).into())
         {
-            out.extend_from_slice(&tag);
-        } else {
-            out.truncate(start);
+            Ok(tag) => {
+                out.extend_from_slice(&tag);
+                Ok(())
+            }
+            Err(_) => {
+                out[start..].zeroize();
+                out.truncate(start);
+                Err(GcmLengthError)
+            }
         }
     }
 
@@ -470,7 +491,7 @@ mod tests {
     fn gcm_round_trip_and_opaque_failure() {
         let g = Gcm::new(&key(5));
         let nonce = [3u8; NONCE_LEN];
-        let sealed = g.seal(&nonce, b"aad", b"hello");
+        let sealed = g.seal(&nonce, b"aad", b"hello").unwrap();
         assert_eq!(sealed.len(), 5 + TAG_LEN);
         assert_eq!(g.open(&nonce, b"aad", &sealed).unwrap().expose(), b"hello");
         assert_eq!(
@@ -489,7 +510,7 @@ mod tests {
             Gcm::new(&key(6)).open(&nonce, b"aad", &sealed).unwrap_err(),
             IntegrityError
         );
-        let empty = g.seal(&nonce, b"", b"");
+        let empty = g.seal(&nonce, b"", b"").unwrap();
         assert!(g.open(&nonce, b"", &empty).unwrap().is_empty());
     }
 }

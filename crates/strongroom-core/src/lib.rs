@@ -38,7 +38,7 @@ pub use crypto::IntegrityError;
 pub use error::{BackendError, KeyFileProblem, LoginFailure};
 pub use format::FormatError;
 pub use id::{DekVersion, KekVersion, KeyringName, RootKeyId, RootKeyName, RootVersion};
-pub use record::{RecordCipher, RecordHeader};
+pub use record::{RecordCipher, RecordHeader, SealError};
 pub use rng::RandomError;
 pub use secret::{KEY_LEN, Key256, Plaintext};
 pub use soft::SoftBackend;

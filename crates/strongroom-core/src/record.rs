@@ -20,7 +20,7 @@
 //! so a value copied to another record key or keyring, truncated, or altered in any byte
 //! (header included) fails to open with an [`IntegrityError`], never yielding wrong plaintext.
 
-use crate::crypto::{Gcm, IntegrityError, NONCE_LEN, TAG_LEN};
+use crate::crypto::{Gcm, GcmLengthError, IntegrityError, NONCE_LEN, TAG_LEN};
 use crate::format::{FormatError, Reader, put_name};
 use crate::id::{DekVersion, KeyringName};
 use crate::rng::{self, RandomError};
@@ -119,6 +119,17 @@ pub struct RecordCipher {
     gcm: Gcm,
 }
 
+/// Why a record could not be sealed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SealError {
+    /// No nonce could be drawn.
+    #[error(transparent)]
+    Random(#[from] RandomError),
+    /// The value is beyond AES-GCM's limits.
+    #[error(transparent)]
+    TooLong(#[from] GcmLengthError),
+}
+
 impl RecordCipher {
     /// A cipher for DEK `version` with material `dek`.
     #[must_use]
@@ -138,19 +149,20 @@ impl RecordCipher {
     /// Seals `plaintext` for `record_key` in `keyring`.
     ///
     /// # Errors
-    /// [`RandomError`] when no nonce can be drawn.
+    /// [`SealError::Random`] when no nonce can be drawn, [`SealError::TooLong`] for a value
+    /// beyond AES-GCM's limits.
     pub fn seal(
         &self,
         keyring: &KeyringName,
         record_key: &[u8],
         plaintext: &[u8],
-    ) -> Result<Vec<u8>, RandomError> {
+    ) -> Result<Vec<u8>, SealError> {
         let header = RecordHeader::fresh(self.version)?;
         let hb = header.to_bytes();
         let aad = record_aad(keyring, record_key, &hb);
         let mut out = Vec::with_capacity(RECORD_OVERHEAD + plaintext.len());
         out.extend_from_slice(&hb);
-        self.gcm.seal_into(&header.nonce, &aad, plaintext, &mut out);
+        self.gcm.seal_into(&header.nonce, &aad, plaintext, &mut out)?;
         Ok(out)
     }
 

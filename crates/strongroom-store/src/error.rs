@@ -335,3 +335,18 @@ impl StoreError {
         )
     }
 }
+
+impl StoreError {
+    /// The error of sealing a value of `len` bytes.
+    pub(crate) fn from_seal(e: strongroom_core::SealError, len: usize) -> Self {
+        match e {
+            strongroom_core::SealError::Random(r) => Self::Random(r),
+            // Unreachable through the store, whose value limit is far below GCM's.
+            strongroom_core::SealError::TooLong(_) => Self::TooLarge {
+                what: "the value",
+                limit: crate::records::MAX_VALUE_LEN,
+                found: len,
+            },
+        }
+    }
+}

@@ -164,7 +164,9 @@ impl Store {
                     }
                     let old = self.dek(keyring, &kr, header.dek_version)?;
                     let plain = old.open(keyring, rk, sealed).map_err(|_| integrity())?;
-                    let resealed = target.seal(keyring, rk, plain.expose())?;
+                    let resealed = target
+                        .seal(keyring, rk, plain.expose())
+                        .map_err(|e| StoreError::from_seal(e, plain.len()))?;
                     if self.inner.storage.compare_and_swap(
                         TreeId::Records,
                         k,

@@ -222,7 +222,13 @@ impl Store {
                         Some(c) => c,
                         None => cipher.insert(self.dek(keyring, &kr, kr.current_dek)?),
                     };
-                    writes.push((tk, Some(c.seal(keyring, k, v)?)));
+                    writes.push((
+                        tk,
+                        Some(
+                            c.seal(keyring, k, v)
+                                .map_err(|e| StoreError::from_seal(e, v.len()))?,
+                        ),
+                    ));
                 }
                 match roll {
                     None => {
