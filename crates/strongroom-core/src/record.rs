@@ -162,7 +162,8 @@ impl RecordCipher {
         let aad = record_aad(keyring, record_key, &hb);
         let mut out = Vec::with_capacity(RECORD_OVERHEAD + plaintext.len());
         out.extend_from_slice(&hb);
-        self.gcm.seal_into(&header.nonce, &aad, plaintext, &mut out)?;
+        self.gcm
+            .seal_into(&header.nonce, &aad, plaintext, &mut out)?;
         Ok(out)
     }
 

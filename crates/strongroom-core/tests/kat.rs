@@ -184,7 +184,9 @@ fn nist_gcm_encrypt_256() {
     assert_eq!(vs.len(), 375);
     for v in &vs {
         let g = gcm_for(v.get("Key"));
-        let sealed = g.seal(&nonce(v.get("IV")), v.get("AAD"), v.get("PT")).unwrap();
+        let sealed = g
+            .seal(&nonce(v.get("IV")), v.get("AAD"), v.get("PT"))
+            .unwrap();
         let mut want = v.get("CT").to_vec();
         want.extend_from_slice(v.get("Tag"));
         assert_eq!(sealed, want, "line {}", v.line);

@@ -646,8 +646,23 @@ impl Store {
         });
         drop(w);
         let destroyed = r?;
-        self.finish_purges()?;
-        Ok(destroyed)
+        let purged = self.finish_purges()?;
+        Ok(self.with_purged(destroyed, &purged))
+    }
+
+    /// Fills in the records purged for each destroyed keyring.
+    fn with_purged(
+        &self,
+        mut destroyed: Vec<Destroyed>,
+        purged: &std::collections::BTreeMap<u64, u64>,
+    ) -> Vec<Destroyed> {
+        let cat = self.read_catalog();
+        for d in &mut destroyed {
+            if let Some(kr) = cat.keyrings.get(&d.keyring) {
+                d.records = purged.get(&kr.id).copied().unwrap_or(0);
+            }
+        }
+        destroyed
     }
 
     fn destroy_root_locked(
@@ -961,7 +976,8 @@ impl Store {
                 tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())
             },
         )?;
-        // DEK material is unchanged, so cached DEK ciphers stay valid; the old KEKs go.
+        // The DEKs' material is unchanged, but the keyring's whole cache goes (a rotation is
+        // rare): the new KEK is cached now, the DEKs are unwrapped under it on first use.
         self.inner.cache.purge_keyring(kr.id);
         self.inner.cache.insert(
             kr.id,
@@ -1235,10 +1251,11 @@ impl Store {
                 self.destroy_keyring_locked(name, Transition::DestroyNow)
             })?;
         }
-        let records = self.finish_purges()?;
+        let purged = self.finish_purges()?;
+        let id = self.read_catalog().keyring(name)?.id;
         Ok(Destroyed {
             keyring: name.clone(),
-            records,
+            records: purged.get(&id).copied().unwrap_or(0),
         })
     }
 
@@ -1290,18 +1307,18 @@ impl Store {
     }
 
     /// Removes the records of destroyed keyrings, in batches; resumes an interrupted purge.
-    /// Returns the records removed.
+    /// Returns the records removed, by keyring id.
     ///
     /// # Errors
     /// A storage error.
-    pub(crate) fn finish_purges(&self) -> Result<u64, StoreError> {
+    pub(crate) fn finish_purges(&self) -> Result<std::collections::BTreeMap<u64, u64>, StoreError> {
         let jobs: Vec<Vec<u8>> = self
             .inner
             .storage
             .scan_prefix(TreeId::Jobs, PURGE_PREFIX)
             .map(|r| r.map(|(k, _)| k.to_vec()))
             .collect::<Result<_, _>>()?;
-        let mut removed = 0u64;
+        let mut removed = std::collections::BTreeMap::new();
         for job in jobs {
             let Ok(id) = <[u8; 8]>::try_from(&job[PURGE_PREFIX.len()..]) else {
                 continue;
@@ -1340,7 +1357,7 @@ impl Store {
                     .map_err(StoreError::storage(
                         "purging the records of a destroyed keyring",
                     ))?;
-                removed += batch.len() as u64;
+                *removed.entry(u64::from_be_bytes(id)).or_insert(0) += batch.len() as u64;
             }
             self.inner.storage.remove(TreeId::Jobs, &job)?;
             self.inner.storage.flush()?;
@@ -1377,8 +1394,8 @@ impl Store {
                 out.extend(d);
             }
         }
-        self.finish_purges()?;
-        Ok(out)
+        let purged = self.finish_purges()?;
+        Ok(self.with_purged(out, &purged))
     }
 }
 

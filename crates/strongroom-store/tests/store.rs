@@ -597,6 +597,7 @@ fn a_due_destruction_that_cannot_run_does_not_lock_the_store() {
     let d = s.run_due_destructions().unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].keyring, k);
+    assert_eq!(d[0].records, 1, "the records purged are counted");
     assert_eq!(s.keyring(&k).unwrap().state, KeyState::Destroyed);
     assert!(s.pending_jobs().unwrap().is_empty());
     assert!(s.verify_audit().unwrap().is_ok());
@@ -695,7 +696,9 @@ fn destroying_a_tenant_root_destroys_its_keyrings_and_the_backend_key() {
         matches!(e, StoreError::InUse(_)) && e.to_string().contains("audit"),
         "{e}"
     );
-    s.destroy_root_now(&rn("tenant-root")).unwrap();
+    let d = s.destroy_root_now(&rn("tenant-root")).unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].keyring.as_str(), d[0].records), ("t1", 1));
     assert!(matches!(
         s.get(&kr("t1"), b"a").unwrap_err(),
         StoreError::KeyringDestroyed { .. }

@@ -143,13 +143,17 @@ impl SoftBackend {
             .get(id)
             .ok_or_else(|| BackendError::RootNotFound { root: id.clone() })?;
         let new = change(entry)?;
-        let old = state.entries.insert(id.clone(), new);
-        if let Err(e) = write_atomically(&self.inner.dir, &self.inner.path, &state.to_bytes()) {
-            if let Some(old) = old {
-                state.entries.insert(id.clone(), old);
-            }
-            return Err(e);
-        }
+        // The file's bytes with the change (put in place just to serialize, then taken out
+        // again); memory takes the change only once those bytes are durable.
+        let Some(old) = state.entries.insert(id.clone(), new) else {
+            return Err(BackendError::RootNotFound { root: id.clone() });
+        };
+        let bytes = state.to_bytes();
+        let Some(new) = state.entries.insert(id.clone(), old) else {
+            return Err(BackendError::RootNotFound { root: id.clone() });
+        };
+        write_atomically(&self.inner.dir, &self.inner.path, &bytes)?;
+        state.entries.insert(id.clone(), new);
         Ok(())
     }
 
@@ -158,6 +162,8 @@ impl SoftBackend {
         if state.entries.contains_key(id) {
             return Err(BackendError::RootExists { root: id.clone() });
         }
+        // As in `change_entry`: serialized with the new entry, which memory keeps only once
+        // the file is durable.
         state.entries.insert(
             id.clone(),
             Entry {
@@ -165,10 +171,12 @@ impl SoftBackend {
                 material: Some(material),
             },
         );
-        if let Err(e) = write_atomically(&self.inner.dir, &self.inner.path, &state.to_bytes()) {
-            state.entries.remove(id);
-            return Err(e);
-        }
+        let bytes = state.to_bytes();
+        let Some(entry) = state.entries.remove(id) else {
+            return Err(BackendError::RootNotFound { root: id.clone() });
+        };
+        write_atomically(&self.inner.dir, &self.inner.path, &bytes)?;
+        state.entries.insert(id.clone(), entry);
         Ok(self.info_of(id, RootStatus::Enabled))
     }
 
