@@ -863,6 +863,7 @@ enum Out {
     KeyringPending,
     KeyringDestroyed,
     RootDisabled,
+    RootPending,
     RootDestroyed,
     Illegal,
     TooLarge,
@@ -879,6 +880,7 @@ fn kind(e: &StoreError) -> Out {
         StoreError::KeyringPendingDestruction { .. } => Out::KeyringPending,
         StoreError::KeyringDestroyed { .. } => Out::KeyringDestroyed,
         StoreError::RootDisabled { .. } => Out::RootDisabled,
+        StoreError::RootPendingDestruction { .. } => Out::RootPending,
         StoreError::RootDestroyed { .. } => Out::RootDestroyed,
         StoreError::Transition(_) => Out::Illegal,
         StoreError::TooLarge { .. } => Out::TooLarge,
@@ -936,7 +938,8 @@ impl Model {
     fn root_refusal(&self, r: usize) -> Option<Out> {
         match self.roots[r] {
             St::Enabled => None,
-            St::Disabled | St::Pending { .. } => Some(Out::RootDisabled),
+            St::Disabled => Some(Out::RootDisabled),
+            St::Pending { .. } => Some(Out::RootPending),
             St::Destroyed => Some(Out::RootDestroyed),
         }
     }
@@ -1318,7 +1321,20 @@ impl StoreRun {
             assert_eq!(Some(root_id.version), current[m.root], "{}", at());
             assert!(info.dek_versions.contains(&info.current_dek), "{}", at());
         }
-        let jobs = s.pending_jobs().expect("pending jobs");
+        let jobs: Vec<_> = s
+            .pending_jobs()
+            .expect("pending jobs")
+            .into_iter()
+            // A destruction scheduled with no delay is due (and listed) until the next
+            // `run_due_destructions` or open carries it out, as the model has it.
+            .filter(|j| {
+                !matches!(
+                    j,
+                    strongroom_store::PendingJob::DueKeyringDestruction(_)
+                        | strongroom_store::PendingJob::DueRootDestruction(_)
+                )
+            })
+            .collect();
         // Found by this target: a refused re-encryption used to leave its job marker behind.
         assert!(jobs.is_empty(), "unfinished work {jobs:?} {}", at());
     }

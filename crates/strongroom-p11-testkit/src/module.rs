@@ -117,6 +117,9 @@ struct State {
     /// Bumped whenever the sessions open so far are killed (pull, stuck, finalize).
     epoch: u64,
     live: HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>,
+    /// `C_OpenSession` calls let through the cap and not yet returned: they count against it,
+    /// or two threads could both pass the check and open one session too many.
+    opening: u64,
     dead: HashMap<CK_SESSION_HANDLE, Dead>,
     counts: BTreeMap<(&'static str, String, &'static str), u64>,
     total: u64,
@@ -302,12 +305,16 @@ impl State {
             }
             if function == "C_OpenSession"
                 && let Some(max) = self.cap()
-                && self.live.len() as u64 >= max
+                && self.live.len() as u64 + self.opening >= max
             {
                 break 'decide Some(("session-cap", CKR_SESSION_COUNT));
             }
             None
         };
+        if function == "C_OpenSession" && injected.is_none() {
+            // Released by `C_OpenSession` once the real call returned.
+            self.opening += 1;
+        }
         if let Some((kind, rv)) = injected {
             verdict.counted.push((kind, Some(rv)));
             verdict.ends_op = kind == "fail";
@@ -679,6 +686,10 @@ unsafe extern "C" fn C_OpenSession(
     let f = real_fn!(C_OpenSession);
     // SAFETY: forwarded unchanged to the real C_OpenSession; the caller upholds its contract.
     let rv = unsafe { f(slot, flags, app, notify, session) };
+    if control().control.is_some() {
+        let mut st = lock(control());
+        st.opening = st.opening.saturating_sub(1);
+    }
     if rv == CKR_OK && !session.is_null() && control().control.is_some() {
         // SAFETY: on CKR_OK the real module wrote the new handle to the caller's `*session`.
         let h = unsafe { session.read() };

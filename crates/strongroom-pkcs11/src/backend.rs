@@ -1719,15 +1719,17 @@ impl Backend for Pkcs11Backend {
                 "cannot adopt {selector:?}: {why}; give a label, `label:LABEL` or `id:HEX`"
             ))
         })?;
-        self.run("adopt a root key", |generation, s, _| {
+        self.run("adopt a root key", |generation, s, retry| {
             let _admin = lock(&self.inner.admin);
             let found = Self::locate(&self.inner.labels, s, id)?;
-            // The same adoption again (a retry after its reply was lost) is checked and
-            // finished like the first; anything else already there is refused.
-            let again = found
-                .record
-                .as_ref()
-                .is_some_and(|r| r.key == locator && r.state == RecordState::Enabled);
+            // A retry of this call that finds its own record (the first attempt wrote it, then
+            // its reply was lost) is checked and finished like the first; anything else already
+            // there, including the same adoption asked for again, is refused.
+            let again = retry
+                && found
+                    .record
+                    .as_ref()
+                    .is_some_and(|r| r.key == locator && r.state == RecordState::Enabled);
             if !again && (found.record.is_some() || found.key.is_some()) {
                 return Err(BackendError::RootExists { root: id.clone() }.into());
             }

@@ -997,21 +997,8 @@ impl Store {
         v: DekVersion,
     ) -> Result<Key256, StoreError> {
         let what = || format!("DEK {v} of keyring {name}");
-        let raw = self
-            .inner
-            .storage
-            .get(TreeId::Deks, format::versioned_key(kr.id, v.get()))?
-            .ok_or_else(|| StoreError::KeyIntegrity {
-                what: format!("{} (missing)", what()),
-            })?;
-        let blob = WrappedKey::parse(&raw).map_err(|source| StoreError::Corrupt {
-            what: what(),
-            source,
-        })?;
-        let WrappingKeyRef::Kek { version, .. } = blob.wrapped_by() else {
-            return Err(StoreError::KeyIntegrity { what: what() });
-        };
-        let (kek, _) = self.kek(name, kr, *version)?;
+        let (blob, kek_v) = self.dek_blob(name, kr, v)?;
+        let (kek, _) = self.kek(name, kr, kek_v)?;
         strongroom_core::crypto::kwp_unwrap_bound(
             &kek,
             blob.payload(),

@@ -864,26 +864,7 @@ impl Store {
             None => None,
         };
         let what = || format!("DEK {v} of keyring {name}");
-        let raw = self
-            .inner
-            .storage
-            .get(TreeId::Deks, format::versioned_key(kr.id, v.get()))?
-            .ok_or_else(|| StoreError::KeyIntegrity {
-                what: format!("{} (missing)", what()),
-            })?;
-        let blob = parse_blob(&raw, what)?;
-        let kek_v = match blob.wrapped_by() {
-            WrappingKeyRef::Kek { keyring, version }
-                if keyring == name && blob.alg() == WrapAlg::AesKwp =>
-            {
-                *version
-            }
-            _ => {
-                return Err(StoreError::KeyIntegrity {
-                    what: format!("{} (wrapped by the wrong key)", what()),
-                });
-            }
-        };
+        let (blob, kek_v) = self.dek_blob(name, kr, v)?;
         let (kek, fetched) = match self.kek(name, kr, kek_v) {
             Ok(x) => x,
             Err(e) => {
@@ -913,6 +894,36 @@ impl Store {
             );
         }
         Ok(cipher)
+    }
+
+    /// The wrapped DEK version `v` of a keyring, checked to be an AES-KWP blob under one of
+    /// this keyring's KEKs, and the KEK version it names.
+    pub(crate) fn dek_blob(
+        &self,
+        name: &KeyringName,
+        kr: &KeyringEntry,
+        v: DekVersion,
+    ) -> Result<(WrappedKey, KekVersion), StoreError> {
+        let what = || format!("DEK {v} of keyring {name}");
+        let raw = self
+            .inner
+            .storage
+            .get(TreeId::Deks, format::versioned_key(kr.id, v.get()))?
+            .ok_or_else(|| StoreError::KeyIntegrity {
+                what: format!("{} (missing)", what()),
+            })?;
+        let blob = parse_blob(&raw, what)?;
+        match blob.wrapped_by() {
+            WrappingKeyRef::Kek { keyring, version }
+                if keyring == name && blob.alg() == WrapAlg::AesKwp =>
+            {
+                let version = *version;
+                Ok((blob, version))
+            }
+            _ => Err(StoreError::KeyIntegrity {
+                what: format!("{} (wrapped by the wrong key)", what()),
+            }),
+        }
     }
 
     /// The names and ids of keyrings under root `name`.
