@@ -14,6 +14,8 @@
 //! `cargo bench --bench store` (`STRONGROOM_BENCH_RECORDS` sets N for 1 KiB values, default
 //! 200,000; the 64 B run uses the same N and the 16 KiB run N / 20).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+// Casts below only turn generator output into bytes and indices: truncation is intended.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
