@@ -1109,7 +1109,9 @@ impl Model {
             Op::DisableRoot | Op::EnableRoot | Op::CancelRoot | Op::ScheduleRoot(1, _) => {
                 match (self.roots[1], op) {
                     (St::Destroyed, _) => Out::RootDestroyed,
-                    (St::Disabled, Op::DisableRoot) => Out::Ok,
+                    // Disabling again (disabled, or pending destruction, which is disabled
+                    // too) only re-applies the disable in the backend: no state change.
+                    (St::Disabled | St::Pending { .. }, Op::DisableRoot) => Out::Ok,
                     (from, _) => match transition(from, op) {
                         Some(s) => {
                             self.roots[1] = s;
