@@ -206,6 +206,14 @@ fn progress_to(pb: &indicatif::ProgressBar) -> impl FnMut(Progress) + '_ {
     }
 }
 
+/// A destroy command's `--after DURATION`, if given.
+fn waiting_period(after: Option<&str>) -> Result<Option<std::time::Duration>, CliError> {
+    after
+        .map(parse_duration)
+        .transpose()
+        .map_err(CliError::Usage)
+}
+
 pub(crate) fn describe_job(j: &PendingJob) -> String {
     match j {
         PendingJob::Reencrypt(k) => format!(
@@ -617,11 +625,7 @@ fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
                     },
                 );
             } else {
-                let after = after
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()
-                    .map_err(CliError::Usage)?;
+                let after = waiting_period(after.as_deref())?;
                 let when = s.schedule_root_destruction(&n, after)?;
                 out.result(
                     || format!("root key {n} will be destroyed at {when}; until then everything under it is refused; cancel with `strongroom root cancel-destroy {n}`"),
@@ -779,11 +783,7 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
                     },
                 );
             } else {
-                let after = after
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()
-                    .map_err(CliError::Usage)?;
+                let after = waiting_period(after.as_deref())?;
                 let when = s.schedule_keyring_destruction(&n, after)?;
                 out.result(
                     || format!("keyring {n} will be destroyed at {when}; until then it is refused; cancel with `strongroom keyring cancel-destroy {n}`"),

@@ -651,30 +651,27 @@ impl Pkcs11Backend {
         }
     }
 
-    fn record_template(l: &Labels, id: &RootKeyId) -> Vec<Attribute> {
+    fn record_template(&self, id: &RootKeyId) -> Vec<Attribute> {
         vec![
             Attribute::Class(ObjectClass::DATA),
             Attribute::Application(APPLICATION.to_vec()),
-            Attribute::Label(l.root(id).into_bytes()),
+            Attribute::Label(self.inner.labels.root(id).into_bytes()),
         ]
     }
 
-    fn key_template(l: &Labels, locator: &KeyLocator, id: &RootKeyId) -> Vec<Attribute> {
+    fn key_template(&self, locator: &KeyLocator, id: &RootKeyId) -> Vec<Attribute> {
         let mut t = vec![Attribute::Class(ObjectClass::SECRET_KEY)];
         match locator {
-            KeyLocator::Managed => t.push(Attribute::Label(l.root(id).into_bytes())),
+            KeyLocator::Managed => {
+                t.push(Attribute::Label(self.inner.labels.root(id).into_bytes()))
+            }
             KeyLocator::Label(l) => t.push(Attribute::Label(l.clone().into_bytes())),
             KeyLocator::Id(i) => t.push(Attribute::Id(i.clone())),
         }
         t
     }
 
-    fn read_record(
-        l: &Labels,
-        s: &Session,
-        h: ObjectHandle,
-        id: &RootKeyId,
-    ) -> OpResult<RootRecord> {
+    fn read_record(&self, s: &Session, h: ObjectHandle, id: &RootKeyId) -> OpResult<RootRecord> {
         let attrs = s.get_attributes(h, &[AttributeType::Value])?;
         let value = attrs
             .into_iter()
@@ -689,16 +686,16 @@ impl Pkcs11Backend {
         RootRecord::parse(&value).map_err(|why| {
             OpError::Final(BackendError::Config(format!(
                 "the token's record of root key {id} is unreadable ({why}); restore it or delete the data object labelled {}",
-                l.root(id)
+                self.inner.labels.root(id)
             )))
         })
     }
 
-    fn locate(l: &Labels, s: &Session, id: &RootKeyId) -> OpResult<Located> {
-        let record_objects = Self::find(s, &Self::record_template(l, id))?;
+    fn locate(&self, s: &Session, id: &RootKeyId) -> OpResult<Located> {
+        let record_objects = Self::find(s, &self.record_template(id))?;
         let mut record: Option<RootRecord> = None;
         for h in &record_objects {
-            let r = Self::read_record(l, s, *h, id)?;
+            let r = self.read_record(s, *h, id)?;
             if record.as_ref().is_none_or(|best| r.seq > best.seq) {
                 record = Some(r);
             }
@@ -708,7 +705,7 @@ impl Pkcs11Backend {
             .map_or(KeyLocator::Managed, |r| r.key.clone());
         let key = Self::find_one(
             s,
-            &Self::key_template(l, &locator, id),
+            &self.key_template(&locator, id),
             &format!("key {locator} of {id}"),
         )?;
         Ok(Located {
@@ -733,7 +730,7 @@ impl Pkcs11Backend {
             state,
             key,
         };
-        let mut t = Self::record_template(&self.inner.labels, id);
+        let mut t = self.record_template(id);
         t.extend([
             Attribute::Token(true),
             Attribute::Private(true),
@@ -788,7 +785,7 @@ impl Pkcs11Backend {
             return Ok(k);
         }
         let _admin = lock(&self.inner.admin);
-        let found = Self::locate(&self.inner.labels, s, id)?;
+        let found = self.locate(s, id)?;
         match found.state() {
             Some(RecordState::Destroyed) => {
                 return Err(BackendError::RootDestroyed { root: id.clone() }.into());
@@ -835,7 +832,7 @@ impl Pkcs11Backend {
         generation.forget_key(id);
         let _admin = lock(&self.inner.admin);
         let disabled_here = matches!(
-            Self::locate(&self.inner.labels, s, id).map(|f| f.state()),
+            self.locate(s, id).map(|f| f.state()),
             Ok(Some(RecordState::Disabled { .. }))
         );
         OpError::Final(if disabled_here {
@@ -1129,7 +1126,7 @@ impl Pkcs11Backend {
     ) -> Result<RootKeyInfo, BackendError> {
         self.run(operation, |generation, s, retry| {
             let _admin = lock(&self.inner.admin);
-            let found = Self::locate(&self.inner.labels, s, id)?;
+            let found = self.locate(s, id)?;
             if let Some(record) = &found.record {
                 // On a retry, an enabled record of a managed key, with a root-shaped key under
                 // our label, is what our failed attempt wrote before its reply was lost: done.
@@ -1287,7 +1284,7 @@ impl Pkcs11Backend {
         self.run(operation, |generation, s, _| {
             let _admin = lock(&self.inner.admin);
             generation.forget_key(id);
-            let found = Self::locate(&self.inner.labels, s, id)?;
+            let found = self.locate(s, id)?;
             if found.record.is_none() && found.key.is_none() {
                 return Err(BackendError::RootNotFound { root: id.clone() }.into());
             }
@@ -1436,7 +1433,7 @@ impl Backend for Pkcs11Backend {
                 }
             }
             for id in ids {
-                let found = Self::locate(&self.inner.labels, s, &id)?;
+                let found = self.locate(s, &id)?;
                 let locator = found
                     .record
                     .as_ref()
@@ -1572,10 +1569,8 @@ impl Backend for Pkcs11Backend {
                 )?),
                 Err(e) => {
                     // Remove a half-made object the failed call may have left.
-                    if let Ok(strays) = Self::find(
-                        s,
-                        &Self::key_template(&self.inner.labels, &KeyLocator::Managed, id),
-                    ) {
+                    if let Ok(strays) = Self::find(s, &self.key_template(&KeyLocator::Managed, id))
+                    {
                         for h in strays {
                             let _ = s.destroy_object(h);
                         }
@@ -1721,7 +1716,7 @@ impl Backend for Pkcs11Backend {
         })?;
         self.run("adopt a root key", |generation, s, retry| {
             let _admin = lock(&self.inner.admin);
-            let found = Self::locate(&self.inner.labels, s, id)?;
+            let found = self.locate(s, id)?;
             // A retry of this call that finds its own record (the first attempt wrote it, then
             // its reply was lost) is checked and finished like the first; anything else already
             // there, including the same adoption asked for again, is refused.
@@ -1733,7 +1728,7 @@ impl Backend for Pkcs11Backend {
             if !again && (found.record.is_some() || found.key.is_some()) {
                 return Err(BackendError::RootExists { root: id.clone() }.into());
             }
-            let key = Self::find_one(s, &Self::key_template(&self.inner.labels, &locator, id), &locator.to_string())?.ok_or_else(|| {
+            let key = Self::find_one(s, &self.key_template(&locator, id), &locator.to_string())?.ok_or_else(|| {
                 BackendError::Config(format!(
                     "no secret key {locator} in token {}; `pkcs11-tool --list-objects --login` lists its keys",
                     self.inner.token_label

@@ -368,9 +368,11 @@ fn damaged_head(found: usize) -> StoreError {
     }
 }
 
-/// Whether `anchor` (an anchor file's bytes) carries a valid MAC under `key`.
-pub(crate) fn anchor_mac_ok(key: &AuditKey, anchor: &[u8]) -> bool {
-    parse_head(anchor).is_some_and(|(h, _)| bool::from(head_bytes(key, h).ct_eq(anchor)))
+/// The head an anchor file records, if it parses and its MAC is valid under `key`.
+pub(crate) fn verified_anchor(key: &AuditKey, anchor: &[u8]) -> Option<AuditHead> {
+    parse_head(anchor)
+        .map(|(h, _)| h)
+        .filter(|h| bool::from(head_bytes(key, *h).ct_eq(anchor)))
 }
 
 /// The stored hash of entry `seq`, if it exists and parses.

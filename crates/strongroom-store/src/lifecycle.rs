@@ -1384,9 +1384,7 @@ impl Store {
         let purged = self.finish_purges()?;
         Ok(self.with_purged(out, &purged))
     }
-}
 
-impl Store {
     /// The keyrings and roots whose scheduled destruction is due at `now`.
     pub(crate) fn due_destructions(&self, now: Timestamp) -> (Vec<KeyringName>, Vec<RootKeyName>) {
         let cat = self.read_catalog();

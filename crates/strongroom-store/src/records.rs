@@ -72,8 +72,8 @@ pub(crate) fn counter_prefix(id: u64) -> Vec<u8> {
 }
 
 fn counter_key(id: u64, v: u32) -> Vec<u8> {
-    let mut k = COUNTER_PREFIX.to_vec();
-    k.extend_from_slice(&format::versioned_key(id, v));
+    let mut k = counter_prefix(id);
+    k.extend_from_slice(&v.to_be_bytes());
     k
 }
 

@@ -571,18 +571,9 @@ impl Store {
                 }
             }
         }
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            // No anchor yet (a store that never had a key operation, or one from before it).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            // Anything else must not pass as "no anchor": that would skip the rollback check.
-            Err(source) => {
-                return Err(StoreError::Io {
-                    op: "read the audit anchor",
-                    path,
-                    source,
-                });
-            }
+        // No anchor yet: a store that never had a key operation.
+        let Some(bytes) = self.anchor_file()? else {
+            return Ok(());
         };
         let Some(anchor) = audit::parse_anchor(&bytes) else {
             return Err(StoreError::Corrupt {
@@ -608,7 +599,8 @@ impl Store {
         Ok(())
     }
 
-    /// The anchor file's bytes, if there is one.
+    /// The anchor file's bytes, if there is one. A read error other than "not found" is an
+    /// error: it must not pass as "no anchor", which would skip the rollback check.
     pub(crate) fn anchor_file(&self) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.inner.dir.join(ANCHOR_FILE);
         match std::fs::read(&path) {

@@ -19,14 +19,11 @@ impl Store {
         };
         // The anchor kept outside the database must be genuine and name an entry of this chain.
         if let Some(bytes) = self.anchor_file()? {
-            let anchor = match audit::parse_anchor(&bytes) {
-                Some(a) if audit::anchor_mac_ok(&key, &bytes) => a,
-                _ => {
-                    return Ok(Err(AuditBreak {
-                        seq: report.entries,
-                        problem: "the anchor outside the database (audit-anchor) is damaged or was not written by this store: it fails its MAC".into(),
-                    }));
-                }
+            let Some(anchor) = audit::verified_anchor(&key, &bytes) else {
+                return Ok(Err(AuditBreak {
+                    seq: report.entries,
+                    problem: "the anchor outside the database (audit-anchor) is damaged or was not written by this store: it fails its MAC".into(),
+                }));
             };
             if anchor.seq > report.entries {
                 return Ok(Err(AuditBreak {

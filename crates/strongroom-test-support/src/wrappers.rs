@@ -50,14 +50,10 @@ impl TestBackend {
     }
 
     fn admin_gate(&self) -> Result<(), BackendError> {
-        if self.admin_down.load(Ordering::SeqCst) {
-            return Err(BackendError::Device {
-                operation: "test",
-                detail: "the test switched the backend's lifecycle calls off".into(),
-                source: None,
-            });
-        }
-        Ok(())
+        switched_off(
+            &self.admin_down,
+            "the test switched the backend's lifecycle calls off",
+        )
     }
 
     /// The wrapped backend.
@@ -67,15 +63,20 @@ impl TestBackend {
 
     fn gate(&self) -> Result<(), BackendError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.down.load(Ordering::SeqCst) {
-            return Err(BackendError::Device {
-                operation: "test",
-                detail: "the test switched the backend off".into(),
-                source: None,
-            });
-        }
-        Ok(())
+        switched_off(&self.down, "the test switched the backend off")
     }
+}
+
+/// A device error saying `detail` while `flag` is set.
+fn switched_off(flag: &AtomicBool, detail: &str) -> Result<(), BackendError> {
+    if flag.load(Ordering::SeqCst) {
+        return Err(BackendError::Device {
+            operation: "test",
+            detail: detail.into(),
+            source: None,
+        });
+    }
+    Ok(())
 }
 
 impl Backend for TestBackend {
