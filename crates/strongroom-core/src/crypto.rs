@@ -20,14 +20,18 @@
 //! checks lengths first: wrapped inputs of impossible length are refused, and an unwrapped key of
 //! any length but the expected one is an integrity error.
 
-use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use aes_gcm::KeyInit;
 use aes_kw::{KwAes256, KwpAes256};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
-use crate::secret::{KEY_LEN, Key256, Plaintext};
+use crate::secret::{KEY_LEN, Key256};
+
+pub mod gcm;
+#[cfg(feature = "ring")]
+pub use gcm::RingGcm;
+pub use gcm::{DefaultGcmEngine, GCM_ENGINE, Gcm, GcmEngine, RustCryptoGcm};
 
 /// Length of the context tag appended to a key before it is wrapped.
 pub const CONTEXT_TAG_LEN: usize = 16;
@@ -159,103 +163,6 @@ pub fn kw_unwrap_bound(
         .unwrap_key(wrapped, &mut buf[..])
         .map_err(|_| IntegrityError)?;
     unbind_context(plain, context)
-}
-
-fn gcm_nonce(n: &[u8; NONCE_LEN]) -> &Nonce<aes_gcm::aead::consts::U12> {
-    n.into()
-}
-
-/// An AES-256-GCM cipher with its key schedule expanded once, for sealing many values under one
-/// key (the store keeps one per cached DEK). Zeroized on drop.
-pub struct Gcm(Aes256Gcm);
-
-impl Gcm {
-    /// A cipher for `key`.
-    #[must_use]
-    pub fn new(key: &Key256) -> Self {
-        // Conversion to plain bytes: into the AES/GHASH key schedule, which zeroizes on drop.
-        Self(Aes256Gcm::new(key.expose_bytes().into()))
-    }
-
-    /// Encrypts `plaintext` with `nonce` and `aad`; returns `ciphertext ‖ tag`.
-    ///
-    /// The caller guarantees `nonce` is fresh for this key (the store draws it at random and
-    /// rotates the DEK long before the random-nonce bound).
-    ///
-    /// # Errors
-    /// [`GcmLengthError`] beyond GCM's limits (far above the store's own size limits).
-    pub fn seal(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, GcmLengthError> {
-        let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
-        self.seal_into(nonce, aad, plaintext, &mut out)?;
-        Ok(out)
-    }
-
-    /// Like [`Gcm::seal`], appending `ciphertext ‖ tag` to `out`. On failure `out` is as it was
-    /// (the plaintext copied into it for in-place encryption is zeroized first).
-    ///
-    /// # Errors
-    /// [`GcmLengthError`] beyond GCM's limits.
-    pub fn seal_into(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        plaintext: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), GcmLengthError> {
-        let start = out.len();
-        out.extend_from_slice(plaintext);
-        match self
-            .0
-            .encrypt_inout_detached(gcm_nonce(nonce), aad, (&mut out[start..]).into())
-        {
-            Ok(tag) => {
-                out.extend_from_slice(&tag);
-                Ok(())
-            }
-            Err(_) => {
-                out[start..].zeroize();
-                out.truncate(start);
-                Err(GcmLengthError)
-            }
-        }
-    }
-
-    /// Decrypts and authenticates `ciphertext ‖ tag`.
-    ///
-    /// # Errors
-    /// [`IntegrityError`] for any altered byte, wrong key, nonce or AAD, or an input shorter than
-    /// the tag. No partial plaintext is ever returned.
-    pub fn open(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        ciphertext_and_tag: &[u8],
-    ) -> Result<Plaintext, IntegrityError> {
-        let ct_len = ciphertext_and_tag
-            .len()
-            .checked_sub(TAG_LEN)
-            .ok_or(IntegrityError)?;
-        let (ct, tag) = ciphertext_and_tag.split_at(ct_len);
-        let tag = tag.try_into().map_err(|_| IntegrityError)?;
-        let mut buf = Zeroizing::new(ct.to_vec());
-        // On failure the buffer still holds ciphertext only (aes-gcm applies the keystream after
-        // the tag check), and it is zeroized on drop either way.
-        self.0
-            .decrypt_inout_detached(gcm_nonce(nonce), aad, (&mut buf[..]).into(), tag)
-            .map_err(|_| IntegrityError)?;
-        Ok(Plaintext::from_zeroizing(buf))
-    }
-}
-
-impl std::fmt::Debug for Gcm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Gcm([REDACTED])")
-    }
 }
 
 /// Raw AES-KW and AES-KWP with keys as byte slices, for known-answer tests and differential

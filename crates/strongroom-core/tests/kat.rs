@@ -1,5 +1,7 @@
 //! Known-answer tests: RFC 3394 / RFC 5649 key wrap, NIST SP 800-38F KW/KWP and NIST GCM
 //! vectors, read from the data files under `tests/data/` (sources in `tests/data/SOURCES.md`).
+//! The GCM vectors run against every AES-GCM engine compiled in (`aes-gcm`, and `ring` with that
+//! feature), so the README's `--all-features` test command checks both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -7,7 +9,7 @@ use std::path::PathBuf;
 
 use strongroom_core::Key256;
 use strongroom_core::crypto::hazmat::{self, KeyWrapError};
-use strongroom_core::crypto::{Gcm, IntegrityError, NONCE_LEN};
+use strongroom_core::crypto::{Gcm, GcmEngine, IntegrityError, NONCE_LEN, RustCryptoGcm};
 
 /// One vector: the `NAME = hex` lines of a paragraph, and whether it says `FAIL`.
 struct Vector {
@@ -170,48 +172,80 @@ fn nist_kwp_ad_256() {
     nist_ad("nist-sp800-38f/KWP_AD_256.txt", hazmat::kwp_unwrap);
 }
 
-fn gcm_for(key: &[u8]) -> Gcm {
-    Gcm::new(&Key256::from_slice_zeroizing(&mut key.to_vec()).unwrap())
+fn gcm_for<E: GcmEngine>(key: &[u8]) -> Gcm<E> {
+    Gcm::with_engine(&Key256::from_slice_zeroizing(&mut key.to_vec()).unwrap())
 }
 
 fn nonce(iv: &[u8]) -> [u8; NONCE_LEN] {
     iv.try_into().unwrap()
 }
 
-#[test]
-fn nist_gcm_encrypt_256() {
+fn nist_gcm_encrypt_256<E: GcmEngine>() {
     let vs = load("nist-gcm/gcmEncryptExtIV256-iv96-tag128.rsp");
     assert_eq!(vs.len(), 375);
     for v in &vs {
-        let g = gcm_for(v.get("Key"));
+        let g = gcm_for::<E>(v.get("Key"));
         let sealed = g
             .seal(&nonce(v.get("IV")), v.get("AAD"), v.get("PT"))
             .unwrap();
         let mut want = v.get("CT").to_vec();
         want.extend_from_slice(v.get("Tag"));
-        assert_eq!(sealed, want, "line {}", v.line);
+        assert_eq!(sealed, want, "{} line {}", E::NAME, v.line);
     }
 }
 
-#[test]
-fn nist_gcm_decrypt_256() {
+fn nist_gcm_decrypt_256<E: GcmEngine>() {
     let vs = load("nist-gcm/gcmDecrypt256-iv96-tag128.rsp");
     assert_eq!(vs.len(), 375);
     let mut fails = 0;
     for v in &vs {
-        let g = gcm_for(v.get("Key"));
+        let g = gcm_for::<E>(v.get("Key"));
         let mut ct = v.get("CT").to_vec();
         ct.extend_from_slice(v.get("Tag"));
         let got = g.open(&nonce(v.get("IV")), v.get("AAD"), &ct);
         if v.fail {
             fails += 1;
-            assert_eq!(got.unwrap_err(), IntegrityError, "line {}", v.line);
+            assert_eq!(
+                got.unwrap_err(),
+                IntegrityError,
+                "{} line {}",
+                E::NAME,
+                v.line
+            );
         } else {
-            assert_eq!(got.unwrap().expose(), v.get("PT"), "line {}", v.line);
+            assert_eq!(
+                got.unwrap().expose(),
+                v.get("PT"),
+                "{} line {}",
+                E::NAME,
+                v.line
+            );
         }
     }
     assert!(
         fails > 50,
         "the decrypt file has FAIL vectors; found {fails}"
     );
+}
+
+#[test]
+fn nist_gcm_encrypt_256_aes_gcm() {
+    nist_gcm_encrypt_256::<RustCryptoGcm>();
+}
+
+#[test]
+fn nist_gcm_decrypt_256_aes_gcm() {
+    nist_gcm_decrypt_256::<RustCryptoGcm>();
+}
+
+#[cfg(feature = "ring")]
+#[test]
+fn nist_gcm_encrypt_256_ring() {
+    nist_gcm_encrypt_256::<strongroom_core::crypto::RingGcm>();
+}
+
+#[cfg(feature = "ring")]
+#[test]
+fn nist_gcm_decrypt_256_ring() {
+    nist_gcm_decrypt_256::<strongroom_core::crypto::RingGcm>();
 }
