@@ -157,14 +157,34 @@ impl RecordCipher {
         record_key: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, SealError> {
+        let mut out = Vec::with_capacity(RECORD_OVERHEAD + plaintext.len());
+        self.seal_into(keyring, record_key, plaintext, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`RecordCipher::seal`], into `out` (cleared first), so that a caller sealing many
+    /// values can reuse one buffer. On success `out` holds the sealed record, which is not
+    /// secret; on failure it is empty.
+    ///
+    /// # Errors
+    /// As [`RecordCipher::seal`].
+    pub fn seal_into(
+        &self,
+        keyring: &KeyringName,
+        record_key: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        out.clear();
         let header = RecordHeader::fresh(self.version)?;
         let hb = header.to_bytes();
         let aad = record_aad(keyring, record_key, &hb);
-        let mut out = Vec::with_capacity(RECORD_OVERHEAD + plaintext.len());
+        out.reserve(RECORD_OVERHEAD + plaintext.len());
         out.extend_from_slice(&hb);
         self.gcm
-            .seal_into(&header.nonce, &aad, plaintext, &mut out)?;
-        Ok(out)
+            .seal_into(&header.nonce, &aad, plaintext, out)
+            .inspect_err(|_| out.clear())?;
+        Ok(())
     }
 
     /// Opens a sealed record that belongs at `record_key` in `keyring`.
@@ -231,6 +251,18 @@ mod tests {
         assert_eq!(body.len(), 10 + TAG_LEN);
         let again = c.seal(&kr, b"alice", b"salary=100").unwrap();
         assert_ne!(again, sealed, "nonces must differ");
+    }
+
+    #[test]
+    fn seal_into_reuses_a_dirty_buffer() {
+        let c = cipher(2, 9);
+        let kr = KeyringName::new("payroll").unwrap();
+        let mut buf = vec![0xEE; 5000];
+        for value in [&b"a longer value than the next"[..], b"short", b""] {
+            c.seal_into(&kr, b"k", value, &mut buf).unwrap();
+            assert_eq!(buf.len(), RECORD_OVERHEAD + value.len());
+            assert_eq!(c.open(&kr, b"k", &buf).unwrap().expose(), value);
+        }
     }
 
     #[test]

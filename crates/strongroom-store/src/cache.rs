@@ -7,9 +7,13 @@
 //! is refreshed from the backend before use, and the refresh fails once the root key is gone.
 //! What happens when the refresh fails because the backend is *down* (not because the key was
 //! revoked) is the [`DownPolicy`].
+//!
+//! A hit takes only the read side of the lock: recency is an atomic stamp from a counter, so
+//! readers on many threads do not queue behind one another.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use strongroom_core::Key256;
@@ -44,7 +48,8 @@ struct Entry {
     value: Cached,
     /// When the backend last vouched for the root behind this entry.
     fetched: Instant,
-    last_used: Instant,
+    /// The cache's use counter at this entry's last use (higher is more recent).
+    last_used: AtomicU64,
 }
 
 /// A cache hit and how fresh it is.
@@ -54,49 +59,67 @@ pub(crate) struct Hit {
 }
 
 pub(crate) struct KeyCache {
-    map: Mutex<HashMap<(u64, Slot), Entry>>,
+    map: RwLock<HashMap<(u64, Slot), Entry>>,
+    /// Hands out use stamps; only their order matters.
+    uses: AtomicU64,
     capacity: usize,
 }
 
 impl KeyCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: RwLock::new(HashMap::new()),
+            uses: AtomicU64::new(0),
             capacity: capacity.max(2),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<(u64, Slot), Entry>> {
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<(u64, Slot), Entry>> {
         self.map
-            .lock()
+            .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<(u64, Slot), Entry>> {
+        self.map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn stamp(&self) -> u64 {
+        self.uses.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub(crate) fn get(&self, keyring: u64, slot: Slot) -> Option<Hit> {
-        let mut map = self.lock();
-        let e = map.get_mut(&(keyring, slot))?;
-        let now = Instant::now();
-        e.last_used = now;
+        let map = self.read();
+        let e = map.get(&(keyring, slot))?;
+        // Relaxed: the stamp orders evictions only; a race between two stamps may evict the
+        // slightly less recent of two entries, never a wrong key.
+        e.last_used.fetch_max(self.stamp(), Ordering::Relaxed);
         Some(Hit {
             value: e.value.clone(),
-            age: now.saturating_duration_since(e.fetched),
+            age: Instant::now().saturating_duration_since(e.fetched),
         })
     }
 
     /// Inserts, evicting the least recently used entries beyond capacity. `fetched` is when the
     /// backend last vouched for this chain (a DEK inherits its KEK's).
     pub(crate) fn insert(&self, keyring: u64, slot: Slot, value: Cached, fetched: Instant) {
-        let mut map = self.lock();
+        let mut map = self.write();
         map.insert(
             (keyring, slot),
             Entry {
                 value,
                 fetched,
-                last_used: Instant::now(),
+                last_used: AtomicU64::new(self.stamp()),
             },
         );
         while map.len() > self.capacity {
-            let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k) else {
+            let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
+                .map(|(k, _)| *k)
+            else {
                 break;
             };
             map.remove(&oldest);
@@ -104,15 +127,15 @@ impl KeyCache {
     }
 
     pub(crate) fn purge_keyring(&self, keyring: u64) {
-        self.lock().retain(|(k, _), _| *k != keyring);
+        self.write().retain(|(k, _), _| *k != keyring);
     }
 
     pub(crate) fn purge_all(&self) {
-        self.lock().clear();
+        self.write().clear();
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.read().len()
     }
 }
 

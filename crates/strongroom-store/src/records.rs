@@ -8,12 +8,15 @@
 //! Each DEK counts its encryptions in a persisted counter (reserved in blocks, so a crash can
 //! only over-count) and rolls over to a new DEK after `dek_rollover_after` of them.
 
+use std::cell::RefCell;
+
 use strongroom_core::record::RecordHeader;
 use strongroom_core::{DekVersion, KeyringName, Plaintext};
 
 use crate::audit::{self, AuditOp, Event, Outcome};
 use crate::error::StoreError;
 use crate::format;
+use crate::format::KeyringEntry;
 use crate::storage::TreeId;
 use crate::store::{Counter, Store, check_usable};
 
@@ -23,6 +26,8 @@ pub const MAX_KEY_LEN: usize = 1024;
 pub const MAX_VALUE_LEN: usize = 16 << 20;
 const COUNTER_PREFIX: &[u8] = b"uses/";
 const COUNTER_BLOCK: u64 = 4096;
+/// The per-thread seal buffer is kept between puts up to this capacity.
+const KEPT_SEAL_BUFFER: usize = 64 << 10;
 
 /// One operation of an atomic batch.
 #[derive(Clone, Debug)]
@@ -159,11 +164,12 @@ impl Store {
         keyring: &KeyringName,
         key: &[u8],
         outcome: Outcome,
-        detail: String,
+        detail: impl FnOnce() -> String,
     ) -> Result<(), StoreError> {
         if !self.inner.options.audit_data_access {
             return Ok(());
         }
+        let detail = detail();
         // Under the lifecycle lock like every other write, so a backup (which holds it
         // exclusively) never copies the log halfway through an append. Callers hold no lock here.
         let _r = self.read_lifecycle();
@@ -180,6 +186,78 @@ impl Store {
             .storage
             .transaction(|tx| audit::append(tx, &akey, &store_id, &event).map(|_| ()))?;
         Ok(())
+    }
+
+    /// Seals and writes one record; `Some(v)` when DEK `v` must roll over first (nothing
+    /// written). The sealed bytes go through a per-thread buffer: sled copies the value into its
+    /// own, so this saves an allocation per put.
+    fn put_one(
+        &self,
+        keyring: &KeyringName,
+        kr: &KeyringEntry,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<DekVersion>, StoreError> {
+        thread_local! {
+            /// Holds sealed records only (ciphertext, not secret) between puts.
+            static SEALED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek)? {
+            return Ok(Some(kr.current_dek));
+        }
+        let cipher = self.dek(keyring, kr, kr.current_dek)?;
+        SEALED.with_borrow_mut(|buf| {
+            cipher
+                .seal_into(keyring, key, value, buf)
+                .map_err(|e| StoreError::from_seal(e, value.len()))?;
+            let written = self
+                .inner
+                .storage
+                .tree(TreeId::Records)
+                .insert(format::record_key(kr.id, key), buf.as_slice())
+                .map(|_| None)
+                .map_err(StoreError::storage("writing a record"));
+            if buf.capacity() > KEPT_SEAL_BUFFER {
+                *buf = Vec::new();
+            }
+            written
+        })
+    }
+
+    /// Seals and writes several puts and deletes as one sled batch; `Some(v)` when DEK `v` must
+    /// roll over first (nothing written).
+    fn write_many(
+        &self,
+        keyring: &KeyringName,
+        kr: &KeyringEntry,
+        items: &[(&[u8], Option<&[u8]>)],
+    ) -> Result<Option<DekVersion>, StoreError> {
+        let mut cipher = None;
+        let mut batch = sled::Batch::default();
+        for (k, v) in items {
+            let tk = format::record_key(kr.id, k);
+            let Some(v) = v else {
+                batch.remove(tk);
+                continue;
+            };
+            if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek)? {
+                return Ok(Some(kr.current_dek));
+            }
+            let c = match &cipher {
+                Some(c) => c,
+                None => cipher.insert(self.dek(keyring, kr, kr.current_dek)?),
+            };
+            let sealed = c
+                .seal(keyring, k, v)
+                .map_err(|e| StoreError::from_seal(e, v.len()))?;
+            batch.insert(tk, sealed);
+        }
+        self.inner
+            .storage
+            .tree(TreeId::Records)
+            .apply_batch(batch)
+            .map_err(StoreError::storage("writing a batch"))?;
+        Ok(None)
     }
 
     /// Seals and writes `items` (a value, or `None` to delete) in one atomic batch, under one
@@ -205,52 +283,12 @@ impl Store {
                     check_usable(&cat, keyring, &kr)?;
                     kr
                 };
-                let mut cipher = None;
-                let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(items.len());
-                let mut roll = None;
-                for (k, v) in items {
-                    let tk = format::record_key(kr.id, k);
-                    let Some(v) = v else {
-                        writes.push((tk, None));
-                        continue;
-                    };
-                    if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek)? {
-                        roll = Some(kr.current_dek);
-                        break;
-                    }
-                    let c = match &cipher {
-                        Some(c) => c,
-                        None => cipher.insert(self.dek(keyring, &kr, kr.current_dek)?),
-                    };
-                    writes.push((
-                        tk,
-                        Some(
-                            c.seal(keyring, k, v)
-                                .map_err(|e| StoreError::from_seal(e, v.len()))?,
-                        ),
-                    ));
-                }
+                let roll = match items {
+                    [(k, Some(v))] => self.put_one(keyring, &kr, k, v)?,
+                    _ => self.write_many(keyring, &kr, items)?,
+                };
                 match roll {
-                    None => {
-                        let records = self.inner.storage.tree(TreeId::Records);
-                        if let [(k, Some(v))] = writes.as_slice() {
-                            records
-                                .insert(k.as_slice(), v.as_slice())
-                                .map_err(StoreError::storage("writing a record"))?;
-                        } else {
-                            let mut b = sled::Batch::default();
-                            for (k, v) in writes {
-                                match v {
-                                    Some(v) => b.insert(k, v),
-                                    None => b.remove(k),
-                                }
-                            }
-                            records
-                                .apply_batch(b)
-                                .map_err(StoreError::storage("writing a batch"))?;
-                        }
-                        return Ok(());
-                    }
+                    None => return Ok(()),
                     Some(v) => v,
                 }
             };
@@ -275,13 +313,9 @@ impl Store {
     /// A keyring that is not usable, a key or value over the limits, or a storage error.
     pub fn put(&self, keyring: &KeyringName, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.write_records(keyring, &[(key, Some(value))])?;
-        self.audit_access(
-            AuditOp::RecordWritten,
-            keyring,
-            key,
-            Outcome::Ok,
-            format!("{} bytes", value.len()),
-        )
+        self.audit_access(AuditOp::RecordWritten, keyring, key, Outcome::Ok, || {
+            format!("{} bytes", value.len())
+        })
     }
 
     /// [`Store::put`], then flush: durable when it returns.
@@ -313,7 +347,7 @@ impl Store {
                 Err(e) if e.is_access_refused() => (Outcome::Refused, e.to_string()),
                 Err(e) => (Outcome::Failed, e.to_string()),
             };
-            self.audit_access(AuditOp::RecordRead, keyring, key, outcome, detail)?;
+            self.audit_access(AuditOp::RecordRead, keyring, key, outcome, || detail)?;
         }
         r
     }
@@ -374,17 +408,13 @@ impl Store {
                 .remove(TreeId::Records, format::record_key(kr.id, key))?
                 .is_some()
         };
-        self.audit_access(
-            AuditOp::RecordDeleted,
-            keyring,
-            key,
-            Outcome::Ok,
+        self.audit_access(AuditOp::RecordDeleted, keyring, key, Outcome::Ok, || {
             if existed {
                 "deleted".into()
             } else {
                 "not found".into()
-            },
-        )?;
+            }
+        })?;
         Ok(existed)
     }
 

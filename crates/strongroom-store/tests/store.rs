@@ -188,6 +188,12 @@ fn records_put_get_delete_list_batch_and_limits() {
     );
     s.put(&k, b"max", &vec![7u8; MAX_VALUE_LEN]).unwrap();
     assert_eq!(s.get(&k, b"max").unwrap().unwrap().len(), MAX_VALUE_LEN);
+    // Puts seal through a reused per-thread buffer: a small value after the largest one is
+    // exactly itself, and the large one is untouched.
+    s.put(&k, b"small", b"tiny").unwrap();
+    assert_eq!(s.get(&k, b"small").unwrap().unwrap().expose(), b"tiny");
+    let max = s.get(&k, b"max").unwrap().unwrap();
+    assert!(max.len() == MAX_VALUE_LEN && max.expose().iter().all(|b| *b == 7));
 
     let e = s.get(&kr("nope"), b"x").unwrap_err();
     assert!(matches!(e, StoreError::KeyringNotFound { .. }), "{e}");
