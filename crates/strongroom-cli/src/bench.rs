@@ -149,8 +149,10 @@ pub fn run(out: &Out, a: &BenchArgs) -> Result<(), CliError> {
     out.result(
         || {
             let mut t = format!(
-                "strongroom bench: {total} records of {} bytes, {} thread(s), {ROUNDS} alternating rounds, soft backend\n\n",
-                a.value_size, a.threads
+                "strongroom bench: {total} records of {} bytes, {} thread(s), {ROUNDS} alternating rounds, soft backend\nrecords sealed with {}\n\n",
+                a.value_size,
+                a.threads,
+                crate::doctor::record_cipher()
             );
             t.push_str(&format!("{:<6} {:>14} {:>18} {:>22}\n", "op", "plain sled/s", "strongroom/s", "strongroom / plain"));
             for (op, p, s) in rows {
@@ -164,6 +166,7 @@ pub fn run(out: &Out, a: &BenchArgs) -> Result<(), CliError> {
                 ("records", Json::Num(total)),
                 ("value_size", Json::Num(a.value_size as u64)),
                 ("threads", Json::Num(a.threads as u64)),
+                ("aead", Json::str(strongroom_core::crypto::GCM_ENGINE)),
                 (
                     "ops",
                     Json::Arr(

@@ -79,6 +79,18 @@ impl Report {
     }
 }
 
+/// Which AES-256-GCM implementation this build seals records with, and what that means.
+pub(crate) fn record_cipher() -> String {
+    let engine = strongroom_core::crypto::GCM_ENGINE;
+    if engine == "ring" {
+        format!(
+            "AES-256-GCM by {engine} (built with the `ring` feature: faster, but DEK key schedules are not zeroized when dropped)"
+        )
+    } else {
+        format!("AES-256-GCM by {engine}")
+    }
+}
+
 pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
     let mut r = Report::default();
     let config = match ops::read_config(&cli.data) {
@@ -98,6 +110,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
             return r.print(out);
         }
     };
+    r.add(Status::Ok, "record cipher", record_cipher());
     let backend = match ops::backend(&config, &cli.data) {
         Ok(b) => b,
         Err(e) => {

@@ -300,6 +300,13 @@ fn a_soft_store_through_every_command() {
     );
     let doc = sr(d, &["doctor"]).ok().out();
     assert!(doc.lines().all(|l| l.starts_with("OK ")), "{doc}");
+    // Doctor says which AES-GCM implementation this build seals records with.
+    let engine = strongroom_core::crypto::GCM_ENGINE;
+    assert!(
+        doc.lines()
+            .any(|l| l.contains("record cipher") && l.contains(&format!("AES-256-GCM by {engine}"))),
+        "{doc}"
+    );
     assert_eq!(sr(d, &["jobs"]).ok().out(), "no unfinished work\n");
     assert_eq!(sr(d, &["resume"]).ok().out(), "no unfinished work\n");
 }
@@ -452,6 +459,7 @@ fn bench_reports_ratios_and_zero_backend_calls_once_warm() {
         .ok()
         .json();
     assert_eq!(j["backend_calls_per_1000_reads"], 0);
+    assert_eq!(j["aead"], strongroom_core::crypto::GCM_ENGINE);
     assert!(j["ops"][0]["ratio"].as_f64().unwrap() > 0.0);
 }
 
