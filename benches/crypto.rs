@@ -2,6 +2,8 @@
 //! CSPRNG against the OS; soft-backend wrap and unwrap against the raw context-bound KWP they
 //! wrap. Each table is one interleaved run; read the ratios.
 //!
+//! With `--features ring`, also the `aes-gcm` and `ring` AES-GCM engines side by side.
+//!
 //! `cargo bench --bench crypto` (`STRONGROOM_BENCH_SECS` sets seconds per contender, default 2)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -85,4 +87,46 @@ fn main() {
         t,
     );
     print_table("soft backend wrap/unwrap against raw KWP", &r);
+
+    engines(t);
+}
+
+/// The two AES-GCM engines side by side (only with `--features ring`; without it only `aes-gcm`
+/// is built).
+#[cfg(feature = "ring")]
+fn engines(t: std::time::Duration) {
+    use strongroom::core::crypto::{Gcm, RingGcm, RustCryptoGcm};
+    let k = Key256::generate().unwrap();
+    let (rc, ring) = (
+        Gcm::<RustCryptoGcm>::with_engine(&k),
+        Gcm::<RingGcm>::with_engine(&k),
+    );
+    let nonce = [7u8; 12];
+    for size in [64usize, 1024, 16 * 1024] {
+        let value = vec![0x5Au8; size];
+        let sealed = rc.seal(&nonce, b"aad", &value).unwrap();
+        let r = compare(
+            vec![
+                Contender::new(format!("aes-gcm open {size} B"), || {
+                    keep(rc.open(&nonce, b"aad", keep(&sealed)).unwrap());
+                }),
+                Contender::new(format!("ring open {size} B"), || {
+                    keep(ring.open(&nonce, b"aad", keep(&sealed)).unwrap());
+                }),
+                Contender::new(format!("aes-gcm seal {size} B"), || {
+                    keep(rc.seal(&nonce, b"aad", keep(&value)).unwrap());
+                }),
+                Contender::new(format!("ring seal {size} B"), || {
+                    keep(ring.seal(&nonce, b"aad", keep(&value)).unwrap());
+                }),
+            ],
+            t,
+        );
+        print_table(&format!("AES-256-GCM engines, {size}-byte values"), &r);
+    }
+}
+
+#[cfg(not(feature = "ring"))]
+fn engines(_: std::time::Duration) {
+    println!("\n(build with --features ring to compare the aes-gcm and ring engines)");
 }
