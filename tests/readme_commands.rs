@@ -37,14 +37,35 @@ fn ci_runs_exactly_the_readme_test_command() {
         ci.contains("set -euo pipefail"),
         ".ci/run must stop at the first failure"
     );
-    assert_eq!(
-        ci.lines().filter(|l| l.trim() == test_cmd).count(),
-        1,
-        ".ci/run must run the README's test command, exactly, once"
+    // `a && b` under `set -e` does not stop when `a` fails (bash exempts all but the last
+    // command of an && list), so CI runs each part of the README's command on a line of its own,
+    // in order: the same commands, and a failure of any stops the run.
+    let parts: Vec<&str> = test_cmd.split(" && ").map(str::trim).collect();
+    let lines: Vec<&str> = ci.lines().map(str::trim).collect();
+    let mut at = Vec::new();
+    for part in &parts {
+        let found: Vec<usize> = (0..lines.len()).filter(|i| lines[*i] == *part).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            ".ci/run must run `{part}` (part of the README's test command) exactly once, on a line of its own"
+        );
+        at.push(found[0]);
+    }
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        ".ci/run must run the parts of the README's test command in order"
     );
     assert!(
-        !ci.lines()
-            .any(|l| l.trim().starts_with("cargo test") && l.trim() != test_cmd),
+        !lines
+            .iter()
+            .any(|l| l.starts_with("cargo test") && !parts.contains(l)),
         ".ci/run must not run another test command in its place"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("cargo test") && l.contains("&&")),
+        ".ci/run must not chain test commands with && (a failure of the first would not stop it)"
     );
 }
