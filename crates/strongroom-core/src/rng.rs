@@ -83,27 +83,33 @@ fn seeded() -> Result<Local, RandomError> {
     })
 }
 
-/// Fills `buf` from this thread's userspace CSPRNG (for nonces; never for keys).
+/// Fills `buf` from this thread's userspace CSPRNG (for nonces; never for keys). A draw made
+/// while the thread shuts down, from another thread-local's destructor after this generator is
+/// gone, comes from the OS instead.
 ///
 /// # Errors
 /// [`RandomError`] when the generator needs a seed and the OS cannot provide one.
 pub fn fill_nonce(buf: &mut [u8]) -> Result<(), RandomError> {
-    LOCAL.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let simulated_fork = SIMULATED_FORK.with(|f| f.replace(false));
-        let usable = slot.as_mut().is_some_and(|l| {
-            // Always ask the guard, so it records a fork it has seen.
-            let forked = l.guard.forked() || simulated_fork;
-            !forked && l.draws < RESEED_INTERVAL
-        });
-        let local = match slot.as_mut() {
-            Some(l) if usable => l,
-            _ => slot.insert(seeded()?),
-        };
-        local.rng.fill_bytes(buf);
-        local.draws += 1;
-        Ok(())
-    })
+    LOCAL
+        .try_with(|cell| draw_local(cell, buf))
+        .unwrap_or_else(|_| os_fill(buf))
+}
+
+fn draw_local(cell: &RefCell<Option<Local>>, buf: &mut [u8]) -> Result<(), RandomError> {
+    let mut slot = cell.borrow_mut();
+    let simulated_fork = SIMULATED_FORK.with(|f| f.replace(false));
+    let usable = slot.as_mut().is_some_and(|l| {
+        // Always ask the guard, so it records a fork it has seen.
+        let forked = l.guard.forked() || simulated_fork;
+        !forked && l.draws < RESEED_INTERVAL
+    });
+    let local = match slot.as_mut() {
+        Some(l) if usable => l,
+        _ => slot.insert(seeded()?),
+    };
+    local.rng.fill_bytes(buf);
+    local.draws += 1;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -206,22 +206,29 @@ impl Store {
             return Ok(Some(kr.current_dek));
         }
         let cipher = self.dek(keyring, kr, kr.current_dek)?;
-        SEALED.with_borrow_mut(|buf| {
+        let write = |buf: &mut Vec<u8>| {
             cipher
                 .seal_into(keyring, key, value, buf)
                 .map_err(|e| StoreError::from_seal(e, value.len()))?;
-            let written = self
-                .inner
+            self.inner
                 .storage
                 .tree(TreeId::Records)
                 .insert(format::record_key(kr.id, key), buf.as_slice())
                 .map(|_| None)
-                .map_err(StoreError::storage("writing a record"));
-            if buf.capacity() > KEPT_SEAL_BUFFER {
-                *buf = Vec::new();
-            }
-            written
-        })
+                .map_err(StoreError::storage("writing a record"))
+        };
+        // A put from a thread-local destructor, after this thread's buffer is gone, gets a
+        // buffer of its own.
+        SEALED
+            .try_with(|cell| {
+                let mut buf = cell.borrow_mut();
+                let written = write(&mut buf);
+                if buf.capacity() > KEPT_SEAL_BUFFER {
+                    *buf = Vec::new();
+                }
+                written
+            })
+            .unwrap_or_else(|_| write(&mut Vec::new()))
     }
 
     /// Seals and writes several puts and deletes as one sled batch; `Some(v)` when DEK `v` must

@@ -188,15 +188,53 @@ fn records_put_get_delete_list_batch_and_limits() {
     );
     s.put(&k, b"max", &vec![7u8; MAX_VALUE_LEN]).unwrap();
     assert_eq!(s.get(&k, b"max").unwrap().unwrap().len(), MAX_VALUE_LEN);
-    // Puts seal through a reused per-thread buffer: a small value after the largest one is
-    // exactly itself, and the large one is untouched.
+    // Puts seal through a per-thread buffer, kept between puts up to 64 KiB and dropped beyond:
+    // after a value it keeps (60 KiB) and after one it drops (16 MiB), a small value is exactly
+    // itself and the large ones are untouched.
+    s.put(&k, b"sixty", &vec![6u8; 60 << 10]).unwrap();
     s.put(&k, b"small", b"tiny").unwrap();
     assert_eq!(s.get(&k, b"small").unwrap().unwrap().expose(), b"tiny");
+    s.put(&k, b"max", &vec![7u8; MAX_VALUE_LEN]).unwrap();
+    s.put(&k, b"small", b"tinier").unwrap();
+    assert_eq!(s.get(&k, b"small").unwrap().unwrap().expose(), b"tinier");
+    let sixty = s.get(&k, b"sixty").unwrap().unwrap();
+    assert!(sixty.len() == 60 << 10 && sixty.expose().iter().all(|b| *b == 6));
     let max = s.get(&k, b"max").unwrap().unwrap();
     assert!(max.len() == MAX_VALUE_LEN && max.expose().iter().all(|b| *b == 7));
 
     let e = s.get(&kr("nope"), b"x").unwrap_err();
     assert!(matches!(e, StoreError::KeyringNotFound { .. }), "{e}");
+}
+
+/// A put from a thread-local destructor that runs after the store's own per-thread seal buffer
+/// is gone (destructors run in reverse order of first use) must still write, not panic.
+#[test]
+fn a_put_while_the_thread_shuts_down_still_writes() {
+    struct PutOnDrop(Store);
+    impl Drop for PutOnDrop {
+        fn drop(&mut self) {
+            self.0.put(&kr("app"), b"last words", b"bye").unwrap();
+        }
+    }
+    thread_local! {
+        static GUARD: std::cell::RefCell<Option<PutOnDrop>> = const { std::cell::RefCell::new(None) };
+    }
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    s.create_keyring(&kr("app"), None).unwrap();
+    let t = s.clone();
+    std::thread::spawn(move || {
+        // First use of GUARD, then of the store's buffer: GUARD is destroyed last.
+        GUARD.with_borrow_mut(|g| *g = Some(PutOnDrop(t.clone())));
+        t.put(&kr("app"), b"first", b"hello").unwrap();
+    })
+    .join()
+    .unwrap();
+    assert_eq!(get_string(s, &kr("app"), "first").as_deref(), Some("hello"));
+    assert_eq!(
+        get_string(s, &kr("app"), "last words").as_deref(),
+        Some("bye")
+    );
 }
 
 #[test]
