@@ -142,8 +142,8 @@ fn run(size: usize, n: usize) {
     );
     row("random get", r[0], r[1]);
     // Again, against what a caller that uses the value pays anyway: sled hands back a reference
-    // to its cached bytes, which the plain get above never reads. A pass of its own (new keys),
-    // so that two contenders never share one database's warm cache.
+    // to its cached bytes, which the plain get above never reads. A pass of its own (fresh
+    // random read positions), so that two contenders never take turns warming one database.
     let reads: Vec<usize> = (0..n).map(|_| (g.next() % n as u64) as usize).collect();
     let r = interleaved(
         n,
