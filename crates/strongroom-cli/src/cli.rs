@@ -207,21 +207,28 @@ pub enum RootCmd {
     Destroy {
         /// The name.
         name: String,
-        /// Waiting period (e.g. 7d, 12h); default: the store's (7 days).
-        #[arg(long, value_name = "DURATION", conflicts_with = "now")]
-        after: Option<String>,
-        /// Destroy now, irreversibly.
-        #[arg(long)]
-        now: bool,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        yes: bool,
+        #[command(flatten)]
+        when: DestroyArgs,
     },
     /// Cancel a scheduled destruction (the root is left disabled).
     CancelDestroy {
         /// The name.
         name: String,
     },
+}
+
+/// When a root key or keyring is destroyed: after a waiting period, or now.
+#[derive(Args, Debug)]
+pub struct DestroyArgs {
+    /// Waiting period (e.g. 7d, 12h); default: the store's (7 days).
+    #[arg(long, value_name = "DURATION", conflicts_with = "now")]
+    pub after: Option<String>,
+    /// Destroy now, irreversibly.
+    #[arg(long)]
+    pub now: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,15 +282,8 @@ pub enum KeyringCmd {
     Destroy {
         /// The name.
         name: String,
-        /// Waiting period (e.g. 7d, 12h); default: the store's (7 days).
-        #[arg(long, value_name = "DURATION", conflicts_with = "now")]
-        after: Option<String>,
-        /// Destroy now, irreversibly.
-        #[arg(long)]
-        now: bool,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        yes: bool,
+        #[command(flatten)]
+        when: DestroyArgs,
     },
     /// Cancel a scheduled destruction (the keyring is left disabled).
     CancelDestroy {

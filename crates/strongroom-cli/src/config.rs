@@ -186,17 +186,12 @@ impl Config {
             }
         };
         let (bl, bv) = need("backend")?;
-        let pkcs11_keys = [
-            "pkcs11.module",
-            "pkcs11.token",
-            "pkcs11.slot",
-            "pkcs11.pin-env",
-            "pkcs11.pin-file",
-            "pkcs11.namespace",
-        ];
         let backend = match bv {
             "soft" => {
-                if let Some(k) = pkcs11_keys.iter().find(|k| get(k).is_some()) {
+                if let Some(k) = KEYS
+                    .iter()
+                    .find(|k| k.starts_with("pkcs11.") && get(k).is_some())
+                {
                     return Err(err(
                         get(k).map_or(0, |x| x.0),
                         format!("{k} is set but the backend is soft"),
@@ -379,6 +374,10 @@ mod tests {
             (
                 good.replace("strongroom-0123abcd", "a/b"),
                 "namespace \"a/b\" may hold only",
+            ),
+            (
+                good.replace("backend = pkcs11", "backend = soft"),
+                "pkcs11.module is set but the backend is soft",
             ),
         ] {
             let e = Config::parse(&bad).unwrap_err();

@@ -15,7 +15,7 @@ use strongroom_pkcs11::objects::check_namespace;
 use strongroom_pkcs11::{PinSource, Pkcs11Backend, TokenSelector};
 use strongroom_store::{PendingJob, Progress, Store, StoreOptions};
 
-use crate::cli::{AuditCmd, BackendKind, Cli, Cmd, InitArgs, KeyringCmd, RootCmd};
+use crate::cli::{AuditCmd, BackendKind, Cli, Cmd, DestroyArgs, InitArgs, KeyringCmd, RootCmd};
 use crate::error::CliError;
 use crate::output::{Out, confirm};
 
@@ -593,9 +593,7 @@ fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
         }
         RootCmd::Destroy {
             name,
-            after,
-            now,
-            yes,
+            when: DestroyArgs { after, now, yes },
         } => {
             let n = rn(name)?;
             if *now {
@@ -756,9 +754,7 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
         }
         KeyringCmd::Destroy {
             name,
-            after,
-            now,
-            yes,
+            when: DestroyArgs { after, now, yes },
         } => {
             let n = kr(name)?;
             if *now {
