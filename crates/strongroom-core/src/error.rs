@@ -202,6 +202,12 @@ pub enum LoginFailure {
     /// The PIN has expired and must be changed.
     #[error("the PIN has expired (CKR_PIN_EXPIRED); change it with the token's tools")]
     PinExpired,
+    /// The token refused this PIN before, and strongroom did not try it again: every try spends
+    /// one of the token's PIN attempts, and enough of them lock the PIN.
+    #[error(
+        "the token refused this PIN earlier ({0}); strongroom does not try it again, since each try spends one of the token's PIN attempts: give strongroom the right PIN and reopen the store"
+    )]
+    RefusedEarlier(Box<LoginFailure>),
     /// Anything else, with the token's return code.
     #[error("{0}")]
     Other(String),

@@ -334,7 +334,7 @@ impl Pkcs11Backend {
     /// [`BackendError::Login`] for a wrong or locked PIN; a device error otherwise.
     pub fn open(config: Pkcs11Config) -> Result<Self, BackendError> {
         let labels = Labels::new(&config.namespace).map_err(BackendError::Config)?;
-        let pin = Pin(config.pin.load()?);
+        let pin = Pin::new(config.pin.load()?);
         if !config.module.exists() {
             return Err(BackendError::Config(format!(
                 "PKCS#11 module {} does not exist; check the module path (SoftHSM2 on Debian: /usr/lib/softhsm/libsofthsm2.so, package softhsm2)",
@@ -726,7 +726,9 @@ impl Pkcs11Backend {
         key: KeyLocator,
     ) -> Result<(), CkError> {
         let record = RootRecord {
-            seq: found.record.as_ref().map_or(1, |r| r.seq + 1),
+            // Saturating: the old sequence number comes from a token object (a forged one may
+            // say u64::MAX); the records it replaces are removed right after.
+            seq: found.record.as_ref().map_or(1, |r| r.seq.saturating_add(1)),
             state,
             key,
         };
@@ -857,7 +859,10 @@ impl Pkcs11Backend {
         match k.alg {
             WrapAlg::AesGcm => {
                 let mut iv = [0u8; NONCE_LEN];
-                let _ = rng::fill_nonce(&mut iv);
+                // Never a fixed IV under a root key: without our generator, the token's.
+                if rng::fill_nonce(&mut iv).is_err() {
+                    s.generate_random_slice(&mut iv)?;
+                }
                 let ct = s.encrypt(
                     &Mechanism::AesGcm(GcmParams::new(&mut iv, b"canary", GCM_TAG_BITS.into())?),
                     k.handle,

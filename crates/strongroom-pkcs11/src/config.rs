@@ -8,10 +8,11 @@ use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use strongroom_core::{BackendError, WrapAlg};
+use strongroom_core::{BackendError, LoginFailure, WrapAlg};
 use zeroize::Zeroizing;
 
 /// Which token to use.
@@ -161,7 +162,13 @@ impl Pkcs11Config {
 }
 
 /// Hides the PIN in debug output of anything that holds one.
-pub(crate) struct Pin(pub(crate) SecretString);
+pub(crate) struct Pin {
+    secret: SecretString,
+    /// Set when the token refused this PIN (wrong, locked, expired). No `C_Login` is tried with
+    /// it after that: each would spend one of the token's PIN attempts, and a backend that logs
+    /// in again on every checkout would lock the PIN within a few operations.
+    refused: OnceLock<LoginFailure>,
+}
 
 impl fmt::Debug for Pin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -170,8 +177,25 @@ impl fmt::Debug for Pin {
 }
 
 impl Pin {
+    pub(crate) fn new(secret: SecretString) -> Self {
+        Self {
+            secret,
+            refused: OnceLock::new(),
+        }
+    }
+
     pub(crate) fn expose(&self) -> &SecretString {
-        &self.0
+        &self.secret
+    }
+
+    /// Why the token refused this PIN, if it did.
+    pub(crate) fn refused(&self) -> Option<&LoginFailure> {
+        self.refused.get()
+    }
+
+    /// Records that the token refused this PIN (the first reason is kept).
+    pub(crate) fn refuse(&self, why: LoginFailure) {
+        let _ = self.refused.set(why);
     }
 }
 
@@ -220,7 +244,7 @@ mod tests {
 
     #[test]
     fn pin_debug_is_redacted() {
-        let p = Pin(SecretString::from("hunter2".to_owned()));
+        let p = Pin::new(SecretString::from("hunter2".to_owned()));
         assert_eq!(format!("{p:?}"), "Pin([REDACTED])");
     }
 }

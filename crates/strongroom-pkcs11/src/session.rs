@@ -153,7 +153,9 @@ impl Generation {
                         continue;
                     }
                     Err(e) => {
-                        self.discard(s, false);
+                        // A login failure leaves the session valid: close it rather than leave
+                        // it open on the token. After a device error its handle may be void.
+                        self.discard(s, matches!(e, CheckoutError::Backend(_)));
                         return Err(e);
                     }
                 }
@@ -242,6 +244,12 @@ impl Generation {
 /// Logs the application in through `s`. `CKR_USER_ALREADY_LOGGED_IN` is success: login state is
 /// per application, not per session.
 pub(crate) fn login(s: &Session, pin: &Pin, token: &str) -> Result<(), CheckoutError> {
+    if let Some(earlier) = pin.refused() {
+        return Err(CheckoutError::Backend(BackendError::Login {
+            token: token.to_owned(),
+            failure: LoginFailure::RefusedEarlier(Box::new(earlier.clone())),
+        }));
+    }
     match s.login(UserType::User, Some(pin.expose())) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
         Err(CkError::Pkcs11(
@@ -259,6 +267,7 @@ pub(crate) fn login(s: &Session, pin: &Pin, token: &str) -> Result<(), CheckoutE
                 RvError::PinLocked => LoginFailure::PinLocked,
                 _ => LoginFailure::PinExpired,
             };
+            pin.refuse(failure.clone());
             Err(CheckoutError::Backend(BackendError::Login {
                 token: token.to_owned(),
                 failure,

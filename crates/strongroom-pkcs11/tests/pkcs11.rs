@@ -273,6 +273,41 @@ softhsm_tests! {
         assert_eq!(b.stats().reinitializations, 0);
     }
 
+    fn a_refused_pin_is_not_tried_again_until_the_backend_is_reopened(token) {
+        let b = open(token);
+        let root = rid("pin", 1);
+        b.generate_root(&root).unwrap();
+        let k = Key256::generate().unwrap();
+        let blob = b.wrap(&root, &k, b"c").unwrap();
+        // Someone changes the user PIN on the token and logs the application out: the backend's
+        // next checkout logs in again with the PIN it has, which is now wrong.
+        let (_ctx, s) = outside_session(token);
+        let old = AuthPin::from(token.user_pin.clone());
+        let new = AuthPin::from("changed-pin".to_owned());
+        s.set_pin(&old, &new).unwrap();
+        s.logout().unwrap();
+        let wrong = b.unwrap(&blob, b"c").unwrap_err();
+        assert!(
+            matches!(&wrong, BackendError::Login { failure: LoginFailure::WrongPin, .. }),
+            "{wrong:?}"
+        );
+        // The PIN is put back, but the backend does not log in again with the PIN the token
+        // refused: each try would spend one of the token's PIN attempts.
+        s.login(UserType::User, Some(&new)).unwrap();
+        s.set_pin(&new, &old).unwrap();
+        s.logout().unwrap();
+        let again = b.unwrap(&blob, b"c").unwrap_err();
+        assert!(
+            matches!(&again, BackendError::Login { failure: LoginFailure::RefusedEarlier(f), .. } if **f == LoginFailure::WrongPin),
+            "{again:?}"
+        );
+        assert!(again.to_string().contains("reopen"), "{again}");
+        // Reopened, it logs in with the (right) PIN again.
+        drop(b);
+        let b = open(token);
+        assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
+    }
+
     fn mechanism_preference_changes_leave_old_blobs_readable(token) {
         let k = Key256::generate().unwrap();
         let mut blobs = Vec::new();
