@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use strongroom_core::blob::{WrapAlg, WrappedKey, WrappingKeyRef};
 use strongroom_core::crypto::kwp_wrap_bound;
 use strongroom_core::{
-    BackendError, DekVersion, KekVersion, Key256, KeyState, KeyringName, RootKeyId, RootKeyName,
-    RootVersion, Timestamp, Transition,
+    BackendError, DekVersion, FormatError, KekVersion, Key256, KeyState, KeyringName, RootKeyId,
+    RootKeyName, RootVersion, Timestamp, Transition,
 };
 
 use crate::audit::AuditOp;
@@ -19,7 +19,7 @@ use crate::error::StoreError;
 use crate::format::{self, KeyringEntry, RootEntry};
 use crate::storage::TreeId;
 use crate::store::{
-    NEXT_ID_KEY, Store, audit_key_context, check_usable, dek_context, ensure_backend_root,
+    Catalog, NEXT_ID_KEY, Store, audit_key_context, check_usable, dek_context, ensure_backend_root,
     kek_context,
 };
 
@@ -806,7 +806,8 @@ impl Store {
             let root = root
                 .cloned()
                 .unwrap_or_else(|| self.inner.meta.primary_root.clone());
-            let root_v = {
+            let next_raw = self.inner.storage.get(TreeId::Meta, NEXT_ID_KEY)?;
+            let (root_v, id) = {
                 let cat = self.read_catalog();
                 if let Some(existing) = cat.keyrings.get(name) {
                     return Err(StoreError::KeyringExists {
@@ -814,13 +815,11 @@ impl Store {
                         destroyed: existing.state == KeyState::Destroyed,
                     });
                 }
-                cat.usable_root(&root)?
+                (
+                    cat.usable_root(&root)?,
+                    next_keyring_id(next_raw.as_deref(), &cat)?,
+                )
             };
-            let next_raw = self.inner.storage.get(TreeId::Meta, NEXT_ID_KEY)?;
-            let id = next_raw
-                .as_deref()
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map_or(1, u64::from_be_bytes);
             let store_id = self.inner.meta.store_id;
             let root_id = RootKeyId::new(root.clone(), root_v);
             let kek = Key256::generate()?;
@@ -1424,4 +1423,31 @@ fn dek_blob(
         what: format!("a new DEK of keyring {name}"),
         source,
     })
+}
+
+/// The id of the next keyring from the id counter (absent in a store that never had one). A
+/// counter of the wrong length, or one that is not ahead of every keyring's id, is a damaged
+/// database: a new keyring under a used id would overwrite that keyring's keys and share its
+/// records.
+fn next_keyring_id(counter: Option<&[u8]>, cat: &Catalog) -> Result<u64, StoreError> {
+    let damaged = |reason: String| StoreError::Corrupt {
+        what: "the keyring id counter".into(),
+        source: FormatError::Invalid {
+            what: "keyring id counter",
+            field: "next id",
+            reason,
+        },
+    };
+    let next = match counter {
+        None => 1,
+        Some(b) => u64::from_be_bytes(
+            <[u8; 8]>::try_from(b).map_err(|_| damaged(format!("{} bytes, not 8", b.len())))?,
+        ),
+    };
+    match cat.ids.keys().max() {
+        Some(&used) if used >= next => Err(damaged(format!(
+            "it says {next}, but keyring id {used} is in use; restore the store from a backup"
+        ))),
+        _ => Ok(next),
+    }
 }

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 
 use strongroom_core::record::RecordHeader;
-use strongroom_core::{DekVersion, KeyringName, Plaintext};
+use strongroom_core::{DekVersion, FormatError, KeyringName, Plaintext};
 
 use crate::audit::{self, AuditOp, Event, Outcome};
 use crate::error::StoreError;
@@ -100,12 +100,7 @@ impl Store {
             Some(c) => *c,
             None => {
                 // After a restart, every reserved encryption counts as used.
-                let reserved = self
-                    .inner
-                    .storage
-                    .get(TreeId::Jobs, counter_key(id, v.get()))?
-                    .and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
-                    .map_or(0, u64::from_be_bytes);
+                let reserved = self.stored_uses(id, v)?;
                 Counter {
                     used: reserved,
                     reserved,
@@ -150,12 +145,31 @@ impl Store {
         {
             return Ok(c.used);
         }
-        Ok(self
+        self.stored_uses(id, v)
+    }
+
+    /// The encryptions reserved on disk for DEK `v` of keyring `id` (0 before the first). A
+    /// counter of the wrong length is damage, not a fresh start: counting from 0 again would
+    /// let the DEK seal more than its quota of random nonces.
+    fn stored_uses(&self, id: u64, v: DekVersion) -> Result<u64, StoreError> {
+        let Some(b) = self
             .inner
             .storage
             .get(TreeId::Jobs, counter_key(id, v.get()))?
-            .and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
-            .map_or(0, u64::from_be_bytes))
+        else {
+            return Ok(0);
+        };
+        <[u8; 8]>::try_from(&b[..])
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                what: format!("the use counter of DEK {v}"),
+                source: FormatError::BadLength {
+                    what: "DEK use counter",
+                    field: "count",
+                    expected: 8,
+                    found: b.len(),
+                },
+            })
     }
 
     fn audit_access(

@@ -11,8 +11,8 @@ use strongroom_core::blob::{WrapAlg, WrappedKey, WrappingKeyRef};
 use strongroom_core::crypto::kwp_unwrap_bound;
 use strongroom_core::record::RecordCipher;
 use strongroom_core::{
-    Backend, BackendError, DekVersion, KekVersion, Key256, KeyState, KeyringName, RootKeyId,
-    RootKeyName, RootVersion, Timestamp,
+    Backend, BackendError, DekVersion, FormatError, KekVersion, Key256, KeyState, KeyringName,
+    RootKeyId, RootKeyName, RootVersion, Timestamp,
 };
 
 use crate::audit::{self, AuditKey, AuditOp, Event, Outcome};
@@ -503,7 +503,18 @@ impl Store {
                 what: format!("keyring entry {name}"),
                 source,
             })?;
-            cat.ids.insert(e.id, name.clone());
+            if let Some(other) = cat.ids.insert(e.id, name.clone()) {
+                // Two keyrings under one id would share records and keys: a destruction of one
+                // would purge the other's.
+                return Err(StoreError::Corrupt {
+                    what: format!("keyring entry {name}"),
+                    source: FormatError::Invalid {
+                        what: "keyring entry",
+                        field: "id",
+                        reason: format!("id {} is also keyring {other}'s", e.id),
+                    },
+                });
+            }
             cat.keyrings.insert(name, Arc::new(e));
         }
         *self.write_catalog() = cat;
@@ -578,7 +589,7 @@ impl Store {
         let Some(anchor) = audit::parse_anchor(&bytes) else {
             return Err(StoreError::Corrupt {
                 what: format!("the audit anchor {}", path.display()),
-                source: strongroom_core::FormatError::BadLength {
+                source: FormatError::BadLength {
                     what: "audit anchor",
                     field: "file",
                     expected: 72,

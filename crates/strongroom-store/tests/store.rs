@@ -206,6 +206,70 @@ fn records_put_get_delete_list_batch_and_limits() {
     assert!(matches!(e, StoreError::KeyringNotFound { .. }), "{e}");
 }
 
+/// A damaged keyring id counter must never hand out an id in use: the new keyring would
+/// overwrite that keyring's KEK and DEK and share its records.
+#[test]
+fn a_damaged_keyring_id_counter_is_refused_and_loses_nothing() {
+    let mut fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    for name in ["a", "b"] {
+        s.create_keyring(&kr(name), None).unwrap();
+        s.put(&kr(name), b"k", name.as_bytes()).unwrap();
+    }
+    s.flush().unwrap();
+    for damage in [None, Some(&[0u8, 1][..]), Some(&1u64.to_be_bytes()[..])] {
+        let s = fx.with_raw_db(|db| {
+            let meta = db.open_tree("meta").unwrap();
+            match damage {
+                None => meta.remove("next_keyring_id").unwrap(),
+                Some(v) => meta.insert("next_keyring_id", v).unwrap(),
+            };
+        });
+        let e = s.create_keyring(&kr("c"), None).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Corrupt { what, .. } if what == "the keyring id counter"),
+            "{damage:?}: {e}"
+        );
+        assert!(s.keyring(&kr("c")).is_err(), "nothing was created");
+        for name in ["a", "b"] {
+            assert_eq!(get_string(s, &kr(name), "k").as_deref(), Some(name));
+        }
+    }
+    // A DEK use counter of the wrong length is damage, not a fresh count of zero.
+    let s = fx.with_raw_db(|db| {
+        let mut key = b"uses/".to_vec();
+        key.extend_from_slice(&1u64.to_be_bytes());
+        key.extend_from_slice(&1u32.to_be_bytes());
+        let jobs = db.open_tree("jobs").unwrap();
+        assert!(
+            jobs.get(&key).unwrap().is_some(),
+            "keyring a's DEK 1 counter"
+        );
+        jobs.insert(key, &[0u8, 0, 7][..]).unwrap();
+    });
+    for e in [
+        s.put(&kr("a"), b"k2", b"v").unwrap_err(),
+        s.dek_uses(&kr("a"), DekVersion::FIRST).unwrap_err(),
+    ] {
+        assert!(
+            matches!(&e, StoreError::Corrupt { what, .. } if what == "the use counter of DEK v1"),
+            "{e}"
+        );
+    }
+    assert_eq!(get_string(s, &kr("a"), "k").as_deref(), Some("a"));
+    // Two keyring entries under one id (a copied entry) are refused at open.
+    fx.with_raw_db_unchecked(|db| {
+        let keyrings = db.open_tree("keyrings").unwrap();
+        let a = keyrings.get("a").unwrap().unwrap();
+        keyrings.insert("z", a).unwrap();
+    });
+    let e = Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Corrupt { what, .. } if what == "keyring entry z"),
+        "{e}"
+    );
+}
+
 /// A put from a thread-local destructor that runs after the store's own per-thread seal buffer
 /// is gone (destructors run in reverse order of first use) must still write, not panic.
 #[test]
