@@ -312,21 +312,78 @@ fn fresh_namespace() -> Result<String, CliError> {
     Ok(format!("strongroom-{}", hex(&r)))
 }
 
-fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
-    let data = &cli.data;
-    if data.join(CONFIG_FILE).exists() || data.join(strongroom_store::DB_DIR).exists() {
+/// What `init` may create in the data directory (and so removes again when it fails).
+const INIT_MAKES: [&str; 5] = [
+    CONFIG_FILE,
+    strongroom_store::DB_DIR,
+    strongroom_store::ANCHOR_FILE,
+    strongroom_core::soft::KEY_FILE_NAME,
+    strongroom_core::soft::LOCK_FILE_NAME,
+];
+
+/// Whether anything (a file, a directory, even a dangling symlink) is at `path`.
+fn occupied(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+/// Refuses a data directory that holds a store, or part of one: a key file or an audit anchor
+/// may be the only copy of something, and `init` must never overwrite or remove it.
+fn check_init_target(data: &Path) -> Result<(), CliError> {
+    if occupied(&data.join(CONFIG_FILE)) || occupied(&data.join(strongroom_store::DB_DIR)) {
         return Err(CliError::Usage(format!(
             "{} already holds a strongroom store; use it, or choose another --data",
             data.display()
         )));
     }
-    let created_dir = !data.exists();
+    for f in [
+        strongroom_core::soft::KEY_FILE_NAME,
+        strongroom_store::ANCHOR_FILE,
+    ] {
+        if occupied(&data.join(f)) {
+            return Err(CliError::Usage(format!(
+                "{f} already exists in {} but no store does; it may be the only copy of a store's keys: move it somewhere safe (or restore the store it belongs to), or choose another --data",
+                data.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a failed `init` created: the data directory if it made it, else those of
+/// [`INIT_MAKES`] not in `keep` (what was there before, or what this run did not make).
+fn undo_init(data: &Path, created_dir: bool, keep: &[&str]) {
+    if created_dir {
+        let _ = std::fs::remove_dir_all(data);
+        return;
+    }
+    for f in INIT_MAKES.iter().filter(|f| !keep.contains(f)) {
+        let p = data.join(f);
+        let _ = if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
+    }
+}
+
+fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
+    let data = &cli.data;
+    check_init_target(data)?;
+    let created_dir = !occupied(data);
+    let existed: Vec<&str> = INIT_MAKES
+        .iter()
+        .copied()
+        .filter(|f| occupied(&data.join(f)))
+        .collect();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(data)
         .map_err(|e| CliError::Other(format!("creating {}: {e}", data.display())))?;
     let root = rn(&a.root)?;
+    // Set once this run has written a key file: one that was there before is never removed, even
+    // one that appeared after the check above.
+    let mut made_key_file = false;
     let result = (|| {
         let config = Config {
             backend: match a.backend {
@@ -381,7 +438,9 @@ fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
                         "--adopt-root needs --backend pkcs11".into(),
                     ));
                 }
-                Arc::new(SoftBackend::create(data)?)
+                let b = SoftBackend::create(data)?;
+                made_key_file = true;
+                Arc::new(b)
             }
             BackendConfig::Pkcs11 { .. } => backend(&config, data)?,
         };
@@ -397,23 +456,11 @@ fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
         Err(e) => {
             // Leave nothing half-made behind (a generated or adopted root key stays in the HSM:
             // strongroom does not destroy keys on its own).
-            if created_dir {
-                let _ = std::fs::remove_dir_all(data);
-            } else {
-                for f in [
-                    CONFIG_FILE,
-                    strongroom_store::DB_DIR,
-                    strongroom_core::soft::KEY_FILE_NAME,
-                    strongroom_core::soft::LOCK_FILE_NAME,
-                ] {
-                    let p = data.join(f);
-                    let _ = if p.is_dir() {
-                        std::fs::remove_dir_all(p)
-                    } else {
-                        std::fs::remove_file(p)
-                    };
-                }
+            let mut keep = existed;
+            if !made_key_file {
+                keep.push(strongroom_core::soft::KEY_FILE_NAME);
             }
+            undo_init(data, created_dir, &keep);
             return Err(e);
         }
     };
@@ -971,4 +1018,47 @@ fn audit(cli: &Cli, out: &Out, cmd: &AuditCmd) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn undo_init_removes_only_what_init_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("notes.txt"), b"mine").unwrap();
+        std::fs::write(d.join(strongroom_core::soft::LOCK_FILE_NAME), b"").unwrap();
+        let existed: Vec<&str> = INIT_MAKES
+            .iter()
+            .copied()
+            .filter(|f| occupied(&d.join(f)))
+            .collect();
+        // What a run that failed late had made.
+        std::fs::write(d.join(strongroom_core::soft::KEY_FILE_NAME), b"k").unwrap();
+        std::fs::write(d.join(strongroom_store::ANCHOR_FILE), b"a").unwrap();
+        std::fs::create_dir(d.join(strongroom_store::DB_DIR)).unwrap();
+        std::fs::write(d.join(strongroom_store::DB_DIR).join("conf"), b"").unwrap();
+        std::fs::write(d.join(CONFIG_FILE), b"c").unwrap();
+        undo_init(d, false, &existed);
+        assert_eq!(names(d), ["notes.txt", "soft-root-keys.lock"]);
+        // A directory init made itself goes entirely.
+        let sub = d.join("new");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join(CONFIG_FILE), b"c").unwrap();
+        undo_init(&sub, true, &[]);
+        assert!(!occupied(&sub));
+    }
 }

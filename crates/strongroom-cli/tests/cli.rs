@@ -576,3 +576,54 @@ softhsm_tests! {
         assert_eq!(roots[0]["name"], "customer");
     }
 }
+
+#[test]
+fn init_never_deletes_a_key_file_or_anchor_it_did_not_create() {
+    for existing in ["soft-root-keys", "audit-anchor"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let precious = data.join(existing);
+        std::fs::write(&precious, b"the only copy").unwrap();
+        sr(&data, &["init"]).fails(2, &format!("{existing} already exists"));
+        assert_eq!(std::fs::read(&precious).unwrap(), b"the only copy");
+        let mut left: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [existing], "init created nothing");
+    }
+}
+
+#[test]
+fn a_failed_init_removes_only_what_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // Someone else's file, and a lock file that was there before.
+    std::fs::write(data.join("notes.txt"), b"mine").unwrap();
+    std::fs::write(data.join("soft-root-keys.lock"), b"").unwrap();
+    let mut c = cmd(
+        &data,
+        &[
+            "init",
+            "--backend",
+            "pkcs11",
+            "--module",
+            "/nonexistent/lib.so",
+            "--token",
+            "t",
+            "--pin-env",
+            "STRONGROOM_PIN",
+        ],
+    );
+    c.env("STRONGROOM_PIN", "1234");
+    run_with(c, None).fails(6, "does not exist");
+    let mut left: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["notes.txt", "soft-root-keys.lock"]);
+}
