@@ -366,6 +366,13 @@ fn undo_init(data: &Path, created_dir: bool, keep: &[&str]) {
     }
 }
 
+/// `path` made absolute against the current directory (without resolving symlinks): the
+/// configuration must name the same file whichever directory later commands run in.
+fn absolute(path: &Path) -> Result<std::path::PathBuf, CliError> {
+    std::path::absolute(path)
+        .map_err(|e| CliError::Usage(format!("cannot make {} absolute: {e}", path.display())))
+}
+
 fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
     let data = &cli.data;
     check_init_target(data)?;
@@ -389,9 +396,9 @@ fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
             backend: match a.backend {
                 BackendKind::Soft => BackendConfig::Soft,
                 BackendKind::Pkcs11 => BackendConfig::Pkcs11 {
-                    module: a.module.clone().ok_or_else(|| {
+                    module: absolute(a.module.as_deref().ok_or_else(|| {
                         CliError::Usage("--module is required with --backend pkcs11".into())
-                    })?,
+                    })?)?,
                     token: match (&a.token, a.slot) {
                         (Some(l), _) => TokenSelector::Label(l.clone()),
                         (None, Some(s)) => TokenSelector::Slot(s),
@@ -403,7 +410,7 @@ fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
                     },
                     pin: match (&a.pin_env, &a.pin_file) {
                         (Some(v), _) => PinSource::Env(v.clone()),
-                        (None, Some(f)) => PinSource::File(f.clone()),
+                        (None, Some(f)) => PinSource::File(absolute(f)?),
                         (None, None) => {
                             return Err(CliError::Usage(
                                 "say where the PIN comes from: --pin-env VAR or --pin-file FILE (never on the command line)".into(),

@@ -532,6 +532,32 @@ softhsm_tests! {
             .fails(2, "--pin-env VAR or --pin-file FILE");
     }
 
+    fn relative_module_and_pin_file_paths_are_stored_absolute(token) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let pin_file = dir.path().join("pin");
+        std::fs::write(&pin_file, &token.user_pin).unwrap();
+        std::fs::set_permissions(&pin_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        // Both given relative to the directory init runs in.
+        let cwd = dir.path().canonicalize().unwrap();
+        let module = token.module.canonicalize().unwrap();
+        let ups = "../".repeat(cwd.components().count() - 1);
+        let module_rel = Path::new(&ups).join(module.strip_prefix("/").unwrap());
+        let mut c = cmd(&data, &["init", "--backend", "pkcs11", "--module", module_rel.to_str().unwrap(), "--token", &token.label, "--pin-file", "pin"]);
+        c.current_dir(&cwd);
+        run_with(c, None).ok();
+        let conf = std::fs::read_to_string(data.join("strongroom.conf")).unwrap();
+        let conf_module = conf.lines().find_map(|l| l.strip_prefix("pkcs11.module = ")).unwrap_or_else(|| panic!("{conf}"));
+        let conf_pin = conf.lines().find_map(|l| l.strip_prefix("pkcs11.pin-file = ")).unwrap_or_else(|| panic!("{conf}"));
+        assert!(Path::new(conf_module).is_absolute() && Path::new(conf_pin).is_absolute(), "{conf}");
+        assert_eq!(Path::new(conf_pin), cwd.join("pin"), "{conf}");
+        assert_eq!(Path::new(conf_module).canonicalize().unwrap(), module, "{conf}");
+        // Later commands work from any directory.
+        let mut c = cmd(&data, &["keyring", "create", "k"]);
+        c.current_dir("/");
+        run_with(c, None).ok();
+    }
+
     fn two_stores_on_one_token_keep_their_keys_apart(token) {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
