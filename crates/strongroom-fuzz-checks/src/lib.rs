@@ -34,7 +34,8 @@ use strongroom_core::{Key256, KeyState, KeyringName, RootKeyName, SoftBackend};
 use strongroom_pkcs11::objects::{DEFAULT_NAMESPACE, KeyLocator, RootRecord, check_namespace};
 use strongroom_pkcs11::{PinSource, TokenSelector};
 use strongroom_store::format::{
-    KeyringEntry, RootEntry, StoreMeta, keyring_name, parse_root_key, root_key,
+    KeyringEntry, RootEntry, StoreMeta, keyring_name, parse_root_key, parse_versioned_key,
+    root_key, versioned_key,
 };
 use strongroom_store::{AuditEntry, BatchOp, Store, StoreError, StoreOptions};
 
@@ -105,7 +106,8 @@ pub fn audit_entry(data: &[u8]) {
 
 /// The store's own formats, each tried on the same bytes (the magic and the version bytes tell
 /// them apart): [`StoreMeta`], [`RootEntry`], [`KeyringEntry`], root tree keys
-/// ([`parse_root_key`]) and keyring tree keys ([`keyring_name`]). Never panics; all are
+/// ([`parse_root_key`]), keyring tree keys ([`keyring_name`]) and KEK/DEK tree keys
+/// ([`parse_versioned_key`]). Never panics; all are
 /// canonical, so whatever parses re-serializes to the same bytes.
 pub fn store_meta(data: &[u8]) {
     if let Ok(m) = StoreMeta::parse(data) {
@@ -130,6 +132,15 @@ pub fn store_meta(data: &[u8]) {
     }
     if let Ok(name) = keyring_name(data) {
         assert_eq!(name.as_str().as_bytes(), data);
+    }
+    if let Ok((id, version)) = parse_versioned_key(data) {
+        assert_eq!(
+            versioned_key(id, version),
+            data,
+            "KEK/DEK tree keys are canonical"
+        );
+    } else {
+        assert_ne!(data.len(), 12, "every 12-byte key is a versioned key");
     }
 }
 

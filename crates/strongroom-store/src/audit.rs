@@ -357,14 +357,18 @@ pub(crate) fn stored_head(storage: &Storage) -> Result<Option<AuditHead>, StoreE
 }
 
 fn damaged_head(found: usize) -> StoreError {
+    damaged_head_because(FormatError::BadLength {
+        what: "audit head",
+        field: "head",
+        expected: HEAD_LEN,
+        found,
+    })
+}
+
+fn damaged_head_because(source: FormatError) -> StoreError {
     StoreError::Corrupt {
         what: "the audit log's head (`strongroom audit verify` shows the damage; restore the store from a backup)".into(),
-        source: FormatError::BadLength {
-            what: "audit head",
-            field: "head",
-            expected: HEAD_LEN,
-            found,
-        },
+        source,
     }
 }
 
@@ -424,7 +428,17 @@ pub(crate) fn append(
     let (seq, prev_hash) = match tx.get(TreeId::Meta, HEAD_KEY)? {
         None => (1, genesis(store_id)),
         Some(raw) => match parse_head(&raw) {
-            Some((head, _)) => (head.seq + 1, head.hash),
+            // A head at u64::MAX is damage too (the log cannot have grown that far).
+            Some((head, _)) => match head.seq.checked_add(1) {
+                Some(next) => (next, head.hash),
+                None => {
+                    return abort(damaged_head_because(FormatError::Invalid {
+                        what: "audit head",
+                        field: "sequence number",
+                        reason: "at its maximum".into(),
+                    }));
+                }
+            },
             // A damaged head must not silently start a new chain over the old one: nothing is
             // appended (and so no key operation happens) until the log is looked at.
             None => return abort(damaged_head(raw.len())),

@@ -118,8 +118,11 @@ impl Store {
                 w.put(&[u8::try_from(name.len()).unwrap_or(0)])
                     .map_err(io("write"))?;
                 w.put(name).map_err(io("write"))?;
-                w.put(&(tree.len() as u64).to_be_bytes())
-                    .map_err(io("write"))?;
+                // The count as written: a tree that changes while it is copied (a purge or a
+                // job cursor does not wait for the lifecycle lock) must not leave a header that
+                // disagrees with the entries after it.
+                let count = tree.len() as u64;
+                w.put(&count.to_be_bytes()).map_err(io("write"))?;
                 let mut n = 0u64;
                 for item in tree.iter() {
                     let (k, v) = item.map_err(StoreError::storage("reading for a backup"))?;
@@ -131,7 +134,7 @@ impl Store {
                     w.put(&v).map_err(io("write"))?;
                     n += 1;
                 }
-                if n != tree.len() as u64 {
+                if n != count {
                     return Err(StoreError::InUse(
                         "a tree changed while the backup ran; retry it".into(),
                     ));
@@ -188,6 +191,11 @@ impl Store {
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut r = BufReader::new(file).take(size.saturating_sub(32));
         let mut read = |n: usize| -> Result<Vec<u8>, StoreError> {
+            // A length field larger than what is left is damage: refused before anything is
+            // allocated for it (the file says how much to allocate, up to 4 GiB).
+            if u64::try_from(n).map_or(true, |n| n > r.limit()) {
+                return Err(bad("it ends early"));
+            }
             let mut b = vec![0u8; n];
             r.read_exact(&mut b).map_err(|_| bad("it ends early"))?;
             Ok(b)
@@ -211,6 +219,7 @@ impl Store {
         })?;
         let outcome = (|| {
             let storage = Storage::open(&db_dir)?;
+            let mut seen = Vec::new();
             for _ in 0..trees {
                 let n = usize::from(read(1)?[0]);
                 let name =
@@ -219,6 +228,10 @@ impl Store {
                     .into_iter()
                     .find(|t| t.name() == name)
                     .ok_or_else(|| bad(&format!("unknown tree {name:?}")))?;
+                if seen.contains(&t) {
+                    return Err(bad(&format!("tree {name:?} appears twice")));
+                }
+                seen.push(t);
                 let count = u64::from_be_bytes(read(8)?.try_into().unwrap_or([0; 8]));
                 let mut batch = sled::Batch::default();
                 for i in 0..count {
@@ -238,6 +251,9 @@ impl Store {
                     .tree(t)
                     .apply_batch(batch)
                     .map_err(StoreError::storage("restoring"))?;
+            }
+            if read(1).is_ok() {
+                return Err(bad("it has bytes after its last tree"));
             }
             if storage
                 .get(TreeId::Meta, crate::store::META_KEY)?

@@ -265,6 +265,24 @@ pub fn versioned_key(keyring_id: u64, version: u32) -> [u8; 12] {
     k
 }
 
+/// The keyring id and version of a [`versioned_key`].
+///
+/// # Errors
+/// [`FormatError::BadLength`] for a key that is not 12 bytes.
+pub fn parse_versioned_key(k: &[u8]) -> Result<(u64, u32), FormatError> {
+    let k: [u8; 12] = k.try_into().map_err(|_| FormatError::BadLength {
+        what: "versioned key",
+        field: "key",
+        expected: 12,
+        found: k.len(),
+    })?;
+    let (id, v) = k.split_at(8);
+    Ok((
+        u64::from_be_bytes(id.try_into().unwrap_or_default()),
+        u32::from_be_bytes(v.try_into().unwrap_or_default()),
+    ))
+}
+
 /// The version in a [`versioned_key`].
 #[must_use]
 pub fn version_of_key(k: &[u8]) -> Option<u32> {

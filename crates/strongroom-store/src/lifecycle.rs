@@ -293,8 +293,11 @@ impl Store {
                 && &root.name == name
                 && Some(root.version) != except
             {
-                let id = u64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]));
-                let ver = format::version_of_key(&k).unwrap_or(0);
+                let (id, ver) =
+                    format::parse_versioned_key(&k).map_err(|source| StoreError::Corrupt {
+                        what: "a wrapped KEK's tree key".into(),
+                        source,
+                    })?;
                 out.push(KekBlob {
                     keyring_id: id,
                     version: ver,

@@ -10,6 +10,8 @@
 
 use std::cell::RefCell;
 
+use zeroize::Zeroize;
+
 use strongroom_core::record::RecordHeader;
 use strongroom_core::{DekVersion, FormatError, KeyringName, Plaintext};
 
@@ -29,13 +31,31 @@ const COUNTER_BLOCK: u64 = 4096;
 /// The per-thread seal buffer is kept between puts up to this capacity.
 const KEPT_SEAL_BUFFER: usize = 64 << 10;
 
-/// One operation of an atomic batch.
-#[derive(Clone, Debug)]
+/// One operation of an atomic batch. A put's value is plaintext: it is zeroized when the
+/// operation is dropped and never shown by `Debug` (which gives its length).
+#[derive(Clone)]
 pub enum BatchOp {
     /// Put a value.
     Put(Vec<u8>, Vec<u8>),
     /// Delete a key.
     Delete(Vec<u8>),
+}
+
+impl Drop for BatchOp {
+    fn drop(&mut self) {
+        if let Self::Put(_, value) = self {
+            value.zeroize();
+        }
+    }
+}
+
+impl std::fmt::Debug for BatchOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Put(k, v) => write!(f, "Put({:?}, [{} bytes REDACTED])", show_key(k), v.len()),
+            Self::Delete(k) => write!(f, "Delete({:?})", show_key(k)),
+        }
+    }
 }
 
 fn check_key(key: &[u8]) -> Result<(), StoreError> {
@@ -486,5 +506,21 @@ impl Store {
             })
             .collect();
         self.write_records(keyring, &items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_put_never_shows_its_value() {
+        let op = BatchOp::Put(b"alice".to_vec(), b"salary=100000".to_vec());
+        let shown = format!("{op:?}");
+        assert_eq!(shown, "Put(\"alice\", [13 bytes REDACTED])");
+        assert_eq!(
+            format!("{:?}", BatchOp::Delete(b"bob".to_vec())),
+            "Delete(\"bob\")"
+        );
     }
 }

@@ -1264,6 +1264,34 @@ fn backup_and_restore_keep_everything_sealed() {
     let e = Store::restore(&bad, target.path()).unwrap_err();
     assert!(matches!(e, StoreError::BadBackup { .. }), "{e}");
     assert!(!target.path().join(strongroom_store::DB_DIR).exists());
+
+    // Well-formed checksums over bad contents (the checksum is no MAC: anyone can write one):
+    // refused by the parser with what is wrong, and nothing left behind.
+    let body = &bytes[..bytes.len() - 32];
+    let resum = |body: &[u8]| {
+        use sha2::Digest;
+        let mut f = body.to_vec();
+        f.extend_from_slice(&sha2::Sha256::digest(body));
+        f
+    };
+    let mut huge_meta = body[..5].to_vec();
+    huge_meta.extend_from_slice(&u32::MAX.to_be_bytes());
+    huge_meta.extend_from_slice(&[0u8; 64]);
+    let mut trailing = body.to_vec();
+    trailing.push(0);
+    for (crafted, why) in [
+        (huge_meta, "it ends early"),
+        (trailing, "it has bytes after its last tree"),
+    ] {
+        std::fs::write(&bad, resum(&crafted)).unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let e = Store::restore(&bad, target.path()).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::BadBackup { why: w, .. } if w == why),
+            "{why}: {e}"
+        );
+        assert!(!target.path().join(strongroom_store::DB_DIR).exists());
+    }
 }
 
 /// The limit the README states, shown: a keyring destruction does not reach a backup made
