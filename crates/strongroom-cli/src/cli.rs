@@ -66,7 +66,7 @@ pub enum Cmd {
         key: String,
         /// The value (omit to read it from stdin, which keeps it out of the process arguments
         /// that `ps` shows).
-        value: Option<String>,
+        value: Option<SecretArg>,
     },
     /// Print a record's value (raw bytes to stdout).
     Get {
@@ -122,6 +122,30 @@ pub enum Cmd {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+}
+
+/// A record value given on the command line (plaintext): its `Debug` never shows it, and it is
+/// zeroized when dropped.
+#[derive(Clone)]
+pub struct SecretArg(zeroize::Zeroizing<String>);
+
+impl SecretArg {
+    /// The value's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl From<String> for SecretArg {
+    fn from(s: String) -> Self {
+        Self(zeroize::Zeroizing::new(s))
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,4 +342,32 @@ pub struct BenchArgs {
     /// Threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_put_value() {
+        let cli = Cli::try_parse_from(["strongroom", "put", "payroll", "alice", "salary=s3cret"])
+            .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("[REDACTED]") && shown.contains("alice"),
+            "{shown}"
+        );
+        let shown = format!("{cli:#?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        // The value itself still reaches the command.
+        match &cli.cmd {
+            Cmd::Put { value: Some(v), .. } => assert_eq!(v.as_bytes(), b"salary=s3cret"),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["strongroom", "put", "payroll", "alice"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Put { value: None, .. }));
+    }
 }
