@@ -1821,8 +1821,8 @@ impl Backend for Pkcs11Backend {
                 Some(RecordState::Destroyed) => {
                     return Err(BackendError::RootDestroyed { root: id.clone() }.into());
                 }
-                Some(RecordState::Disabled { restore }) if !restore.none() => restore,
-                _ => usage_for(self.inner.algs[0]),
+                Some(RecordState::Disabled { restore }) if !restore.none() => Some(restore),
+                _ => None,
             };
             let key = found.key.ok_or_else(|| BackendError::RootUnavailable {
                 root: id.clone(),
@@ -1830,6 +1830,14 @@ impl Backend for Pkcs11Backend {
                     .into(),
             })?;
             if self.alg_for(Self::read_usage(s, key)?).is_none() {
+                // Only usage that strongroom itself recorded is put back. A key made unusable
+                // outside strongroom could have been a wrap/unwrap (KW/KWP) key or an
+                // encrypt/decrypt (GCM) one: guessing would grant it rights it never had and
+                // could take away the ones its blobs need.
+                let restore = restore.ok_or_else(|| BackendError::RootUnavailable {
+                    root: id.clone(),
+                    reason: "its usage was turned off outside strongroom, which has no record of what it was; set CKA_WRAP and CKA_UNWRAP (for AES-KW/KWP) or CKA_ENCRYPT and CKA_DECRYPT (for AES-GCM) on it in the HSM as before, then enable it again".into(),
+                })?;
                 s.update_attributes(key, &usage_attrs(restore))?;
             }
             if found.state() != Some(RecordState::Enabled) {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use strongroom_core::blob::{WrapAlg, WrappedKey};
@@ -271,6 +271,48 @@ softhsm_tests! {
         s.logout().unwrap();
         assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
         assert_eq!(b.stats().reinitializations, 0);
+    }
+
+    fn enable_never_guesses_the_usage_of_a_key_disabled_outside_strongroom(token) {
+        let id = rid("outside", 1);
+        let k = Key256::generate().unwrap();
+        let blob = {
+            let b = open_with(token, |c| c.preference = vec![WrapAlg::AesKw]);
+            b.generate_root(&id).unwrap();
+            b.wrap(&id, &k, b"c").unwrap()
+        };
+        assert_eq!(blob.alg(), WrapAlg::AesKw);
+        // The customer turns the key's usage off in the HSM, not through strongroom.
+        let (_ctx, s) = outside_session(token);
+        let key = s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(b"strongroom/outside/v1".to_vec()),
+            ])
+            .unwrap()[0];
+        let set = |on: bool| {
+            s.update_attributes(key, &[Attribute::Wrap(on), Attribute::Unwrap(on)]).unwrap();
+        };
+        set(false);
+        // A backend that prefers AES-GCM must not turn encrypt/decrypt on (and wrap/unwrap
+        // explicitly off): the key's KW blobs would never open again.
+        let b = open(token);
+        let e = b.enable_root(&id).unwrap_err();
+        assert!(
+            matches!(&e, BackendError::RootUnavailable { reason, .. } if reason.contains("outside strongroom")),
+            "{e:?}"
+        );
+        let usage = s
+            .get_attributes(key, &[AttributeType::Encrypt, AttributeType::Decrypt])
+            .unwrap();
+        assert!(
+            usage.iter().all(|a| matches!(a, Attribute::Encrypt(false) | Attribute::Decrypt(false))),
+            "no right granted by a guess: {usage:?}"
+        );
+        // Put back in the HSM, it enables and its blobs open.
+        set(true);
+        b.enable_root(&id).unwrap();
+        assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
     }
 
     fn a_refused_pin_is_not_tried_again_until_the_backend_is_reopened(token) {
