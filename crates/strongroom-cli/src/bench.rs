@@ -146,7 +146,7 @@ pub fn run(out: &Out, a: &BenchArgs) -> Result<(), CliError> {
         ("put", rate(total, plain_put), rate(total, sr_put)),
         ("get", rate(total, plain_get), rate(total, sr_get)),
     ];
-    out.result(
+    let written = out.result(
         || {
             let mut t = format!(
                 "strongroom bench: {total} records of {} bytes, {} thread(s), {ROUNDS} alternating rounds, soft backend\nrecords sealed with {}\n\n",
@@ -181,9 +181,10 @@ pub fn run(out: &Out, a: &BenchArgs) -> Result<(), CliError> {
             ])
         },
     );
+    // The temporary store goes even when the result could not be written.
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    written
 }
 
 /// A fresh private directory under the system temp dir.

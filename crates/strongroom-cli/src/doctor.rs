@@ -67,7 +67,7 @@ impl Report {
                         .collect(),
                 )
             },
-        );
+        )?;
         let fails = self.0.iter().filter(|l| l.status == Status::Fail).count();
         if fails > 0 {
             return Err(CliError::Checks(format!(

@@ -18,6 +18,9 @@ pub enum CliError {
     Checks(String),
     /// A destructive command was not confirmed (exit 7).
     Aborted(String),
+    /// Writing the output to stdout failed (exit 1, like other I/O failures; a closed pipe is not
+    /// reported: see [`CliError::is_broken_pipe`]).
+    Output(std::io::Error),
     /// Anything else (exit 1).
     Other(String),
 }
@@ -28,6 +31,10 @@ impl std::fmt::Display for CliError {
             Self::Store(e) => write!(f, "{e}"),
             Self::Backend(e) => write!(f, "{e}"),
             Self::Audit(b) => write!(f, "{b}"),
+            Self::Output(e) => write!(
+                f,
+                "writing the output failed: {e}; check where stdout goes (a full disk, a file that cannot be written)"
+            ),
             Self::NotFound(s)
             | Self::Usage(s)
             | Self::Checks(s)
@@ -79,8 +86,14 @@ impl CliError {
             Self::Usage(_) => 2,
             Self::Audit(_) => 5,
             Self::Aborted(_) => 7,
-            Self::Checks(_) | Self::Other(_) => 1,
+            Self::Checks(_) | Self::Output(_) | Self::Other(_) => 1,
         }
+    }
+
+    /// Whether this is stdout's reader going away (`strongroom ... | head -1`): the command
+    /// ends quietly and successfully, like most Unix tools.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Self::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
 }
 

@@ -1,7 +1,5 @@
 //! `strongroom`: the operator's command line for a strongroom store.
 #![forbid(unsafe_code)]
-// A command-line program prints: that is its job.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
 mod cli;
@@ -16,12 +14,6 @@ use clap::Parser;
 fn main() {
     let cli = cli::Cli::parse();
     let out = output::Out::new(cli.json);
-    let code = match ops::run(&cli, &out) {
-        Ok(()) => 0,
-        Err(e) => {
-            out.error(&e);
-            e.exit_code()
-        }
-    };
-    std::process::exit(code);
+    let outcome = ops::run(&cli, &out);
+    std::process::exit(out.finish(outcome));
 }

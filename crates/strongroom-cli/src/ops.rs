@@ -47,7 +47,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
                     ("key", Json::str(key)),
                     ("bytes", Json::Num(value.len() as u64)),
                 ])
-            });
+            })?;
             Ok(())
         }
         Cmd::Get { keyring, key } => {
@@ -67,13 +67,13 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
                             Json::Str(value.expose().iter().map(|b| format!("{b:02x}")).collect()),
                         ),
                     ])
-                });
+                })?;
             } else {
                 let mut stdout = std::io::stdout().lock();
                 stdout
                     .write_all(value.expose())
                     .and_then(|()| stdout.flush())
-                    .map_err(|e| CliError::Other(format!("writing the value: {e}")))?;
+                    .map_err(CliError::Output)?;
             }
             Ok(())
         }
@@ -85,7 +85,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
                 )));
             }
             s.flush()?;
-            out.result(String::new, || Json::obj([("deleted", Json::str(key))]));
+            out.result(String::new, || Json::obj([("deleted", Json::str(key))]))?;
             Ok(())
         }
         Cmd::List { keyring, prefix } => {
@@ -95,7 +95,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
             out.result(
                 || shown.join("\n"),
                 || Json::Arr(shown.iter().map(Json::str).collect()),
-            );
+            )?;
             Ok(())
         }
         Cmd::Reencrypt { keyring } => {
@@ -123,7 +123,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
                         ("retired", Json::Arr(retired.iter().map(Json::str).collect())),
                     ])
                 },
-            );
+            )?;
             Ok(())
         }
         Cmd::Jobs => {
@@ -139,7 +139,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
                     }
                 },
                 || Json::Arr(lines.iter().map(Json::str).collect()),
-            );
+            )?;
             Ok(())
         }
         Cmd::Resume => resume(cli, out),
@@ -163,7 +163,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
                     t
                 },
                 || Json::obj([("file", Json::str(file.display())), ("entries", Json::Num(r.entries)), ("bytes", Json::Num(r.bytes))]),
-            );
+            )?;
             Ok(())
         }
         Cmd::Restore { file, config } => {
@@ -181,7 +181,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
             out.result(
                 || format!("store {} restored into {}; open it with its own backend (for soft: copy its key file here)", hex(&meta.store_id), cli.data.display()),
                 || Json::obj([("store_id", Json::Str(hex(&meta.store_id))), ("data", Json::str(cli.data.display()))]),
-            );
+            )?;
             Ok(())
         }
     }
@@ -490,7 +490,7 @@ fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
                 ("primary_root", Json::str(&root)),
             ])
         },
-    );
+    )?;
     Ok(())
 }
 
@@ -511,7 +511,7 @@ fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
             out.result(
                 || format!("root key {n}/v1 created"),
                 || Json::obj([("root", Json::str(&n)), ("version", Json::Num(1))]),
-            );
+            )?;
         }
         RootCmd::Rotate { name } => {
             let n = rn(name)?;
@@ -536,7 +536,7 @@ fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
                         ("rewrapped", Json::Num(total)),
                     ])
                 },
-            );
+            )?;
         }
         RootCmd::List => {
             let roots = s.roots();
@@ -599,12 +599,12 @@ fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
                             .collect(),
                     )
                 },
-            );
+            )?;
         }
         RootCmd::Disable { name } => {
             let n = rn(name)?;
             s.disable_root(&n)?;
-            out.result(|| format!("root key {n} disabled: every keyring under it is refused until it is enabled"), || Json::obj([("root", Json::str(&n)), ("state", Json::str("disabled"))]));
+            out.result(|| format!("root key {n} disabled: every keyring under it is refused until it is enabled"), || Json::obj([("root", Json::str(&n)), ("state", Json::str("disabled"))]))?;
         }
         RootCmd::Enable { name } => {
             let n = rn(name)?;
@@ -612,7 +612,7 @@ fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
             out.result(
                 || format!("root key {n} enabled"),
                 || Json::obj([("root", Json::str(&n)), ("state", Json::str("enabled"))]),
-            );
+            )?;
         }
         RootCmd::Retire {
             name,
@@ -643,7 +643,7 @@ fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
                         ("retired", Json::Num(v.get().into())),
                     ])
                 },
-            );
+            )?;
         }
         RootCmd::Destroy {
             name,
@@ -675,20 +675,20 @@ fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
                             ),
                         ])
                     },
-                );
+                )?;
             } else {
                 let after = waiting_period(after.as_deref())?;
                 let when = s.schedule_root_destruction(&n, after)?;
                 out.result(
                     || format!("root key {n} will be destroyed at {when}; until then everything under it is refused; cancel with `strongroom root cancel-destroy {n}`"),
                     || Json::obj([("root", Json::str(&n)), ("state", Json::str("pending destruction")), ("not_before", Json::str(when))]),
-                );
+                )?;
             }
         }
         RootCmd::CancelDestroy { name } => {
             let n = rn(name)?;
             s.cancel_root_destruction(&n)?;
-            out.result(|| format!("destruction of root key {n} cancelled; it is disabled: enable it with `strongroom root enable {n}`"), || Json::obj([("root", Json::str(&n)), ("state", Json::str("disabled"))]));
+            out.result(|| format!("destruction of root key {n} cancelled; it is disabled: enable it with `strongroom root enable {n}`"), || Json::obj([("root", Json::str(&n)), ("state", Json::str("disabled"))]))?;
         }
     }
     Ok(())
@@ -713,7 +713,7 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
             out.result(
                 || format!("keyring {n} created under root key {}", info.root),
                 || Json::obj([("keyring", Json::str(&n)), ("root", Json::str(&info.root))]),
-            );
+            )?;
         }
         KeyringCmd::List => {
             let list = s.keyrings()?;
@@ -736,7 +736,7 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
                     t.trim_end().to_owned()
                 },
                 || Json::Arr(list.iter().map(keyring_json).collect()),
-            );
+            )?;
         }
         KeyringCmd::Show { name } => {
             let n = kr(name)?;
@@ -770,16 +770,16 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
                     }
                     j
                 },
-            );
+            )?;
         }
         KeyringCmd::Rotate { name, dek, .. } => {
             let n = kr(name)?;
             if *dek {
                 let v = s.rotate_dek(&n)?;
-                out.result(|| format!("keyring {n}: new records use DEK {v}; `strongroom reencrypt {n}` moves the old ones"), || Json::obj([("keyring", Json::str(&n)), ("dek", Json::Num(v.get().into()))]));
+                out.result(|| format!("keyring {n}: new records use DEK {v}; `strongroom reencrypt {n}` moves the old ones"), || Json::obj([("keyring", Json::str(&n)), ("dek", Json::Num(v.get().into()))]))?;
             } else {
                 let v = s.rotate_kek(&n)?;
-                out.result(|| format!("keyring {n}: KEK rotated to {v}; its DEKs were rewrapped, no record was touched"), || Json::obj([("keyring", Json::str(&n)), ("kek", Json::Num(v.get().into()))]));
+                out.result(|| format!("keyring {n}: KEK rotated to {v}; its DEKs were rewrapped, no record was touched"), || Json::obj([("keyring", Json::str(&n)), ("kek", Json::Num(v.get().into()))]))?;
             }
         }
         KeyringCmd::Move { name, root } => {
@@ -788,7 +788,7 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
             out.result(
                 || format!("keyring {n} moved under root key {r}; no record was re-encrypted"),
                 || Json::obj([("keyring", Json::str(&n)), ("root", Json::str(&r))]),
-            );
+            )?;
         }
         KeyringCmd::Disable { name } => {
             let n = kr(name)?;
@@ -796,7 +796,7 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
             out.result(
                 || format!("keyring {n} disabled"),
                 || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("disabled"))]),
-            );
+            )?;
         }
         KeyringCmd::Enable { name } => {
             let n = kr(name)?;
@@ -804,7 +804,7 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
             out.result(
                 || format!("keyring {n} enabled"),
                 || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("enabled"))]),
-            );
+            )?;
         }
         KeyringCmd::Destroy {
             name,
@@ -831,20 +831,20 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
                             ("records_purged", Json::Num(d.records)),
                         ])
                     },
-                );
+                )?;
             } else {
                 let after = waiting_period(after.as_deref())?;
                 let when = s.schedule_keyring_destruction(&n, after)?;
                 out.result(
                     || format!("keyring {n} will be destroyed at {when}; until then it is refused; cancel with `strongroom keyring cancel-destroy {n}`"),
                     || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("pending destruction")), ("not_before", Json::str(when))]),
-                );
+                )?;
             }
         }
         KeyringCmd::CancelDestroy { name } => {
             let n = kr(name)?;
             s.cancel_keyring_destruction(&n)?;
-            out.result(|| format!("destruction of keyring {n} cancelled; it is disabled: enable it with `strongroom keyring enable {n}`"), || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("disabled"))]));
+            out.result(|| format!("destruction of keyring {n} cancelled; it is disabled: enable it with `strongroom keyring enable {n}`"), || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("disabled"))]))?;
         }
     }
     Ok(())
@@ -939,7 +939,7 @@ fn resume(cli: &Cli, out: &Out) -> Result<(), CliError> {
             }
         },
         || Json::Arr(done.iter().map(Json::str).collect()),
-    );
+    )?;
     first_failure.map_or(Ok(()), Err)
 }
 
@@ -964,7 +964,7 @@ fn audit(cli: &Cli, out: &Out, cmd: &AuditCmd) -> Result<(), CliError> {
                         ("head_hash", Json::Str(hex(&r.head.hash))),
                     ])
                 },
-            ),
+            )?,
             Err(b) => return Err(CliError::Audit(b)),
         },
         AuditCmd::Log { since, limit } => {
@@ -1021,7 +1021,7 @@ fn audit(cli: &Cli, out: &Out, cmd: &AuditCmd) -> Result<(), CliError> {
                             .collect(),
                     )
                 },
-            );
+            )?;
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! Human or JSON output, and progress bars on a terminal.
 
+use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -8,47 +9,122 @@ use strongroom_cli::json::Json;
 use crate::error::CliError;
 
 /// Where a command's output goes.
+///
+/// Human output is written as it comes (and a failed write ends the command with
+/// [`CliError::Output`]). JSON output is one document: the result is held until the command
+/// ends, and [`Out::finish`] writes either it or, when the command failed, the error with the
+/// result so far inside.
 pub struct Out {
     json: bool,
+    /// JSON mode: the command's result, written by [`Out::finish`].
+    pending: RefCell<Option<Json>>,
+}
+
+/// Writes `text` and a line break to stdout, flushed (so a failure is seen here).
+fn write_line(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}").and_then(|()| stdout.flush())
+}
+
+/// One line on stderr; if even that fails there is nowhere left to say so.
+fn say_on_stderr(e: &CliError) {
+    let _ = writeln!(std::io::stderr().lock(), "strongroom: error: {e}");
 }
 
 impl Out {
     pub fn new(json: bool) -> Self {
-        Self { json }
+        Self {
+            json,
+            pending: RefCell::new(None),
+        }
     }
 
     pub fn json_mode(&self) -> bool {
         self.json
     }
 
-    /// A result: `human` on a terminal-friendly line, or `json` in JSON mode.
-    pub fn result(&self, human: impl FnOnce() -> String, json: impl FnOnce() -> Json) {
-        let mut stdout = std::io::stdout().lock();
-        let text = if self.json {
-            json().to_string()
-        } else {
-            human()
-        };
-        if !text.is_empty() {
-            let _ = writeln!(stdout, "{text}");
+    /// A result: `human` on a terminal-friendly line, or `json` in JSON mode (the command's one
+    /// document; a command gives one result).
+    ///
+    /// # Errors
+    /// [`CliError::Output`] when stdout cannot be written.
+    pub fn result(
+        &self,
+        human: impl FnOnce() -> String,
+        json: impl FnOnce() -> Json,
+    ) -> Result<(), CliError> {
+        if self.json {
+            *self.pending.borrow_mut() = Some(json());
+            return Ok(());
         }
+        let text = human();
+        if text.is_empty() {
+            return Ok(());
+        }
+        write_line(&text).map_err(CliError::Output)
     }
 
-    /// The one line a failure prints (JSON on stdout in JSON mode).
-    pub fn error(&self, e: &CliError) {
+    /// A line of human output (nothing in JSON mode).
+    ///
+    /// # Errors
+    /// [`CliError::Output`] when stdout cannot be written.
+    pub fn line(&self, text: &str) -> Result<(), CliError> {
         if self.json {
-            println!(
-                "{}",
-                Json::obj([
+            return Ok(());
+        }
+        write_line(text).map_err(CliError::Output)
+    }
+
+    /// Ends the command: writes the JSON document (the result, or the error with the result so
+    /// far under `"result"`) or the error's line on stderr, and returns the exit code. A closed
+    /// stdout is a quiet end, with the command's own exit code.
+    pub fn finish(self, outcome: Result<(), CliError>) -> i32 {
+        let code = outcome
+            .as_ref()
+            .err()
+            .map_or(0, |e| if e.is_broken_pipe() { 0 } else { e.exit_code() });
+        if !self.json {
+            if let Err(e) = &outcome
+                && !e.is_broken_pipe()
+            {
+                say_on_stderr(e);
+            }
+            return code;
+        }
+        let result = self.pending.into_inner();
+        let doc = match &outcome {
+            Ok(()) => result,
+            Err(e) if e.is_broken_pipe() => None,
+            Err(e) => {
+                let mut fields = vec![
                     ("error", Json::str(e)),
                     (
                         "exit_code",
-                        Json::Num(u64::try_from(e.exit_code()).unwrap_or(1))
-                    )
-                ])
-            );
-        } else {
-            eprintln!("strongroom: error: {e}");
+                        Json::Num(u64::try_from(e.exit_code()).unwrap_or(1)),
+                    ),
+                ];
+                if let Some(r) = result {
+                    fields.push(("result", r));
+                }
+                Some(Json::obj(fields))
+            }
+        };
+        let Some(doc) = doc else { return code };
+        match write_line(&doc.to_string()) {
+            Ok(()) => code,
+            Err(w) if w.kind() == std::io::ErrorKind::BrokenPipe => code,
+            Err(w) => {
+                // Stdout is unusable: say so on stderr (the command's own error if it failed).
+                match outcome {
+                    Err(e) => say_on_stderr(&e),
+                    Ok(()) => {
+                        let e = CliError::Output(w);
+                        say_on_stderr(&e);
+                        return e.exit_code();
+                    }
+                }
+                code
+            }
         }
     }
 
@@ -78,8 +154,11 @@ pub fn confirm(question: &str, yes: bool) -> Result<(), CliError> {
             "not confirmed (no terminal to ask on): {question} Pass --yes to confirm in a script"
         )));
     }
-    eprint!("{question} Type 'yes' to confirm: ");
-    let _ = std::io::stderr().flush();
+    {
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(stderr, "{question} Type 'yes' to confirm: ");
+        let _ = stderr.flush();
+    }
     let mut answer = String::new();
     let _ = std::io::stdin().read_line(&mut answer);
     if answer.trim() == "yes" {

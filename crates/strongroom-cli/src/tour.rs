@@ -17,17 +17,15 @@ struct Tour<'a> {
 }
 
 impl Tour<'_> {
-    fn step(&mut self, title: &str, lines: &[String]) {
+    fn step(&mut self, title: &str, lines: &[String]) -> Result<(), CliError> {
         self.n += 1;
-        if !self.out.json_mode() {
-            let mut first = true;
-            for l in lines {
-                if first {
-                    println!("{:>2}. {title:<22} {l}", self.n);
-                    first = false;
-                } else {
-                    println!("    {:<22} {l}", "");
-                }
+        let mut first = true;
+        for l in lines {
+            if first {
+                self.out.line(&format!("{:>2}. {title:<22} {l}", self.n))?;
+                first = false;
+            } else {
+                self.out.line(&format!("    {:<22} {l}", ""))?;
             }
         }
         self.steps.push(Json::obj([
@@ -35,6 +33,7 @@ impl Tour<'_> {
             ("title", Json::str(title)),
             ("result", Json::Arr(lines.iter().map(Json::str).collect())),
         ]));
+        Ok(())
     }
 }
 
@@ -72,12 +71,10 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
         steps: Vec::new(),
         n: 0,
     };
-    if !out.json_mode() {
-        println!(
-            "strongroom tour: the whole key lifecycle in a temporary store on the embedded soft backend"
-        );
-        println!("({}; removed at the end)\n", dir.display());
-    }
+    out.line(
+        "strongroom tour: the whole key lifecycle in a temporary store on the embedded soft backend",
+    )?;
+    out.line(&format!("({}; removed at the end)\n", dir.display()))?;
     let name = |s: &str| RootKeyName::new(s).map_err(|e| CliError::Other(e.to_string()));
     let ring = KeyringName::new("payroll").map_err(|e| CliError::Other(e.to_string()))?;
     let options = StoreOptions {
@@ -99,13 +96,13 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
             crate::ops::hex(&s.meta().store_id[..4]),
             backend.describe().description
         )],
-    );
+    )?;
 
     s.create_root(&name("acme")?)?;
     t.step(
         "customer root key",
         &["root key acme/v1 created: the customer's key (in production, in their HSM)".into()],
-    );
+    )?;
 
     s.create_keyring(&ring, Some(&name("acme")?))?;
     t.step(
@@ -114,18 +111,18 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
             "keyring payroll created under acme: KEK v1 wrapped by acme, DEK v1 wrapped by the KEK"
                 .into(),
         ],
-    );
+    )?;
 
     s.put(&ring, b"alice", b"salary=100000")?;
     t.step(
         "put",
         &["payroll/alice = \"salary=100000\", sealed with AES-256-GCM under DEK v1".into()],
-    );
+    )?;
     let v = text(&s, &ring, "alice")?;
     if v != "salary=100000" {
         return Err(fail("get returns what put stored", v));
     }
-    t.step("get", &[format!("payroll/alice -> {v:?}")]);
+    t.step("get", &[format!("payroll/alice -> {v:?}")])?;
 
     let mut rewrapped = 0;
     let v2 = s.rotate_root(&name("acme")?, &mut |p| rewrapped = p.total)?;
@@ -142,7 +139,7 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
             format!("keyring payroll KEK rotated to {kek}: DEKs rewrapped, no record touched"),
             format!("payroll/alice still -> {v:?}"),
         ],
-    );
+    )?;
 
     s.disable_keyring(&ring)?;
     let why = refused(
@@ -155,7 +152,7 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
             "keyring payroll disabled".into(),
             format!("get refused: {why}"),
         ],
-    );
+    )?;
 
     s.enable_keyring(&ring)?;
     let v = text(&s, &ring, "alice")?;
@@ -164,7 +161,7 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
         &[format!(
             "keyring payroll enabled; payroll/alice -> {v:?} again"
         )],
-    );
+    )?;
 
     let when = s.schedule_keyring_destruction(&ring, None)?;
     let why = refused(
@@ -177,7 +174,7 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
             format!("keyring payroll will be destroyed at {when} (7-day waiting period)"),
             format!("get refused: {why}"),
         ],
-    );
+    )?;
 
     let d = s.destroy_keyring_now(&ring)?;
     let why = refused(
@@ -193,7 +190,7 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
             ),
             format!("get refused for good: {why}"),
         ],
-    );
+    )?;
 
     let a = s.verify_audit()?.map_err(CliError::Audit)?;
     t.step(
@@ -202,7 +199,7 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
             "OK: {} entries (every key operation above), chain and MACs verify",
             a.entries
         )],
-    );
+    )?;
 
     // Tamper with the audit log on disk: change one byte of entry 5.
     drop(s);
@@ -230,23 +227,21 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
     t.step(
         "tamper",
         &["one byte of audit entry #5 changed directly in the database files".into()],
-    );
+    )?;
     let backend: Arc<dyn Backend> = Arc::new(SoftBackend::open(dir)?);
     let s = Store::open(dir, backend, options)?;
     match s.verify_audit()? {
-        Err(b) if b.seq == 5 => t.step("audit verify", &[format!("FAILED, as it must: {b}")]),
+        Err(b) if b.seq == 5 => t.step("audit verify", &[format!("FAILED, as it must: {b}")])?,
         other => return Err(fail("verification must find the changed entry", other)),
     }
 
-    if out.json_mode() {
-        out.result(String::new, || {
+    out.result(
+        || "\ntour complete: every step behaved as it must.".into(),
+        || {
             Json::obj([
                 ("ok", Json::Bool(true)),
                 ("steps", Json::Arr(t.steps.clone())),
             ])
-        });
-    } else {
-        println!("\ntour complete: every step behaved as it must.");
-    }
-    Ok(())
+        },
+    )
 }

@@ -463,6 +463,127 @@ fn bench_reports_ratios_and_zero_backend_calls_once_warm() {
     assert!(j["ops"][0]["ratio"].as_f64().unwrap() > 0.0);
 }
 
+/// Runs the binary with its stdout a pipe whose read end is closed before it writes.
+fn with_closed_stdout(mut c: Command) -> Run {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: o.stdout,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Runs the binary with its stdout on /dev/full (every write fails: no space left).
+fn with_full_stdout(mut c: Command) -> Run {
+    c.stdin(Stdio::null())
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .stderr(Stdio::piped());
+    let o = c.output().unwrap();
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: o.stdout,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly_and_the_tour_still_cleans_up() {
+    let (dir, data) = new_store();
+    let d = data.as_path();
+    sr(d, &["keyring", "create", "k"]).ok();
+    sr(d, &["put", "k", "a", "alpha"]).ok();
+    // The tour's temporary store goes in TMPDIR: a directory of the test's own.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    for args in [
+        &["tour"][..],
+        &["--json", "tour"],
+        &["bench", "--records", "200", "--value-size", "16"],
+        &["audit", "log"],
+        &["--json", "audit", "log"],
+        &["get", "k", "a"],
+        &["list", "k"],
+    ] {
+        let mut c = cmd(d, args);
+        c.env("TMPDIR", &tmp);
+        let r = with_closed_stdout(c);
+        // Like most Unix tools: the reader went away, nothing is wrong.
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        assert_eq!(r.stderr, "", "{args:?}");
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "{args:?} left its temp dir"
+        );
+    }
+}
+
+#[test]
+fn a_failed_write_to_stdout_is_an_error() {
+    let (_dir, data) = new_store();
+    let d = data.as_path();
+    sr(d, &["keyring", "create", "k"]).ok();
+    sr(d, &["put", "k", "a", "alpha"]).ok();
+    for args in [
+        &["audit", "log"][..],
+        &["--json", "audit", "log"],
+        &["get", "k", "a"],
+        &["--json", "get", "k", "a"],
+        &["tour"],
+    ] {
+        with_full_stdout(cmd(d, args)).fails(1, "writing the output failed");
+    }
+    // A command that failed keeps its own exit code and says why on stderr.
+    with_full_stdout(cmd(d, &["--json", "get", "k", "missing"])).fails(3, "no record");
+}
+
+#[test]
+fn json_output_is_one_document_even_when_a_command_fails_after_its_result() {
+    let (_dir, data) = new_store();
+    let d = data.as_path();
+    // A failing doctor: the configuration names a backend that cannot open.
+    std::fs::remove_file(d.join("soft-root-keys")).unwrap();
+    let r = sr(d, &["--json", "doctor"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(j["exit_code"], 1, "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("doctor found 1 problem"),
+        "{j}"
+    );
+    let checks = j["result"].as_array().unwrap();
+    assert_eq!(checks.last().unwrap()["status"], "FAIL", "{j}");
+    assert_eq!(checks.last().unwrap()["check"], "backend", "{j}");
+
+    // A resume that finishes some work and not the rest.
+    let (_dir, data) = new_store();
+    let d = data.as_path();
+    sr(d, &["keyring", "create", "k"]).ok();
+    sr(d, &["keyring", "destroy", "k", "--after", "1s"]).ok();
+    sr(d, &["root", "disable", "service"]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = sr(d, &["--json", "resume"]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(j["exit_code"], r.code, "{j}");
+    assert!(j["error"].is_string(), "{j}");
+    assert!(
+        j["result"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("not finished: "),
+        "{j}"
+    );
+}
+
 fn p11_init(token: &Token, data: &Path, extra: &[&str]) -> Run {
     let mut c = cmd(
         data,
