@@ -162,7 +162,9 @@ impl Store {
                         roll_over = Some(kr.current_dek);
                         break;
                     }
-                    let old = self.dek(keyring, &kr, header.dek_version)?;
+                    let Some(old) = self.record_dek(keyring, &kr, header.dek_version)? else {
+                        return Err(integrity());
+                    };
                     let plain = old.open(keyring, rk, sealed).map_err(|_| integrity())?;
                     let resealed = target
                         .seal(keyring, rk, plain.expose())

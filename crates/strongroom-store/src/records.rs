@@ -9,11 +9,11 @@
 //! only over-count) and rolls over to a new DEK after `dek_rollover_after` of them.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
-use zeroize::Zeroize;
-
-use strongroom_core::record::RecordHeader;
+use strongroom_core::record::{RecordCipher, RecordHeader};
 use strongroom_core::{DekVersion, FormatError, KeyringName, Plaintext};
+use zeroize::Zeroize;
 
 use crate::audit::{self, AuditOp, Event, Outcome};
 use crate::error::StoreError;
@@ -304,6 +304,28 @@ impl Store {
     /// Seals and writes `items` (a value, or `None` to delete) in one atomic batch, under one
     /// hold of the lifecycle lock, so no lifecycle change (a disable, a DEK retirement) can fall
     /// between sealing and writing. Rolls the DEK over first when it has sealed its quota.
+    /// The cipher of the DEK a record's header names, or `None` when the keyring has no such
+    /// DEK: then the record is what is damaged, and the caller reports it by name.
+    pub(crate) fn record_dek(
+        &self,
+        name: &KeyringName,
+        kr: &KeyringEntry,
+        v: DekVersion,
+    ) -> Result<Option<Arc<RecordCipher>>, StoreError> {
+        match self.dek(name, kr, v) {
+            Ok(c) => Ok(Some(c)),
+            Err(e @ StoreError::KeyIntegrity { .. }) => {
+                let exists = self
+                    .inner
+                    .storage
+                    .get(TreeId::Deks, format::versioned_key(kr.id, v.get()))?
+                    .is_some();
+                if exists { Err(e) } else { Ok(None) }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn write_records(
         &self,
         keyring: &KeyringName,
@@ -417,15 +439,8 @@ impl Store {
             key: show_key(key),
         };
         let (header, _) = RecordHeader::parse(&sealed).map_err(|_| integrity())?;
-        let cipher = match self.dek(keyring, &kr, header.dek_version) {
-            Ok(c) => c,
-            // A header naming a DEK the keyring does not have is a damaged record.
-            Err(StoreError::KeyIntegrity { what })
-                if what.starts_with("DEK ") && what.ends_with("(missing)") =>
-            {
-                return Err(integrity());
-            }
-            Err(e) => return Err(e),
+        let Some(cipher) = self.record_dek(keyring, &kr, header.dek_version)? else {
+            return Err(integrity());
         };
         cipher
             .open(keyring, key, &sealed)
