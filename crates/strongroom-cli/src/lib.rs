@@ -137,6 +137,28 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
     u64::try_from(days * 86_400 + secs_of_day).map_err(|_| bad())
 }
 
+/// `s` made safe to print on one line of a terminal: control characters (line breaks, escape
+/// sequences), Unicode line separators and bidirectional overrides are escaped (`\n`,
+/// `\u{1b}`), so text from the audit log cannot forge a line or rewrite what is shown.
+#[must_use]
+pub fn escape_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let hidden = c.is_control()
+                || matches!(
+                    c,
+                    '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+                        | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+                );
+            if hidden {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -189,5 +211,22 @@ mod tests {
         for bad in ["", "7", "d", "7w", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn escape_controls_keeps_text_on_one_line() {
+        assert_eq!(escape_controls("alice"), "alice");
+        assert_eq!(escape_controls("évé \\ ok"), "évé \\ ok");
+        assert_eq!(escape_controls("evil\n#2 fake"), "evil\\n#2 fake");
+        assert_eq!(escape_controls("a\rb\tc\u{1b}[2Jd"), "a\\rb\\tc\\u{1b}[2Jd");
+        assert_eq!(
+            escape_controls("x\u{2028}y\u{202e}z"),
+            "x\\u{2028}y\\u{202e}z"
+        );
+        assert!(
+            !escape_controls("a\u{85}b\u{7f}")
+                .chars()
+                .any(char::is_control)
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use strongroom_cli::config::{BackendConfig, CONFIG_FILE, Config};
 use strongroom_cli::json::Json;
-use strongroom_cli::parse_duration;
+use strongroom_cli::{escape_controls, parse_duration};
 use strongroom_core::{
     Backend, KeyState, KeyringName, RootKeyId, RootKeyName, RootVersion, SoftBackend,
 };
@@ -989,14 +989,16 @@ fn audit(cli: &Cli, out: &Out, cmd: &AuditCmd) -> Result<(), CliError> {
                                 "#{:<5} {} {:<12} {:<26} {:<8} {}{}",
                                 e.seq,
                                 e.time,
-                                e.actor,
+                                // Escaped: an actor, target or detail with a line break or
+                                // an escape sequence must not forge a line.
+                                escape_controls(&e.actor),
                                 e.op,
                                 e.outcome.as_str(),
-                                e.target,
+                                escape_controls(&e.target),
                                 if e.detail.is_empty() {
                                     String::new()
                                 } else {
-                                    format!(" ({})", e.detail)
+                                    format!(" ({})", escape_controls(&e.detail))
                                 }
                             )
                         })

@@ -463,6 +463,28 @@ fn bench_reports_ratios_and_zero_backend_calls_once_warm() {
     assert!(j["ops"][0]["ratio"].as_f64().unwrap() > 0.0);
 }
 
+#[test]
+fn the_audit_log_text_view_escapes_control_characters() {
+    let (_dir, data) = new_store();
+    let d = data.as_path();
+    let actor = "evil\n#2     2026-01-01T00:00:00Z admin   root.destroy \u{1b}[2J";
+    let mut c = cmd(d, &["--actor", actor, "keyring", "create", "k"]);
+    c.env_remove("STRONGROOM_ACTOR");
+    run_with(c, None).ok();
+    let log = sr(d, &["audit", "log"]).ok().out();
+    let entries = sr(d, &["--json", "audit", "log"]).ok().json();
+    let n = entries.as_array().unwrap().len();
+    assert_eq!(log.lines().count(), n, "one line per entry:\n{log}");
+    assert!(log.lines().all(|l| l.starts_with('#')), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+    assert!(
+        log.contains(r"evil\n#2     2026-01-01T00:00:00Z admin   root.destroy \u{1b}[2J"),
+        "{log}"
+    );
+    // JSON keeps the actor as it was given.
+    assert_eq!(entries[n - 1]["actor"], actor);
+}
+
 /// Runs the binary with its stdout a pipe whose read end is closed before it writes.
 fn with_closed_stdout(mut c: Command) -> Run {
     c.stdin(Stdio::null())
