@@ -373,8 +373,117 @@ fn absolute(path: &Path) -> Result<std::path::PathBuf, CliError> {
         .map_err(|e| CliError::Usage(format!("cannot make {} absolute: {e}", path.display())))
 }
 
+/// The configuration `init` writes, from its arguments: every mistake in them is found here,
+/// before anything is created.
+fn init_config(a: &InitArgs, root: &RootKeyName) -> Result<Config, CliError> {
+    let backend = match a.backend {
+        BackendKind::Soft => {
+            let pkcs11_only: Vec<&str> = [
+                ("--module", a.module.is_some()),
+                ("--token", a.token.is_some()),
+                ("--slot", a.slot.is_some()),
+                ("--pin-env", a.pin_env.is_some()),
+                ("--pin-file", a.pin_file.is_some()),
+                ("--namespace", a.namespace.is_some()),
+                ("--adopt-root", a.adopt_root.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, given)| given.then_some(flag))
+            .collect();
+            if !pkcs11_only.is_empty() {
+                let (verb, pronoun) = if pkcs11_only.len() == 1 {
+                    ("applies", "it")
+                } else {
+                    ("apply", "them")
+                };
+                return Err(CliError::Usage(format!(
+                    "{} only {verb} to --backend pkcs11; add --backend pkcs11, or leave {pronoun} out for the soft backend",
+                    pkcs11_only.join(", ")
+                )));
+            }
+            BackendConfig::Soft
+        }
+        BackendKind::Pkcs11 => {
+            // (An empty --module or --pin-file is refused by the argument parser.)
+            for (flag, value, what) in [
+                (
+                    "--token",
+                    a.token.as_ref().map(String::is_empty),
+                    "the token's label (or --slot ID)",
+                ),
+                (
+                    "--pin-env",
+                    a.pin_env.as_ref().map(String::is_empty),
+                    "the name of the variable that holds the PIN",
+                ),
+                (
+                    "--namespace",
+                    a.namespace.as_ref().map(String::is_empty),
+                    "a namespace, or leave it out for a fresh one",
+                ),
+                (
+                    "--adopt-root",
+                    a.adopt_root.as_ref().map(String::is_empty),
+                    "the key's label, label:LABEL or id:HEX",
+                ),
+            ] {
+                if value == Some(true) {
+                    return Err(CliError::Usage(format!("{flag} is empty; give {what}")));
+                }
+            }
+            BackendConfig::Pkcs11 {
+                module: absolute(a.module.as_deref().ok_or_else(|| {
+                    CliError::Usage("--module is required with --backend pkcs11".into())
+                })?)?,
+                token: match (&a.token, a.slot) {
+                    (Some(l), _) => TokenSelector::Label(l.clone()),
+                    (None, Some(s)) => TokenSelector::Slot(s),
+                    (None, None) => {
+                        return Err(CliError::Usage(
+                            "give the token with --token LABEL (or --slot ID)".into(),
+                        ));
+                    }
+                },
+                pin: match (&a.pin_env, &a.pin_file) {
+                    (Some(v), _) => PinSource::Env(v.clone()),
+                    (None, Some(f)) => PinSource::File(absolute(f)?),
+                    (None, None) => {
+                        return Err(CliError::Usage(
+                            "say where the PIN comes from: --pin-env VAR or --pin-file FILE (never on the command line)".into(),
+                        ));
+                    }
+                },
+                namespace: match &a.namespace {
+                    Some(n) => {
+                        check_namespace(n).map_err(CliError::Usage)?;
+                        n.clone()
+                    }
+                    None => fresh_namespace()?,
+                },
+            }
+        }
+    };
+    let config = Config {
+        backend,
+        primary_root: root.clone(),
+        cache_ttl: StoreOptions::default().cache_ttl,
+        destruction_delay: StoreOptions::default().destruction_delay,
+        audit_data_access: false,
+    };
+    // Whatever is written must read back the same (a value with leading or trailing spaces or a
+    // line break would not).
+    if Config::parse(&config.to_text()).as_ref() != Ok(&config) {
+        return Err(CliError::Usage(
+            "a value given to init (module path, token label, PIN variable or file) has leading or trailing spaces or a line break, which strongroom.conf cannot hold".into(),
+        ));
+    }
+    Ok(config)
+}
+
 fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
     let data = &cli.data;
+    let root = rn(&a.root)?;
+    let config = init_config(a, &root)?;
     check_init_target(data)?;
     let created_dir = !occupied(data);
     let existed: Vec<&str> = INIT_MAKES
@@ -387,64 +496,12 @@ fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
         .mode(0o700)
         .create(data)
         .map_err(|e| CliError::Other(format!("creating {}: {e}", data.display())))?;
-    let root = rn(&a.root)?;
     // Set once this run has written a key file: one that was there before is never removed, even
     // one that appeared after the check above.
     let mut made_key_file = false;
     let result = (|| {
-        let config = Config {
-            backend: match a.backend {
-                BackendKind::Soft => BackendConfig::Soft,
-                BackendKind::Pkcs11 => BackendConfig::Pkcs11 {
-                    module: absolute(a.module.as_deref().ok_or_else(|| {
-                        CliError::Usage("--module is required with --backend pkcs11".into())
-                    })?)?,
-                    token: match (&a.token, a.slot) {
-                        (Some(l), _) => TokenSelector::Label(l.clone()),
-                        (None, Some(s)) => TokenSelector::Slot(s),
-                        (None, None) => {
-                            return Err(CliError::Usage(
-                                "give the token with --token LABEL (or --slot ID)".into(),
-                            ));
-                        }
-                    },
-                    pin: match (&a.pin_env, &a.pin_file) {
-                        (Some(v), _) => PinSource::Env(v.clone()),
-                        (None, Some(f)) => PinSource::File(absolute(f)?),
-                        (None, None) => {
-                            return Err(CliError::Usage(
-                                "say where the PIN comes from: --pin-env VAR or --pin-file FILE (never on the command line)".into(),
-                            ));
-                        }
-                    },
-                    namespace: match &a.namespace {
-                        Some(n) => {
-                            check_namespace(n).map_err(CliError::Usage)?;
-                            n.clone()
-                        }
-                        None => fresh_namespace()?,
-                    },
-                },
-            },
-            primary_root: root.clone(),
-            cache_ttl: StoreOptions::default().cache_ttl,
-            destruction_delay: StoreOptions::default().destruction_delay,
-            audit_data_access: false,
-        };
-        // Whatever is written must read back the same (a value with leading or trailing spaces
-        // or a line break would not).
-        if Config::parse(&config.to_text()).as_ref() != Ok(&config) {
-            return Err(CliError::Usage(
-                "a value given to init (module path, token label, PIN variable or file) has leading or trailing spaces or a line break, which strongroom.conf cannot hold".into(),
-            ));
-        }
         let backend: Arc<dyn Backend> = match &config.backend {
             BackendConfig::Soft => {
-                if a.adopt_root.is_some() {
-                    return Err(CliError::Usage(
-                        "--adopt-root needs --backend pkcs11".into(),
-                    ));
-                }
                 let b = SoftBackend::create(data)?;
                 made_key_file = true;
                 Arc::new(b)

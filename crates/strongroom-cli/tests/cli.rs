@@ -766,6 +766,65 @@ fn init_never_deletes_a_key_file_or_anchor_it_did_not_create() {
 }
 
 #[test]
+fn init_checks_its_arguments_before_creating_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.as_path();
+    // PKCS#11 settings with the soft backend are a mistake, not something to ignore.
+    sr(d, &["init", "--module", "/x.so"]).fails(
+        2,
+        "--module only applies to --backend pkcs11; add --backend pkcs11, or leave it out",
+    );
+    sr(
+        d,
+        &["init", "--token", "t", "--pin-env", "P", "--namespace", "n"],
+    )
+    .fails(
+        2,
+        "--token, --pin-env, --namespace only apply to --backend pkcs11",
+    );
+    sr(d, &["init", "--slot", "0", "--pin-file", "/p"])
+        .fails(2, "--slot, --pin-file only apply to --backend pkcs11");
+    sr(d, &["init", "--adopt-root", "k"]).fails(2, "--adopt-root only applies");
+    sr(d, &["init", "--root", "bad name"]).fails(2, "invalid root key name \"bad name\"");
+    let p11 = |extra: &[&str]| {
+        let mut a = vec!["init", "--backend", "pkcs11"];
+        a.extend_from_slice(extra);
+        sr(d, &a)
+    };
+    p11(&["--module", "/x.so", "--token", "", "--pin-env", "P"])
+        .fails(2, "--token is empty; give the token's label");
+    for flag in ["--module", "--pin-file"] {
+        let mut a = vec!["--module", "/x.so", "--token", "t", "--pin-file", "/p"];
+        let at = a.iter().position(|f| *f == flag).unwrap();
+        a[at + 1] = "";
+        let r = p11(&a);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(
+            r.stderr
+                .starts_with(&format!("error: a value is required for '{flag} <")),
+            "{}",
+            r.stderr
+        );
+    }
+    p11(&["--module", "/x.so", "--token", "t", "--pin-env", ""]).fails(2, "--pin-env is empty");
+    p11(&[
+        "--module",
+        "/x.so",
+        "--token",
+        "t",
+        "--pin-env",
+        "P",
+        "--adopt-root",
+        "",
+    ])
+    .fails(2, "--adopt-root is empty");
+    p11(&["--module", "/x.so", "--token", " t", "--pin-env", "P"])
+        .fails(2, "leading or trailing spaces");
+    assert!(!d.exists(), "nothing was created");
+}
+
+#[test]
 fn a_failed_init_removes_only_what_it_created() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
