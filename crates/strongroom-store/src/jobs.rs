@@ -10,7 +10,7 @@ use crate::format;
 use crate::lifecycle::{BACKEND_DESTROY_PREFIX, Progress};
 use crate::records::show_key;
 use crate::storage::TreeId;
-use crate::store::{Store, check_usable};
+use crate::store::Store;
 
 const REENCRYPT_PREFIX: &[u8] = b"reencrypt/";
 const BATCH: usize = 256;
@@ -112,23 +112,14 @@ impl Store {
         };
         if cursor.is_none() {
             // A job is recorded only for a keyring that can be re-encrypted now.
-            {
-                let cat = self.read_catalog();
-                let kr = cat.keyring(keyring)?;
-                check_usable(&cat, keyring, &kr)?;
-            }
+            self.usable_keyring(keyring)?;
             self.inner.storage.insert(TreeId::Jobs, &job, Vec::new())?;
         }
         progress(Progress { done, total });
         loop {
             let roll_over = {
                 let _r = self.read_lifecycle();
-                let kr = {
-                    let cat = self.read_catalog();
-                    let kr = cat.keyring(keyring)?;
-                    check_usable(&cat, keyring, &kr)?;
-                    kr
-                };
+                let kr = self.usable_keyring(keyring)?;
                 let batch: Vec<(Vec<u8>, Vec<u8>)> = self
                     .inner
                     .storage

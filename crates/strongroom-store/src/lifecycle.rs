@@ -19,8 +19,7 @@ use crate::error::StoreError;
 use crate::format::{self, KeyringEntry, RootEntry};
 use crate::storage::TreeId;
 use crate::store::{
-    Catalog, NEXT_ID_KEY, Store, audit_key_context, check_usable, dek_context, ensure_backend_root,
-    kek_context,
+    Catalog, NEXT_ID_KEY, Store, audit_key_context, dek_context, ensure_backend_root, kek_context,
 };
 
 /// A root key as the store sees it.
@@ -885,14 +884,6 @@ impl Store {
             Ok(())
         })?;
         self.keyring(name)
-    }
-
-    /// The keyring entry, refusing unless it is enabled and its root is too.
-    fn usable_keyring(&self, name: &KeyringName) -> Result<Arc<KeyringEntry>, StoreError> {
-        let cat = self.read_catalog();
-        let kr = cat.keyring(name)?;
-        check_usable(&cat, name, &kr)?;
-        Ok(kr)
     }
 
     /// Rotates the KEK of keyring `name`: a new KEK wrapped under the root's current version,

@@ -20,7 +20,7 @@ use crate::error::StoreError;
 use crate::format;
 use crate::format::KeyringEntry;
 use crate::storage::TreeId;
-use crate::store::{Counter, Store, check_usable};
+use crate::store::{Counter, Store};
 
 /// Longest record key, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -340,12 +340,7 @@ impl Store {
         loop {
             let rolled = {
                 let _r = self.read_lifecycle();
-                let kr = {
-                    let cat = self.read_catalog();
-                    let kr = cat.keyring(keyring)?;
-                    check_usable(&cat, keyring, &kr)?;
-                    kr
-                };
+                let kr = self.usable_keyring(keyring)?;
                 let roll = match items {
                     [(k, Some(v))] => self.put_one(keyring, &kr, k, v)?,
                     _ => self.write_many(keyring, &kr, items)?,
@@ -421,12 +416,7 @@ impl Store {
         key: &[u8],
     ) -> Result<Option<Plaintext>, StoreError> {
         let _r = self.read_lifecycle();
-        let kr = {
-            let cat = self.read_catalog();
-            let kr = cat.keyring(keyring)?;
-            check_usable(&cat, keyring, &kr)?;
-            kr
-        };
+        let kr = self.usable_keyring(keyring)?;
         let Some(sealed) = self
             .inner
             .storage
@@ -456,9 +446,7 @@ impl Store {
         check_key(key)?;
         let existed = {
             let _r = self.read_lifecycle();
-            let cat = self.read_catalog();
-            let kr = cat.keyring(keyring)?;
-            check_usable(&cat, keyring, &kr)?;
+            let kr = self.usable_keyring(keyring)?;
             self.inner
                 .storage
                 .remove(TreeId::Records, format::record_key(kr.id, key))?
@@ -480,12 +468,7 @@ impl Store {
     /// A keyring that is not usable, or a storage error.
     pub fn list(&self, keyring: &KeyringName, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
         let _r = self.read_lifecycle();
-        let kr = {
-            let cat = self.read_catalog();
-            let kr = cat.keyring(keyring)?;
-            check_usable(&cat, keyring, &kr)?;
-            kr
-        };
+        let kr = self.usable_keyring(keyring)?;
         self.inner
             .storage
             .scan_prefix(TreeId::Records, format::record_key(kr.id, prefix))

@@ -122,11 +122,7 @@ impl Catalog {
 }
 
 /// Refuses access to a keyring that is not enabled (or whose root is not).
-pub(crate) fn check_usable(
-    cat: &Catalog,
-    name: &KeyringName,
-    kr: &KeyringEntry,
-) -> Result<(), StoreError> {
+fn check_usable(cat: &Catalog, name: &KeyringName, kr: &KeyringEntry) -> Result<(), StoreError> {
     match kr.state {
         KeyState::Enabled => {}
         KeyState::Disabled => return Err(StoreError::KeyringDisabled { name: name.clone() }),
@@ -448,6 +444,17 @@ impl Store {
     /// A storage error (a full disk, an I/O error).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.storage.flush()
+    }
+
+    /// The keyring entry, refusing unless it is enabled and its root is too.
+    pub(crate) fn usable_keyring(
+        &self,
+        name: &KeyringName,
+    ) -> Result<Arc<KeyringEntry>, StoreError> {
+        let cat = self.read_catalog();
+        let kr = cat.keyring(name)?;
+        check_usable(&cat, name, &kr)?;
+        Ok(kr)
     }
 
     pub(crate) fn read_lifecycle(&self) -> RwLockReadGuard<'_, ()> {
