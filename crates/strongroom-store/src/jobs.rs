@@ -7,7 +7,7 @@ use strongroom_core::{DekVersion, KeyringName, RootKeyName};
 use crate::audit::AuditOp;
 use crate::error::StoreError;
 use crate::format;
-use crate::lifecycle::{BACKEND_DESTROY_PREFIX, Progress};
+use crate::lifecycle::{BACKEND_DESTROY_PREFIX, PURGE_PREFIX, Progress};
 use crate::records::show_key;
 use crate::storage::TreeId;
 use crate::store::Store;
@@ -300,9 +300,9 @@ impl Store {
                 out.push(PendingJob::Reencrypt(name.clone()));
             }
         }
-        for item in self.inner.storage.scan_prefix(TreeId::Jobs, b"purge/") {
+        for item in self.inner.storage.scan_prefix(TreeId::Jobs, PURGE_PREFIX) {
             let (k, _) = item?;
-            if let Ok(id) = <[u8; 8]>::try_from(&k[6..]) {
+            if let Ok(id) = <[u8; 8]>::try_from(&k[PURGE_PREFIX.len()..]) {
                 out.push(PendingJob::Purge(u64::from_be_bytes(id)));
             }
         }

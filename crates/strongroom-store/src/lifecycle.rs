@@ -88,7 +88,7 @@ fn transition(state: KeyState, t: Transition) -> Result<KeyState, StoreError> {
     Ok(state.apply(t)?)
 }
 
-const PURGE_PREFIX: &[u8] = b"purge/";
+pub(crate) const PURGE_PREFIX: &[u8] = b"purge/";
 
 pub(crate) const BACKEND_DESTROY_PREFIX: &[u8] = b"backend-destroy/";
 
@@ -409,10 +409,9 @@ impl Store {
                 )));
             }
             let state = transition(entry.state, Transition::DestroyNow)?;
-            match self.inner.backend.destroy_root(&id) {
-                Ok(()) | Err(BackendError::RootDestroyed { .. } | BackendError::NotSupported { .. }) => {}
-                Err(e) => return Err(StoreError::backend(format!("destroying {id} in the backend"))(e)),
-            }
+            // Idempotent: a retire that destroyed the key and died before its commit runs again.
+            self.destroy_in_backend(&id)
+                .map_err(StoreError::backend(format!("destroying {id} in the backend")))?;
             let new = RootEntry { state, ..entry };
             self.commit(AuditOp::RootVersionRetired, format!("root {id}"), String::new(), |tx| {
                 tx.insert(TreeId::Roots, format::root_key(name, version), new.to_bytes())
@@ -711,19 +710,9 @@ impl Store {
             .unwrap_or_default();
         for v in all {
             let id = RootKeyId::new(name.clone(), v);
-            match self.inner.backend.destroy_root(&id) {
-                Ok(())
-                | Err(
-                    BackendError::RootDestroyed { .. }
-                    | BackendError::RootNotFound { .. }
-                    | BackendError::NotSupported { .. },
-                ) => {}
-                Err(e) => {
-                    return Err(StoreError::backend(format!(
-                        "destroying {id} in the backend (the store counts it destroyed; `strongroom resume` finishes it in the backend)"
-                    ))(e));
-                }
-            }
+            self.destroy_in_backend(&id).map_err(StoreError::backend(format!(
+                "destroying {id} in the backend (the store counts it destroyed; `strongroom resume` finishes it in the backend)"
+            )))?;
         }
         let job = backend_destroy_job_key(name);
         if self.inner.storage.get(TreeId::Jobs, &job)?.is_some() {
@@ -1417,6 +1406,22 @@ fn dek_blob(
         what: format!("a new DEK of keyring {name}"),
         source,
     })
+}
+
+impl Store {
+    /// Destroys root version `id` in the backend. Already destroyed or gone counts as done, and
+    /// so does a backend that cannot destroy keys (the store's own record is what refuses it).
+    fn destroy_in_backend(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        match self.inner.backend.destroy_root(id) {
+            Ok(())
+            | Err(
+                BackendError::RootDestroyed { .. }
+                | BackendError::RootNotFound { .. }
+                | BackendError::NotSupported { .. },
+            ) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// The id of the next keyring from the id counter (absent in a store that never had one). A
