@@ -99,6 +99,9 @@ pub enum Cmd {
     Jobs,
     /// Finish every job an interrupt or a crash left unfinished.
     Resume,
+    /// Copy the live data into a fresh database and shred the old files (runs by itself after
+    /// every destruction and move; this finishes one an interruption left pending).
+    Compact,
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCmd),

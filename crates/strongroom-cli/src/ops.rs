@@ -143,6 +143,26 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
             Ok(())
         }
         Cmd::Resume => resume(cli, out),
+        Cmd::Compact => {
+            let s = open(cli)?;
+            let r = s.compact()?;
+            out.result(
+                || compact_line(&r),
+                || {
+                    Json::obj([
+                        ("generation", Json::Num(r.generation)),
+                        ("entries", Json::Num(r.entries)),
+                        ("dropped", Json::Num(r.dropped)),
+                        ("shredded_bytes", Json::Num(r.shredded_bytes)),
+                        (
+                            "millis",
+                            Json::Num(u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX)),
+                        ),
+                    ])
+                },
+            )?;
+            Ok(())
+        }
         Cmd::Audit(cmd) => audit(cli, out, cmd),
         Cmd::Doctor => crate::doctor::run(cli, out),
         Cmd::Bench(args) => crate::bench::run(out, args),
@@ -185,6 +205,16 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+fn compact_line(r: &strongroom_store::CompactReport) -> String {
+    format!(
+        "compacted: {} live entries copied into a fresh database (generation {}), the old files ({} bytes) overwritten with zeros and removed, in {:.1} s",
+        r.entries,
+        r.generation,
+        r.shredded_bytes,
+        r.elapsed.as_secs_f64()
+    )
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
@@ -234,6 +264,7 @@ pub(crate) fn describe_job(j: &PendingJob) -> String {
         PendingJob::DueRootDestruction(r) => format!(
             "root key {r} is due for destruction but could not be destroyed yet (run `strongroom resume`)"
         ),
+        PendingJob::Compact => "compaction: what a destruction or a move removed is still in the database's files (run `strongroom resume` or `strongroom compact`)".into(),
     }
 }
 
@@ -329,7 +360,10 @@ fn occupied(path: &Path) -> bool {
 /// Refuses a data directory that holds a store, or part of one: a key file or an audit anchor
 /// may be the only copy of something, and `init` must never overwrite or remove it.
 fn check_init_target(data: &Path) -> Result<(), CliError> {
-    if occupied(&data.join(CONFIG_FILE)) || occupied(&data.join(strongroom_store::DB_DIR)) {
+    if occupied(&data.join(CONFIG_FILE))
+        || occupied(&data.join(strongroom_store::DB_DIR))
+        || occupied(&data.join(strongroom_store::CURRENT_DB_FILE))
+    {
         return Err(CliError::Usage(format!(
             "{} already holds a strongroom store; use it, or choose another --data",
             data.display()
@@ -710,7 +744,7 @@ fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
             if *now {
                 confirm(
                     &format!(
-                        "Destroy root key {n} and every keyring under it NOW? Their data becomes unrecoverable."
+                        "Destroy root key {n} and every keyring under it NOW? It is destroyed in the backend, and what it protected becomes unrecoverable, in every copy."
                     ),
                     *yes,
                 )?;
@@ -870,14 +904,17 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
             let n = kr(name)?;
             if *now {
                 confirm(
-                    &format!("Destroy keyring {n} NOW? Its data becomes unrecoverable."),
+                    &format!(
+                        "Destroy keyring {n} NOW? Its keys and records are erased from this store for good (copies made before, such as backups, stay readable while its root key lives)."
+                    ),
                     *yes,
                 )?;
+                let root = s.keyring(&n)?.root;
                 let d = s.destroy_keyring_now(&n)?;
                 out.result(
                     || {
                         format!(
-                            "keyring {n} destroyed: its keys were erased and {} records purged",
+                            "keyring {n} destroyed: its wrapped keys and {} records erased, and the database rewritten without them (its old files overwritten and removed)\nnote: copies made before (backups, snapshots) still open while root key {root} lives; destroying {root} is the shred no copy undoes",
                             d.records
                         )
                     },
@@ -956,6 +993,8 @@ fn resume(cli: &Cli, out: &Out) -> Result<(), CliError> {
                     .map_err(CliError::from)
             }
             PendingJob::Purge(_) => Ok(describe_job(j)),
+            // After every other job (a destruction run above compacts by itself).
+            PendingJob::Compact => continue,
             PendingJob::BackendDestroy(r) => s
                 .destroy_root_now(r)
                 .map(|_| format!("root key {r}: destroyed in the backend"))
@@ -984,6 +1023,19 @@ fn resume(cli: &Cli, out: &Out) -> Result<(), CliError> {
             Err(e) => {
                 done.push(format!("not finished: {}: {e}", describe_job(j)));
                 first_failure.get_or_insert(e);
+            }
+        }
+    }
+    if jobs.contains(&PendingJob::Compact) || s.pending_jobs()?.contains(&PendingJob::Compact) {
+        match s.finish_compaction() {
+            Ok(Some(r)) => done.push(compact_line(&r)),
+            Ok(None) => done.push("compaction: done".into()),
+            Err(e) => {
+                done.push(format!(
+                    "not finished: {}: {e}",
+                    describe_job(&PendingJob::Compact)
+                ));
+                first_failure.get_or_insert(e.into());
             }
         }
     }

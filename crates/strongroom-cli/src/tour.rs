@@ -185,9 +185,12 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
         "destroy",
         &[
             format!(
-                "keyring payroll destroyed now: its wrapped keys erased, {} record purged",
+                "keyring payroll destroyed now: its wrapped keys and {} record erased, and the",
                 d.records
             ),
+            "database rewritten without them (its old files overwritten and removed)".into(),
+            "a backup made before would still open while root key acme lives:".into(),
+            "destroying acme in the HSM is the shred no copy undoes".into(),
             format!("get refused for good: {why}"),
         ],
     )?;
@@ -205,8 +208,10 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
     drop(s);
     drop(backend);
     {
-        let db = sled::open(dir.join(strongroom_store::DB_DIR))
-            .map_err(|e| CliError::Other(e.to_string()))?;
+        let db = sled::open(
+            strongroom_store::database_dir(dir).map_err(|e| CliError::Other(e.to_string()))?,
+        )
+        .map_err(|e| CliError::Other(e.to_string()))?;
         let audit = db
             .open_tree("audit")
             .map_err(|e| CliError::Other(e.to_string()))?;

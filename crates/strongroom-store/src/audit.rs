@@ -117,6 +117,8 @@ ops! {
     RecordDeleted = 42 => "record.delete",
     /// A backup was taken.
     BackupTaken = 50 => "store.backup",
+    /// The database was compacted into a new generation and the old one shredded.
+    Compacted = 51 => "store.compact",
 }
 
 impl fmt::Display for AuditOp {
@@ -582,10 +584,9 @@ pub(crate) fn entries(
     from_seq: u64,
 ) -> impl Iterator<Item = Result<AuditEntry, StoreError>> + '_ {
     storage
-        .tree(TreeId::Audit)
-        .range(from_seq.to_be_bytes()..)
+        .range_from(TreeId::Audit, &from_seq.to_be_bytes())
         .map(|r| {
-            let (k, v) = r.map_err(StoreError::storage("reading the audit log"))?;
+            let (k, v) = r?;
             AuditEntry::parse(&v).map_err(|source| StoreError::Corrupt {
                 what: format!(
                     "audit entry {}",

@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use crate::audit::AuditOp;
 use crate::error::StoreError;
 use crate::format::StoreMeta;
-use crate::storage::{ALL_TREES, Storage, TreeId};
-use crate::store::{DB_DIR, Store};
+use crate::storage::{ALL_TREES, Storage, TreeId, WriteBatch, current_db_dir};
+use crate::store::Store;
 
 const MAGIC: &[u8; 4] = b"SRBK";
 const VERSION: u8 = 1;
@@ -113,7 +113,6 @@ impl Store {
                 .map_err(io("write"))?;
             let mut entries = 0u64;
             for t in ALL_TREES {
-                let tree = self.inner.storage.tree(t);
                 let name = t.name().as_bytes();
                 w.put(&[u8::try_from(name.len()).unwrap_or(0)])
                     .map_err(io("write"))?;
@@ -121,11 +120,11 @@ impl Store {
                 // The count as written: a tree that changes while it is copied (a purge or a
                 // job cursor does not wait for the lifecycle lock) must not leave a header that
                 // disagrees with the entries after it.
-                let count = tree.len() as u64;
+                let count = self.inner.storage.len(t) as u64;
                 w.put(&count.to_be_bytes()).map_err(io("write"))?;
                 let mut n = 0u64;
-                for item in tree.iter() {
-                    let (k, v) = item.map_err(StoreError::storage("reading for a backup"))?;
+                for item in self.inner.storage.iter(t) {
+                    let (k, v) = item?;
                     w.put(&len32(k.len()).map_err(io("write"))?)
                         .map_err(io("write"))?;
                     w.put(&k).map_err(io("write"))?;
@@ -171,7 +170,7 @@ impl Store {
     ) -> Result<StoreMeta, StoreError> {
         let backup = backup.as_ref();
         let dir = dir.as_ref();
-        let db_dir = dir.join(DB_DIR);
+        let db_dir = current_db_dir(dir)?;
         if db_dir.exists() {
             return Err(StoreError::AlreadyExists {
                 path: dir.to_path_buf(),
@@ -218,7 +217,7 @@ impl Store {
             source,
         })?;
         let outcome = (|| {
-            let storage = Storage::open(&db_dir)?;
+            let storage = Storage::open(dir)?;
             let mut seen = Vec::new();
             for _ in 0..trees {
                 let n = usize::from(read(1)?[0]);
@@ -233,7 +232,7 @@ impl Store {
                 }
                 seen.push(t);
                 let count = u64::from_be_bytes(read(8)?.try_into().unwrap_or([0; 8]));
-                let mut batch = sled::Batch::default();
+                let mut batch = WriteBatch::default();
                 for i in 0..count {
                     let kl = u32::from_be_bytes(read(4)?.try_into().unwrap_or([0; 4])) as usize;
                     let k = read(kl)?;
@@ -241,16 +240,10 @@ impl Store {
                     let v = read(vl)?;
                     batch.insert(k, v);
                     if i % 4096 == 4095 {
-                        storage
-                            .tree(t)
-                            .apply_batch(std::mem::take(&mut batch))
-                            .map_err(StoreError::storage("restoring"))?;
+                        storage.apply_batch(t, std::mem::take(&mut batch), "restoring")?;
                     }
                 }
-                storage
-                    .tree(t)
-                    .apply_batch(batch)
-                    .map_err(StoreError::storage("restoring"))?;
+                storage.apply_batch(t, batch, "restoring")?;
             }
             if read(1).is_ok() {
                 return Err(bad("it has bytes after its last tree"));

@@ -53,8 +53,11 @@ pub enum StoreError {
         /// When it will be destroyed.
         not_before: Timestamp,
     },
-    /// The keyring was destroyed: its keys were erased and its records are unrecoverable.
-    #[error("keyring {name} was destroyed; its data is unrecoverable (crypto-shredded)")]
+    /// The keyring was destroyed: its keys and records are gone from this store and its files.
+    /// (Copies made before, such as backups, open only while its root key lives.)
+    #[error(
+        "keyring {name} was destroyed (crypto-shredded): its keys and records are gone from this store"
+    )]
     KeyringDestroyed {
         /// The name.
         name: KeyringName,

@@ -12,7 +12,7 @@ use crate::records::show_key;
 use crate::storage::TreeId;
 use crate::store::Store;
 
-const REENCRYPT_PREFIX: &[u8] = b"reencrypt/";
+pub(crate) const REENCRYPT_PREFIX: &[u8] = b"reencrypt/";
 const BATCH: usize = 256;
 
 pub(crate) fn reencrypt_job_key(id: u64) -> Vec<u8> {
@@ -57,6 +57,9 @@ pub enum PendingJob {
     /// A root destroyed in the store whose keys the backend has not yet destroyed (finish with
     /// [`Store::destroy_root_now`]).
     BackendDestroy(RootKeyName),
+    /// A compaction a destruction or a move asked for: until it runs, what they removed is still
+    /// in the database's files (finish with [`Store::compact`]; it also runs at open).
+    Compact,
 }
 
 impl Store {
@@ -344,6 +347,15 @@ impl Store {
             if keks > 0 {
                 out.push(PendingJob::Rewrap { root, keks });
             }
+        }
+        // Last: it runs after the jobs above (a destruction compacts when it finishes).
+        if self
+            .inner
+            .storage
+            .get(TreeId::Jobs, crate::compact::COMPACT_JOB)?
+            .is_some()
+        {
+            out.push(PendingJob::Compact);
         }
         Ok(out)
     }

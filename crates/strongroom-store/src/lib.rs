@@ -44,6 +44,7 @@
 mod audit;
 mod backup;
 mod cache;
+mod compact;
 mod error;
 pub mod format;
 mod jobs;
@@ -56,8 +57,9 @@ mod verify;
 pub use audit::{AuditBreak, AuditEntry, AuditHead, AuditOp, AuditReport, Outcome};
 pub use backup::BackupReport;
 pub use cache::DownPolicy;
+pub use compact::CompactReport;
 pub use error::StoreError;
 pub use jobs::{PendingJob, ReencryptReport};
 pub use lifecycle::{Destroyed, KeyringInfo, Progress, RootInfo};
 pub use records::{BatchOp, MAX_KEY_LEN, MAX_VALUE_LEN};
-pub use store::{ANCHOR_FILE, DB_DIR, Store, StoreOptions};
+pub use store::{ANCHOR_FILE, CURRENT_DB_FILE, DB_DIR, Store, StoreOptions, database_dir};

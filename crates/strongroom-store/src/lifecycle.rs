@@ -17,7 +17,7 @@ use crate::audit::AuditOp;
 use crate::cache::{Cached, Slot};
 use crate::error::StoreError;
 use crate::format::{self, KeyringEntry, RootEntry};
-use crate::storage::TreeId;
+use crate::storage::{TreeId, WriteBatch};
 use crate::store::{
     Catalog, NEXT_ID_KEY, Store, audit_key_context, dek_context, ensure_backend_root, kek_context,
 };
@@ -648,6 +648,7 @@ impl Store {
         drop(w);
         let destroyed = r?;
         let purged = self.finish_purges()?;
+        self.finish_compaction()?;
         Ok(self.with_purged(destroyed, &purged))
     }
 
@@ -1221,6 +1222,7 @@ impl Store {
             })?;
         }
         let purged = self.finish_purges()?;
+        self.finish_compaction()?;
         let id = self.read_catalog().keyring(name)?.id;
         Ok(Destroyed {
             keyring: name.clone(),
@@ -1266,8 +1268,10 @@ impl Store {
                     tx.remove(TreeId::Jobs, k.clone())?;
                 }
                 tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())?;
-                // Its records are purged next, resumably: this marker survives a crash.
-                tx.insert(TreeId::Jobs, purge_job_key(kr.id), Vec::new())
+                // Its records are purged next, resumably: this marker survives a crash. Then the
+                // database is compacted, so that none of its bytes stay in the files.
+                tx.insert(TreeId::Jobs, purge_job_key(kr.id), Vec::new())?;
+                tx.insert(TreeId::Jobs, crate::compact::COMPACT_JOB, Vec::new())
             },
         )?;
         self.inner.cache.purge_keyring(kr.id);
@@ -1315,17 +1319,15 @@ impl Store {
                 if batch.is_empty() {
                     break;
                 }
-                let mut b = sled::Batch::default();
+                let mut b = WriteBatch::default();
                 for k in &batch {
                     b.remove(k.as_slice());
                 }
-                self.inner
-                    .storage
-                    .tree(TreeId::Records)
-                    .apply_batch(b)
-                    .map_err(StoreError::storage(
-                        "purging the records of a destroyed keyring",
-                    ))?;
+                self.inner.storage.apply_batch(
+                    TreeId::Records,
+                    b,
+                    "purging the records of a destroyed keyring",
+                )?;
                 *removed.entry(u64::from_be_bytes(id)).or_insert(0) += batch.len() as u64;
             }
             self.inner.storage.remove(TreeId::Jobs, &job)?;
@@ -1364,6 +1366,7 @@ impl Store {
             }
         }
         let purged = self.finish_purges()?;
+        self.finish_compaction()?;
         Ok(self.with_purged(out, &purged))
     }
 

@@ -19,14 +19,14 @@ use crate::audit::{self, AuditOp, Event, Outcome};
 use crate::error::StoreError;
 use crate::format;
 use crate::format::KeyringEntry;
-use crate::storage::TreeId;
+use crate::storage::{TreeId, WriteBatch};
 use crate::store::{Counter, Store};
 
 /// Longest record key, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
 /// Largest record value, in bytes (16 MiB).
 pub const MAX_VALUE_LEN: usize = 16 << 20;
-const COUNTER_PREFIX: &[u8] = b"uses/";
+pub(crate) const COUNTER_PREFIX: &[u8] = b"uses/";
 const COUNTER_BLOCK: u64 = 4096;
 /// The per-thread seal buffer is kept between puts up to this capacity.
 const KEPT_SEAL_BUFFER: usize = 64 << 10;
@@ -246,10 +246,12 @@ impl Store {
                 .map_err(|e| StoreError::from_seal(e, value.len()))?;
             self.inner
                 .storage
-                .tree(TreeId::Records)
-                .insert(format::record_key(kr.id, key), buf.as_slice())
-                .map(|_| None)
-                .map_err(StoreError::storage("writing a record"))
+                .insert(
+                    TreeId::Records,
+                    format::record_key(kr.id, key),
+                    buf.as_slice(),
+                )
+                .map(|()| None)
         };
         // A put from a thread-local destructor, after this thread's buffer is gone, gets a
         // buffer of its own.
@@ -274,7 +276,7 @@ impl Store {
         items: &[(&[u8], Option<&[u8]>)],
     ) -> Result<Option<DekVersion>, StoreError> {
         let mut cipher = None;
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         for (k, v) in items {
             let tk = format::record_key(kr.id, k);
             let Some(v) = v else {
@@ -295,9 +297,7 @@ impl Store {
         }
         self.inner
             .storage
-            .tree(TreeId::Records)
-            .apply_batch(batch)
-            .map_err(StoreError::storage("writing a batch"))?;
+            .apply_batch(TreeId::Records, batch, "writing a batch")?;
         Ok(None)
     }
 

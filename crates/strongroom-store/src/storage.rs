@@ -1,13 +1,42 @@
-//! The narrow interface between the key logic and the embedded database (sled 0.34).
+//! The narrow interface between the key logic and the embedded database (sled 0.34), and the
+//! compaction that makes a destruction hold on disk.
 //!
 //! Everything the store keeps lives in a handful of named trees; the rest of the crate reads
 //! and writes them only through [`Storage`] and [`Tx`], so another engine (a shared database for
 //! deployments that outgrow one machine) could take sled's place behind these two types.
+//!
+//! # Generations and compaction
+//! sled is log-structured: a removed or overwritten value stays in its segment files until sled
+//! happens to reuse the segment, so "removed from the tree" is not "gone from the disk". A
+//! destruction therefore ends with a **compaction**: every live entry is copied into a fresh
+//! database directory (a new *generation*), the store switches to it, and the old directory's
+//! files are overwritten with zeros, synced and removed.
+//!
+//! ```text
+//! <store dir>/db            generation 0 (every store starts here)
+//! <store dir>/db.<N>        generation N
+//! <store dir>/db-current    names the current generation's directory ("db.3\n");
+//!                           absent = "db"
+//! ```
+//! The switch is one atomic rename of `db-current` (written to a temporary file, synced, renamed,
+//! directory synced), so a crash at any step leaves one complete current generation:
+//! - before the switch: the current generation is untouched and still holds the job that asked
+//!   for the compaction; the partial new directory is removed at the next open and the job runs
+//!   again;
+//! - after it: the new generation is current; the old directory is shredded at the next open if
+//!   the crash came first.
+//!
+//! Writers are held off while the live entries are copied (the engine's slot is locked for
+//! writing), so nothing acknowledged can fall between the copy and the switch.
 
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
+use sled::IVec;
+use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::{IVec, Transactional};
 
 use crate::error::StoreError;
 
@@ -54,51 +83,76 @@ impl TreeId {
     }
 }
 
-/// The database: sled and its trees.
-pub(crate) struct Storage {
+/// The directory of generation 0, inside the store directory.
+pub(crate) const FIRST_GENERATION: &str = "db";
+/// The file that names the current generation's directory (absent: [`FIRST_GENERATION`]).
+pub(crate) const CURRENT_FILE: &str = "db-current";
+
+/// The database directory a store directory uses now (following `db-current`).
+///
+/// # Errors
+/// An I/O error reading `db-current`, or a `db-current` that does not name a generation.
+pub(crate) fn current_db_dir(store_dir: &Path) -> Result<PathBuf, StoreError> {
+    Ok(store_dir.join(current_name(store_dir)?.dir_name()))
+}
+
+/// A generation number and its directory name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Generation(u64);
+
+impl Generation {
+    fn dir_name(self) -> String {
+        if self.0 == 0 {
+            FIRST_GENERATION.to_owned()
+        } else {
+            format!("{FIRST_GENERATION}.{}", self.0)
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        if name == FIRST_GENERATION {
+            return Some(Self(0));
+        }
+        let n = name.strip_prefix(FIRST_GENERATION)?.strip_prefix('.')?;
+        // Canonical decimal only: "db.01" is not a generation (and so never removed as one).
+        if n.is_empty() || n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        n.parse().ok().map(Self)
+    }
+}
+
+fn current_name(store_dir: &Path) -> Result<Generation, StoreError> {
+    let path = store_dir.join(CURRENT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Generation::parse(s.trim_end_matches('\n')).ok_or_else(|| StoreError::Damaged {
+            path: path.clone(),
+            why: format!(
+                "it should name the current database directory (`{FIRST_GENERATION}.<N>`); restore the store from a backup"
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Generation(0)),
+        Err(source) => Err(StoreError::Io {
+            op: "read",
+            path,
+            source,
+        }),
+    }
+}
+
+/// One open sled database and its trees.
+struct Engine {
+    dir: PathBuf,
     db: sled::Db,
     trees: Vec<sled::Tree>,
 }
 
-/// An error inside a transaction: the store's own (aborts) or sled's (conflict/storage).
-pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-/// Aborts a transaction with a store error.
-pub(crate) fn abort<T>(e: StoreError) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(e))
-}
-
-/// The view of every tree inside one transaction.
-pub(crate) struct Tx<'a>(&'a [TransactionalTree]);
-
-impl Tx<'_> {
-    pub(crate) fn get(&self, t: TreeId, k: impl AsRef<[u8]>) -> TxResult<Option<IVec>> {
-        Ok(self.0[t as usize].get(k)?)
-    }
-
-    pub(crate) fn insert(
-        &self,
-        t: TreeId,
-        k: impl AsRef<[u8]> + Into<IVec>,
-        v: impl Into<IVec>,
-    ) -> TxResult<()> {
-        self.0[t as usize].insert(k, v)?;
-        Ok(())
-    }
-
-    pub(crate) fn remove(&self, t: TreeId, k: impl AsRef<[u8]> + Into<IVec>) -> TxResult<()> {
-        self.0[t as usize].remove(k)?;
-        Ok(())
-    }
-}
-
-impl Storage {
-    /// Opens (or creates) the database in `dir`.
-    pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
+impl Engine {
+    fn open(dir: &Path) -> Result<Self, StoreError> {
         // sled flushes every 500 ms in the background; key-management operations flush
         // explicitly before they return (see the README's durability contract).
         let config = sled::Config::new().path(dir).flush_every_ms(Some(500));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let deadline = Instant::now() + Duration::from_secs(2);
         let db = loop {
             // sled 0.34 panics on some damaged logs instead of returning an error (seen in the
             // tamper suite: "tried to serialize Uninitialized" while writing its snapshot); a
@@ -118,9 +172,9 @@ impl Storage {
                 // lock a little after the last handle drops (1 in ~500 close-then-open cycles).
                 Err(sled::Error::Io(e))
                     if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
+                        && Instant::now() < deadline =>
                 {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => return Err(StoreError::storage("opening the database")(e)),
             }
@@ -130,15 +184,161 @@ impl Storage {
             .map(|n| db.open_tree(n))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::storage("opening the database's trees"))?;
-        Ok(Self { db, trees })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            db,
+            trees,
+        })
     }
 
-    pub(crate) fn tree(&self, t: TreeId) -> &sled::Tree {
+    fn tree(&self, t: TreeId) -> &sled::Tree {
         &self.trees[t as usize]
+    }
+}
+
+/// The database: the current generation's sled engine, swappable by a compaction.
+pub(crate) struct Storage {
+    store_dir: PathBuf,
+    /// Point operations hold it shared for one call; scans and transactions clone the `Arc` (so
+    /// that nothing holds the lock while calling back into the store); a compaction holds it
+    /// exclusively while it copies and switches, once no clone is left.
+    slot: RwLock<Arc<Engine>>,
+}
+
+/// An error inside a transaction: the store's own (aborts) or sled's (conflict/storage).
+pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Aborts a transaction with a store error.
+pub(crate) fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+/// The view of the trees taking part in one transaction.
+pub(crate) struct Tx<'a> {
+    trees: &'a [TransactionalTree],
+    /// Index into `trees` of each [`TreeId`], if it takes part.
+    index: [Option<u8>; 8],
+}
+
+impl Tx<'_> {
+    fn tree(&self, t: TreeId) -> TxResult<&TransactionalTree> {
+        match self.index[t as usize] {
+            Some(i) => Ok(&self.trees[usize::from(i)]),
+            // A programming error (the caller named too few trees); reported, not a panic.
+            None => abort(StoreError::InUse(format!(
+                "internal error: tree {} is not part of this transaction",
+                t.name()
+            ))),
+        }
+    }
+
+    pub(crate) fn get(&self, t: TreeId, k: impl AsRef<[u8]>) -> TxResult<Option<IVec>> {
+        Ok(self.tree(t)?.get(k)?)
+    }
+
+    pub(crate) fn insert(
+        &self,
+        t: TreeId,
+        k: impl AsRef<[u8]> + Into<IVec>,
+        v: impl Into<IVec>,
+    ) -> TxResult<()> {
+        self.tree(t)?.insert(k, v)?;
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, t: TreeId, k: impl AsRef<[u8]> + Into<IVec>) -> TxResult<()> {
+        self.tree(t)?.remove(k)?;
+        Ok(())
+    }
+}
+
+/// Puts and removes applied to one tree atomically (not isolated from concurrent writers).
+#[derive(Default)]
+pub(crate) struct WriteBatch(sled::Batch);
+
+impl WriteBatch {
+    pub(crate) fn insert(&mut self, k: impl Into<IVec>, v: impl Into<IVec>) {
+        self.0.insert(k, v);
+    }
+
+    pub(crate) fn remove(&mut self, k: impl Into<IVec>) {
+        self.0.remove(k);
+    }
+}
+
+/// An ordered scan that keeps its generation open while it runs.
+pub(crate) struct Scan<I> {
+    inner: I,
+    _engine: Arc<Engine>,
+}
+
+impl<I: Iterator> Iterator for Scan<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        self.inner.next()
+    }
+}
+
+/// One entry of a scan, or the storage error that ended it.
+pub(crate) type Entry = Result<(IVec, IVec), StoreError>;
+
+fn scanned(r: sled::Result<(IVec, IVec)>) -> Entry {
+    r.map_err(StoreError::storage("scanning"))
+}
+
+/// A scan of one tree.
+pub(crate) type TreeScan =
+    Scan<std::iter::Map<sled::Iter, fn(sled::Result<(IVec, IVec)>) -> Entry>>;
+
+/// What a compaction did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Compaction {
+    /// Entries copied into the new generation.
+    pub entries: u64,
+    /// Entries left behind (by the caller's filter).
+    pub dropped: u64,
+    /// Bytes of files under the old generation, overwritten and removed.
+    pub shredded_bytes: u64,
+    /// The new generation.
+    pub generation: u64,
+}
+
+impl Storage {
+    /// Opens (or creates) the database of the store in `store_dir`: its current generation.
+    /// Leftovers of an interrupted compaction are removed first (an unfinished new generation,
+    /// or an old one whose shredding a crash cut short).
+    pub(crate) fn open(store_dir: &Path) -> Result<Self, StoreError> {
+        let current = current_name(store_dir)?;
+        shred_other_generations(store_dir, current)?;
+        let engine = Engine::open(&store_dir.join(current.dir_name()))?;
+        Ok(Self {
+            store_dir: store_dir.to_path_buf(),
+            slot: RwLock::new(Arc::new(engine)),
+        })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Arc<Engine>> {
+        self.slot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn engine(&self) -> Arc<Engine> {
+        Arc::clone(&self.read())
+    }
+
+    /// The current generation's directory.
+    #[cfg(test)]
+    pub(crate) fn db_dir(&self) -> PathBuf {
+        self.read().dir.clone()
     }
 
     pub(crate) fn get(&self, t: TreeId, k: impl AsRef<[u8]>) -> Result<Option<IVec>, StoreError> {
-        self.tree(t).get(k).map_err(StoreError::storage("reading"))
+        self.read()
+            .tree(t)
+            .get(k)
+            .map_err(StoreError::storage("reading"))
     }
 
     pub(crate) fn insert(
@@ -147,7 +347,8 @@ impl Storage {
         k: impl AsRef<[u8]>,
         v: impl Into<IVec>,
     ) -> Result<(), StoreError> {
-        self.tree(t)
+        self.read()
+            .tree(t)
             .insert(k, v)
             .map(|_| ())
             .map_err(StoreError::storage("writing"))
@@ -158,9 +359,23 @@ impl Storage {
         t: TreeId,
         k: impl AsRef<[u8]>,
     ) -> Result<Option<IVec>, StoreError> {
-        self.tree(t)
+        self.read()
+            .tree(t)
             .remove(k)
             .map_err(StoreError::storage("deleting"))
+    }
+
+    /// Applies `batch` to tree `t` atomically.
+    pub(crate) fn apply_batch(
+        &self,
+        t: TreeId,
+        batch: WriteBatch,
+        while_doing: &'static str,
+    ) -> Result<(), StoreError> {
+        self.read()
+            .tree(t)
+            .apply_batch(batch.0)
+            .map_err(StoreError::storage(while_doing))
     }
 
     /// Replaces `old` with `new` at `k` only if the value is still `old`; `Ok(false)` if it
@@ -172,21 +387,40 @@ impl Storage {
         old: Option<&[u8]>,
         new: Option<Vec<u8>>,
     ) -> Result<bool, StoreError> {
-        self.tree(t)
+        self.read()
+            .tree(t)
             .compare_and_swap(k, old, new)
             .map(|r| r.is_ok())
             .map_err(StoreError::storage("writing"))
     }
 
+    /// Entries in tree `t` (a full pass in sled).
+    pub(crate) fn len(&self, t: TreeId) -> usize {
+        self.read().tree(t).len()
+    }
+
+    fn scan(&self, f: impl FnOnce(&sled::Tree) -> sled::Iter, t: TreeId) -> TreeScan {
+        let engine = self.engine();
+        let inner = f(engine.tree(t)).map(scanned as fn(_) -> _);
+        Scan {
+            inner,
+            _engine: engine,
+        }
+    }
+
+    /// Every (key, value) of tree `t`, in key order.
+    pub(crate) fn iter(&self, t: TreeId) -> TreeScan {
+        self.scan(sled::Tree::iter, t)
+    }
+
+    /// Every (key, value) from `start` on, in key order.
+    pub(crate) fn range_from(&self, t: TreeId, start: &[u8]) -> TreeScan {
+        self.scan(|tree| tree.range(start.to_vec()..), t)
+    }
+
     /// Every (key, value) under `prefix`, in key order.
-    pub(crate) fn scan_prefix(
-        &self,
-        t: TreeId,
-        prefix: impl AsRef<[u8]>,
-    ) -> impl Iterator<Item = Result<(IVec, IVec), StoreError>> + '_ {
-        self.tree(t)
-            .scan_prefix(prefix)
-            .map(|r| r.map_err(StoreError::storage("scanning")))
+    pub(crate) fn scan_prefix(&self, t: TreeId, prefix: impl AsRef<[u8]>) -> TreeScan {
+        self.scan(|tree| tree.scan_prefix(prefix), t)
     }
 
     /// Every (key, value) after `after` (exclusive) under `prefix`, in key order.
@@ -195,7 +429,7 @@ impl Storage {
         t: TreeId,
         prefix: &[u8],
         after: Option<&[u8]>,
-    ) -> impl Iterator<Item = Result<(IVec, IVec), StoreError>> + '_ {
+    ) -> Scan<impl Iterator<Item = Entry> + use<>> {
         let start: Vec<u8> = match after {
             Some(a) => {
                 let mut s = a.to_vec();
@@ -205,10 +439,16 @@ impl Storage {
             None => prefix.to_vec(),
         };
         let prefix = prefix.to_vec();
-        self.tree(t)
+        let engine = self.engine();
+        let inner = engine
+            .tree(t)
             .range(start..)
             .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
-            .map(|r| r.map_err(StoreError::storage("scanning")))
+            .map(|r| r.map_err(StoreError::storage("scanning")));
+        Scan {
+            inner,
+            _engine: engine,
+        }
     }
 
     /// Runs `f` as one atomic transaction over every tree. `f` may run more than once (on a
@@ -217,9 +457,26 @@ impl Storage {
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<T>,
     ) -> Result<T, StoreError> {
-        self.trees
+        self.transaction_on(&ALL_TREES, f)
+    }
+
+    /// Runs `f` as one atomic transaction over the trees `on` only: transactions over disjoint
+    /// trees do not conflict with each other. `f` may run more than once.
+    pub(crate) fn transaction_on<T>(
+        &self,
+        on: &[TreeId],
+        f: impl Fn(&Tx<'_>) -> TxResult<T>,
+    ) -> Result<T, StoreError> {
+        let engine = self.engine();
+        let mut index = [None; 8];
+        let mut trees = Vec::with_capacity(on.len());
+        for (i, t) in on.iter().enumerate() {
+            index[*t as usize] = u8::try_from(i).ok();
+            trees.push(engine.tree(*t).clone());
+        }
+        trees
             .as_slice()
-            .transaction(|trees| f(&Tx(trees)))
+            .transaction(|trees| f(&Tx { trees, index }))
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => StoreError::Storage {
@@ -231,7 +488,9 @@ impl Storage {
 
     /// Makes everything written so far durable.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
-        self.db
+        let engine = self.engine();
+        engine
+            .db
             .flush()
             .map(|_| ())
             .map_err(StoreError::storage("flushing to disk"))
@@ -239,8 +498,342 @@ impl Storage {
 
     /// Bytes used on disk.
     pub(crate) fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db
+        self.read()
+            .db
             .size_on_disk()
             .map_err(StoreError::storage("measuring"))
+    }
+
+    /// Copies every entry that `keep(tree, key)` accepts into a new generation, switches to it,
+    /// and shreds the old one (see the module docs). Writers wait while it runs; `wait` bounds
+    /// how long it waits for scans and transactions in flight to finish first.
+    ///
+    /// # Errors
+    /// [`StoreError::InUse`] when scans or transactions did not finish within `wait` (nothing
+    /// changed), or a storage or I/O error (before the switch nothing changed and the partial
+    /// copy is removed; after it the store runs on the new generation and the old one is
+    /// shredded at the next open).
+    pub(crate) fn compact(
+        &self,
+        keep: &dyn Fn(TreeId, &[u8]) -> bool,
+        wait: Duration,
+    ) -> Result<Compaction, StoreError> {
+        let deadline = Instant::now() + wait;
+        let mut slot = loop {
+            let slot = self
+                .slot
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // No scan or transaction of the old generation may still be running: its writes
+            // would land after the copy.
+            if Arc::strong_count(&slot) == 1 {
+                break slot;
+            }
+            drop(slot);
+            if Instant::now() >= deadline {
+                return Err(StoreError::InUse(
+                    "the store stayed busy while a compaction waited for it; it runs again at the next open or with `strongroom compact`".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let old = Arc::clone(&slot);
+        let current = Generation::parse(
+            &old.dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
+        .unwrap_or(Generation(0));
+        let next = Generation(current.0 + 1);
+        let next_dir = self.store_dir.join(next.dir_name());
+        // A leftover of an earlier attempt that died before its switch.
+        if next_dir.exists() {
+            shred_dir(&next_dir)?;
+        }
+        let mut report = Compaction {
+            generation: next.0,
+            ..Compaction::default()
+        };
+        let copied = (|| {
+            let new = Engine::open(&next_dir)?;
+            for t in ALL_TREES {
+                let mut batch = sled::Batch::default();
+                let mut n = 0u32;
+                for item in old.tree(t).iter() {
+                    let (k, v) = item.map_err(StoreError::storage("reading for a compaction"))?;
+                    if !keep(t, &k) {
+                        report.dropped += 1;
+                        continue;
+                    }
+                    batch.insert(k, v);
+                    report.entries += 1;
+                    n += 1;
+                    if n == 4096 {
+                        new.tree(t)
+                            .apply_batch(std::mem::take(&mut batch))
+                            .map_err(StoreError::storage("writing a compaction"))?;
+                        n = 0;
+                    }
+                }
+                new.tree(t)
+                    .apply_batch(batch)
+                    .map_err(StoreError::storage("writing a compaction"))?;
+            }
+            new.db
+                .flush()
+                .map_err(StoreError::storage("flushing a compaction"))?;
+            Ok(new)
+        })();
+        let new = match copied {
+            Ok(new) => new,
+            Err(e) => {
+                let _ = shred_dir(&next_dir);
+                return Err(e);
+            }
+        };
+        // The switch: from here on the new generation is the store.
+        if let Err(e) = write_current(&self.store_dir, next) {
+            drop(new);
+            let _ = shred_dir(&next_dir);
+            return Err(e);
+        }
+        *slot = Arc::new(new);
+        drop(slot);
+        // The old generation is closed (its last handle was ours), then shredded. Its
+        // background threads release the database's lock a moment after the close: only then
+        // is nothing left that could write to its files.
+        drop(old);
+        wait_unlocked(&self.store_dir.join(current.dir_name()));
+        report.shredded_bytes = shred_dir(&self.store_dir.join(current.dir_name()))?;
+        Ok(report)
+    }
+}
+
+/// Writes `db-current` naming generation `g`: a temporary file, synced, renamed over the old
+/// one, and the directory synced.
+fn write_current(store_dir: &Path, g: Generation) -> Result<(), StoreError> {
+    let path = store_dir.join(CURRENT_FILE);
+    let tmp = store_dir.join(format!("{CURRENT_FILE}.tmp"));
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| StoreError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+    f.write_all(format!("{}\n", g.dir_name()).as_bytes())
+        .map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("sync", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
+    std::fs::File::open(store_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync", store_dir))
+}
+
+/// Waits (up to 5 s) until no process holds sled's lock on the database in `dir`.
+fn wait_unlocked(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lock_file = dir.join("db");
+    while Instant::now() < deadline {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&lock_file)
+        {
+            Ok(f) => {
+                if f.try_lock().is_ok() {
+                    let _ = f.unlock();
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Shreds every generation directory in `store_dir` other than `current` (leftovers of an
+/// interrupted compaction), and a temporary `db-current` a crash left.
+fn shred_other_generations(store_dir: &Path, current: Generation) -> Result<(), StoreError> {
+    let _ = std::fs::remove_file(store_dir.join(format!("{CURRENT_FILE}.tmp")));
+    let Ok(entries) = std::fs::read_dir(store_dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(g) = name.to_str().and_then(Generation::parse) else {
+            continue;
+        };
+        if g != current && e.file_type().is_ok_and(|t| t.is_dir()) {
+            wait_unlocked(&e.path());
+            shred_dir(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Overwrites every file under `dir` with zeros, syncs it, removes it, then removes the
+/// directories. Returns the bytes overwritten. (On a file system that writes in place this
+/// reaches the blocks; copy-on-write file systems, SSD remapping and snapshots keep older
+/// blocks out of reach: README, security model.)
+pub(crate) fn shred_dir(dir: &Path) -> Result<u64, StoreError> {
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| StoreError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let mut bytes = 0u64;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io("read directory", dir)(e)),
+    };
+    for e in entries {
+        let e = e.map_err(io("read directory", dir))?;
+        let path = e.path();
+        let kind = e.file_type().map_err(io("inspect", &path))?;
+        if kind.is_dir() {
+            bytes += shred_dir(&path)?;
+        } else if kind.is_file() {
+            bytes += zero_file(&path)?;
+            std::fs::remove_file(&path).map_err(io("remove", &path))?;
+        } else {
+            std::fs::remove_file(&path).map_err(io("remove", &path))?;
+        }
+    }
+    std::fs::remove_dir(dir).map_err(io("remove directory", dir))?;
+    Ok(bytes)
+}
+
+fn zero_file(path: &Path) -> Result<u64, StoreError> {
+    let io = |op: &'static str| {
+        let p = path.to_path_buf();
+        move |source| StoreError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io("open for shredding"))?;
+    let len = f.metadata().map_err(io("inspect"))?.len();
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(zeros.len() as u64)).unwrap_or(zeros.len());
+        f.write_all(&zeros[..n]).map_err(io("overwrite"))?;
+        left -= n as u64;
+    }
+    f.sync_all().map_err(io("sync"))?;
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_names_are_canonical() {
+        assert_eq!(Generation::parse("db"), Some(Generation(0)));
+        assert_eq!(Generation::parse("db.7"), Some(Generation(7)));
+        assert_eq!(Generation(12).dir_name(), "db.12");
+        for bad in [
+            "db.",
+            "db.07",
+            "db.0",
+            "db.x",
+            "dbx",
+            "db-current",
+            "db.1.2",
+            "",
+        ] {
+            assert_eq!(Generation::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_current_file_is_an_error_not_generation_zero() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(CURRENT_FILE), b"../elsewhere\n").unwrap();
+        assert!(matches!(
+            current_db_dir(d.path()),
+            Err(StoreError::Damaged { .. })
+        ));
+        std::fs::write(d.path().join(CURRENT_FILE), b"db.3\n").unwrap();
+        assert_eq!(current_db_dir(d.path()).unwrap(), d.path().join("db.3"));
+    }
+
+    #[test]
+    fn compaction_keeps_what_the_filter_keeps_and_shreds_the_old_generation() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Storage::open(d.path()).unwrap();
+        s.insert(TreeId::Records, b"keep", b"kept-value".to_vec())
+            .unwrap();
+        s.insert(TreeId::Records, b"drop", b"dropped-value".to_vec())
+            .unwrap();
+        s.flush().unwrap();
+        let r = s
+            .compact(&|_, k| k != b"drop", Duration::from_secs(1))
+            .unwrap();
+        assert_eq!((r.entries, r.dropped, r.generation), (1, 1, 1));
+        assert!(r.shredded_bytes > 0);
+        assert!(!d.path().join("db").exists());
+        assert_eq!(s.db_dir(), d.path().join("db.1"));
+        assert_eq!(
+            s.get(TreeId::Records, b"keep").unwrap().as_deref(),
+            Some(&b"kept-value"[..])
+        );
+        assert!(s.get(TreeId::Records, b"drop").unwrap().is_none());
+        // Writes go on in the new generation, and it is the one a reopen finds.
+        s.insert(TreeId::Records, b"after", b"x".to_vec()).unwrap();
+        s.flush().unwrap();
+        drop(s);
+        let s = Storage::open(d.path()).unwrap();
+        assert_eq!(s.len(TreeId::Records), 2);
+    }
+
+    #[test]
+    fn a_scan_in_flight_holds_a_compaction_off_until_it_ends() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Storage::open(d.path()).unwrap();
+        s.insert(TreeId::Jobs, b"a", b"1".to_vec()).unwrap();
+        let scan = s.scan_prefix(TreeId::Jobs, b"");
+        let e = s
+            .compact(&|_, _| true, Duration::from_millis(30))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::InUse(_)), "{e}");
+        assert_eq!(s.db_dir(), d.path().join("db"), "nothing switched");
+        drop(scan);
+        s.compact(&|_, _| true, Duration::from_millis(30)).unwrap();
+        assert_eq!(s.db_dir(), d.path().join("db.1"));
+    }
+
+    #[test]
+    fn leftovers_of_an_interrupted_compaction_are_removed_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        drop(Storage::open(d.path()).unwrap());
+        // A copy that died before the switch, and an older generation a crash left unshredded.
+        for leftover in ["db.1", "db.5"] {
+            std::fs::create_dir(d.path().join(leftover)).unwrap();
+            std::fs::write(d.path().join(leftover).join("db"), b"old bytes").unwrap();
+        }
+        std::fs::write(d.path().join(CURRENT_FILE), b"db.5\n").unwrap();
+        let _ = std::fs::remove_dir_all(d.path().join("db.5"));
+        std::fs::create_dir(d.path().join("db.5")).unwrap();
+        std::fs::write(d.path().join("unrelated"), b"stays").unwrap();
+        let s = Storage::open(d.path()).unwrap();
+        assert_eq!(s.db_dir(), d.path().join("db.5"));
+        assert!(!d.path().join("db").exists());
+        assert!(!d.path().join("db.1").exists());
+        assert!(d.path().join("unrelated").exists());
     }
 }

@@ -19,7 +19,7 @@ use crate::audit::{self, AuditKey, AuditOp, Event, Outcome};
 use crate::cache::{Cached, DownPolicy, KeyCache, Slot};
 use crate::error::StoreError;
 use crate::format::{self, KeyringEntry, RootEntry, STORE_FORMAT_VERSION, StoreMeta};
-use crate::storage::{Storage, TreeId, Tx, TxResult, abort};
+use crate::storage::{self, Storage, TreeId, Tx, TxResult, abort};
 
 /// Meta key of the store identity.
 pub(crate) const META_KEY: &[u8] = b"store";
@@ -27,8 +27,22 @@ pub(crate) const META_KEY: &[u8] = b"store";
 pub(crate) const AUDIT_KEY_KEY: &[u8] = b"audit_key";
 /// Meta key of the next keyring id.
 pub(crate) const NEXT_ID_KEY: &[u8] = b"next_keyring_id";
-/// Directory (inside the store directory) that holds the database.
-pub const DB_DIR: &str = "db";
+/// Directory (inside the store directory) that holds the database when the store is created.
+/// A compaction moves it to a new directory (`db.<N>`, named by the file `db-current`):
+/// [`database_dir`] says which one is current.
+pub const DB_DIR: &str = storage::FIRST_GENERATION;
+/// File (inside the store directory) that names the current database directory once a
+/// compaction has moved it.
+pub const CURRENT_DB_FILE: &str = storage::CURRENT_FILE;
+
+/// The directory that holds the database of the store in `dir` now (for tools and tests that
+/// read the raw files; the store itself finds it on open).
+///
+/// # Errors
+/// An I/O error, or a damaged `db-current` file.
+pub fn database_dir(dir: impl AsRef<Path>) -> Result<PathBuf, StoreError> {
+    storage::current_db_dir(dir.as_ref())
+}
 /// File (inside the store directory) that records the audit log's head after every key
 /// operation, outside the database: if the database later ends before it (a damaged log that
 /// sled silently cut short, or an older copy of its files), the store refuses to open.
@@ -234,8 +248,7 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
-        let db_dir = dir.join(DB_DIR);
-        if db_dir.exists() {
+        if storage::current_db_dir(&dir)?.exists() {
             return Err(StoreError::AlreadyExists { path: dir });
         }
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
@@ -261,7 +274,7 @@ impl Store {
             .map_err(StoreError::backend(format!(
                 "wrapping the audit key under root key {root}"
             )))?;
-        let storage = Storage::open(&db_dir)?;
+        let storage = Storage::open(&dir)?;
         let store = Self::assemble(dir, storage, backend, meta.clone(), options);
         *store
             .inner
@@ -314,11 +327,10 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
-        let db_dir = dir.join(DB_DIR);
-        if !db_dir.is_dir() {
+        if !storage::current_db_dir(&dir)?.is_dir() {
             return Err(StoreError::NotAStore { path: dir });
         }
-        let storage = Storage::open(&db_dir)?;
+        let storage = Storage::open(&dir)?;
         let raw = storage
             .get(TreeId::Meta, META_KEY)?
             .ok_or_else(|| StoreError::NotAStore { path: dir.clone() })?;
@@ -355,6 +367,9 @@ impl Store {
         // succeeds.
         let _ = store.run_due_destructions();
         store.finish_purges()?;
+        // Likewise a compaction a crash interrupted: best effort, it stays listed by
+        // `pending_jobs` (and flagged by `doctor`) until it runs.
+        let _ = store.finish_compaction();
         Ok(store)
     }
 

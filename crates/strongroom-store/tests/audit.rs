@@ -163,7 +163,7 @@ fn a_head_moved_back_is_refused_at_open_by_the_anchor() {
     let mut fx = populated();
     fx.store = None;
     {
-        let db = sled::open(fx.dir.path().join(strongroom_store::DB_DIR)).unwrap();
+        let db = sled::open(strongroom_store::database_dir(fx.dir.path()).unwrap()).unwrap();
         let meta = db.open_tree("meta").unwrap();
         let mut h = meta.get(b"audit_head").unwrap().unwrap().to_vec();
         h[..8].copy_from_slice(&7u64.to_be_bytes());
@@ -193,12 +193,15 @@ fn an_older_copy_of_the_database_is_refused_unless_accepted() {
     let mut fx = populated();
     let old = tempfile::tempdir().unwrap();
     fx.store = None;
-    copy_dir(&fx.dir.path().join(strongroom_store::DB_DIR), old.path());
+    copy_dir(
+        &strongroom_store::database_dir(fx.dir.path()).unwrap(),
+        old.path(),
+    );
     let s = fx.reopen();
     // The keyring is destroyed; then the old copy of the database (with its keys) is put back.
     s.destroy_keyring_now(&kr("hr")).unwrap();
     fx.store = None;
-    let db = fx.dir.path().join(strongroom_store::DB_DIR);
+    let db = strongroom_store::database_dir(fx.dir.path()).unwrap();
     std::fs::remove_dir_all(&db).unwrap();
     copy_dir(old.path(), &db);
     let e =
@@ -243,7 +246,7 @@ fn reopen_after(
 ) -> Result<strongroom_store::Store, strongroom_store::StoreError> {
     fx.store = None;
     {
-        let db = sled::open(fx.dir.path().join(strongroom_store::DB_DIR)).unwrap();
+        let db = sled::open(strongroom_store::database_dir(fx.dir.path()).unwrap()).unwrap();
         f(&db);
         db.flush().unwrap();
     }

@@ -94,7 +94,7 @@ fn child(dir: &Path) -> ! {
         // Sequence numbers stay unique across rounds.
         n: n * 10 + 1_000_000 * u64::from(std::process::id()),
     };
-    let s = if dir.join(strongroom_store::DB_DIR).exists() {
+    let s = if strongroom_store::database_dir(dir).unwrap().exists() {
         open(dir)
     } else {
         let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir).unwrap());

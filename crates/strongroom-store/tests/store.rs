@@ -97,7 +97,7 @@ trait RawDb {
 impl RawDb for Fixture {
     fn with_raw_db_unchecked(&mut self, f: impl FnOnce(&sled::Db)) {
         self.store = None;
-        let db = sled::open(self.dir.path().join(strongroom_store::DB_DIR)).unwrap();
+        let db = sled::open(strongroom_store::database_dir(self.dir.path()).unwrap()).unwrap();
         f(&db);
         db.flush().unwrap();
     }
@@ -744,7 +744,7 @@ fn destroy_now_erases_every_wrapped_key_and_record_of_the_keyring() {
     );
     let e = s.get(&k, b"r1").unwrap_err();
     assert!(matches!(e, StoreError::KeyringDestroyed { .. }), "{e}");
-    assert!(e.to_string().contains("unrecoverable"));
+    assert!(e.to_string().contains("crypto-shredded"));
     let info = s.keyring(&k).unwrap();
     assert!(
         info.dek_versions.is_empty() && info.kek_versions.is_empty(),
@@ -1263,7 +1263,11 @@ fn backup_and_restore_keep_everything_sealed() {
     let target = tempfile::tempdir().unwrap();
     let e = Store::restore(&bad, target.path()).unwrap_err();
     assert!(matches!(e, StoreError::BadBackup { .. }), "{e}");
-    assert!(!target.path().join(strongroom_store::DB_DIR).exists());
+    assert!(
+        !strongroom_store::database_dir(target.path())
+            .unwrap()
+            .exists()
+    );
 
     // Well-formed checksums over bad contents (the checksum is no MAC: anyone can write one):
     // refused by the parser with what is wrong, and nothing left behind.
@@ -1290,7 +1294,11 @@ fn backup_and_restore_keep_everything_sealed() {
             matches!(&e, StoreError::BadBackup { why: w, .. } if w == why),
             "{why}: {e}"
         );
-        assert!(!target.path().join(strongroom_store::DB_DIR).exists());
+        assert!(
+            !strongroom_store::database_dir(target.path())
+                .unwrap()
+                .exists()
+        );
     }
 }
 

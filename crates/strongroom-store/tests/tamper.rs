@@ -55,7 +55,7 @@ use strongroom_core::{
     Backend, BackendError, KeyFileProblem, KeyringName, RootKeyName, SoftBackend,
 };
 use strongroom_store::format::{KeyringEntry, keyring_name, record_key};
-use strongroom_store::{DB_DIR, Store, StoreError, StoreOptions};
+use strongroom_store::{Store, StoreError, StoreOptions};
 
 const WORKER_ENV: &str = "STRONGROOM_TAMPER_WORKER";
 const CASES_ENV: &str = "STRONGROOM_TAMPER_CASES";
@@ -560,7 +560,7 @@ fn damage_file_once(b: &mut Vec<u8>, rng: &mut Rng) -> String {
 fn tamper(case: u64, dir: &Path) -> (Target, Touched) {
     let target = target_of(case);
     let mut rng = case_rng(case);
-    let db_dir = dir.join(DB_DIR);
+    let db_dir = strongroom_store::database_dir(dir).unwrap();
     let touched = match target {
         Target::RecordValues
         | Target::RecordKeys
@@ -723,7 +723,7 @@ impl Outcome {
 fn keyring_ids(pristine: &Path, scratch: &Path) -> BTreeMap<u64, String> {
     let copy = tempfile::tempdir_in(scratch).unwrap();
     copy_dir(pristine, copy.path());
-    let db = raw_sled(&copy.path().join(DB_DIR));
+    let db = raw_sled(&strongroom_store::database_dir(copy.path()).unwrap());
     let ids = db
         .open_tree("keyrings")
         .unwrap()
@@ -1113,7 +1113,7 @@ fn random_damage_never_yields_a_wrong_plaintext() {
         // one population to the next; keeping the population makes every case reproducible.
         Some(dir) => {
             let dir = PathBuf::from(dir);
-            if !dir.join(DB_DIR).exists() {
+            if !strongroom_store::database_dir(&dir).unwrap().exists() {
                 std::fs::create_dir_all(&dir).unwrap();
                 populate(&dir);
             }
@@ -1267,7 +1267,7 @@ fn sealed_bytes(dir: &Path, ring: &str, key: &str) -> Vec<u8> {
     let id = ids.iter().find(|(_, n)| n.as_str() == ring).unwrap().0;
     let copy = tempfile::tempdir().unwrap();
     copy_dir(dir, copy.path());
-    let db = raw_sled(&copy.path().join(DB_DIR));
+    let db = raw_sled(&strongroom_store::database_dir(copy.path()).unwrap());
     db.open_tree("records")
         .unwrap()
         .get(record_key(*id, key.as_bytes()))
@@ -1337,7 +1337,7 @@ fn sled_drops_the_log_tail_after_a_flipped_byte_without_an_error() {
     };
     // Flip one byte in the middle of r15's sealed value where sled first logged it.
     let sealed = sealed_bytes(d, "ledger", "r15");
-    let log_path = d.join(DB_DIR).join("db");
+    let log_path = strongroom_store::database_dir(d).unwrap().join("db");
     let mut log = std::fs::read(&log_path).unwrap();
     let at = occurrences(&log, &sealed)[0] + sealed.len() / 2;
     log[at] ^= 0x01;
@@ -1413,7 +1413,7 @@ fn damage_before_the_last_open_is_reported_as_corruption() {
     // An open and close: the snapshot now covers everything.
     drop(open_plain(d).unwrap());
     let sealed = sealed_bytes(d, "ledger", "r05");
-    let log_path = d.join(DB_DIR).join("db");
+    let log_path = strongroom_store::database_dir(d).unwrap().join("db");
     let mut log = std::fs::read(&log_path).unwrap();
     let found = occurrences(&log, &sealed);
     assert!(!found.is_empty());
@@ -1468,7 +1468,7 @@ fn limit_an_old_ciphertext_of_the_same_record_put_back_opens_as_the_old_value() 
     let scratch = tempfile::tempdir().unwrap();
     let id = *keyring_ids(d, scratch.path()).keys().next().unwrap();
     {
-        let db = raw_sled(&d.join(DB_DIR));
+        let db = raw_sled(&strongroom_store::database_dir(d).unwrap());
         db.open_tree("records")
             .unwrap()
             .insert(record_key(id, b"balance"), old)
@@ -1507,7 +1507,7 @@ fn kek_damage_is_reported_by_where_it_lands() {
         let work = tempfile::tempdir().unwrap();
         copy_dir(&pristine, work.path());
         {
-            let db = raw_sled(&work.path().join(DB_DIR));
+            let db = raw_sled(&strongroom_store::database_dir(work.path()).unwrap());
             change(&db.open_tree("keks").unwrap());
             db.flush().unwrap();
         }
@@ -1612,7 +1612,7 @@ fn a_tampered_audit_entry_fails_verification_and_doctor() {
         s.create_keyring(&kr("hr"), None).unwrap();
     }
     {
-        let db = raw_sled(&d.join(DB_DIR));
+        let db = raw_sled(&strongroom_store::database_dir(d).unwrap());
         let t = db.open_tree("audit").unwrap();
         let mut v = t.get(2u64.to_be_bytes()).unwrap().unwrap().to_vec();
         let last = v.len() - 40;

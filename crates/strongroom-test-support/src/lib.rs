@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod conformance;
+pub mod disk;
 pub mod softhsm;
 pub mod wrappers;
 

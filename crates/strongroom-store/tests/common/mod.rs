@@ -54,7 +54,7 @@ impl Fixture {
     pub fn with_raw_db(&mut self, f: impl FnOnce(&sled::Db)) -> &Store {
         self.store = None;
         {
-            let db = sled::open(self.dir.path().join(strongroom_store::DB_DIR)).unwrap();
+            let db = sled::open(strongroom_store::database_dir(self.dir.path()).unwrap()).unwrap();
             f(&db);
             db.flush().unwrap();
         }
