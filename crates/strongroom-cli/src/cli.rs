@@ -286,7 +286,9 @@ pub enum KeyringCmd {
         #[arg(long)]
         dek: bool,
     },
-    /// Move to another root key: KEKs rewrapped, no record re-encrypted.
+    /// Move to another root key: a fresh KEK under it and a fresh DEK, every record
+    /// re-encrypted (resumable; reads and writes go on), then the old keys erased and the
+    /// database compacted, so that nothing of it depends on the old root any more.
     Move {
         /// The name.
         name: String,

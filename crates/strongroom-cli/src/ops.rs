@@ -264,6 +264,9 @@ pub(crate) fn describe_job(j: &PendingJob) -> String {
         PendingJob::DueRootDestruction(r) => format!(
             "root key {r} is due for destruction but could not be destroyed yet (run `strongroom resume`)"
         ),
+        PendingJob::Move { keyring, from, to } => format!(
+            "move of keyring {keyring} from root key {from} to {to}: its records are not all re-encrypted yet, and it still depends on {from} (run `strongroom resume`)"
+        ),
         PendingJob::Compact => "compaction: what a destruction or a move removed is still in the database's files (run `strongroom resume` or `strongroom compact`)".into(),
     }
 }
@@ -751,10 +754,20 @@ fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
                 let d = s.destroy_root_now(&n)?;
                 out.result(
                     || {
-                        format!(
+                        let mut t = format!(
                             "root key {n} destroyed; {} keyrings under it crypto-shredded",
                             d.len()
-                        )
+                        );
+                        for x in d.iter().filter(|x| !x.former_roots.is_empty()) {
+                            let f: Vec<String> = x.former_roots.iter().map(ToString::to_string).collect();
+                            t.push_str(&format!(
+                                "\nnote: keyring {} lived under root key {} before a move: copies of the store older than that move are only as gone as {}",
+                                x.keyring,
+                                f.join(", "),
+                                f.join(" and ")
+                            ));
+                        }
+                        t
                     },
                     || {
                         Json::obj([
@@ -763,6 +776,20 @@ fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
                             (
                                 "keyrings",
                                 Json::Arr(d.iter().map(|x| Json::str(&x.keyring)).collect()),
+                            ),
+                            (
+                                "former_roots",
+                                Json::Obj(
+                                    d.iter()
+                                        .filter(|x| !x.former_roots.is_empty())
+                                        .map(|x| {
+                                            (
+                                                x.keyring.to_string(),
+                                                Json::Arr(x.former_roots.iter().map(Json::str).collect()),
+                                            )
+                                        })
+                                        .collect(),
+                                ),
                             ),
                         ])
                     },
@@ -841,7 +868,7 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
                 || {
                     let keks: Vec<String> = k.kek_versions.iter().map(|(v, r)| format!("{v} (under {})", r.as_ref().map_or("?".into(), ToString::to_string))).collect();
                     let deks: Vec<String> = k.dek_versions.iter().map(ToString::to_string).collect();
-                    format!(
+                    let mut t = format!(
                         "keyring   {}\nstate     {}\nroot      {}\nKEK       {} [{}]\nDEK       {} [{}]\nrecords   {}\ncreated   {}",
                         k.name,
                         k.state,
@@ -852,7 +879,15 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
                         deks.join(", "),
                         records.map_or("(not readable now)".into(), |n| n.to_string()),
                         k.created
-                    )
+                    );
+                    if let Some(from) = &k.moving_from {
+                        t.push_str(&format!("\nmoving    from {from}: its older records still depend on {from} until the move finishes (`strongroom resume`)"));
+                    }
+                    if !k.former_roots.is_empty() {
+                        let f: Vec<String> = k.former_roots.iter().map(ToString::to_string).collect();
+                        t.push_str(&format!("\nformerly  under {} (copies made before its move depend on them)", f.join(", ")));
+                    }
+                    t
                 },
                 || {
                     let mut j = keyring_json(&k);
@@ -875,10 +910,26 @@ fn keyring(cli: &Cli, out: &Out, cmd: &KeyringCmd) -> Result<(), CliError> {
         }
         KeyringCmd::Move { name, root } => {
             let (n, r) = (kr(name)?, rn(root)?);
-            s.move_keyring(&n, &r)?;
+            let pb = out.progress(&format!("moving {n} to {r}"));
+            let m = s.move_keyring(&n, &r, &mut progress_to(&pb));
+            pb.finish_and_clear();
+            let m = m?;
             out.result(
-                || format!("keyring {n} moved under root key {r}; no record was re-encrypted"),
-                || Json::obj([("keyring", Json::str(&n)), ("root", Json::str(&r))]),
+                || match &m.from {
+                    Some(from) => format!(
+                        "keyring {n} moved to root key {r}: fresh KEK and DEK, {} records re-encrypted, its keys under {from} erased and the database compacted\nnote: copies of the store made before the move (backups, snapshots) still open while root key {from} lives",
+                        m.reencrypted
+                    ),
+                    None => format!("keyring {n} is under root key {r} already"),
+                },
+                || {
+                    Json::obj([
+                        ("keyring", Json::str(&n)),
+                        ("root", Json::str(&r)),
+                        ("from", m.from.as_ref().map_or(Json::Null, Json::str)),
+                        ("reencrypted", Json::Num(m.reencrypted)),
+                    ])
+                },
             )?;
         }
         KeyringCmd::Disable { name } => {
@@ -961,6 +1012,14 @@ fn keyring_json(k: &strongroom_store::KeyringInfo) -> Json {
             ),
         ),
         ("created", Json::str(k.created)),
+        (
+            "moving_from",
+            k.moving_from.as_ref().map_or(Json::Null, Json::str),
+        ),
+        (
+            "former_roots",
+            Json::Arr(k.former_roots.iter().map(Json::str).collect()),
+        ),
     ])
 }
 
@@ -991,6 +1050,18 @@ fn resume(cli: &Cli, out: &Out) -> Result<(), CliError> {
                 pb.finish_and_clear();
                 r.map(|n| format!("root key {root}: {n} KEKs rewrapped"))
                     .map_err(CliError::from)
+            }
+            PendingJob::Move { keyring, to, .. } => {
+                let pb = out.progress(&format!("moving {keyring}"));
+                let r = s.move_keyring(keyring, to, &mut progress_to(&pb));
+                pb.finish_and_clear();
+                r.map(|m| {
+                    format!(
+                        "keyring {keyring}: move to root key {to} finished ({} records re-encrypted)",
+                        m.reencrypted
+                    )
+                })
+                .map_err(CliError::from)
             }
             PendingJob::Purge(_) => Ok(describe_job(j)),
             // After every other job (a destruction run above compacts by itself).

@@ -237,7 +237,18 @@ fn a_soft_store_through_every_command() {
         "{re}"
     );
     sr(d, &["root", "create", "acme"]).ok();
-    sr(d, &["keyring", "move", "payroll", "--root", "acme"]).ok();
+    let moved = sr(d, &["keyring", "move", "payroll", "--root", "acme"])
+        .ok()
+        .out();
+    assert!(
+        moved.contains("fresh KEK and DEK")
+            && moved.contains("records re-encrypted")
+            && moved.contains("while root key service lives"),
+        "{moved}"
+    );
+    let show = sr(d, &["--json", "keyring", "show", "payroll"]).ok().json();
+    assert_eq!(show["former_roots"], serde_json::json!(["service"]));
+    assert_eq!(show["moving_from"], serde_json::Value::Null);
     let rot = sr(d, &["root", "rotate", "acme"]).ok().out();
     assert!(
         rot.contains("rotated to v2") && rot.contains("1 KEK rewrapped"),

@@ -4,11 +4,14 @@
 //! and new wrappings stays readable while the old version exists) and a later change of a
 //! backend's preferred mechanism leaves old blobs readable.
 //!
-//! # Format, version 1 (integers big-endian)
+//! # Format, versions 1 and 2 (integers big-endian)
 //! ```text
 //! offset  size  field
 //! 0       4     magic "SRWK"
-//! 4       1     format version = 1
+//! 4       1     format version: 1 = wrapped with a context of the caller's choosing
+//!                               2 = the same layout; the caller's context also binds the
+//!                                   wrapping key (root name and version): a blob is bound to
+//!                                   the root that wrapped it, not only to where it lives
 //! 5       1     algorithm: 1 = AES-KWP, context-bound (RFC 5649)
 //!                          2 = AES-KW, context-bound (RFC 3394)
 //!                          3 = AES-256-GCM, context as AAD
@@ -20,7 +23,8 @@
 //! 14+n    m     payload: KW/KWP: the 56-byte wrap of key ‖ context tag
 //!                        GCM: 12-byte nonce ‖ 32-byte ciphertext ‖ 16-byte tag
 //! ```
-//! Nothing may follow the payload.
+//! Nothing may follow the payload. The version byte is not authenticated by the wrap itself,
+//! but it chooses the context the caller rebuilds, so a changed version fails to unwrap.
 
 use std::fmt;
 
@@ -30,8 +34,10 @@ use crate::id::{KekVersion, KeyringName, RootKeyId, RootKeyName, RootVersion};
 use crate::secret::KEY_LEN;
 
 const MAGIC: &[u8; 4] = b"SRWK";
-/// The blob format version this build writes and reads.
-pub const BLOB_FORMAT_VERSION: u8 = 1;
+/// The newest blob format version this build writes (it reads 1 and 2).
+pub const BLOB_FORMAT_VERSION: u8 = 2;
+/// The first blob format version: a context of the caller's choosing.
+pub const BLOB_FORMAT_V1: u8 = 1;
 const WHAT: &str = "wrapped-key blob";
 
 /// How a key was wrapped.
@@ -119,6 +125,7 @@ impl fmt::Display for WrappingKeyRef {
 /// ciphertext; a `WrappedKey` holds nothing secret.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct WrappedKey {
+    format: u8,
     alg: WrapAlg,
     wrapped_by: WrappingKeyRef,
     payload: Vec<u8>,
@@ -143,10 +150,25 @@ impl WrappedKey {
             });
         }
         Ok(Self {
+            format: BLOB_FORMAT_V1,
             alg,
             wrapped_by,
             payload,
         })
+    }
+
+    /// The same blob marked as format version 2: the context it was wrapped with binds its
+    /// wrapping key too (the caller's promise; see the module docs).
+    #[must_use]
+    pub fn bound_to_wrapping_key(mut self) -> Self {
+        self.format = 2;
+        self
+    }
+
+    /// The format version (1, or 2 when the context binds the wrapping key).
+    #[must_use]
+    pub fn format_version(&self) -> u8 {
+        self.format
     }
 
     /// How the key was wrapped.
@@ -176,12 +198,12 @@ impl WrappedKey {
         &self.payload
     }
 
-    /// Serializes to the version-1 format in the module docs.
+    /// Serializes to the format in the module docs, at its own format version.
     #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + 64 + self.payload.len());
         out.extend_from_slice(MAGIC);
-        out.push(BLOB_FORMAT_VERSION);
+        out.push(self.format);
         out.push(self.alg.code());
         let (kind, name, version) = match &self.wrapped_by {
             WrappingKeyRef::Root(id) => (1u8, id.name.as_str(), id.version.get()),
@@ -200,14 +222,21 @@ impl WrappedKey {
         out
     }
 
-    /// Parses the version-1 format, checking every field.
+    /// Parses format version 1 or 2, checking every field.
     ///
     /// # Errors
     /// [`FormatError`] naming the first field that is wrong.
     pub fn parse(bytes: &[u8]) -> Result<Self, FormatError> {
         let mut r = Reader::new(WHAT, bytes);
         r.expect_magic(MAGIC)?;
-        r.expect_version(BLOB_FORMAT_VERSION)?;
+        let format = r.u8("format version")?;
+        if !(BLOB_FORMAT_V1..=BLOB_FORMAT_VERSION).contains(&format) {
+            return Err(FormatError::UnsupportedVersion {
+                what: WHAT,
+                found: format,
+                supported: BLOB_FORMAT_VERSION,
+            });
+        }
         let code = r.u8("algorithm")?;
         let alg = WrapAlg::from_code(code).ok_or(FormatError::UnknownCode {
             what: WHAT,
@@ -249,6 +278,7 @@ impl WrappedKey {
         let payload = r.bytes("payload", len)?.to_vec();
         r.finish()?;
         Ok(Self {
+            format,
             alg,
             wrapped_by,
             payload,
@@ -281,6 +311,15 @@ mod tests {
         want.extend_from_slice(&[0x5A; 56]);
         assert_eq!(b, want);
         assert_eq!(WrappedKey::parse(&b).unwrap(), sample(WrapAlg::AesKwp));
+        // Version 2: the same layout, its version byte 2.
+        let b2 = sample(WrapAlg::AesKwp).bound_to_wrapping_key().to_bytes();
+        want[4] = 2;
+        assert_eq!(b2, want);
+        assert_ne!(
+            WrappedKey::parse(&b2).unwrap(),
+            sample(WrapAlg::AesKwp),
+            "the format version is part of the blob"
+        );
     }
 
     #[test]
@@ -300,10 +339,19 @@ mod tests {
         }
         let mut v2 = good.clone();
         v2[4] = 2;
-        assert!(matches!(
-            WrappedKey::parse(&v2),
-            Err(FormatError::UnsupportedVersion { found: 2, .. })
-        ));
+        assert_eq!(WrappedKey::parse(&v2).unwrap().format_version(), 2);
+        assert_eq!(WrappedKey::parse(&v2).unwrap().to_bytes(), v2);
+        for bad in [0u8, 3, 255] {
+            let mut b = good.clone();
+            b[4] = bad;
+            assert!(
+                matches!(
+                    WrappedKey::parse(&b),
+                    Err(FormatError::UnsupportedVersion { found, .. }) if found == bad
+                ),
+                "{bad}"
+            );
+        }
         let mut alg = good.clone();
         alg[5] = 9;
         assert!(matches!(

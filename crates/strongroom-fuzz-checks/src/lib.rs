@@ -1252,7 +1252,10 @@ impl StoreRun {
             Op::CreateKeyring(i, r) => {
                 unit(s.create_keyring(&kr(i), Some(&root_name(*r))).map(|_| ()))
             }
-            Op::MoveKeyring(i, r) => unit(s.move_keyring(&kr(i), &root_name(*r))),
+            Op::MoveKeyring(i, r) => unit(
+                s.move_keyring(&kr(i), &root_name(*r), &mut |_| {})
+                    .map(|_| ()),
+            ),
             Op::RotateRoot(r) => unit(s.rotate_root(&root_name(*r), &mut |_| {}).map(|_| ())),
             Op::DisableRoot => unit(s.disable_root(&root_name(1))),
             Op::EnableRoot => unit(s.enable_root(&root_name(1))),

@@ -57,9 +57,14 @@ fn belongs_to(t: TreeId, key: &[u8], gone: &BTreeSet<u64>) -> bool {
     };
     match t {
         TreeId::Records | TreeId::Keks | TreeId::Deks => id_at(0),
-        TreeId::Jobs => [COUNTER_PREFIX, PURGE_PREFIX, crate::jobs::REENCRYPT_PREFIX]
-            .iter()
-            .any(|p| key.starts_with(p) && id_at(p.len())),
+        TreeId::Jobs => [
+            COUNTER_PREFIX,
+            PURGE_PREFIX,
+            crate::jobs::REENCRYPT_PREFIX,
+            crate::moves::MOVE_PREFIX,
+        ]
+        .iter()
+        .any(|p| key.starts_with(p) && id_at(p.len())),
         _ => false,
     }
 }

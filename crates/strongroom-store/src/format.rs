@@ -7,6 +7,8 @@
 //! RootEntry   ver=1 | state | created u64
 //! Keyring     ver=1 | id u64 | root (name) | state | current KEK u32 | current DEK u32 |
 //!             created u64
+//! Keyring v2  the same, then: moving from: u8 0, or u8 1 ‖ (name) | former roots: u8 n ‖
+//!             n × (name)
 //! state       1 = enabled | 2 = disabled | 3 = pending destruction, then not_before u64 |
 //!             4 = destroyed
 //! name        u8 len | bytes (A-Z a-z 0-9 . _ -)
@@ -55,6 +57,11 @@ fn read_state(r: &mut Reader<'_>) -> Result<KeyState, FormatError> {
 fn read_version(r: &mut Reader<'_>) -> Result<(), FormatError> {
     r.expect_version(STORE_FORMAT_VERSION)
 }
+
+/// The version a keyring entry is written with.
+pub const KEYRING_ENTRY_VERSION: u8 = 2;
+/// Most former roots a keyring entry keeps (the oldest are dropped first).
+pub const MAX_FORMER_ROOTS: usize = 16;
 
 /// The store's identity, written once at creation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,19 +220,37 @@ pub struct KeyringEntry {
     pub current_dek: DekVersion,
     /// When it was made.
     pub created: Timestamp,
+    /// While a move to `root` is unfinished: the root it came from, which its older records
+    /// still depend on.
+    pub moving_from: Option<RootKeyName>,
+    /// Roots it lived under before a move, oldest first: copies of the store made before that
+    /// move are only as gone as those roots.
+    pub former_roots: Vec<RootKeyName>,
 }
 
 impl KeyringEntry {
-    /// Serializes.
+    /// Serializes (version 2).
     #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![STORE_FORMAT_VERSION];
+        let mut out = vec![KEYRING_ENTRY_VERSION];
         out.extend_from_slice(&self.id.to_be_bytes());
         put_name(&mut out, self.root.as_str());
         put_state(&mut out, self.state);
         out.extend_from_slice(&self.current_kek.get().to_be_bytes());
         out.extend_from_slice(&self.current_dek.get().to_be_bytes());
         out.extend_from_slice(&self.created.unix_secs().to_be_bytes());
+        match &self.moving_from {
+            None => out.push(0),
+            Some(r) => {
+                out.push(1);
+                put_name(&mut out, r.as_str());
+            }
+        }
+        let former = &self.former_roots[self.former_roots.len().saturating_sub(MAX_FORMER_ROOTS)..];
+        out.push(u8::try_from(former.len()).unwrap_or(u8::MAX));
+        for r in former {
+            put_name(&mut out, r.as_str());
+        }
         out
     }
 
@@ -235,7 +260,14 @@ impl KeyringEntry {
     /// [`FormatError`] naming the bad field.
     pub fn parse(bytes: &[u8]) -> Result<Self, FormatError> {
         let mut r = Reader::new("keyring entry", bytes);
-        read_version(&mut r)?;
+        let version = r.u8("version")?;
+        if !(1..=KEYRING_ENTRY_VERSION).contains(&version) {
+            return Err(FormatError::UnsupportedVersion {
+                what: "keyring entry",
+                found: version,
+                supported: KEYRING_ENTRY_VERSION,
+            });
+        }
         let id = r.u64("id")?;
         let root = r.name("root", RootKeyName::new)?;
         let state = read_state(&mut r)?;
@@ -244,6 +276,31 @@ impl KeyringEntry {
         let current_dek = DekVersion::new(r.u32("current DEK")?)
             .map_err(|e| r.invalid("current DEK", e.to_string()))?;
         let created = Timestamp::from_unix_secs(r.u64("created")?);
+        let mut moving_from = None;
+        let mut former_roots = Vec::new();
+        if version >= 2 {
+            moving_from = match r.u8("moving from")? {
+                0 => None,
+                1 => Some(r.name("moving from", RootKeyName::new)?),
+                code => {
+                    return Err(FormatError::UnknownCode {
+                        what: r.what(),
+                        field: "moving from",
+                        code: code.into(),
+                    });
+                }
+            };
+            let n = usize::from(r.u8("former roots")?);
+            if n > MAX_FORMER_ROOTS {
+                return Err(r.invalid(
+                    "former roots",
+                    format!("{n}, more than the {MAX_FORMER_ROOTS} a writer keeps"),
+                ));
+            }
+            for _ in 0..n {
+                former_roots.push(r.name("former root", RootKeyName::new)?);
+            }
+        }
         r.finish()?;
         Ok(Self {
             id,
@@ -252,6 +309,8 @@ impl KeyringEntry {
             current_kek,
             current_dek,
             created,
+            moving_from,
+            former_roots,
         })
     }
 }
@@ -345,6 +404,11 @@ mod tests {
             current_kek: KekVersion::new(3).unwrap(),
             current_dek: DekVersion::new(9).unwrap(),
             created: Timestamp::from_unix_secs(1),
+            moving_from: Some(RootKeyName::new("old").unwrap()),
+            former_roots: vec![
+                RootKeyName::new("older").unwrap(),
+                RootKeyName::new("old").unwrap(),
+            ],
         };
         let b = k.to_bytes();
         assert_eq!(KeyringEntry::parse(&b).unwrap(), k);
@@ -354,6 +418,17 @@ mod tests {
         let mut extra = b.clone();
         extra.push(0);
         assert!(KeyringEntry::parse(&extra).is_err());
+        // Version 1 (stores written before moves re-encrypted): no move fields.
+        let v1 = KeyringEntry {
+            moving_from: None,
+            former_roots: Vec::new(),
+            ..k.clone()
+        };
+        let mut v1_bytes = v1.to_bytes();
+        v1_bytes.truncate(v1_bytes.len() - 2);
+        v1_bytes[0] = 1;
+        assert_eq!(KeyringEntry::parse(&v1_bytes).unwrap(), v1);
+        assert!(KeyringEntry::parse(&[&v1_bytes[..], &[0, 0]].concat()).is_err());
         let mut bad_state = r.to_bytes();
         bad_state[1] = 9;
         assert!(matches!(

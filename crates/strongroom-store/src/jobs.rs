@@ -57,6 +57,16 @@ pub enum PendingJob {
     /// A root destroyed in the store whose keys the backend has not yet destroyed (finish with
     /// [`Store::destroy_root_now`]).
     BackendDestroy(RootKeyName),
+    /// A move of a keyring to another root whose re-encryption is unfinished: the keyring still
+    /// depends on `from` (finish with [`Store::move_keyring`]).
+    Move {
+        /// The keyring.
+        keyring: KeyringName,
+        /// The root it is leaving.
+        from: RootKeyName,
+        /// The root it is moving to.
+        to: RootKeyName,
+    },
     /// A compaction a destruction or a move asked for: until it runs, what they removed is still
     /// in the database's files (finish with [`Store::compact`]; it also runs at open).
     Compact,
@@ -291,6 +301,17 @@ impl Store {
     /// A storage error.
     pub fn pending_jobs(&self) -> Result<Vec<PendingJob>, StoreError> {
         let mut out = Vec::new();
+        // A move's re-encryption is part of the move: listed once, as the move.
+        let moving: Vec<(KeyringName, RootKeyName, RootKeyName)> = self
+            .read_catalog()
+            .keyrings
+            .iter()
+            .filter_map(|(n, e)| {
+                e.moving_from
+                    .clone()
+                    .map(|from| (n.clone(), from, e.root.clone()))
+            })
+            .collect();
         for item in self
             .inner
             .storage
@@ -299,10 +320,16 @@ impl Store {
             let (k, _) = item?;
             if let Ok(id) = <[u8; 8]>::try_from(&k[REENCRYPT_PREFIX.len()..])
                 && let Some(name) = self.read_catalog().ids.get(&u64::from_be_bytes(id))
+                && !moving.iter().any(|(m, ..)| m == name)
             {
                 out.push(PendingJob::Reencrypt(name.clone()));
             }
         }
+        out.extend(
+            moving
+                .into_iter()
+                .map(|(keyring, from, to)| PendingJob::Move { keyring, from, to }),
+        );
         for item in self.inner.storage.scan_prefix(TreeId::Jobs, PURGE_PREFIX) {
             let (k, _) = item?;
             if let Ok(id) = <[u8; 8]>::try_from(&k[PURGE_PREFIX.len()..]) {

@@ -19,7 +19,7 @@ use crate::error::StoreError;
 use crate::format::{self, KeyringEntry, RootEntry};
 use crate::storage::{TreeId, WriteBatch};
 use crate::store::{
-    Catalog, NEXT_ID_KEY, Store, audit_key_context, dek_context, ensure_backend_root, kek_context,
+    Catalog, NEXT_ID_KEY, Store, audit_key_context, dek_context, ensure_backend_root,
 };
 
 /// A root key as the store sees it.
@@ -56,6 +56,11 @@ pub struct KeyringInfo {
     pub kek_versions: Vec<(KekVersion, Option<RootKeyId>)>,
     /// When it was created.
     pub created: Timestamp,
+    /// While a move is unfinished: the root it still depends on (its older records).
+    pub moving_from: Option<RootKeyName>,
+    /// Roots it lived under before a move, oldest first: copies of the store made before that
+    /// move are only as gone as those roots.
+    pub former_roots: Vec<RootKeyName>,
 }
 
 /// Progress of a long operation, for progress bars.
@@ -74,6 +79,9 @@ pub struct Destroyed {
     pub keyring: KeyringName,
     /// Records purged.
     pub records: u64,
+    /// Roots it lived under before a move: copies of the store made before that move are only
+    /// as gone as those roots.
+    pub former_roots: Vec<RootKeyName>,
 }
 
 /// A wrapped KEK as found in the store.
@@ -344,15 +352,8 @@ impl Store {
                 what: format!("KEK of keyring {kr_name} (bad version)"),
             })?;
             let (kek, _) = self.kek(&kr_name, &kr, v)?;
-            let new = self
-                .backend_wrap(
-                    &RootKeyId::new(name.clone(), target),
-                    &kek,
-                    &kek_context(&self.inner.meta.store_id, &kr_name, id, v),
-                )
-                .map_err(StoreError::backend(format!(
-                    "rewrapping KEK {v} of keyring {kr_name}"
-                )))?;
+            let new =
+                self.wrap_kek(&RootKeyId::new(name.clone(), target), &kek, &kr_name, id, v)?;
             // Replaced only if unchanged since it was read (a KEK rotation may have removed it).
             if self.inner.storage.compare_and_swap(
                 TreeId::Keks,
@@ -587,6 +588,7 @@ impl Store {
             format!("root {name}"),
             || {
                 self.refuse_primary(name)?;
+                self.refuse_if_moving_off(name)?;
                 self.root_transition(
                     name,
                     AuditOp::RootDestructionScheduled,
@@ -672,6 +674,7 @@ impl Store {
         name: &RootKeyName,
         t: Transition,
     ) -> Result<Vec<Destroyed>, StoreError> {
+        self.refuse_if_moving_off(name)?;
         let already = matches!(
             self.read_catalog().current_root(name),
             Err(StoreError::RootDestroyed { .. })
@@ -689,6 +692,7 @@ impl Store {
                 destroyed.push(Destroyed {
                     keyring: kr_name,
                     records: 0,
+                    former_roots: kr.former_roots.clone(),
                 });
             }
         }
@@ -774,10 +778,12 @@ impl Store {
             dek_versions,
             kek_versions,
             created: kr.created,
+            moving_from: kr.moving_from.clone(),
+            former_roots: kr.former_roots.clone(),
         })
     }
 
-    fn put_keyring(&self, name: &KeyringName, e: KeyringEntry) {
+    pub(crate) fn put_keyring(&self, name: &KeyringName, e: KeyringEntry) {
         let mut cat = self.write_catalog();
         cat.ids.insert(e.id, name.clone());
         cat.keyrings.insert(name.clone(), Arc::new(e));
@@ -815,15 +821,7 @@ impl Store {
             let store_id = self.inner.meta.store_id;
             let root_id = RootKeyId::new(root.clone(), root_v);
             let kek = Key256::generate()?;
-            let kek_blob = self
-                .backend_wrap(
-                    &root_id,
-                    &kek,
-                    &kek_context(&store_id, name, id, KekVersion::FIRST),
-                )
-                .map_err(StoreError::backend(format!(
-                    "wrapping the KEK of keyring {name} under {root_id}"
-                )))?;
+            let kek_blob = self.wrap_kek(&root_id, &kek, name, id, KekVersion::FIRST)?;
             let dek = Key256::generate()?;
             let dek_blob = dek_blob(
                 name,
@@ -839,6 +837,8 @@ impl Store {
                 current_kek: KekVersion::FIRST,
                 current_dek: DekVersion::FIRST,
                 created: Timestamp::now(),
+                moving_from: None,
+                former_roots: Vec::new(),
             };
             self.commit(
                 AuditOp::KeyringCreated,
@@ -898,11 +898,7 @@ impl Store {
             .ok_or_else(|| StoreError::InUse(format!("keyring {name} has no KEK versions left")))?;
         let kek = Key256::generate()?;
         let root_id = RootKeyId::new(kr.root.clone(), root_v);
-        let kek_blob = self
-            .backend_wrap(&root_id, &kek, &kek_context(&store_id, name, kr.id, next))
-            .map_err(StoreError::backend(format!(
-                "wrapping KEK {next} of keyring {name} under {root_id}"
-            )))?;
+        let kek_blob = self.wrap_kek(&root_id, &kek, name, kr.id, next)?;
         let mut rewrapped = Vec::new();
         for item in self
             .inner
@@ -1042,62 +1038,6 @@ impl Store {
         Ok(next)
     }
 
-    /// Moves keyring `name` to root key `root` (a tenant switching to its own root key, or
-    /// back): every KEK version is rewrapped under `root` in one transaction; no record is
-    /// re-encrypted, and once this returns no key of the keyring depends on the old root.
-    ///
-    /// # Errors
-    /// A keyring or root that is not usable, or a backend error.
-    pub fn move_keyring(&self, name: &KeyringName, root: &RootKeyName) -> Result<(), StoreError> {
-        let _w = self.write_lifecycle();
-        self.audited(AuditOp::KeyringMoved, format!("keyring {name}"), || {
-            let kr = self.usable_keyring(name)?;
-            if &kr.root == root {
-                return Ok(());
-            }
-            let root_v = self.read_catalog().usable_root(root)?;
-            let to = RootKeyId::new(root.clone(), root_v);
-            let store_id = self.inner.meta.store_id;
-            let mut rewrapped = Vec::new();
-            for item in self
-                .inner
-                .storage
-                .scan_prefix(TreeId::Keks, kr.id.to_be_bytes())
-            {
-                let (k, _) = item?;
-                let Some(v) = format::version_of_key(&k).and_then(|v| KekVersion::new(v).ok())
-                else {
-                    continue;
-                };
-                let (kek, _) = self.kek(name, &kr, v)?;
-                let blob = self
-                    .backend_wrap(&to, &kek, &kek_context(&store_id, name, kr.id, v))
-                    .map_err(StoreError::backend(format!(
-                        "wrapping KEK {v} of keyring {name} under {to}"
-                    )))?;
-                rewrapped.push((k.to_vec(), blob.to_bytes()));
-            }
-            let entry = KeyringEntry {
-                root: root.clone(),
-                ..(*kr).clone()
-            };
-            self.commit(
-                AuditOp::KeyringMoved,
-                format!("keyring {name}"),
-                format!("from root {} to {to}", kr.root),
-                |tx| {
-                    for (k, v) in &rewrapped {
-                        tx.insert(TreeId::Keks, k.clone(), v.clone())?;
-                    }
-                    tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())
-                },
-            )?;
-            self.inner.cache.purge_keyring(kr.id);
-            self.put_keyring(name, entry);
-            Ok(())
-        })
-    }
-
     fn keyring_transition(
         &self,
         name: &KeyringName,
@@ -1223,10 +1163,11 @@ impl Store {
         }
         let purged = self.finish_purges()?;
         self.finish_compaction()?;
-        let id = self.read_catalog().keyring(name)?.id;
+        let kr = self.read_catalog().keyring(name)?;
         Ok(Destroyed {
             keyring: name.clone(),
-            records: purged.get(&id).copied().unwrap_or(0),
+            records: purged.get(&kr.id).copied().unwrap_or(0),
+            former_roots: kr.former_roots.clone(),
         })
     }
 
@@ -1244,7 +1185,10 @@ impl Store {
             }
         }
         // Its bookkeeping goes too: DEK use counters and an unfinished re-encryption.
-        let mut jobs: Vec<Vec<u8>> = vec![crate::jobs::reencrypt_job_key(kr.id)];
+        let mut jobs: Vec<Vec<u8>> = vec![
+            crate::jobs::reencrypt_job_key(kr.id),
+            crate::moves::move_job_key(kr.id),
+        ];
         for item in self
             .inner
             .storage
@@ -1353,9 +1297,11 @@ impl Store {
                 self.audited(AuditOp::KeyringDestroyed, format!("keyring {name}"), || {
                     self.destroy_keyring_locked(&name, Transition::DestroyDue { now })
                 })?;
+                let former_roots = self.read_catalog().keyring(&name)?.former_roots.clone();
                 out.push(Destroyed {
                     keyring: name,
                     records: 0,
+                    former_roots,
                 });
             }
             for name in due_roots {
@@ -1390,7 +1336,7 @@ impl Store {
 }
 
 /// A DEK wrapped under a KEK (software AES-KWP, context-bound).
-fn dek_blob(
+pub(crate) fn dek_blob(
     name: &KeyringName,
     kek_v: KekVersion,
     kek: &Key256,

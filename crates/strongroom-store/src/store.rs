@@ -191,14 +191,37 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// The wrapping context of a KEK: binds it to the store, the keyring and the version.
+/// The wrapping context of a KEK: binds it to the store, the keyring and the version, and (in
+/// blobs of format 2, every one written since) to the root key version that wraps it, so that a
+/// KEK wrapped under one root never opens as another's.
 pub(crate) fn kek_context(
     store_id: &[u8; 16],
     keyring: &KeyringName,
     id: u64,
     v: KekVersion,
+    root: Option<&RootKeyId>,
 ) -> Vec<u8> {
-    context(b"strongroom/kek/v1\0", store_id, keyring, id, v.get())
+    match root {
+        None => context(b"strongroom/kek/v1\0", store_id, keyring, id, v.get()),
+        Some(root) => {
+            let mut c = context(b"strongroom/kek/v2\0", store_id, keyring, id, v.get());
+            strongroom_core::format::put_name(&mut c, root.name.as_str());
+            c.extend_from_slice(&root.version.get().to_be_bytes());
+            c
+        }
+    }
+}
+
+/// The context a stored KEK blob was wrapped with (format 1: without its root).
+fn stored_kek_context(
+    store_id: &[u8; 16],
+    keyring: &KeyringName,
+    id: u64,
+    v: KekVersion,
+    blob: &WrappedKey,
+) -> Vec<u8> {
+    let root = (blob.format_version() >= 2).then(|| blob.root()).flatten();
+    kek_context(store_id, keyring, id, v, root)
 }
 
 /// The wrapping context of a DEK.
@@ -770,6 +793,27 @@ impl Store {
         self.inner.backend.wrap(root, key, context)
     }
 
+    /// Wraps KEK version `v` of keyring `name` (id `id`) under root version `root`, bound to
+    /// all of them (blob format 2).
+    pub(crate) fn wrap_kek(
+        &self,
+        root: &RootKeyId,
+        kek: &Key256,
+        name: &KeyringName,
+        id: u64,
+        v: KekVersion,
+    ) -> Result<WrappedKey, StoreError> {
+        self.backend_wrap(
+            root,
+            kek,
+            &kek_context(&self.inner.meta.store_id, name, id, v, Some(root)),
+        )
+        .map(WrappedKey::bound_to_wrapping_key)
+        .map_err(StoreError::backend(format!(
+            "wrapping KEK {v} of keyring {name} under {root}"
+        )))
+    }
+
     pub(crate) fn backend_unwrap(
         &self,
         blob: &WrappedKey,
@@ -838,7 +882,7 @@ impl Store {
         }
         match self.backend_unwrap(
             &blob,
-            &kek_context(&self.inner.meta.store_id, name, kr.id, v),
+            &stored_kek_context(&self.inner.meta.store_id, name, kr.id, v, &blob),
         ) {
             Ok(k) => {
                 let k = Arc::new(k);

@@ -183,3 +183,76 @@ fn destroying_a_root_leaves_none_of_its_keyrings_bytes_in_any_file() {
         Some(1024)
     );
 }
+
+/// A restore of `backup` beside the soft key file as it is now.
+fn restore_now(
+    fx: &Fixture,
+    backup: &std::path::Path,
+) -> (tempfile::TempDir, strongroom_store::Store) {
+    let dir = tempfile::tempdir().unwrap();
+    strongroom_store::Store::restore(backup, dir.path()).unwrap();
+    let key_file = strongroom_core::soft::KEY_FILE_NAME;
+    std::fs::copy(fx.dir.path().join(key_file), dir.path().join(key_file)).unwrap();
+    let backend: std::sync::Arc<dyn strongroom_core::Backend> =
+        std::sync::Arc::new(strongroom_core::SoftBackend::open(dir.path()).unwrap());
+    let s = strongroom_store::Store::open(dir.path(), backend, StoreOptions::default()).unwrap();
+    (dir, s)
+}
+
+#[test]
+fn a_move_cuts_the_old_root_and_destroying_the_new_root_leaves_nothing_on_disk() {
+    let mut fx = Fixture::new(StoreOptions::default());
+    let k = kr("payroll");
+    fx.store().create_keyring(&k, None).unwrap();
+    fill(&fx, &k, 20);
+    fx.store().create_root(&rn("acme")).unwrap();
+    fx.store().flush().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let before_move = out.path().join("before-move.backup");
+    fx.store().backup(&before_move).unwrap();
+    // Everything of the keyring from its time under `service`: KEK, DEK, records.
+    let old = needles_of(&mut fx, &["payroll"]);
+    assert_all_present(&fx, &old);
+
+    let m = fx
+        .store()
+        .move_keyring(&k, &rn("acme"), &mut |_| {})
+        .unwrap();
+    assert_eq!(m.reencrypted, 20);
+    // The move made fresh keys and re-encrypted: nothing from before it is left on disk, so
+    // the primary root `service` (which can never be destroyed) no longer opens this keyring.
+    assert_none_left(&fx, &old, "after the move");
+    let after_move = out.path().join("after-move.backup");
+    fx.store().backup(&after_move).unwrap();
+    let new = needles_of(&mut fx, &["payroll"]);
+    assert_all_present(&fx, &new);
+
+    let d = fx.store().destroy_root_now(&rn("acme")).unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        d[0].former_roots,
+        vec![rn("service")],
+        "reported: older copies depend on service"
+    );
+    assert_none_left(&fx, &new, "after the new root's destruction");
+    assert_none_left(&fx, &old, "after the new root's destruction");
+
+    // A backup taken after the move: its KEK is under acme, destroyed in the backend.
+    let (_d1, restored) = restore_now(&fx, &after_move);
+    let e = restored.get(&k, b"r1").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            strongroom_store::StoreError::RootDestroyed { .. }
+                | strongroom_store::StoreError::Backend { .. }
+        ),
+        "{e}"
+    );
+    drop(restored);
+    // The documented limit: a backup taken before the move is only as gone as `service`.
+    let (_d2, restored) = restore_now(&fx, &before_move);
+    assert_eq!(
+        restored.get(&k, b"r1").unwrap().unwrap().expose(),
+        value("payroll", 1, 1024).as_slice()
+    );
+}

@@ -543,15 +543,28 @@ fn moving_a_keyring_to_its_own_root_and_back() {
     s.put(&k, b"doc", b"contract").unwrap();
     s.rotate_kek(&k).unwrap();
     s.rotate_kek(&k).unwrap();
+    s.rotate_dek(&k).unwrap();
+    s.put(&k, b"doc2", b"annex").unwrap();
     s.create_root(&rn("byok")).unwrap();
-    s.move_keyring(&k, &rn("byok")).unwrap();
+    let before = s.keyring(&k).unwrap();
+    let m = s.move_keyring(&k, &rn("byok"), &mut |_| {}).unwrap();
+    assert_eq!(m.from, Some(rn("service")));
+    assert_eq!(
+        m.reencrypted, 2,
+        "both records re-encrypted under the fresh DEK"
+    );
     let info = s.keyring(&k).unwrap();
     assert_eq!(info.root, rn("byok"));
-    assert!(
-        info.kek_versions
-            .iter()
-            .all(|(_, r)| r.as_ref().unwrap().name == rn("byok"))
-    );
+    // Fresh keys: one KEK, newer than any before, under byok; one DEK, newer than any before.
+    assert_eq!(info.kek_versions.len(), 1, "{:?}", info.kek_versions);
+    assert!(info.current_kek > before.current_kek);
+    assert_eq!(info.kek_versions[0].1.as_ref().unwrap().name, rn("byok"));
+    assert_eq!(info.dek_versions, vec![info.current_dek]);
+    assert!(info.current_dek > before.current_dek);
+    assert_eq!(info.moving_from, None);
+    assert_eq!(info.former_roots, vec![rn("service")]);
+    assert!(s.pending_jobs().unwrap().is_empty());
+    assert_eq!(get_string(s, &k, "doc2").as_deref(), Some("annex"));
     // The service's root no longer matters to the tenant; the tenant's own root does.
     s.disable_root(&rn("service")).unwrap();
     s.purge_key_cache();
@@ -563,7 +576,11 @@ fn moving_a_keyring_to_its_own_root_and_back() {
     ));
     s.enable_root(&rn("byok")).unwrap();
     s.enable_root(&rn("service")).unwrap();
-    s.move_keyring(&k, &rn("service")).unwrap();
+    s.move_keyring(&k, &rn("service"), &mut |_| {}).unwrap();
+    assert_eq!(
+        s.keyring(&k).unwrap().former_roots,
+        vec![rn("service"), rn("byok")]
+    );
     s.disable_root(&rn("byok")).unwrap();
     s.purge_key_cache();
     assert_eq!(get_string(s, &k, "doc").as_deref(), Some("contract"));
@@ -1392,4 +1409,133 @@ fn a_batch_holds_at_most_one_deks_quota_of_puts() {
     s.batch(&k, &puts(2)).unwrap();
     assert_eq!(s.list(&k, b"").unwrap().len(), 2);
     assert!(s.keyring(&k).unwrap().current_dek.get() <= 3);
+}
+
+#[test]
+fn an_interrupted_move_keeps_the_old_root_until_it_is_finished() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    s.create_root(&rn("old")).unwrap();
+    s.create_root(&rn("new")).unwrap();
+    let k = kr("moving");
+    s.create_keyring(&k, Some(&rn("old"))).unwrap();
+    for i in 0..600 {
+        s.put(
+            &k,
+            format!("r{i:04}").as_bytes(),
+            format!("v{i}").as_bytes(),
+        )
+        .unwrap();
+    }
+    // Interrupted after its first batch.
+    let mut batches = 0;
+    let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        s.move_keyring(&k, &rn("new"), &mut |p| {
+            if p.done > 0 {
+                batches += 1;
+                panic!("interrupted");
+            }
+        })
+    }));
+    assert!(interrupted.is_err());
+    let info = s.keyring(&k).unwrap();
+    assert_eq!(info.root, rn("new"));
+    assert_eq!(
+        info.moving_from,
+        Some(rn("old")),
+        "it still depends on the old root"
+    );
+    assert!(s.pending_jobs().unwrap().contains(&PendingJob::Move {
+        keyring: k.clone(),
+        from: rn("old"),
+        to: rn("new"),
+    }));
+    // Reads of records not yet re-encrypted and writes under the new root go on.
+    assert_eq!(get_string(s, &k, "r0599").as_deref(), Some("v599"));
+    s.put(&k, b"during", b"the move").unwrap();
+    // The old root cannot go while something depends on it; another move must wait.
+    for e in [
+        s.destroy_root_now(&rn("old")).unwrap_err(),
+        s.schedule_root_destruction(&rn("old"), None).unwrap_err(),
+        s.move_keyring(&k, &rn("service"), &mut |_| {}).unwrap_err(),
+    ] {
+        assert!(matches!(e, StoreError::InUse(_)), "{e}");
+        assert!(e.to_string().contains("strongroom resume"), "{e}");
+    }
+    // Disabling the old root stops the records still under it, and the move's progress.
+    s.disable_root(&rn("old")).unwrap();
+    s.purge_key_cache();
+    assert!(s.get(&k, b"r0599").unwrap_err().is_access_refused());
+    assert!(s.move_keyring(&k, &rn("new"), &mut |_| {}).is_err());
+    s.enable_root(&rn("old")).unwrap();
+    // Finished by calling it again (what `strongroom resume` does).
+    let m = s.move_keyring(&k, &rn("new"), &mut |_| {}).unwrap();
+    assert!(m.resumed);
+    assert!(
+        s.pending_jobs().unwrap().is_empty(),
+        "{:?}",
+        s.pending_jobs()
+    );
+    let info = s.keyring(&k).unwrap();
+    assert_eq!(info.moving_from, None);
+    assert_eq!(info.kek_versions.len(), 1);
+    // Nothing depends on `old` any more: it can be disabled, even destroyed, and every record
+    // still reads.
+    s.destroy_root_now(&rn("old")).unwrap();
+    s.purge_key_cache();
+    for i in [0, 255, 256, 599] {
+        assert_eq!(
+            get_string(s, &k, &format!("r{i:04}")),
+            Some(format!("v{i}"))
+        );
+    }
+    assert_eq!(get_string(s, &k, "during").as_deref(), Some("the move"));
+    assert!(s.verify_audit().unwrap().is_ok());
+}
+
+#[test]
+fn writers_and_readers_keep_working_while_a_keyring_moves() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store().clone();
+    s.create_root(&rn("new")).unwrap();
+    let k = kr("busy");
+    s.create_keyring(&k, None).unwrap();
+    for i in 0..2000 {
+        s.put(&k, format!("a{i}").as_bytes(), b"before").unwrap();
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (s, k, stop) = (s.clone(), k.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                s.put(&k, format!("b{n}").as_bytes(), format!("w{n}").as_bytes())
+                    .unwrap();
+                assert_eq!(
+                    s.get(&k, format!("a{}", n % 2000).as_bytes())
+                        .unwrap()
+                        .unwrap()
+                        .expose(),
+                    b"before"
+                );
+                n += 1;
+            }
+            n
+        })
+    };
+    let m = s.move_keyring(&k, &rn("new"), &mut |_| {}).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = worker.join().unwrap();
+    assert!(written > 0);
+    assert!(m.reencrypted >= 2000);
+    s.disable_root(&rn("service")).unwrap();
+    s.purge_key_cache();
+    for n in (0..written).step_by(7) {
+        assert_eq!(
+            get_string(&s, &k, &format!("b{n}")),
+            Some(format!("w{n}")),
+            "a record written during the move"
+        );
+    }
+    assert_eq!(get_string(&s, &k, "a1999").as_deref(), Some("before"));
 }
