@@ -10,7 +10,14 @@
 //! mac    = HMAC-SHA256(audit key, body)
 //! hash   = SHA-256(body ‖ mac)                prev_hash of entry n = hash of entry n-1
 //! genesis prev_hash = SHA-256("strongroom/audit/genesis/v1" ‖ store id)
-//! head   = last seq u64 | last hash [32] | HMAC-SHA256(audit key, "strongroom/audit/head/v1" ‖ seq ‖ hash)
+//! head   = last seq u64 | last hash [32] | catalog digest [32] |
+//!          HMAC-SHA256(audit key, "strongroom/audit/head/v2" ‖ seq ‖ hash ‖ digest)
+//!          (stores from before the authenticated catalog: seq | hash |
+//!          HMAC(audit key, "strongroom/audit/head/v1" ‖ seq ‖ hash), until their upgrade)
+//! anchor = seq | hash | HMAC(audit key, "strongroom/audit/head/v1" ‖ seq ‖ hash), in a file
+//!
+//! The catalog digest (see `catalog.rs`) ties the root and keyring entries to the chain: a
+//! catalog changed, rolled back or replayed entry by entry no longer matches the MACed head.
 //! ```
 //!
 //! The audit key is a random 256-bit key stored wrapped under the store's primary root key.
@@ -117,6 +124,8 @@ ops! {
     RecordDeleted = 42 => "record.delete",
     /// A backup was taken.
     BackupTaken = 50 => "store.backup",
+    /// The store's catalog was upgraded to sealed entries (once, for a store from before).
+    CatalogUpgraded = 52 => "store.upgrade-catalog",
     /// The database was compacted into a new generation and the old one shredded.
     Compacted = 51 => "store.compact",
 }
@@ -298,22 +307,37 @@ fn text(r: &Reader<'_>, field: &'static str, b: &[u8]) -> Result<String, FormatE
         .map_err(|_| r.invalid(field, "not UTF-8".into()))
 }
 
-/// The audit key, ready to MAC. Zeroized on drop.
-pub(crate) struct AuditKey(Key256);
+/// The audit key, ready to MAC, and the catalog key derived from it. Zeroized on drop.
+pub(crate) struct AuditKey {
+    audit: Key256,
+    catalog: Key256,
+}
+
+fn hmac(key: &Key256, parts: &[&[u8]]) -> [u8; 32] {
+    // Conversion to plain bytes: into the HMAC key schedule only.
+    let mut m = <HmacSha256 as KeyInit>::new_from_slice(key.expose_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
 
 impl AuditKey {
     pub(crate) fn new(k: Key256) -> Self {
-        Self(k)
+        let mut derived = zeroize::Zeroizing::new(hmac(&k, &[b"strongroom/catalog-key/v1"]));
+        let catalog = Key256::from_slice_zeroizing(&mut derived[..])
+            .unwrap_or_else(|_| unreachable!("an HMAC-SHA256 output is 32 bytes"));
+        Self { audit: k, catalog }
     }
 
     fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        // Conversion to plain bytes: into the HMAC key schedule only.
-        let mut m = <HmacSha256 as KeyInit>::new_from_slice(self.0.expose_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-        for p in parts {
-            m.update(p);
-        }
-        m.finalize().into_bytes().into()
+        hmac(&self.audit, parts)
+    }
+
+    /// A MAC under the catalog key (derived from the audit key: the primary root protects both).
+    pub(crate) fn catalog_mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        hmac(&self.catalog, parts)
     }
 }
 
@@ -327,6 +351,7 @@ pub struct AuditHead {
 }
 
 const HEAD_DOMAIN: &[u8] = b"strongroom/audit/head/v1";
+const HEAD_DOMAIN_V2: &[u8] = b"strongroom/audit/head/v2";
 
 fn genesis(store_id: &[u8; 16]) -> [u8; 32] {
     Sha256::new()
@@ -336,12 +361,57 @@ fn genesis(store_id: &[u8; 16]) -> [u8; 32] {
         .into()
 }
 
+/// The version-1 head: the anchor file's format (and the stored head of a store not yet
+/// upgraded to the authenticated catalog).
 fn head_bytes(key: &AuditKey, head: AuditHead) -> Vec<u8> {
     let mac = key.mac(&[HEAD_DOMAIN, &head.seq.to_be_bytes(), &head.hash]);
     let mut out = head.seq.to_be_bytes().to_vec();
     out.extend_from_slice(&head.hash);
     out.extend_from_slice(&mac);
     out
+}
+
+fn head_v2_mac(key: &AuditKey, head: AuditHead, catalog: &[u8; 32]) -> [u8; 32] {
+    key.mac(&[HEAD_DOMAIN_V2, &head.seq.to_be_bytes(), &head.hash, catalog])
+}
+
+/// The stored head with the catalog digest.
+fn head_v2_bytes(key: &AuditKey, head: AuditHead, catalog: &[u8; 32]) -> Vec<u8> {
+    let mut out = head.seq.to_be_bytes().to_vec();
+    out.extend_from_slice(&head.hash);
+    out.extend_from_slice(catalog);
+    out.extend_from_slice(&head_v2_mac(key, head, catalog));
+    out
+}
+
+/// A stored head, its MAC not yet checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StoredHead {
+    pub head: AuditHead,
+    /// The catalog digest (absent in a store not yet upgraded).
+    pub catalog: Option<[u8; 32]>,
+    mac: [u8; 32],
+}
+
+impl StoredHead {
+    /// Whether its MAC verifies under `key`.
+    pub(crate) fn verifies(&self, key: &AuditKey) -> bool {
+        let want = match &self.catalog {
+            None => key.mac(&[HEAD_DOMAIN, &self.head.seq.to_be_bytes(), &self.head.hash]),
+            Some(c) => head_v2_mac(key, self.head, c),
+        };
+        bool::from(want.ct_eq(&self.mac))
+    }
+}
+
+/// The stored head, parsed (its MAC unchecked), if there is one.
+pub(crate) fn stored_head_full(storage: &Storage) -> Result<Option<StoredHead>, StoreError> {
+    let Some(raw) = storage.get(TreeId::Meta, HEAD_KEY)? else {
+        return Ok(None);
+    };
+    parse_head(&raw)
+        .map(Some)
+        .ok_or_else(|| damaged_head(raw.len()))
 }
 
 /// The head of the log as stored in the database (its MAC unverified), if any.
@@ -353,7 +423,7 @@ pub(crate) fn stored_head(storage: &Storage) -> Result<Option<AuditHead>, StoreE
         return Ok(None);
     };
     match parse_head(&raw) {
-        Some((h, _)) => Ok(Some(h)),
+        Some(h) => Ok(Some(h.head)),
         None => Err(damaged_head(raw.len())),
     }
 }
@@ -376,9 +446,7 @@ fn damaged_head_because(source: FormatError) -> StoreError {
 
 /// The head an anchor file records, if it parses and its MAC is valid under `key`.
 pub(crate) fn verified_anchor(key: &AuditKey, anchor: &[u8]) -> Option<AuditHead> {
-    parse_head(anchor)
-        .map(|(h, _)| h)
-        .filter(|h| bool::from(head_bytes(key, *h).ct_eq(anchor)))
+    parse_anchor(anchor).filter(|h| bool::from(head_bytes(key, *h).ct_eq(anchor)))
 }
 
 /// The stored hash of entry `seq`, if it exists and parses.
@@ -396,19 +464,28 @@ pub(crate) fn anchor_bytes(key: &AuditKey, head: AuditHead) -> Vec<u8> {
 
 /// Parses an anchor file (the head format); the MAC is not checked here.
 pub(crate) fn parse_anchor(b: &[u8]) -> Option<AuditHead> {
-    parse_head(b).map(|(h, _)| h)
+    (b.len() == HEAD_LEN)
+        .then(|| parse_head(b))
+        .flatten()
+        .map(|h| h.head)
 }
 
 const HEAD_LEN: usize = 8 + 32 + 32;
+const HEAD_V2_LEN: usize = 8 + 32 + 32 + 32;
 
-fn parse_head(b: &[u8]) -> Option<(AuditHead, [u8; 32])> {
-    if b.len() != HEAD_LEN {
-        return None;
-    }
-    let seq = u64::from_be_bytes(b[..8].try_into().ok()?);
-    let hash = b[8..40].try_into().ok()?;
-    let mac = b[40..].try_into().ok()?;
-    Some((AuditHead { seq, hash }, mac))
+fn parse_head(b: &[u8]) -> Option<StoredHead> {
+    let seq = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+    let hash = b.get(8..40)?.try_into().ok()?;
+    let (catalog, mac) = match b.len() {
+        HEAD_LEN => (None, b[40..].try_into().ok()?),
+        HEAD_V2_LEN => (Some(b[40..72].try_into().ok()?), b[72..].try_into().ok()?),
+        _ => return None,
+    };
+    Some(StoredHead {
+        head: AuditHead { seq, hash },
+        catalog,
+        mac,
+    })
 }
 
 /// What an audited operation says about itself.
@@ -420,19 +497,32 @@ pub(crate) struct Event<'a> {
     pub detail: String,
 }
 
-/// Appends `event` inside transaction `tx`.
+/// Appends `event` inside transaction `tx`. `catalog_delta` is how the catalog digest changes
+/// with this transaction (zero when it changes no root or keyring entry; see `catalog.rs`).
 pub(crate) fn append(
     tx: &Tx<'_>,
     key: &AuditKey,
     store_id: &[u8; 16],
     event: &Event<'_>,
+    catalog_delta: [u8; 32],
 ) -> TxResult<u64> {
-    let (seq, prev_hash) = match tx.get(TreeId::Meta, HEAD_KEY)? {
-        None => (1, genesis(store_id)),
+    let (seq, prev_hash, catalog) = match tx.get(TreeId::Meta, HEAD_KEY)? {
+        // A new store: its first transaction writes its whole catalog.
+        None => (1, genesis(store_id), Some(catalog_delta)),
         Some(raw) => match parse_head(&raw) {
             // A head at u64::MAX is damage too (the log cannot have grown that far).
-            Some((head, _)) => match head.seq.checked_add(1) {
-                Some(next) => (next, head.hash),
+            Some(h) => match h.head.seq.checked_add(1) {
+                Some(next) => (
+                    next,
+                    h.head.hash,
+                    match h.catalog {
+                        Some(c) => Some(xor(&c, &catalog_delta)),
+                        // Not yet upgraded: the commit that changes the catalog first rewrites
+                        // all of it (catalog.rs), so its delta is the whole digest.
+                        None if catalog_delta != [0; 32] => Some(catalog_delta),
+                        None => None,
+                    },
+                ),
                 None => {
                     return abort(damaged_head_because(FormatError::Invalid {
                         what: "audit head",
@@ -459,18 +549,28 @@ pub(crate) fn append(
     };
     e.mac = key.mac(&[&e.body()]);
     tx.insert(TreeId::Audit, seq.to_be_bytes().to_vec(), e.to_bytes())?;
+    let head = AuditHead {
+        seq,
+        hash: e.hash(),
+    };
     tx.insert(
         TreeId::Meta,
         HEAD_KEY,
-        head_bytes(
-            key,
-            AuditHead {
-                seq,
-                hash: e.hash(),
-            },
-        ),
+        match &catalog {
+            Some(c) => head_v2_bytes(key, head, c),
+            None => head_bytes(key, head),
+        },
     )?;
     Ok(seq)
+}
+
+/// Byte-wise XOR of two digests.
+pub(crate) fn xor(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    let mut out = *a;
+    for (o, x) in out.iter_mut().zip(b) {
+        *o ^= x;
+    }
+    out
 }
 
 /// Where verification found the log broken.
@@ -550,14 +650,14 @@ pub(crate) fn verify(
             problem: "the log's head record is missing".into(),
         }));
     };
-    let Some((head, mac)) = parse_head(&raw) else {
+    let Some(stored) = parse_head(&raw) else {
         return Ok(Err(AuditBreak {
             seq: last,
             problem: "the log's head record is unreadable".into(),
         }));
     };
-    let want = key.mac(&[HEAD_DOMAIN, &head.seq.to_be_bytes(), &head.hash]);
-    if !bool::from(want.ct_eq(&mac)) {
+    let head = stored.head;
+    if !stored.verifies(key) {
         return Ok(Err(AuditBreak {
             seq: head.seq,
             problem: "the log's head record fails its MAC: it was altered".into(),

@@ -123,6 +123,15 @@ pub enum StoreError {
         /// Which key.
         what: String,
     },
+    /// A catalog entry (a root key's or a keyring's state, deadline, root assignment,
+    /// versions) was changed, removed, added or replaced by an older copy outside strongroom.
+    #[error(
+        "{what} failed its integrity check: the catalog was changed outside strongroom (an entry altered, removed, added, or replaced by an older copy); restore the store from a backup"
+    )]
+    CatalogIntegrity {
+        /// Which entry, or what about the catalog.
+        what: String,
+    },
     /// A stored structure did not parse.
     #[error("{what} in the store is unreadable: {source}; restore the store from a backup")]
     Corrupt {
@@ -332,6 +341,7 @@ impl StoreError {
             self,
             Self::RecordIntegrity { .. }
                 | Self::KeyIntegrity { .. }
+                | Self::CatalogIntegrity { .. }
                 | Self::Corrupt { .. }
                 | Self::RolledBack { .. }
                 | Self::Damaged { .. }

@@ -4,7 +4,8 @@
 //! ```text
 //! StoreMeta   "SRSM" | ver=1 | store id [16] | created u64 | backend kind (name) |
 //!             backend instance (u16 len, UTF-8) | primary root (name)
-//! RootEntry   ver=1 | state | created u64
+//! RootEntry   ver=1 or 2 | state | created u64
+//! sealed      a root or keyring entry of version 2 as stored: entry ‖ MAC [32] (catalog.rs)
 //! Keyring     ver=1 | id u64 | root (name) | state | current KEK u32 | current DEK u32 |
 //!             created u64
 //! Keyring v2  the same, then: moving from: u8 0, or u8 1 ‖ (name) | former roots: u8 n ‖
@@ -141,11 +142,22 @@ pub struct RootEntry {
     pub created: Timestamp,
 }
 
+/// The version a root entry is written with (2: sealed in the catalog; the fields of 1).
+pub const ROOT_ENTRY_VERSION: u8 = 2;
+
 impl RootEntry {
-    /// Serializes.
+    /// Parses an entry as the catalog stores it ([`split_sealed`]; the MAC is not checked).
+    ///
+    /// # Errors
+    /// [`FormatError`] naming the bad field.
+    pub fn parse_stored(bytes: &[u8]) -> Result<Self, FormatError> {
+        Self::parse(split_sealed("root key entry", bytes)?.body)
+    }
+
+    /// Serializes (version 2).
     #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![STORE_FORMAT_VERSION];
+        let mut out = vec![ROOT_ENTRY_VERSION];
         put_state(&mut out, self.state);
         out.extend_from_slice(&self.created.unix_secs().to_be_bytes());
         out
@@ -157,7 +169,14 @@ impl RootEntry {
     /// [`FormatError`] naming the bad field.
     pub fn parse(bytes: &[u8]) -> Result<Self, FormatError> {
         let mut r = Reader::new("root key entry", bytes);
-        read_version(&mut r)?;
+        let version = r.u8("version")?;
+        if !(1..=ROOT_ENTRY_VERSION).contains(&version) {
+            return Err(FormatError::UnsupportedVersion {
+                what: "root key entry",
+                found: version,
+                supported: ROOT_ENTRY_VERSION,
+            });
+        }
         let state = read_state(&mut r)?;
         let created = Timestamp::from_unix_secs(r.u64("created")?);
         r.finish()?;
@@ -229,6 +248,14 @@ pub struct KeyringEntry {
 }
 
 impl KeyringEntry {
+    /// Parses an entry as the catalog stores it ([`split_sealed`]; the MAC is not checked).
+    ///
+    /// # Errors
+    /// [`FormatError`] naming the bad field.
+    pub fn parse_stored(bytes: &[u8]) -> Result<Self, FormatError> {
+        Self::parse(split_sealed("keyring entry", bytes)?.body)
+    }
+
     /// Serializes (version 2).
     #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -312,6 +339,44 @@ impl KeyringEntry {
             moving_from,
             former_roots,
         })
+    }
+}
+
+/// Length of the MAC that seals a catalog entry.
+pub const SEAL_MAC_LEN: usize = 32;
+
+/// A stored catalog value: the entry, and its MAC if it is sealed (version 2 and later; a
+/// version-1 entry is from a store not yet upgraded). The MAC is checked by the store, not here.
+pub struct Sealed<'a> {
+    /// The entry.
+    pub body: &'a [u8],
+    /// Its MAC, if sealed.
+    pub mac: Option<[u8; SEAL_MAC_LEN]>,
+}
+
+/// Splits a stored catalog value into the entry and its MAC.
+///
+/// # Errors
+/// A sealed entry too short to hold its MAC.
+pub fn split_sealed<'a>(what: &'static str, stored: &'a [u8]) -> Result<Sealed<'a>, FormatError> {
+    match stored.first() {
+        Some(1) => Ok(Sealed {
+            body: stored,
+            mac: None,
+        }),
+        Some(_) if stored.len() > SEAL_MAC_LEN => {
+            let (body, mac) = stored.split_at(stored.len() - SEAL_MAC_LEN);
+            Ok(Sealed {
+                body,
+                mac: mac.try_into().ok(),
+            })
+        }
+        _ => Err(FormatError::BadLength {
+            what,
+            field: "sealed entry",
+            expected: SEAL_MAC_LEN + 1,
+            found: stored.len(),
+        }),
     }
 }
 

@@ -44,6 +44,7 @@
 mod audit;
 mod backup;
 mod cache;
+mod catalog;
 mod compact;
 mod error;
 pub mod format;

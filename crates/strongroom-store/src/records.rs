@@ -216,10 +216,80 @@ impl Store {
             detail,
         };
         let store_id = self.inner.meta.store_id;
+        // The log and its head only: audited reads do not take part in other writes'
+        // transactions (they still queue on the log's head, which every entry moves).
         self.inner
             .storage
-            .transaction(|tx| audit::append(tx, &akey, &store_id, &event).map(|_| ()))?;
+            .transaction_on(&[TreeId::Audit, TreeId::Meta], |tx| {
+                audit::append(tx, &akey, &store_id, &event, [0; 32]).map(|_| ())
+            })?;
         Ok(())
+    }
+
+    /// Seals and writes `items` together with their data-access audit entries, in one
+    /// transaction over the records, the log and its head: a write is never there without its
+    /// entry, nor the entry without the write. `Some(v)` when DEK `v` must roll over first
+    /// (nothing written). Returns, for a single delete, whether the record existed.
+    fn write_audited(
+        &self,
+        keyring: &KeyringName,
+        kr: &KeyringEntry,
+        items: &[(&[u8], Option<&[u8]>)],
+    ) -> Result<Result<bool, DekVersion>, StoreError> {
+        let akey = self.audit_key()?;
+        let mut cipher = None;
+        let mut sealed: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(items.len());
+        for (k, v) in items {
+            let tk = format::record_key(kr.id, k);
+            let Some(v) = v else {
+                sealed.push((tk, None));
+                continue;
+            };
+            if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek)? {
+                return Ok(Err(kr.current_dek));
+            }
+            let c = match &cipher {
+                Some(c) => c,
+                None => cipher.insert(self.dek(keyring, kr, kr.current_dek)?),
+            };
+            let s = c
+                .seal(keyring, k, v)
+                .map_err(|e| StoreError::from_seal(e, v.len()))?;
+            sealed.push((tk, Some(s)));
+        }
+        let store_id = self.inner.meta.store_id;
+        let existed = self.inner.storage.transaction_on(
+            &[TreeId::Records, TreeId::Audit, TreeId::Meta],
+            |tx| {
+                let mut existed = false;
+                for ((k, v), (tk, s)) in items.iter().zip(&sealed) {
+                    let (op, detail) = match (v, s) {
+                        (Some(v), Some(s)) => {
+                            tx.insert(TreeId::Records, tk.clone(), s.clone())?;
+                            (AuditOp::RecordWritten, format!("{} bytes", v.len()))
+                        }
+                        _ => {
+                            existed = tx.get(TreeId::Records, tk)?.is_some();
+                            tx.remove(TreeId::Records, tk.clone())?;
+                            (
+                                AuditOp::RecordDeleted,
+                                if existed { "deleted" } else { "not found" }.to_owned(),
+                            )
+                        }
+                    };
+                    let event = Event {
+                        op,
+                        outcome: Outcome::Ok,
+                        actor: &self.actor,
+                        target: format!("record {} in keyring {keyring}", show_key(k)),
+                        detail,
+                    };
+                    audit::append(tx, &akey, &store_id, &event, [0; 32])?;
+                }
+                Ok(existed)
+            },
+        )?;
+        Ok(Ok(existed))
     }
 
     /// Seals and writes one record; `Some(v)` when DEK `v` must roll over first (nothing
@@ -326,11 +396,12 @@ impl Store {
         }
     }
 
+    /// Returns, for a single delete, whether the record existed.
     fn write_records(
         &self,
         keyring: &KeyringName,
         items: &[(&[u8], Option<&[u8]>)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         for (k, v) in items {
             check_key(k)?;
             if let Some(v) = v {
@@ -341,13 +412,23 @@ impl Store {
             let rolled = {
                 let _r = self.read_lifecycle();
                 let kr = self.usable_keyring(keyring)?;
-                let roll = match items {
-                    [(k, Some(v))] => self.put_one(keyring, &kr, k, v)?,
-                    _ => self.write_many(keyring, &kr, items)?,
+                let roll = if self.inner.options.audit_data_access {
+                    self.write_audited(keyring, &kr, items)?
+                } else {
+                    let written = |roll: Option<DekVersion>| roll.map_or(Ok(false), Err);
+                    match items {
+                        [(k, Some(v))] => written(self.put_one(keyring, &kr, k, v)?),
+                        [(k, None)] => Ok(self
+                            .inner
+                            .storage
+                            .remove(TreeId::Records, format::record_key(kr.id, k))?
+                            .is_some()),
+                        _ => written(self.write_many(keyring, &kr, items)?),
+                    }
                 };
                 match roll {
-                    None => return Ok(()),
-                    Some(v) => v,
+                    Ok(existed) => return Ok(existed),
+                    Err(v) => v,
                 }
             };
             // Roll over under the write lock; another writer may have done it already.
@@ -370,10 +451,8 @@ impl Store {
     /// # Errors
     /// A keyring that is not usable, a key or value over the limits, or a storage error.
     pub fn put(&self, keyring: &KeyringName, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.write_records(keyring, &[(key, Some(value))])?;
-        self.audit_access(AuditOp::RecordWritten, keyring, key, Outcome::Ok, || {
-            format!("{} bytes", value.len())
-        })
+        self.write_records(keyring, &[(key, Some(value))])
+            .map(|_| ())
     }
 
     /// [`Store::put`], then flush: durable when it returns.
@@ -443,23 +522,7 @@ impl Store {
     /// # Errors
     /// A keyring that is not usable, or a storage error.
     pub fn delete(&self, keyring: &KeyringName, key: &[u8]) -> Result<bool, StoreError> {
-        check_key(key)?;
-        let existed = {
-            let _r = self.read_lifecycle();
-            let kr = self.usable_keyring(keyring)?;
-            self.inner
-                .storage
-                .remove(TreeId::Records, format::record_key(kr.id, key))?
-                .is_some()
-        };
-        self.audit_access(AuditOp::RecordDeleted, keyring, key, Outcome::Ok, || {
-            if existed {
-                "deleted".into()
-            } else {
-                "not found".into()
-            }
-        })?;
-        Ok(existed)
+        self.write_records(keyring, &[(key, None)])
     }
 
     /// Keys in `keyring` that start with `prefix`, in order (values are not opened).
@@ -503,7 +566,7 @@ impl Store {
                 BatchOp::Delete(k) => (k.as_slice(), None),
             })
             .collect();
-        self.write_records(keyring, &items)
+        self.write_records(keyring, &items).map(|_| ())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,10 @@ use strongroom_core::{
 
 use crate::audit::{self, AuditKey, AuditOp, Event, Outcome};
 use crate::cache::{Cached, DownPolicy, KeyCache, Slot};
+use crate::catalog::{self, CommitTx};
 use crate::error::StoreError;
 use crate::format::{self, KeyringEntry, RootEntry, STORE_FORMAT_VERSION, StoreMeta};
-use crate::storage::{self, Storage, TreeId, Tx, TxResult, abort};
+use crate::storage::{self, Storage, TreeId, TxResult, abort};
 
 /// Meta key of the store identity.
 pub(crate) const META_KEY: &[u8] = b"store";
@@ -172,6 +173,10 @@ pub(crate) struct Inner {
     pub counters: Mutex<HashMap<(u64, u32), Counter>>,
     /// Wrap and unwrap calls made to the backend.
     pub backend_calls: AtomicU64,
+    /// Whether the catalog was verified against the audit key since open.
+    pub catalog_verified: AtomicBool,
+    /// Whether the catalog is sealed (false: a store from before, until its first commit).
+    pub catalog_sealed: AtomicBool,
 }
 
 /// An open store. `Send + Sync`, cheap to clone; clones share everything but the actor.
@@ -380,10 +385,28 @@ impl Store {
         }
         let store = Self::assemble(dir, storage, backend, meta, options);
         store.check_anchor()?;
-        store.load_catalog()?;
         // The audit key is loaded now if its root allows; if not, key operations report
-        // AuditUnavailable until the root is enabled (data operations are unaffected).
-        let _ = store.audit_key();
+        // AuditUnavailable until the root is enabled (data operations are unaffected, and the
+        // catalog is verified by the first key operation: README, security model).
+        let key = store.audit_key().ok();
+        // A catalog changed outside strongroom is refused here, naming the entry, before
+        // anything in it is believed.
+        let sealed = match &key {
+            Some(key) => Some(store.verify_catalog_once(key)?),
+            None => None,
+        };
+        store.load_catalog()?;
+        if sealed == Some(false) {
+            // A store from before the sealed catalog: sealed once, now.
+            let _w = store.write_lifecycle();
+            store.commit(
+                AuditOp::CatalogUpgraded,
+                "store".into(),
+                "root and keyring entries sealed, the catalog digest in the audit head".into(),
+                |_| Ok(()),
+            )?;
+        }
+        drop(key);
         // Due destructions are carried out now if they can be. One that cannot (its audit entry
         // needs the primary root, which may be disabled) must not lock the store: the key is
         // unusable already, and it is listed by `pending_jobs` until `run_due_destructions`
@@ -417,6 +440,8 @@ impl Store {
                 audit_key: RwLock::new(None),
                 counters: Mutex::new(HashMap::new()),
                 backend_calls: AtomicU64::new(0),
+                catalog_verified: AtomicBool::new(false),
+                catalog_sealed: AtomicBool::new(false),
             }),
             actor,
         }
@@ -532,10 +557,12 @@ impl Store {
                     what: "a root key entry".into(),
                     source,
                 })?;
-            let e = RootEntry::parse(&v).map_err(|source| StoreError::Corrupt {
-                what: format!("root key entry {name}/{version}"),
-                source,
-            })?;
+            let e = format::split_sealed("root key entry", &v)
+                .and_then(|s| RootEntry::parse(s.body))
+                .map_err(|source| StoreError::Corrupt {
+                    what: format!("root key entry {name}/{version}"),
+                    source,
+                })?;
             cat.roots.entry(name).or_default().insert(version, e);
         }
         for item in self.inner.storage.scan_prefix(TreeId::Keyrings, []) {
@@ -544,10 +571,12 @@ impl Store {
                 what: "a keyring entry".into(),
                 source,
             })?;
-            let e = KeyringEntry::parse(&v).map_err(|source| StoreError::Corrupt {
-                what: format!("keyring entry {name}"),
-                source,
-            })?;
+            let e = format::split_sealed("keyring entry", &v)
+                .and_then(|s| KeyringEntry::parse(s.body))
+                .map_err(|source| StoreError::Corrupt {
+                    what: format!("keyring entry {name}"),
+                    source,
+                })?;
             if let Some(other) = cat.ids.insert(e.id, name.clone()) {
                 // Two keyrings under one id would share records and keys: a destruction of one
                 // would purge the other's.
@@ -705,9 +734,17 @@ impl Store {
         op: AuditOp,
         target: String,
         detail: String,
-        change: impl Fn(&Tx<'_>) -> TxResult<()>,
+        change: impl Fn(&CommitTx<'_>) -> TxResult<()>,
     ) -> Result<u64, StoreError> {
         let key = self.audit_key()?;
+        // Nothing is written over a catalog that does not verify; a store from before the
+        // sealed catalog has all of it sealed by this commit.
+        let sealed = self.verify_catalog_once(&key)?;
+        let legacy = if sealed {
+            Vec::new()
+        } else {
+            catalog::legacy_entries(&self.inner.storage)?
+        };
         let event = Event {
             op,
             outcome: Outcome::Ok,
@@ -717,9 +754,14 @@ impl Store {
         };
         let store_id = self.inner.meta.store_id;
         let seq = self.inner.storage.transaction(|tx| {
-            change(tx)?;
-            audit::append(tx, &key, &store_id, &event)
+            let ctx = CommitTx::new(tx, &key, &store_id);
+            for (t, k, entry) in &legacy {
+                ctx.insert(*t, k.clone(), entry.clone())?;
+            }
+            change(&ctx)?;
+            audit::append(ctx.raw(), &key, &store_id, &event, ctx.delta())
         })?;
+        self.inner.catalog_sealed.store(true, Ordering::Release);
         if let Err(e) = self.inner.storage.flush() {
             // The transaction is in the database (and may or may not be on disk) but the caller
             // will not update the in-memory state: bring that in line with the database now,
@@ -730,6 +772,24 @@ impl Store {
         }
         self.write_anchor(&key);
         Ok(seq)
+    }
+
+    /// Verifies the catalog against the audit key if that has not been done since open (it
+    /// cannot be while the primary root is unusable); returns whether it is sealed.
+    pub(crate) fn verify_catalog_once(&self, key: &AuditKey) -> Result<bool, StoreError> {
+        if self.inner.catalog_verified.load(Ordering::Acquire) {
+            return Ok(self.inner.catalog_sealed.load(Ordering::Acquire));
+        }
+        let head = audit::stored_head_full(&self.inner.storage)?;
+        let v = catalog::verify(
+            &self.inner.storage,
+            key,
+            &self.inner.meta.store_id,
+            head.as_ref(),
+        )?;
+        self.inner.catalog_sealed.store(v.sealed, Ordering::Release);
+        self.inner.catalog_verified.store(true, Ordering::Release);
+        Ok(v.sealed)
     }
 
     /// Records an operation that was refused or failed (best effort: if even this cannot be
@@ -756,7 +816,7 @@ impl Store {
         let _ = self
             .inner
             .storage
-            .transaction(|tx| audit::append(tx, &key, &store_id, &event).map(|_| ()));
+            .transaction(|tx| audit::append(tx, &key, &store_id, &event, [0; 32]).map(|_| ()));
         if self.inner.storage.flush().is_ok() {
             self.write_anchor(&key);
         }
@@ -1034,7 +1094,7 @@ pub(crate) fn hex(b: &[u8]) -> String {
 /// Aborts a transaction unless `tree[key]` still holds `expected` (a guard against a change
 /// committed between a check and its transaction).
 pub(crate) fn expect_value(
-    tx: &Tx<'_>,
+    tx: &CommitTx<'_>,
     tree: TreeId,
     key: &[u8],
     expected: Option<&[u8]>,

@@ -1,15 +1,18 @@
 //! Reading and verifying the audit log.
 
 use crate::audit::{self, AuditBreak, AuditEntry, AuditReport};
+use crate::catalog;
 use crate::error::StoreError;
 use crate::store::Store;
 
 impl Store {
     /// Verifies the whole audit log: every entry's MAC, the hash chain, contiguous sequence
-    /// numbers and the MACed head. `Ok(Err(break))` names the first broken entry.
+    /// numbers and the MACed head; and the catalog the head vouches for (every root and keyring
+    /// entry's MAC, and the set of them). `Ok(Err(break))` names the first broken entry.
     ///
     /// # Errors
-    /// [`StoreError::AuditUnavailable`] when the audit key cannot be unwrapped, or a storage
+    /// [`StoreError::AuditUnavailable`] when the audit key cannot be unwrapped,
+    /// [`StoreError::CatalogIntegrity`] for a catalog changed outside strongroom, or a storage
     /// error.
     pub fn verify_audit(&self) -> Result<Result<AuditReport, AuditBreak>, StoreError> {
         let key = self.audit_key()?;
@@ -43,6 +46,13 @@ impl Store {
                 }));
             }
         }
+        let head = audit::stored_head_full(&self.inner.storage)?;
+        catalog::verify(
+            &self.inner.storage,
+            &key,
+            &self.inner.meta.store_id,
+            head.as_ref(),
+        )?;
         Ok(Ok(report))
     }
 

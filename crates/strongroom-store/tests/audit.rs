@@ -143,17 +143,22 @@ fn a_truncated_tail_is_found() {
 }
 
 #[test]
-fn an_altered_head_is_found() {
-    // Its hash changed: the head's MAC fails.
+fn an_altered_head_is_found_at_open() {
+    // Its hash changed: the head's MAC fails. The head vouches for the catalog (its digest), so
+    // the store refuses to open rather than trust a catalog it cannot check.
     let mut fx = populated();
-    fx.with_raw_db(|db| {
+    let e = reopen_after(&mut fx, |db| {
         let meta = db.open_tree("meta").unwrap();
         let mut h = meta.get(b"audit_head").unwrap().unwrap().to_vec();
         h[20] ^= 1;
         meta.insert(b"audit_head", h).unwrap();
-    });
-    let (_, why) = broken_at(&fx);
-    assert!(why.contains("head"), "{why}");
+    })
+    .unwrap_err();
+    assert!(
+        matches!(e, strongroom_store::StoreError::CatalogIntegrity { .. })
+            && e.to_string().contains("audit log's head"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -266,22 +271,20 @@ fn a_damaged_head_is_an_integrity_failure_not_a_fresh_log() {
     assert!(e.is_integrity(), "{e:?}");
     assert!(e.to_string().contains("audit log's head"), "{e}");
 
-    // Without the anchor the store opens, but no key operation starts a new chain over the
-    // old one: it is refused, and changes nothing.
+    // Without the anchor too: the head vouches for the catalog, so a store whose head is
+    // damaged is refused at open (never a fresh chain, never an unchecked catalog).
     std::fs::remove_file(fx.dir.path().join(strongroom_store::ANCHOR_FILE)).unwrap();
-    let s =
+    let e =
         strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
-            .unwrap();
-    let e = s.create_keyring(&kr("new"), None).unwrap_err();
+            .unwrap_err();
     assert!(
         e.is_integrity() && e.to_string().contains("audit log's head"),
         "{e}"
     );
-    assert!(
-        s.keyring(&kr("new")).is_err(),
-        "the refused operation changed nothing"
-    );
-    assert_eq!(s.audit_entries(1).count(), 9, "nothing appended");
+    // The damaged head is still there, unchanged, for whoever looks at it.
+    let db = sled::open(strongroom_store::database_dir(fx.dir.path()).unwrap()).unwrap();
+    let head = db.open_tree("meta").unwrap().get(b"audit_head").unwrap();
+    assert_eq!(head.map(|h| h.len()), Some(20));
 }
 
 #[test]

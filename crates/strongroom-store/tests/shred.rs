@@ -29,7 +29,8 @@ fn needles_of(fx: &mut Fixture, names: &[&str]) -> Needles {
         let keyrings = db.open_tree("keyrings").unwrap();
         for name in names {
             let entry =
-                KeyringEntry::parse(&keyrings.get(name.as_bytes()).unwrap().unwrap()).unwrap();
+                KeyringEntry::parse_stored(&keyrings.get(name.as_bytes()).unwrap().unwrap())
+                    .unwrap();
             let prefix = entry.id.to_be_bytes();
             for tree in ["keks", "deks"] {
                 for item in db.open_tree(tree).unwrap().scan_prefix(prefix) {

@@ -257,7 +257,8 @@ fn a_damaged_keyring_id_counter_is_refused_and_loses_nothing() {
         );
     }
     assert_eq!(get_string(s, &kr("a"), "k").as_deref(), Some("a"));
-    // Two keyring entries under one id (a copied entry) are refused at open.
+    // Two keyring entries under one id (a copied entry) are refused at open: the copy's seal
+    // names `a`, not `z`.
     fx.with_raw_db_unchecked(|db| {
         let keyrings = db.open_tree("keyrings").unwrap();
         let a = keyrings.get("a").unwrap().unwrap();
@@ -265,7 +266,7 @@ fn a_damaged_keyring_id_counter_is_refused_and_loses_nothing() {
     });
     let e = Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default()).unwrap_err();
     assert!(
-        matches!(&e, StoreError::Corrupt { what, .. } if what == "keyring entry z"),
+        matches!(&e, StoreError::CatalogIntegrity { what } if what == "keyring entry z"),
         "{e}"
     );
 }

@@ -731,7 +731,7 @@ fn keyring_ids(pristine: &Path, scratch: &Path) -> BTreeMap<u64, String> {
         .map(|r| {
             let (k, v) = r.unwrap();
             (
-                KeyringEntry::parse(&v).unwrap().id,
+                KeyringEntry::parse_stored(&v).unwrap().id,
                 keyring_name(&k).unwrap().as_str().to_owned(),
             )
         })
@@ -1650,4 +1650,189 @@ fn a_tampered_audit_entry_fails_verification_and_doctor() {
             "strongroom binary not built: checked Store::verify_audit only (build strongroom-cli, or set STRONGROOM_BIN, to check `strongroom doctor` too)"
         ),
     }
+}
+
+// ----- the authenticated catalog: edits a database writer could make to key states -----
+
+/// A store with keyrings in the states the catalog cases change: `live` enabled (under
+/// `service`), `off` disabled, `doomed` pending destruction, `tenant-data` under root `tenant`,
+/// and root `tenant-off` disabled. Closed when returned.
+fn catalog_store(dir: &Path) {
+    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir).unwrap());
+    let s = Store::create(dir, backend, &rn("service"), StoreOptions::default()).unwrap();
+    s.create_root(&rn("tenant")).unwrap();
+    s.create_root(&rn("tenant-off")).unwrap();
+    for (k, root) in [
+        ("live", "service"),
+        ("off", "service"),
+        ("doomed", "service"),
+        ("tenant-data", "tenant"),
+    ] {
+        s.create_keyring(&kr(k), Some(&rn(root))).unwrap();
+        s.put(&kr(k), b"r", k.as_bytes()).unwrap();
+    }
+    s.disable_keyring(&kr("off")).unwrap();
+    s.schedule_keyring_destruction(&kr("doomed"), Some(Duration::from_secs(3600)))
+        .unwrap();
+    s.disable_root(&rn("tenant-off")).unwrap();
+    s.flush().unwrap();
+}
+
+/// Applies `edit` to a fresh copy of the catalog store's raw database and opens it.
+fn open_after_catalog_edit(
+    pristine: &Path,
+    edit: impl FnOnce(&sled::Db),
+) -> (tempfile::TempDir, Result<Store, StoreError>) {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(pristine, copy.path());
+    {
+        let db = raw_sled(&strongroom_store::database_dir(copy.path()).unwrap());
+        edit(&db);
+        db.flush().unwrap();
+    }
+    let r = open_store(copy.path());
+    (copy, r)
+}
+
+/// The entry (without its MAC) and the MAC of a stored catalog value.
+fn unseal(v: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (body, mac) = v.split_at(v.len() - 32);
+    (body.to_vec(), mac.to_vec())
+}
+
+fn keyring_edit(
+    name: &'static str,
+    change: impl FnOnce(&mut KeyringEntry),
+) -> impl FnOnce(&sled::Db) {
+    move |db| {
+        let t = db.open_tree("keyrings").unwrap();
+        let v = t.get(name).unwrap().unwrap();
+        let (body, mac) = unseal(&v);
+        let mut e = KeyringEntry::parse(&body).unwrap();
+        change(&mut e);
+        // The changed entry with its old MAC: what someone without the key can write.
+        t.insert(name, [e.to_bytes(), mac].concat()).unwrap();
+    }
+}
+
+fn assert_catalog_refused(r: Result<Store, StoreError>, names: &str) {
+    let e = match r {
+        Ok(_) => panic!("a changed catalog opened ({names})"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(e, StoreError::CatalogIntegrity { .. }) && e.is_integrity(),
+        "{names}: {e:?}"
+    );
+    assert!(e.to_string().contains(names), "{names}: {e}");
+}
+
+#[test]
+fn catalog_edits_are_integrity_errors_at_open_naming_the_entry() {
+    let pristine = tempfile::tempdir().unwrap();
+    catalog_store(pristine.path());
+    // Untouched, it opens and every state is what was set.
+    let s = open_store(pristine.path()).unwrap();
+    assert!(s.get(&kr("off"), b"r").unwrap_err().is_access_refused());
+    drop(s);
+
+    // The state byte: a disabled keyring turned back on.
+    let (_d, r) = open_after_catalog_edit(
+        pristine.path(),
+        keyring_edit("off", |e| e.state = strongroom_core::KeyState::Enabled),
+    );
+    assert_catalog_refused(r, "keyring entry off");
+    // The deadline of a scheduled destruction pushed out a year.
+    let (_d, r) = open_after_catalog_edit(
+        pristine.path(),
+        keyring_edit("doomed", |e| {
+            if let strongroom_core::KeyState::PendingDestruction { not_before } = e.state {
+                e.state = strongroom_core::KeyState::PendingDestruction {
+                    not_before: not_before.saturating_add(Duration::from_secs(365 * 86_400)),
+                };
+            }
+        }),
+    );
+    assert_catalog_refused(r, "keyring entry doomed");
+    // The root assignment: a tenant's keyring put under the service's root.
+    let (_d, r) = open_after_catalog_edit(
+        pristine.path(),
+        keyring_edit("tenant-data", |e| e.root = rn("service")),
+    );
+    assert_catalog_refused(r, "keyring entry tenant-data");
+    // Versions: the current DEK pointed elsewhere.
+    let (_d, r) = open_after_catalog_edit(
+        pristine.path(),
+        keyring_edit("live", |e| e.current_dek = e.current_dek.next().unwrap()),
+    );
+    assert_catalog_refused(r, "keyring entry live");
+    // A disabled root turned back on (the byte after the version).
+    let (_d, r) = open_after_catalog_edit(pristine.path(), |db| {
+        let t = db.open_tree("roots").unwrap();
+        let k = strongroom_store::format::root_key(
+            &rn("tenant-off"),
+            strongroom_core::RootVersion::FIRST,
+        );
+        let mut v = t.get(&k).unwrap().unwrap().to_vec();
+        assert_eq!(v[1], 2, "disabled");
+        v[1] = 1;
+        t.insert(k, v).unwrap();
+    });
+    assert_catalog_refused(r, "root key entry tenant-off/v1");
+    // A sealed entry copied under another name (a disabled keyring's, onto an enabled one).
+    let (_d, r) = open_after_catalog_edit(pristine.path(), |db| {
+        let t = db.open_tree("keyrings").unwrap();
+        let v = t.get("live").unwrap().unwrap();
+        t.insert("off", v).unwrap();
+    });
+    assert_catalog_refused(r, "keyring entry off");
+    // An unsealed (old-format) entry put in place of a sealed one.
+    let (_d, r) = open_after_catalog_edit(pristine.path(), |db| {
+        let t = db.open_tree("keyrings").unwrap();
+        let (body, _) = unseal(&t.get("off").unwrap().unwrap());
+        let mut e = KeyringEntry::parse(&body).unwrap();
+        e.state = strongroom_core::KeyState::Enabled;
+        let mut v1 = e.to_bytes();
+        v1.truncate(v1.len() - 2);
+        v1[0] = 1;
+        t.insert("off", v1).unwrap();
+    });
+    assert_catalog_refused(r, "keyring entry off");
+}
+
+#[test]
+fn catalog_entries_removed_or_put_back_from_an_older_copy_are_integrity_errors() {
+    let pristine = tempfile::tempdir().unwrap();
+    catalog_store(pristine.path());
+    // The sealed entry of `live` while it is enabled, kept by someone who reads the database.
+    let old_live = {
+        let db = raw_sled(&strongroom_store::database_dir(pristine.path()).unwrap());
+        db.open_tree("keyrings")
+            .unwrap()
+            .get("live")
+            .unwrap()
+            .unwrap()
+            .to_vec()
+    };
+    {
+        let s = open_store(pristine.path()).unwrap();
+        s.disable_keyring(&kr("live")).unwrap();
+    }
+    // Put back: its MAC is valid, but the catalog no longer matches the audit head.
+    let (_d, r) = open_after_catalog_edit(pristine.path(), |db| {
+        db.open_tree("keyrings")
+            .unwrap()
+            .insert("live", old_live)
+            .unwrap();
+    });
+    assert_catalog_refused(r, "the catalog as a whole");
+    // Removed: the keyring would read as never created.
+    let (_d, r) = open_after_catalog_edit(pristine.path(), |db| {
+        db.open_tree("keyrings").unwrap().remove("off").unwrap();
+    });
+    assert_catalog_refused(r, "the catalog as a whole");
+    // The untouched store still opens, `live` disabled as it was left.
+    let s = open_store(pristine.path()).unwrap();
+    assert!(s.get(&kr("live"), b"r").unwrap_err().is_access_refused());
+    assert!(s.verify_audit().unwrap().is_ok());
 }
