@@ -150,6 +150,8 @@ impl Store {
                 let target = self.dek(keyring, &kr, kr.current_dek)?;
                 let mut roll_over = None;
                 let mut processed = 0usize;
+                let mut resealed: Vec<(&[u8], &[u8], Vec<u8>)> = Vec::new();
+                let mut skipped = 0u64;
                 for (k, sealed) in &batch {
                     let rk = &k[8..];
                     let integrity = || StoreError::RecordIntegrity {
@@ -158,7 +160,7 @@ impl Store {
                     };
                     let (header, _) = RecordHeader::parse(sealed).map_err(|_| integrity())?;
                     if header.dek_version == kr.current_dek {
-                        report.skipped += 1;
+                        skipped += 1;
                         processed += 1;
                         continue;
                     }
@@ -170,27 +172,39 @@ impl Store {
                         return Err(integrity());
                     };
                     let plain = old.open(keyring, rk, sealed).map_err(|_| integrity())?;
-                    let resealed = target
+                    let new = target
                         .seal(keyring, rk, plain.expose())
                         .map_err(|e| StoreError::from_seal(e, plain.len()))?;
-                    if self.inner.storage.compare_and_swap(
-                        TreeId::Records,
-                        k,
-                        Some(sealed),
-                        Some(resealed),
-                    )? {
-                        report.reencrypted += 1;
-                    } else {
-                        report.skipped += 1;
-                    }
+                    resealed.push((k, sealed, new));
                     processed += 1;
                 }
                 if processed > 0 {
+                    // The batch, its cursor and its audit entry in one commit. A record a
+                    // writer changed since it was read is left as the writer wrote it.
                     let last = batch[processed - 1].0.clone();
-                    self.inner
-                        .storage
-                        .insert(TreeId::Jobs, &job, last.clone())?;
-                    self.inner.storage.flush()?;
+                    let replaced = std::cell::Cell::new(0u64);
+                    self.commit(
+                        AuditOp::Reencrypted,
+                        format!("keyring {keyring}"),
+                        format!(
+                            "batch of {processed} records up to {}: {} to re-encrypt under {}",
+                            show_key(&last[8..]),
+                            resealed.len(),
+                            kr.current_dek
+                        ),
+                        |tx| {
+                            replaced.set(0);
+                            for (k, old, new) in &resealed {
+                                if tx.get(TreeId::Records, k)?.as_deref() == Some(*old) {
+                                    tx.insert(TreeId::Records, k.to_vec(), new.clone())?;
+                                    replaced.set(replaced.get() + 1);
+                                }
+                            }
+                            tx.insert(TreeId::Jobs, job.clone(), last.clone())
+                        },
+                    )?;
+                    report.reencrypted += replaced.get();
+                    report.skipped += skipped + (resealed.len() as u64 - replaced.get());
                     done += processed as u64;
                     cursor = Some(last);
                     progress(Progress {

@@ -352,29 +352,33 @@ impl Store {
                 what: format!("KEK of keyring {kr_name} (bad version)"),
             })?;
             let (kek, _) = self.kek(&kr_name, &kr, v)?;
-            let new =
-                self.wrap_kek(&RootKeyId::new(name.clone(), target), &kek, &kr_name, id, v)?;
-            // Replaced only if unchanged since it was read (a KEK rotation may have removed it).
-            if self.inner.storage.compare_and_swap(
-                TreeId::Keks,
-                format::versioned_key(id, ver),
-                Some(&old_bytes),
-                Some(new.to_bytes()),
-            )? {
+            let to = RootKeyId::new(name.clone(), target);
+            let new = self.wrap_kek(&to, &kek, &kr_name, id, v)?.to_bytes();
+            // Each step is its own commit with its audit entry. The KEK is replaced only if it
+            // is unchanged since it was read (a KEK rotation may have replaced or removed it).
+            let tree_key = format::versioned_key(id, ver).to_vec();
+            let replaced = std::cell::Cell::new(false);
+            let unchanged = |now: Option<&[u8]>| now == Some(&old_bytes[..]);
+            if unchanged(self.inner.storage.get(TreeId::Keks, &tree_key)?.as_deref()) {
+                self.commit(
+                    AuditOp::RootRewrapped,
+                    format!("root {name}"),
+                    format!("KEK {v} of keyring {kr_name} rewrapped under {to}"),
+                    |tx| {
+                        replaced.set(false);
+                        if unchanged(tx.get(TreeId::Keks, &tree_key)?.as_deref()) {
+                            tx.insert(TreeId::Keks, tree_key.clone(), new.clone())?;
+                            replaced.set(true);
+                        }
+                        Ok(())
+                    },
+                )?;
+            }
+            if replaced.get() {
                 rewrapped += 1;
             }
             done += 1;
             progress(Progress { done, total });
-        }
-        self.inner.storage.flush()?;
-        if rewrapped > 0 {
-            let _w = self.write_lifecycle();
-            self.commit(
-                AuditOp::RootRewrapped,
-                format!("root {name}"),
-                format!("{rewrapped} KEKs rewrapped under {target}"),
-                |_| Ok(()),
-            )?;
         }
         Ok(rewrapped)
     }

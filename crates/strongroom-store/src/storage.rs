@@ -378,22 +378,6 @@ impl Storage {
             .map_err(StoreError::storage(while_doing))
     }
 
-    /// Replaces `old` with `new` at `k` only if the value is still `old`; `Ok(false)` if it
-    /// changed meanwhile.
-    pub(crate) fn compare_and_swap(
-        &self,
-        t: TreeId,
-        k: impl AsRef<[u8]>,
-        old: Option<&[u8]>,
-        new: Option<Vec<u8>>,
-    ) -> Result<bool, StoreError> {
-        self.read()
-            .tree(t)
-            .compare_and_swap(k, old, new)
-            .map(|r| r.is_ok())
-            .map_err(StoreError::storage("writing"))
-    }
-
     /// Entries in tree `t` (a full pass in sled).
     pub(crate) fn len(&self, t: TreeId) -> usize {
         self.read().tree(t).len()

@@ -317,3 +317,164 @@ fn an_unreadable_anchor_is_an_error_not_a_missing_one() {
         "{e:?}"
     );
 }
+
+fn audited() -> StoreOptions {
+    StoreOptions {
+        audit_data_access: true,
+        ..StoreOptions::default()
+    }
+}
+
+#[test]
+fn data_access_is_audited_record_by_record() {
+    let fx = Fixture::new(audited());
+    let s = fx.store().with_actor("app");
+    let k = kr("payroll");
+    s.create_keyring(&k, None).unwrap();
+    let before = entries(&fx).len();
+    s.put(&k, b"alice", b"salary=100000").unwrap();
+    assert!(s.get(&k, b"alice").unwrap().is_some());
+    assert!(s.get(&k, b"nobody").unwrap().is_none());
+    s.batch(
+        &k,
+        &[
+            strongroom_store::BatchOp::Put(b"bob".to_vec(), b"1".to_vec()),
+            strongroom_store::BatchOp::Delete(b"alice".to_vec()),
+        ],
+    )
+    .unwrap();
+    assert!(!s.delete(&k, b"alice").unwrap());
+    let got: Vec<(AuditOp, String, String)> = entries(&fx)[before..]
+        .iter()
+        .map(|e| (e.op, e.target.clone(), e.detail.clone()))
+        .collect();
+    let rec = |k: &str| format!("record {k} in keyring payroll");
+    assert_eq!(
+        got,
+        [
+            (AuditOp::RecordWritten, rec("alice"), "13 bytes".into()),
+            (AuditOp::RecordRead, rec("alice"), "13 bytes".into()),
+            (AuditOp::RecordRead, rec("nobody"), "not found".into()),
+            (AuditOp::RecordWritten, rec("bob"), "1 bytes".into()),
+            (AuditOp::RecordDeleted, rec("alice"), "deleted".into()),
+            (AuditOp::RecordDeleted, rec("alice"), "not found".into()),
+        ]
+    );
+    assert!(entries(&fx)[before..].iter().all(|e| e.actor == "app"));
+    assert!(s.verify_audit().unwrap().is_ok());
+}
+
+/// A write and its audit entry commit together: when the entry cannot be written (here, the
+/// primary root that protects the audit key is disabled), the write does not land either.
+#[test]
+fn an_audited_write_does_not_land_without_its_entry() {
+    let mut fx = Fixture::new(audited());
+    let s = fx.store();
+    s.create_root(&rn("tenant")).unwrap();
+    let t = kr("tenant-data");
+    s.create_keyring(&t, Some(&rn("tenant"))).unwrap();
+    s.put(&t, b"before", b"1").unwrap();
+    s.disable_root(&rn("service")).unwrap();
+    // A fresh process: the audit key is not in memory any more, and cannot be unwrapped.
+    let s = fx.reopen();
+    for e in [
+        s.put(&t, b"x", b"v").unwrap_err(),
+        s.delete(&t, b"before").map(|_| ()).unwrap_err(),
+        s.batch(
+            &t,
+            &[strongroom_store::BatchOp::Put(b"y".to_vec(), b"w".to_vec())],
+        )
+        .unwrap_err(),
+    ] {
+        assert!(
+            matches!(e, strongroom_store::StoreError::AuditUnavailable { .. }),
+            "{e}"
+        );
+    }
+    // Read without auditing: nothing of the refused writes landed.
+    fx.options = StoreOptions::default();
+    let s = fx.reopen();
+    assert!(s.get(&t, b"x").unwrap().is_none());
+    assert!(s.get(&t, b"y").unwrap().is_none());
+    assert_eq!(s.get(&t, b"before").unwrap().unwrap().expose(), b"1");
+}
+
+#[test]
+fn concurrent_audited_writers_keep_one_unbroken_chain() {
+    let fx = Fixture::new(audited());
+    let s = fx.store().clone();
+    let k = kr("busy");
+    s.create_keyring(&k, None).unwrap();
+    let before = entries(&fx).len();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (s, k) = (s.clone(), k.clone());
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    s.put(&k, format!("{t}/{i}").as_bytes(), b"v").unwrap();
+                    s.get(&k, format!("{t}/{i}").as_bytes()).unwrap().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let e = entries(&fx);
+    assert_eq!(e.len() - before, 800, "one entry per put and per get");
+    assert!(s.verify_audit().unwrap().is_ok());
+}
+
+#[test]
+fn each_reencryption_batch_and_each_rewrap_step_commits_with_its_own_entry() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("big");
+    s.create_keyring(&k, None).unwrap();
+    for i in 0..600 {
+        s.put(&k, format!("r{i:04}").as_bytes(), b"v").unwrap();
+    }
+    s.rotate_dek(&k).unwrap();
+    let before = entries(&fx).len();
+    s.reencrypt(&k, &mut |_| {}).unwrap();
+    let batches: Vec<String> = entries(&fx)[before..]
+        .iter()
+        .filter(|e| e.op == AuditOp::Reencrypted)
+        .map(|e| e.detail.clone())
+        .collect();
+    // Batches of 256: 256 + 256 + 88, then the summary.
+    assert_eq!(batches.len(), 4, "{batches:#?}");
+    assert!(
+        batches[0].starts_with("batch of 256 records up to r0255"),
+        "{}",
+        batches[0]
+    );
+    assert!(
+        batches[2].starts_with("batch of 88 records up to r0599"),
+        "{}",
+        batches[2]
+    );
+    assert!(batches[3].contains("600 re-encrypted"), "{}", batches[3]);
+
+    s.create_root(&rn("acme")).unwrap();
+    for t in ["t1", "t2", "t3"] {
+        s.create_keyring(&kr(t), Some(&rn("acme"))).unwrap();
+    }
+    let before = entries(&fx).len();
+    assert_eq!(s.rotate_root(&rn("acme"), &mut |_| {}).unwrap().get(), 2);
+    let steps: Vec<String> = entries(&fx)[before..]
+        .iter()
+        .filter(|e| e.op == AuditOp::RootRewrapped)
+        .map(|e| e.detail.clone())
+        .collect();
+    assert_eq!(steps.len(), 3, "{steps:#?}");
+    for t in ["t1", "t2", "t3"] {
+        assert!(
+            steps
+                .iter()
+                .any(|d| d == &format!("KEK v1 of keyring {t} rewrapped under acme/v2")),
+            "{t}: {steps:#?}"
+        );
+    }
+    assert!(s.verify_audit().unwrap().is_ok());
+}
