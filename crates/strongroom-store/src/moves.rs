@@ -161,6 +161,9 @@ impl Store {
                         dek_blob.to_bytes(),
                     )?;
                     tx.insert(TreeId::Jobs, move_job_key(kr.id), job.clone())?;
+                    // An interrupted re-encryption from before: its cursor would make the
+                    // move's re-encryption skip the records before it (still under old DEKs).
+                    tx.remove(TreeId::Jobs, crate::jobs::reencrypt_job_key(kr.id))?;
                     tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())
                 },
             )?;
@@ -186,7 +189,12 @@ impl Store {
         let Some(from) = kr.moving_from.clone() else {
             return Ok(MoveReport::default());
         };
-        let reencrypted = self.reencrypt(name, progress)?.reencrypted;
+        let mut reencrypted = self.reencrypt(name, progress)?.reencrypted;
+        // Records a resumed re-encryption skipped (its cursor older than the move: a crash
+        // between two of its batches, then another interruption) are caught by a full pass.
+        if self.deks_before_move(name)? {
+            reencrypted += self.reencrypt(name, progress)?.reencrypted;
+        }
         {
             let _w = self.write_lifecycle();
             self.audited(AuditOp::KeyringMoved, format!("keyring {name}"), || {
@@ -259,6 +267,30 @@ impl Store {
             reencrypted,
             resumed: true,
         })
+    }
+
+    /// Whether keyring `name` still holds DEKs made before its move.
+    fn deks_before_move(&self, name: &KeyringName) -> Result<bool, StoreError> {
+        let kr = self.read_catalog().keyring(name)?;
+        let Some((_, first_dek)) = self
+            .inner
+            .storage
+            .get(TreeId::Jobs, move_job_key(kr.id))?
+            .as_deref()
+            .and_then(parse_job)
+        else {
+            return Ok(false);
+        };
+        for item in self
+            .inner
+            .storage
+            .scan_prefix(TreeId::Deks, kr.id.to_be_bytes())
+        {
+            if format::version_of_key(&item?.0).is_some_and(|v| v < first_dek) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Refuses to destroy root `name` while a keyring is still moving off it (its older

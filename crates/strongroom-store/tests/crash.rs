@@ -1,5 +1,6 @@
 //! Crash safety: the test re-runs its own binary as a child that works on a store (durable puts,
-//! deletes, DEK and KEK rotations, root rotations, re-encryption, keyring destruction) and keeps
+//! deletes, DEK and KEK rotations, root rotations, re-encryption, moves between roots,
+//! compactions, keyring destruction, which compacts too) and keeps
 //! a journal of what it was about to do and what was acknowledged; the parent kills it with
 //! SIGKILL at a random moment, reopens the store and checks that every acknowledged record reads
 //! back exactly, that nothing is unreadable unless its keyring's destruction was acknowledged (or
@@ -151,8 +152,22 @@ fn child(dir: &Path) -> ! {
             87..=91 => {
                 s.reencrypt(&ring, &mut |_| {}).unwrap();
             }
-            92..=94 => {
+            92..=93 => {
                 s.rotate_root(&rn("tenant"), &mut |_| {}).unwrap();
+            }
+            // A move to the other root (fresh keys, every record re-encrypted, the old keys
+            // erased, then a compaction), or the end of one a kill interrupted.
+            94 => {
+                let info = s.keyring(&ring).unwrap();
+                let to = match (&info.moving_from, info.root.as_str()) {
+                    (Some(_), _) => info.root.clone(),
+                    (None, "service") => rn("tenant"),
+                    (None, _) => rn("service"),
+                };
+                s.move_keyring(&ring, &to, &mut |_| {}).unwrap();
+            }
+            95 => {
+                s.compact().unwrap();
             }
             _ if live.len() > 1 => {
                 let n = journal.intent(&format!("destroy {ring}"));
@@ -309,6 +324,23 @@ fn verify(dir: &Path, round: u32) -> u64 {
             });
         }
     }
+    // A compaction a kill interrupted was finished at open; a move is finished by calling it
+    // again (what `strongroom resume` does), and every record still reads after it.
+    let pending = s.pending_jobs().unwrap();
+    assert!(
+        !pending.contains(&strongroom_store::PendingJob::Compact),
+        "compactions finish at open: {pending:?}"
+    );
+    for j in pending {
+        if let strongroom_store::PendingJob::Move { keyring, to, .. } = j {
+            s.move_keyring(&keyring, &to, &mut |_| {})
+                .unwrap_or_else(|err| panic!("finishing the move of {keyring}: {err}"));
+            assert_eq!(s.keyring(&keyring).unwrap().moving_from, None);
+            for key in s.list(&keyring, b"").unwrap() {
+                s.get(&keyring, &key).unwrap();
+            }
+        }
+    }
     let report = s
         .verify_audit()
         .unwrap()
@@ -377,5 +409,145 @@ fn killed_at_random_moments_nothing_acknowledged_is_lost() {
     assert!(
         acked > u64::from(rounds),
         "the child made too little progress to test anything ({acked} acknowledged)"
+    );
+}
+
+const MOVER_ENV: &str = "STRONGROOM_CRASH_MOVER_DIR";
+const MOVER_RECORDS: usize = 600;
+
+/// The child of the move-and-compaction test: a keyring of 600 records moves back and forth
+/// between two roots (each move re-encrypts in three batches, erases the old keys and compacts)
+/// and the store is compacted in between, until the child is killed.
+fn mover(dir: &Path) -> ! {
+    let ready = dir.join("ready");
+    let s = if ready.exists() {
+        open(dir)
+    } else {
+        let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir).unwrap());
+        let s = Store::create(dir, backend, &rn("service"), StoreOptions::default()).unwrap();
+        s.create_root(&rn("tenant")).unwrap();
+        s.create_keyring(&kr("moving"), None).unwrap();
+        for i in 0..MOVER_RECORDS {
+            s.put(
+                &kr("moving"),
+                format!("r{i:04}").as_bytes(),
+                format!("v{i}").as_bytes(),
+            )
+            .unwrap();
+        }
+        s.flush().unwrap();
+        File::create(&ready).unwrap().sync_all().unwrap();
+        s
+    };
+    loop {
+        let info = s.keyring(&kr("moving")).unwrap();
+        let to = match (&info.moving_from, info.root.as_str()) {
+            (Some(_), _) => info.root.clone(),
+            (None, "service") => rn("tenant"),
+            (None, _) => rn("service"),
+        };
+        s.move_keyring(&kr("moving"), &to, &mut |_| {}).unwrap();
+        s.compact().unwrap();
+    }
+}
+
+#[test]
+fn killed_during_moves_and_compactions_nothing_is_lost_and_the_jobs_finish() {
+    if let Some(dir) = std::env::var_os(MOVER_ENV) {
+        mover(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = Rng(0xC0FF_EE15_600D_F00D);
+    let rounds = 15;
+    let (mut moves_cut, mut compactions_cut) = (0, 0);
+    for round in 0..rounds {
+        let mut c = Command::new(&exe)
+            .args([
+                "killed_during_moves_and_compactions_nothing_is_lost_and_the_jobs_finish",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(MOVER_ENV, dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The first round must get past the setup.
+        let wait = Duration::from_millis(if round == 0 { 1500 } else { 50 } + rng.below(500));
+        std::thread::sleep(wait);
+        if let Ok(Some(status)) = c.try_wait() {
+            let err = std::io::read_to_string(c.stderr.take().unwrap()).unwrap_or_default();
+            panic!("round {round}: the child exited by itself ({status}): {err}");
+        }
+        c.kill().unwrap();
+        c.wait().unwrap();
+        assert!(dir.path().join("ready").exists(), "setup did not finish");
+        // What the kill left behind: generations besides the current one, a move half done.
+        let generations = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                let n = n.to_string_lossy();
+                n == "db" || n.starts_with("db.")
+            })
+            .count();
+        compactions_cut += usize::from(generations > 1);
+        let s = open(dir.path());
+        let left = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                let n = n.to_string_lossy();
+                n == "db" || n.starts_with("db.")
+            })
+            .count();
+        assert_eq!(left, 1, "round {round}: one generation after open");
+        let pending = s.pending_jobs().unwrap();
+        assert!(
+            !pending.contains(&strongroom_store::PendingJob::Compact),
+            "{pending:?}"
+        );
+        for j in pending {
+            match j {
+                strongroom_store::PendingJob::Move { keyring, to, .. } => {
+                    moves_cut += 1;
+                    s.move_keyring(&keyring, &to, &mut |_| {}).unwrap();
+                }
+                other => panic!("round {round}: unexpected job {other:?}"),
+            }
+        }
+        let info = s.keyring(&kr("moving")).unwrap();
+        assert_eq!(info.moving_from, None);
+        assert_eq!(
+            info.kek_versions.len(),
+            1,
+            "the keys from before the move are gone"
+        );
+        // DEKs roll over every 40 encryptions here: the ones the move's re-encryption made,
+        // none from before it (finishing a move checks that).
+        assert!(
+            info.dek_versions.len() <= MOVER_RECORDS / 40 + 1,
+            "round {round}: {info:?}"
+        );
+        for i in 0..MOVER_RECORDS {
+            assert_eq!(
+                s.get(&kr("moving"), format!("r{i:04}").as_bytes())
+                    .unwrap()
+                    .map(|p| p.expose().to_vec()),
+                Some(format!("v{i}").into_bytes()),
+                "round {round}: record {i}"
+            );
+        }
+        s.verify_audit()
+            .unwrap()
+            .unwrap_or_else(|b| panic!("round {round}: audit: {b}"));
+    }
+    println!(
+        "move/compaction crash suite: {rounds} kills; {moves_cut} left a move to finish, {compactions_cut} left a second database generation"
+    );
+    assert!(
+        moves_cut > 0,
+        "no kill landed inside a move: the test tested nothing"
     );
 }
