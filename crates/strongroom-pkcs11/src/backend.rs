@@ -1,9 +1,10 @@
 //! [`Pkcs11Backend`]: the [`Backend`] trait on a PKCS#11 token.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::{Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
@@ -23,9 +24,10 @@ use strongroom_core::{
     RootKeyInfo, RootStatus, rng,
 };
 
-use crate::config::{Pin, Pkcs11Config, TokenSelector};
+use crate::config::{Pin, Pkcs11Config};
 use crate::der;
 use crate::error::{Failure, classify, describe, device, rv};
+use crate::library::{LibState, Library, find_slot, library};
 use crate::objects::{APPLICATION, KeyLocator, Labels, RecordState, RootRecord, Usage};
 use crate::session::{CachedKey, CheckoutError, Generation, Lease};
 
@@ -83,7 +85,8 @@ pub struct PoolStats {
     pub cap: usize,
     /// Sessions opened since the backend was made.
     pub sessions_opened: u64,
-    /// Re-initializations of the library since the backend was made.
+    /// Re-initializations of the library since the backend was made, after which this backend
+    /// found its token again (the library is shared: another backend's recovery counts too).
     pub reinitializations: u64,
 }
 
@@ -98,16 +101,21 @@ struct Inner {
     /// Wrap algorithms in order of preference, those the token offers.
     algs: Vec<WrapAlg>,
     cap: usize,
-    state: RwLock<Generation>,
-    recovery: Mutex<()>,
+    /// The module's library context, shared with every backend on the module in this process.
+    lib: Arc<Library>,
+    /// This backend's sessions in the library's current generation (replaced, without closing
+    /// anything, when the library has moved on).
+    local: Mutex<Option<Arc<Generation>>>,
+    /// Root key handles found so far (checked again after a recovery before use).
+    keys: Mutex<HashMap<RootKeyId, CachedKey>>,
     /// Serializes administrative calls (generate, create, destroy, find) on the token.
     /// SoftHSM2 quirk: `C_GenerateKey` racing `C_FindObjects` in other threads failed 2-5% of
     /// the time and left stray objects (SoftHSMv2 issue 573, fixed in 2.7.0).
     admin: Mutex<()>,
     sessions_opened: AtomicU64,
-    reinitializations: AtomicU64,
-    /// Whether this backend's `C_Initialize` succeeded (so it finalizes the library on drop).
-    owns_library: bool,
+    /// New generations this backend moved to (recoveries of the library, by it or another
+    /// backend, after which it found its token again).
+    reconnects: AtomicU64,
 }
 
 /// An operation's failure: a raw PKCS#11 error (which the runner may retry) or a final answer.
@@ -134,55 +142,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn init_args() -> CInitializeArgs {
-    // SoftHSM2 quirk (and the standard's advice for threaded callers): without
-    // CKF_OS_LOCKING_OK, 16 threads crashed SoftHSM2 in 4 of 4 runs and one run wiped the token.
-    CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)
-}
-
-/// Initializes the library; `Ok(true)` if this call did it, `Ok(false)` if it already was.
-fn initialize(ctx: &Pkcs11) -> Result<bool, CkError> {
-    match ctx.initialize(init_args()) {
-        Ok(()) => Ok(true),
-        Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn find_slot(ctx: &Pkcs11, sel: &TokenSelector) -> Result<Slot, BackendError> {
-    let slots = ctx
-        .get_slots_with_token()
-        .map_err(|e| device("list slots", e, "check the HSM connection"))?;
-    let mut labels = Vec::new();
-    let mut found = Vec::new();
-    for slot in slots {
-        let Ok(info) = ctx.get_token_info(slot) else {
-            continue;
-        };
-        let label = info.label().trim_end().to_owned();
-        let hit = match sel {
-            TokenSelector::Label(l) => *l == label,
-            TokenSelector::Slot(id) => slot.id() == *id,
-        };
-        if hit {
-            found.push(slot);
-        }
-        labels.push(label);
-    }
-    match found.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(BackendError::Config(format!(
-            "no token with {sel} (tokens present: {}); check the token setting, or create one (SoftHSM2: `softhsm2-util --init-token --free --label NAME`)",
-            if labels.is_empty() {
-                "none".to_owned()
-            } else {
-                labels.join(", ")
+/// Runs a step of `open` that reads from the token, again after a device error (with the
+/// configured attempts and backoff): a token that fails to describe itself once is no reason
+/// to fail the open, nor to call it missing.
+fn open_retrying<T>(
+    config: &Pkcs11Config,
+    mut step: impl FnMut() -> Result<T, BackendError>,
+) -> Result<T, BackendError> {
+    let attempts = config.attempts.max(1);
+    let mut attempt = 0;
+    loop {
+        match step() {
+            Err(BackendError::Device { .. }) if attempt + 1 < attempts => {
+                let factor = 4u32.saturating_pow(attempt.min(6));
+                std::thread::sleep(config.backoff.saturating_mul(factor));
+                attempt += 1;
             }
-        ))),
-        many => Err(BackendError::Config(format!(
-            "{} tokens match {sel}; select the token by slot instead",
-            many.len()
-        ))),
+            r => return r,
+        }
     }
 }
 
@@ -335,35 +312,24 @@ impl Pkcs11Backend {
     pub fn open(config: Pkcs11Config) -> Result<Self, BackendError> {
         let labels = Labels::new(&config.namespace).map_err(BackendError::Config)?;
         let pin = Pin::new(config.pin.load()?);
-        if !config.module.exists() {
-            return Err(BackendError::Config(format!(
-                "PKCS#11 module {} does not exist; check the module path (SoftHSM2 on Debian: /usr/lib/softhsm/libsofthsm2.so, package softhsm2)",
-                config.module.display()
-            )));
-        }
-        let ctx = Pkcs11::new(&config.module).map_err(|e| {
-            BackendError::Config(format!(
-                "cannot load PKCS#11 module {}: {e}; check that it is a PKCS#11 library for this machine",
-                config.module.display()
-            ))
+        let lib = library(&config.module)?;
+        let ctx = lib.ctx.clone();
+        // The generation the slot was found in; a recovery before the first call makes the
+        // backend look again.
+        let gen_id = lib.read().id;
+        let slot = open_retrying(&config, || find_slot(&ctx, &config.token))?;
+        let info = open_retrying(&config, || {
+            ctx.get_token_info(slot)
+                .map_err(|e| device("read token information", e, "check the HSM"))
         })?;
-        let owns_library = initialize(&ctx).map_err(|e| {
-            device(
-                "initialize the PKCS#11 library",
-                e,
-                "check the module and its configuration",
-            )
-        })?;
-        let slot = find_slot(&ctx, &config.token)?;
-        let info = ctx
-            .get_token_info(slot)
-            .map_err(|e| device("read token information", e, "check the HSM"))?;
         let token_label = info.label().trim_end().to_owned();
         let serial = info.serial_number().trim_end().to_owned();
-        let token_cap = match info.max_session_count() {
+        // The pool opens read-write sessions: the token's RW limit binds too.
+        let limit = |l: Limit| match l {
             Limit::Max(n) => usize::try_from(n).unwrap_or(usize::MAX).max(1),
             Limit::Infinite | Limit::Unavailable => usize::MAX,
         };
+        let token_cap = limit(info.max_session_count()).min(limit(info.max_rw_session_count()));
         let cap = config.max_sessions.clamp(1, token_cap);
         let mechs = probe_mechs(&ctx, slot)?;
         let algs: Vec<WrapAlg> = config
@@ -399,12 +365,12 @@ impl Pkcs11Backend {
                 mechs,
                 algs,
                 cap,
-                state: RwLock::new(Generation::new(1, ctx, slot, cap)),
-                recovery: Mutex::new(()),
+                local: Mutex::new(Some(Arc::new(Generation::new(gen_id, ctx, slot, cap)))),
+                keys: Mutex::new(HashMap::new()),
                 admin: Mutex::new(()),
                 sessions_opened: AtomicU64::new(0),
-                reinitializations: AtomicU64::new(0),
-                owns_library,
+                reconnects: AtomicU64::new(0),
+                lib,
                 config,
             }),
         };
@@ -416,15 +382,19 @@ impl Pkcs11Backend {
     /// Pool counters.
     #[must_use]
     pub fn stats(&self) -> PoolStats {
-        let generation = self.read_state();
-        let (open, idle, cap) = generation.pool_stats();
+        let generation = self.inner.lib.read().id;
+        let local = lock(&self.inner.local).clone();
+        let (open, idle, cap) = match local {
+            Some(g) if g.id == generation => g.pool_stats(),
+            _ => (0, 0, self.inner.cap),
+        };
         PoolStats {
-            generation: generation.id,
+            generation,
             open,
             idle,
             cap,
             sessions_opened: self.inner.sessions_opened.load(Ordering::Relaxed),
-            reinitializations: self.inner.reinitializations.load(Ordering::Relaxed),
+            reinitializations: self.inner.reconnects.load(Ordering::Relaxed),
         }
     }
 
@@ -440,11 +410,61 @@ impl Pkcs11Backend {
         &self.inner.token_label
     }
 
-    fn read_state(&self) -> RwLockReadGuard<'_, Generation> {
-        self.inner
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// This backend's sessions in the library generation `st`: the ones it has, or (when the
+    /// library was recovered since) a new pool on the slot found again. The old pool is dropped
+    /// without closing its sessions (their handle numbers are void), and cached key handles are
+    /// checked again before use ([`Self::resolve`]).
+    fn generation(&self, st: &LibState) -> OpResult<Arc<Generation>> {
+        if let Some((rv, function)) = st.lost {
+            return Err(OpError::Ck(CkError::Pkcs11(rv, function)));
+        }
+        let mut local = lock(&self.inner.local);
+        if let Some(g) = local.as_ref()
+            && g.id == st.id
+        {
+            return Ok(Arc::clone(g));
+        }
+        *local = None;
+        let ctx = &self.inner.lib.ctx;
+        let slot = match find_slot(ctx, &self.inner.config.token) {
+            Ok(slot) => slot,
+            // The token was there when the backend opened: its absence now is a device
+            // condition (pulled, or the HSM is still coming back), not a configuration mistake.
+            Err(BackendError::Config(_)) => {
+                return Err(OpError::Ck(CkError::Pkcs11(
+                    RvError::TokenNotPresent,
+                    Function::GetSlotList,
+                )));
+            }
+            Err(other) => {
+                return Err(match other {
+                    BackendError::Device {
+                        source: Some(source),
+                        ..
+                    } => match source.downcast::<CkError>() {
+                        Ok(ck) => OpError::Ck(*ck),
+                        Err(_) => OpError::Ck(CkError::Pkcs11(
+                            RvError::DeviceError,
+                            Function::GetTokenInfo,
+                        )),
+                    },
+                    other => OpError::Final(other),
+                });
+            }
+        };
+        let info = ctx.get_token_info(slot)?;
+        if info.serial_number().trim_end() != self.inner.serial {
+            return Err(OpError::Final(BackendError::Config(format!(
+                "after reconnecting, the token labelled {} has serial {}, not {}: another token was inserted; strongroom refuses to use it",
+                self.inner.token_label,
+                info.serial_number().trim_end(),
+                self.inner.serial
+            ))));
+        }
+        let g = Arc::new(Generation::new(st.id, ctx.clone(), slot, self.inner.cap));
+        *local = Some(Arc::clone(&g));
+        self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
+        Ok(g)
     }
 
     fn checkout<'g>(&self, generation: &'g Generation) -> Result<Lease<'g>, CheckoutError> {
@@ -459,91 +479,18 @@ impl Pkcs11Backend {
         Ok(lease)
     }
 
-    /// Finalizes and re-initializes the library, unless another thread already did since
-    /// generation `failed` (one guarded re-initialize for any number of failing threads).
-    /// `cause` is the failure that called for it.
-    fn recover(&self, failed: u64, cause: &CkError) -> Result<(), BackendError> {
-        let _one = lock(&self.inner.recovery);
-        let mut generation = self
-            .inner
-            .state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if generation.id != failed {
-            return Ok(());
-        }
-        let ctx = generation.ctx.clone();
-        if self.inner.owns_library {
-            // The old generation's sessions are dropped without C_CloseSession: after the
-            // re-initialize their handle numbers may name other sessions.
-            let _ = ctx.clone().finalize();
-        } else {
-            // Another part of this process initialized the library and is using it: finalizing
-            // would pull it from under that user. Only this backend's sessions are replaced
-            // (the idle ones closed properly, since their handles stay valid); a device that
-            // needs the library re-initialized recovers when its owner does that.
-            generation.close_idle();
-        }
-        // From here on the old sessions and handles are void even if the re-initialize fails
-        // (a pulled token, a device still down): a lost generation takes their place until a
-        // later recovery succeeds, so that nothing runs on a handle that a re-initialized
-        // library may have given to another session or object.
-        if let CkError::Pkcs11(rv, function) = cause {
-            *generation = Generation::lost(
-                failed,
-                ctx.clone(),
-                generation.slot,
-                self.inner.cap,
-                (*rv, *function),
-            );
-        }
-        initialize(&ctx).map_err(|e| {
-            device(
-                "re-initialize the PKCS#11 library",
-                e,
-                "check the HSM connection; strongroom retries on the next call",
-            )
-        })?;
-        let slot = find_slot(&ctx, &self.inner.config.token).map_err(|e| match e {
-            // The token was there when the backend opened: its absence now is a device
-            // condition (pulled, or the HSM is still coming back), not a configuration mistake.
-            BackendError::Config(_) => BackendError::Device {
-                operation: "reconnect to the token",
-                detail: format!(
-                    "no slot holds the token with {} any more; reinsert it or check the HSM connection",
-                    self.inner.config.token
-                ),
-                source: None,
-            },
-            other => other,
-        })?;
-        let info = ctx
-            .get_token_info(slot)
-            .map_err(|e| device("read token information", e, "check the HSM"))?;
-        if info.serial_number().trim_end() != self.inner.serial {
-            return Err(BackendError::Config(format!(
-                "after reconnecting, the token labelled {} has serial {}, not {}: another token was inserted; strongroom refuses to use it",
-                self.inner.token_label,
-                info.serial_number().trim_end(),
-                self.inner.serial
-            )));
-        }
-        *generation = Generation::new(failed + 1, ctx, slot, self.inner.cap);
-        self.inner.reinitializations.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
     fn backoff(&self, attempt: u32) {
         let factor = 4u32.saturating_pow(attempt.min(6));
         std::thread::sleep(self.inner.config.backoff.saturating_mul(factor));
     }
 
     /// Runs `op` on a pooled session with recovery: a lost session is replaced, a lost device
-    /// re-initialized, a logged-out application logged in again, a stale key handle looked up
-    /// again; each with bounded attempts and backoff. `op` gets `retry = true` on every attempt
-    /// after the first. Operations that change the token (generate, create, destroy) are never
-    /// repeated blind: each attempt starts by reading what is in the token, under the admin lock,
-    /// and a retry finishes or refuses according to what the failed attempt left there.
+    /// recovered (one re-initialize of the shared library for every backend on it), a
+    /// logged-out application logged in again, a stale key handle looked up again; each with
+    /// bounded attempts and backoff. `op` gets `retry = true` on every attempt after the first.
+    /// Operations that change the token (generate, create, destroy) are never repeated blind:
+    /// each attempt starts by reading what is in the token, under the admin lock, and a retry
+    /// finishes or refuses according to what the failed attempt left there.
     fn run<T>(
         &self,
         operation: &'static str,
@@ -552,23 +499,28 @@ impl Pkcs11Backend {
         let attempts = self.inner.config.attempts.max(1);
         let mut last: Option<CkError> = None;
         for attempt in 0..attempts {
-            let generation = self.read_state();
-            let gen_id = generation.id;
-            let result = match self.checkout(&generation) {
-                Ok(mut lease) => {
-                    let r = op(&generation, &lease, attempt > 0);
-                    if let Err(OpError::Ck(e)) = &r {
-                        match classify(e) {
-                            Failure::SessionLost | Failure::DeviceLost => lease.forget(),
-                            _ => {}
+            // Held for the whole attempt: no recovery (by any backend) runs under this call.
+            let lib_state = self.inner.lib.read();
+            let gen_id = lib_state.id;
+            let result = match self.generation(&lib_state) {
+                Ok(generation) => match self.checkout(&generation) {
+                    Ok(mut lease) => {
+                        let r = op(&generation, &lease, attempt > 0);
+                        if let Err(OpError::Ck(e)) = &r {
+                            match classify(e) {
+                                Failure::SessionLost | Failure::DeviceLost => lease.forget(),
+                                _ => {}
+                            }
                         }
+                        drop(lease);
+                        r
                     }
-                    drop(lease);
-                    r
-                }
-                Err(CheckoutError::Backend(e)) => return Err(e),
-                Err(CheckoutError::Ck(e)) => Err(OpError::Ck(e)),
+                    Err(CheckoutError::Backend(e)) => return Err(e),
+                    Err(CheckoutError::Ck(e)) => Err(OpError::Ck(e)),
+                },
+                Err(e) => Err(e),
             };
+            drop(lib_state);
             let e = match result {
                 Ok(v) => return Ok(v),
                 Err(OpError::Final(e)) => return Err(e),
@@ -581,12 +533,10 @@ impl Pkcs11Backend {
                 failure @ (Failure::SessionLost | Failure::DeviceLost)
                     if failure == Failure::DeviceLost || attempt > 0 =>
                 {
-                    drop(generation);
                     // Backing off before every re-initialize keeps a device that keeps
                     // failing from being hammered (bounded: attempts x backoff).
-                    let _ = failure;
                     self.backoff(attempt);
-                    if let Err(re) = self.recover(gen_id, &e)
+                    if let Err(re) = self.inner.lib.recover(gen_id, &e)
                         && attempt + 1 == attempts
                     {
                         // The caller's operation failed; say so with the device's answer,
@@ -610,7 +560,7 @@ impl Pkcs11Backend {
                 Failure::LoggedOut => {
                     // The next checkout sees the logged-out state and logs in again.
                 }
-                Failure::StaleHandle => generation.forget_all_keys(),
+                Failure::StaleHandle => self.forget_all_keys(),
                 Failure::BadData | Failure::NotPermitted | Failure::Other => {
                     return Err(device(operation, e, "the HSM refused the call"));
                 }
@@ -631,6 +581,72 @@ impl Pkcs11Backend {
                 source: None,
             },
         })
+    }
+
+    // ----- the root key handle cache -----
+
+    fn cached_key(&self, id: &RootKeyId) -> Option<CachedKey> {
+        lock(&self.inner.keys).get(id).cloned()
+    }
+
+    /// Caches the handle of `id`'s key, found in `generation`, with its label and id as the
+    /// token reports them now.
+    fn cache_key(
+        &self,
+        generation: &Generation,
+        s: &Session,
+        id: &RootKeyId,
+        handle: ObjectHandle,
+        alg: WrapAlg,
+    ) -> Result<CachedKey, CkError> {
+        let (label, key_id) = Self::label_and_id(s, handle)?;
+        let k = CachedKey {
+            handle,
+            alg,
+            generation: generation.id,
+            label,
+            id: key_id,
+        };
+        lock(&self.inner.keys).insert(id.clone(), k.clone());
+        Ok(k)
+    }
+
+    fn forget_key(&self, id: &RootKeyId) {
+        lock(&self.inner.keys).remove(id);
+    }
+
+    fn forget_all_keys(&self) {
+        lock(&self.inner.keys).clear();
+    }
+
+    fn label_and_id(s: &Session, h: ObjectHandle) -> Result<(Vec<u8>, Vec<u8>), CkError> {
+        let attrs = s.get_attributes(
+            h,
+            &[
+                AttributeType::Class,
+                AttributeType::Label,
+                AttributeType::Id,
+            ],
+        )?;
+        let mut label = None;
+        let mut id = None;
+        let mut secret = false;
+        for a in attrs {
+            match a {
+                Attribute::Class(c) => secret = c == ObjectClass::SECRET_KEY,
+                Attribute::Label(l) => label = Some(l),
+                Attribute::Id(i) => id = Some(i),
+                _ => {}
+            }
+        }
+        if !secret {
+            // Not a secret key: the handle names something else.
+            return Err(CkError::Pkcs11(
+                RvError::KeyHandleInvalid,
+                Function::GetAttributeValue,
+            ));
+        }
+        Ok((label.unwrap_or_default(), id.unwrap_or_default()))
     }
 
     // ----- finding things in the token (callers hold the admin lock) -----
@@ -781,10 +797,29 @@ impl Pkcs11Backend {
         })
     }
 
-    /// Resolves a root version to a usable key handle, from the generation's cache or the token.
+    /// Resolves a root version to a usable key handle, from the cache or the token. A handle
+    /// cached in an earlier generation of the library (before a recovery) is used only after
+    /// the object it names now proves to be the same key: a secret key with the label and id
+    /// it had.
     fn resolve(&self, generation: &Generation, s: &Session, id: &RootKeyId) -> OpResult<CachedKey> {
-        if let Some(k) = generation.cached_key(id) {
-            return Ok(k);
+        if let Some(mut k) = self.cached_key(id) {
+            if k.generation == generation.id {
+                return Ok(k);
+            }
+            match Self::label_and_id(s, k.handle) {
+                Ok((label, key_id)) if label == k.label && key_id == k.id => {
+                    k.generation = generation.id;
+                    lock(&self.inner.keys).insert(id.clone(), k.clone());
+                    return Ok(k);
+                }
+                Ok(_) => self.forget_key(id),
+                Err(e) => match classify(&e) {
+                    Failure::SessionLost | Failure::DeviceLost | Failure::LoggedOut => {
+                        return Err(e.into());
+                    }
+                    _ => self.forget_key(id),
+                },
+            }
         }
         let _admin = lock(&self.inner.admin);
         let found = self.locate(s, id)?;
@@ -817,9 +852,7 @@ impl Pkcs11Backend {
                 if usage.none() { "none".to_owned() } else { usage.to_string() }
             ),
         })?;
-        let k = CachedKey { handle, alg };
-        generation.cache_key(id, k);
-        Ok(k)
+        Ok(self.cache_key(generation, s, id, handle, alg)?)
     }
 
     /// The answer to `CKR_KEY_FUNCTION_NOT_PERMITTED`: disabled by strongroom, or restricted
@@ -831,7 +864,8 @@ impl Pkcs11Backend {
         id: &RootKeyId,
         e: &CkError,
     ) -> OpError {
-        generation.forget_key(id);
+        let _ = generation;
+        self.forget_key(id);
         let _admin = lock(&self.inner.admin);
         let disabled_here = matches!(
             self.locate(s, id).map(|f| f.state()),
@@ -879,10 +913,7 @@ impl Pkcs11Backend {
                 if same {
                     Ok(())
                 } else {
-                    Err(CkError::Pkcs11(
-                        RvError::DeviceError,
-                        cryptoki::context::Function::Decrypt,
-                    ))
+                    Err(CkError::Pkcs11(RvError::DeviceError, Function::Decrypt))
                 }
             }
             alg => {
@@ -909,10 +940,7 @@ impl Pkcs11Backend {
                 if same {
                     Ok(())
                 } else {
-                    Err(CkError::Pkcs11(
-                        RvError::DeviceError,
-                        cryptoki::context::Function::UnwrapKey,
-                    ))
+                    Err(CkError::Pkcs11(RvError::DeviceError, Function::UnwrapKey))
                 }
             }
         }
@@ -948,9 +976,8 @@ impl Pkcs11Backend {
         context: &[u8],
     ) -> Result<Vec<u8>, CkError> {
         let mut iv = [0u8; NONCE_LEN];
-        rng::fill_nonce(&mut iv).map_err(|_| {
-            CkError::Pkcs11(RvError::RandomNoRng, cryptoki::context::Function::Encrypt)
-        })?;
+        rng::fill_nonce(&mut iv)
+            .map_err(|_| CkError::Pkcs11(RvError::RandomNoRng, Function::Encrypt))?;
         // Conversion to plain bytes: the key goes into the token's C_Encrypt, nowhere else.
         let ct = s.encrypt(
             &Mechanism::AesGcm(GcmParams::new(&mut iv, context, GCM_TAG_BITS.into())?),
@@ -1143,7 +1170,7 @@ impl Pkcs11Backend {
                 {
                     let usage = Self::read_usage(s, handle)?;
                     if let Some(alg) = self.alg_for(usage) {
-                        generation.cache_key(id, CachedKey { handle, alg });
+                        self.cache_key(generation, s, id, handle, alg)?;
                     }
                     return Ok(self.info_for(id, RootStatus::Enabled, &KeyLocator::Managed));
                 }
@@ -1174,7 +1201,7 @@ impl Pkcs11Backend {
             }
             let usage = Self::read_usage(s, handle)?;
             if let Some(alg) = self.alg_for(usage) {
-                generation.cache_key(id, CachedKey { handle, alg });
+                self.cache_key(generation, s, id, handle, alg)?;
             }
             Ok(self.info_for(id, RootStatus::Enabled, &KeyLocator::Managed))
         })
@@ -1288,13 +1315,15 @@ impl Pkcs11Backend {
     ) -> Result<(), BackendError> {
         self.run(operation, |generation, s, _| {
             let _admin = lock(&self.inner.admin);
-            generation.forget_key(id);
+            let _ = generation;
+            self.forget_key(id);
             let found = self.locate(s, id)?;
             if found.record.is_none() && found.key.is_none() {
                 return Err(BackendError::RootNotFound { root: id.clone() }.into());
             }
             let r = change(generation, s, found);
-            generation.forget_key(id);
+            let _ = generation;
+            self.forget_key(id);
             r
         })
     }
@@ -1326,8 +1355,9 @@ impl Backend for Pkcs11Backend {
 
     fn health(&self) -> Result<Vec<HealthCheck>, BackendError> {
         let mut checks = Vec::new();
-        let generation = self.read_state();
-        let lib = generation.ctx.get_library_info();
+        let lib_state = self.inner.lib.read();
+        let ctx = &self.inner.lib.ctx;
+        let lib = ctx.get_library_info();
         checks.push(HealthCheck {
             name: "PKCS#11 module".into(),
             ok: lib.is_ok(),
@@ -1342,7 +1372,14 @@ impl Backend for Pkcs11Backend {
                 Err(e) => describe(&e),
             },
         });
-        let token = generation.ctx.get_token_info(generation.slot);
+        let slot = lock(&self.inner.local).as_ref().map(|g| g.slot);
+        let token = match slot {
+            Some(slot) => ctx.get_token_info(slot),
+            None => Err(CkError::Pkcs11(
+                RvError::TokenNotPresent,
+                Function::GetTokenInfo,
+            )),
+        };
         checks.push(HealthCheck {
             name: "token".into(),
             ok: token.as_ref().is_ok_and(|t| !t.user_pin_locked()),
@@ -1359,7 +1396,7 @@ impl Backend for Pkcs11Backend {
                 Err(e) => format!("{}; check that the token is present", describe(e)),
             },
         });
-        drop(generation);
+        drop(lib_state);
         let login = self.run("log in", |_, s, _| {
             Ok(s.get_session_info()?.session_state())
         });
@@ -1390,8 +1427,14 @@ impl Backend for Pkcs11Backend {
             name: "sessions".into(),
             ok: true,
             detail: format!(
-                "{} open, {} idle, at most {}; {} opened in all, {} re-initializations",
-                st.open, st.idle, st.cap, st.sessions_opened, st.reinitializations
+                "{} open, {} idle, at most {}; {} opened in all; {} reconnects; the library (shared by every backend on the module in this process) is in generation {} after {} re-initializations",
+                st.open,
+                st.idle,
+                st.cap,
+                st.sessions_opened,
+                st.reinitializations,
+                st.generation,
+                self.inner.lib.reinitializations()
             ),
         });
         let roots = self.list_roots();
@@ -1770,7 +1813,7 @@ impl Backend for Pkcs11Backend {
             if !again {
                 self.write_record(s, id, &found, RecordState::Enabled, locator.clone())?;
             }
-            generation.cache_key(id, CachedKey { handle: key, alg });
+            self.cache_key(generation, s, id, key, alg)?;
             Ok(self.info_for(id, RootStatus::Enabled, &locator))
         })
     }
@@ -1870,14 +1913,22 @@ impl Backend for Pkcs11Backend {
 }
 
 impl Drop for Inner {
+    /// Closes this backend's idle sessions if they belong to the library's current generation
+    /// (after a recovery their numbers may name other backends' sessions). The library itself
+    /// is never finalized: other backends in the process may be using it (see
+    /// [`crate::library`]).
     fn drop(&mut self) {
-        let generation = self
-            .state
+        let st = self.lib.read();
+        let local = self
+            .local
             .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        generation.close_idle();
-        if self.owns_library {
-            let _ = generation.ctx.clone().finalize();
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(g) = local
+            && g.id == st.id
+            && st.lost.is_none()
+        {
+            g.close_idle();
         }
     }
 }

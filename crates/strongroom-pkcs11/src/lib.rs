@@ -18,6 +18,7 @@ mod backend;
 pub mod config;
 mod der;
 mod error;
+mod library;
 pub mod objects;
 pub mod session;
 

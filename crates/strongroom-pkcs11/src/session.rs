@@ -1,38 +1,44 @@
-//! The session pool and the connection generation it belongs to.
+//! The session pool of one backend in one generation of the library.
 //!
-//! A [`Generation`] is one initialization of the PKCS#11 library: the context, the slot, the
-//! pooled sessions and the cached key handles. When the device is lost, the backend finalizes
-//! and re-initializes the library and starts a new generation. Sessions and handles of an old
-//! generation are never used again and never closed, because after a re-initialize the same
-//! handle numbers can name other sessions and objects (measured on SoftHSM2: numbering restarts
-//! at 1). Sessions are opened without close-on-drop for that reason; the pool closes them itself,
-//! and only while their generation is current.
+//! A [`Generation`] is what one backend holds during one initialization of the shared library
+//! (see [`crate::library`]): the slot and the pooled sessions. When the library is recovered
+//! (finalized and initialized again, once for every backend on it), each backend starts a new
+//! generation on its next call. Sessions of an old generation are never used again and never
+//! closed, because after a re-initialize the same handle numbers can name other sessions
+//! (measured on SoftHSM2: numbering restarts at 1). Sessions are opened without close-on-drop
+//! for that reason; the pool closes them itself, and only while their generation is current.
 //!
-//! Every operation holds a read lock on the current generation for its whole attempt; a
-//! re-initialize takes the write lock, so it waits for in-flight calls and no call ever runs on a
-//! stale handle.
+//! Every operation holds a read lock on the library's generation for its whole attempt; a
+//! recovery takes the write lock, so it waits for in-flight calls of every backend and no call
+//! ever runs on a stale handle.
 
-use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{Function, Pkcs11};
+use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
-use strongroom_core::{BackendError, LoginFailure, RootKeyId, WrapAlg};
+use strongroom_core::{BackendError, LoginFailure, WrapAlg};
 
 use crate::config::Pin;
 use crate::error::{Failure, classify, describe};
 
-/// A root key handle resolved in one generation.
-#[derive(Clone, Copy, Debug)]
+/// A root key handle, as last resolved.
+#[derive(Clone, Debug)]
 pub(crate) struct CachedKey {
     pub handle: ObjectHandle,
     /// The algorithm new wraps under this key use.
     pub alg: WrapAlg,
+    /// The generation in which the handle was found or last checked. In any other generation
+    /// it is checked again (class, label and id) before use: after a re-initialize a handle
+    /// number may name another object.
+    pub generation: u64,
+    /// The key's `CKA_LABEL` and `CKA_ID` when it was found.
+    pub label: Vec<u8>,
+    pub id: Vec<u8>,
 }
 
 struct PoolState {
@@ -52,11 +58,6 @@ pub(crate) struct Generation {
     pool: Mutex<PoolState>,
     freed: Condvar,
     cap: usize,
-    keys: Mutex<HashMap<RootKeyId, CachedKey>>,
-    /// Set when a re-initialize failed after finalizing the library: this generation has no
-    /// sessions and opens none; checkouts fail with the error that started the recovery, so
-    /// that callers retry the recovery instead of running on stale handles.
-    lost: Option<(RvError, Function)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -86,40 +87,7 @@ impl Generation {
             }),
             freed: Condvar::new(),
             cap: cap.max(1),
-            keys: Mutex::new(HashMap::new()),
-            lost: None,
         }
-    }
-
-    /// A generation that replaces one whose library was finalized when the re-initialize
-    /// failed: its sessions and handles are void, and it opens none until recovery succeeds.
-    pub(crate) fn lost(
-        id: u64,
-        ctx: Pkcs11,
-        slot: Slot,
-        cap: usize,
-        cause: (RvError, Function),
-    ) -> Self {
-        Self {
-            lost: Some(cause),
-            ..Self::new(id, ctx, slot, cap)
-        }
-    }
-
-    pub(crate) fn cached_key(&self, id: &RootKeyId) -> Option<CachedKey> {
-        lock(&self.keys).get(id).copied()
-    }
-
-    pub(crate) fn cache_key(&self, id: &RootKeyId, key: CachedKey) {
-        lock(&self.keys).insert(id.clone(), key);
-    }
-
-    pub(crate) fn forget_key(&self, id: &RootKeyId) {
-        lock(&self.keys).remove(id);
-    }
-
-    pub(crate) fn forget_all_keys(&self) {
-        lock(&self.keys).clear();
     }
 
     /// (sessions open, sessions idle, cap).
@@ -136,9 +104,6 @@ impl Generation {
         token: &str,
         timeout: Duration,
     ) -> Result<Lease<'_>, CheckoutError> {
-        if let Some((rv, function)) = self.lost {
-            return Err(CheckoutError::Ck(CkError::Pkcs11(rv, function)));
-        }
         let deadline = Instant::now() + timeout;
         loop {
             let mut pool = lock(&self.pool);
