@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use cryptoki::context::{Function, Pkcs11};
+use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use cryptoki::slot::{Limit, Slot};
+use cryptoki::slot::Limit;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -26,13 +26,13 @@ use strongroom_core::{
 
 use crate::config::{Pin, Pkcs11Config};
 use crate::der;
-use crate::error::{Failure, classify, describe, device, rv};
+use crate::error::{Failure, classify, connection_lost, describe, device, rv};
 use crate::library::{LibState, Library, find_slot, library};
+use crate::mechanisms::{self, GCM_TAG_BITS, Mechs, mechanism_type, usage_for, wrap_mechanism};
 use crate::objects::{APPLICATION, KeyLocator, Labels, RecordState, RootRecord, Usage};
 use crate::session::{CachedKey, CheckoutError, Generation, Lease};
 
 const KIND: &str = "pkcs11";
-const GCM_TAG_BITS: u64 = 128;
 
 /// A root-key backend on a PKCS#11 token. Cheap to clone; clones share one session pool.
 #[derive(Clone)]
@@ -47,28 +47,6 @@ impl std::fmt::Debug for Pkcs11Backend {
             .field("token", &self.inner.token_label)
             .field("serial", &self.inner.serial)
             .finish_non_exhaustive()
-    }
-}
-
-/// Mechanisms the token offers that strongroom can use.
-#[derive(Clone, Copy, Debug, Default)]
-struct Mechs {
-    gcm: bool,
-    kwp: bool,
-    kw: bool,
-    ecb: bool,
-    oaep: bool,
-    rsa_gen: bool,
-}
-
-impl Mechs {
-    fn offers(self, alg: WrapAlg) -> bool {
-        match alg {
-            WrapAlg::AesGcm => self.gcm,
-            WrapAlg::AesKwp => self.kwp,
-            WrapAlg::AesKw => self.kw,
-            _ => false,
-        }
     }
 }
 
@@ -160,54 +138,6 @@ fn open_retrying<T>(
             }
             r => return r,
         }
-    }
-}
-
-fn probe_mechs(ctx: &Pkcs11, slot: Slot) -> Result<Mechs, BackendError> {
-    let list = ctx
-        .get_mechanism_list(slot)
-        .map_err(|e| device("read the mechanism list", e, "check the HSM"))?;
-    let has = |t: MechanismType| list.contains(&t);
-    Ok(Mechs {
-        gcm: has(MechanismType::AES_GCM),
-        // SoftHSM2 quirk: AES key wrap with padding is offered as CKM_AES_KEY_WRAP_PAD (0x210A,
-        // PKCS#11 2.40), not as the 3.0 code CKM_AES_KEY_WRAP_KWP (0x210B).
-        kwp: has(MechanismType::AES_KEY_WRAP_PAD),
-        kw: has(MechanismType::AES_KEY_WRAP),
-        ecb: has(MechanismType::AES_ECB),
-        oaep: has(MechanismType::RSA_PKCS_OAEP),
-        rsa_gen: has(MechanismType::RSA_PKCS_KEY_PAIR_GEN),
-    })
-}
-
-fn usage_for(alg: WrapAlg) -> Usage {
-    match alg {
-        WrapAlg::AesGcm => Usage {
-            encrypt: true,
-            decrypt: true,
-            ..Usage::default()
-        },
-        _ => Usage {
-            wrap: true,
-            unwrap: true,
-            ..Usage::default()
-        },
-    }
-}
-
-fn mechanism_type(alg: WrapAlg) -> MechanismType {
-    match alg {
-        WrapAlg::AesGcm => MechanismType::AES_GCM,
-        WrapAlg::AesKwp => MechanismType::AES_KEY_WRAP_PAD,
-        _ => MechanismType::AES_KEY_WRAP,
-    }
-}
-
-fn wrap_mechanism(alg: WrapAlg) -> Mechanism<'static> {
-    if alg == WrapAlg::AesKwp {
-        Mechanism::AesKeyWrapPad
-    } else {
-        Mechanism::AesKeyWrap
     }
 }
 
@@ -331,7 +261,7 @@ impl Pkcs11Backend {
         };
         let token_cap = limit(info.max_session_count()).min(limit(info.max_rw_session_count()));
         let cap = config.max_sessions.clamp(1, token_cap);
-        let mechs = probe_mechs(&ctx, slot)?;
+        let mechs = open_retrying(&config, || mechanisms::probe(&ctx, slot))?;
         let algs: Vec<WrapAlg> = config
             .preference
             .iter()
@@ -600,12 +530,30 @@ impl Pkcs11Backend {
         alg: WrapAlg,
     ) -> Result<CachedKey, CkError> {
         let (label, key_id) = Self::label_and_id(s, handle)?;
+        let usage = Self::read_usage(s, handle)?;
+        // A token that does not keep CKA_ALLOWED_MECHANISMS (or an empty list): usage decides.
+        let allowed: Vec<MechanismType> = s
+            .get_attributes(handle, &[AttributeType::AllowedMechanisms])
+            .ok()
+            .and_then(|attrs| {
+                attrs.into_iter().find_map(|a| match a {
+                    Attribute::AllowedMechanisms(m) => Some(m),
+                    _ => None,
+                })
+            })
+            .unwrap_or_default();
+        let permits = [WrapAlg::AesGcm, WrapAlg::AesKwp, WrapAlg::AesKw]
+            .into_iter()
+            .filter(|a| usage.permits(usage_for(*a)))
+            .filter(|a| allowed.is_empty() || allowed.contains(&mechanism_type(*a)))
+            .collect();
         let k = CachedKey {
             handle,
             alg,
             generation: generation.id,
             label,
             id: key_id,
+            permits,
         };
         lock(&self.inner.keys).insert(id.clone(), k.clone());
         Ok(k)
@@ -788,13 +736,11 @@ impl Pkcs11Backend {
 
     /// The algorithm new wraps under a key with `usage` use: the most preferred one it permits.
     fn alg_for(&self, usage: Usage) -> Option<WrapAlg> {
-        self.inner.algs.iter().copied().find(|a| {
-            let need = usage_for(*a);
-            (!need.encrypt || usage.encrypt)
-                && (!need.decrypt || usage.decrypt)
-                && (!need.wrap || usage.wrap)
-                && (!need.unwrap || usage.unwrap)
-        })
+        self.inner
+            .algs
+            .iter()
+            .copied()
+            .find(|a| usage.permits(usage_for(*a)))
     }
 
     /// Resolves a root version to a usable key handle, from the cache or the token. A handle
@@ -943,6 +889,77 @@ impl Pkcs11Backend {
                     Err(CkError::Pkcs11(RvError::DeviceError, Function::UnwrapKey))
                 }
             }
+        }
+    }
+
+    /// What a failed unwrap or decrypt under `k` means, whatever code the token returned
+    /// (tokens differ: a tampered blob is `CKR_GENERAL_ERROR` on SoftHSM2, and
+    /// `CKR_DEVICE_ERROR`, `CKR_ENCRYPTED_DATA_INVALID` or `CKR_WRAPPED_KEY_INVALID` on
+    /// others; a deleted key is `CKR_OBJECT_HANDLE_INVALID` on SoftHSM2 and `CKR_GENERAL_ERROR`
+    /// on others):
+    /// - a code that says the connection is gone (session, token, library) goes to the runner,
+    ///   which recovers; a stale key handle goes to the runner, which looks the key up again;
+    /// - anything else runs the canary, a known-good round trip under the same key on the same
+    ///   session. If it works, the device works: `again` tries the call once more (so a one-off
+    ///   glitch is not mistaken for tampering) and a second failure is an integrity error, with
+    ///   no retry and no recovery. If the canary fails, the key is looked up again: a missing
+    ///   key is unavailable, a moved one is looked up again, and otherwise the device is at
+    ///   fault.
+    fn failed_unwrap(
+        &self,
+        generation: &Generation,
+        s: &Session,
+        root: &RootKeyId,
+        k: &CachedKey,
+        e: CkError,
+        again: impl FnOnce() -> Result<Result<Key256, ()>, CkError>,
+    ) -> OpResult<Key256> {
+        match classify(&e) {
+            Failure::NotPermitted => return Err(self.not_permitted(generation, s, root, &e)),
+            Failure::StaleHandle => return Err(e.into()),
+            _ if connection_lost(&e) => return Err(e.into()),
+            _ => {}
+        }
+        match self.canary(s, k) {
+            Ok(()) => match again() {
+                Ok(Ok(key)) => Ok(key),
+                Err(again) if connection_lost(&again) => Err(again.into()),
+                Ok(Err(())) | Err(_) => Err(BackendError::Integrity.into()),
+            },
+            Err(canary) if connection_lost(&canary) => Err(canary.into()),
+            Err(canary) => Err(self.key_gone_or_device(s, root, k, canary)),
+        }
+    }
+
+    /// After a call under `k` failed in a way that bad input cannot explain: looks the key up
+    /// again. Missing: the root is unavailable (deleted outside strongroom), not a device
+    /// failure. Another handle: the runner looks it up again. The same: the device is at fault
+    /// (`e` goes to the runner).
+    fn key_gone_or_device(
+        &self,
+        s: &Session,
+        root: &RootKeyId,
+        k: &CachedKey,
+        e: CkError,
+    ) -> OpError {
+        self.forget_key(root);
+        let _admin = lock(&self.inner.admin);
+        match self.locate(s, root) {
+            Ok(found) => match found.key {
+                None if found.record.is_some() => OpError::Final(BackendError::RootUnavailable {
+                    root: root.clone(),
+                    reason: "its key object is missing from the token (deleted outside strongroom)"
+                        .into(),
+                }),
+                None => OpError::Final(BackendError::RootNotFound { root: root.clone() }),
+                Some(h) if h != k.handle => OpError::Ck(CkError::Pkcs11(
+                    RvError::KeyHandleInvalid,
+                    Function::FindObjects,
+                )),
+                Some(_) => OpError::Ck(e),
+            },
+            // The lookup failed too: its error says more about the connection.
+            Err(lookup) => lookup,
         }
     }
 
@@ -1412,7 +1429,8 @@ impl Backend for Pkcs11Backend {
             name: "mechanisms".into(),
             ok: true,
             detail: format!(
-                "new root keys use {}; usable: {}",
+                "found: {}; new root keys use {}; usable: {}",
+                self.inner.mechs,
                 self.inner.algs[0],
                 self.inner
                     .algs
@@ -1534,10 +1552,13 @@ impl Backend for Pkcs11Backend {
             };
             match r {
                 Ok(p) => Ok((k.alg, p)),
-                Err(e) if classify(&e) == Failure::NotPermitted => {
-                    Err(self.not_permitted(generation, s, root, &e))
-                }
-                Err(e) => Err(e.into()),
+                Err(e) => match classify(&e) {
+                    Failure::NotPermitted => Err(self.not_permitted(generation, s, root, &e)),
+                    Failure::StaleHandle => Err(e.into()),
+                    _ if connection_lost(&e) => Err(e.into()),
+                    // The input is ours, so not bad data: the key is gone, or the device fails.
+                    _ => Err(self.key_gone_or_device(s, root, &k, e)),
+                },
             }
         })?;
         WrappedKey::new(alg, WrappingKeyRef::Root(root.clone()), payload).map_err(|e| {
@@ -1553,18 +1574,25 @@ impl Backend for Pkcs11Backend {
 
     fn unwrap(&self, blob: &WrappedKey, context: &[u8]) -> Result<Key256, BackendError> {
         let root = blob.root().ok_or(BackendError::NotRootWrapped)?;
-        if !self.inner.mechs.offers(blob.alg()) {
-            return Err(BackendError::UnsupportedAlgorithm {
-                backend: KIND,
-                alg: blob.alg(),
-            });
-        }
         debug_assert!(
             blob.payload().len() == blob.alg().payload_len()
                 && BOUND_WRAPPED_LEN <= blob.payload().len()
         );
         self.run("unwrap a key", |generation, s, _| {
             let k = self.resolve(generation, s, root)?;
+            // A blob whose algorithm the root may not be used with (e.g. its algorithm byte was
+            // changed, KWP <-> KW) was altered: refused before any token call, whatever the
+            // token would have answered.
+            if !k.permits.contains(&blob.alg()) {
+                return Err(BackendError::Integrity.into());
+            }
+            if !self.inner.mechs.offers(blob.alg()) {
+                return Err(BackendError::UnsupportedAlgorithm {
+                    backend: KIND,
+                    alg: blob.alg(),
+                }
+                .into());
+            }
             // The key's mechanism for new wraps may differ from the blob's; unwrap with the blob's.
             let k = CachedKey {
                 alg: blob.alg(),
@@ -1573,29 +1601,9 @@ impl Backend for Pkcs11Backend {
             match self.unwrap_payload(s, &k, blob, context) {
                 Ok(Ok(key)) => Ok(key),
                 Ok(Err(())) => Err(BackendError::Integrity.into()),
-                Err(e) => match classify(&e) {
-                    // SoftHSM2 quirk: a tampered KW or GCM input comes back as CKR_GENERAL_ERROR,
-                    // the code a failing device returns too. A known-good round trip under the
-                    // same key (the canary) tells them apart: if it fails, the device is at
-                    // fault. If it works, the unwrap is tried once more, so that a one-off device
-                    // glitch is not mistaken for tampering; tampered input fails every time.
-                    Failure::BadData if rv(&e) == Some(RvError::GeneralError) => {
-                        match self.canary(s, &k) {
-                            Ok(()) => match self.unwrap_payload(s, &k, blob, context) {
-                                Ok(Ok(key)) => Ok(key),
-                                Ok(Err(())) => Err(BackendError::Integrity.into()),
-                                Err(again) if classify(&again) == Failure::BadData => {
-                                    Err(BackendError::Integrity.into())
-                                }
-                                Err(again) => Err(again.into()),
-                            },
-                            Err(canary) => Err(OpError::Ck(canary)),
-                        }
-                    }
-                    Failure::BadData => Err(BackendError::Integrity.into()),
-                    Failure::NotPermitted => Err(self.not_permitted(generation, s, root, &e)),
-                    _ => Err(e.into()),
-                },
+                Err(e) => self.failed_unwrap(generation, s, root, &k, e, || {
+                    self.unwrap_payload(s, &k, blob, context)
+                }),
             }
         })
     }

@@ -19,6 +19,7 @@ pub mod config;
 mod der;
 mod error;
 mod library;
+mod mechanisms;
 pub mod objects;
 pub mod session;
 

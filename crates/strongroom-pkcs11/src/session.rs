@@ -39,6 +39,10 @@ pub(crate) struct CachedKey {
     /// The key's `CKA_LABEL` and `CKA_ID` when it was found.
     pub label: Vec<u8>,
     pub id: Vec<u8>,
+    /// The algorithms the key may be used with: by its usage flags and, where the token keeps
+    /// it, `CKA_ALLOWED_MECHANISMS`. A blob of any other algorithm is refused as altered
+    /// before any token call.
+    pub permits: Vec<WrapAlg>,
 }
 
 struct PoolState {
