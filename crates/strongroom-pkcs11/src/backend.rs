@@ -30,6 +30,7 @@ use crate::error::{Failure, classify, connection_lost, describe, device, rv};
 use crate::library::{LibState, Library, find_slot, library};
 use crate::mechanisms::{self, GCM_TAG_BITS, Mechs, mechanism_type, usage_for, wrap_mechanism};
 use crate::objects::{APPLICATION, KeyLocator, Labels, RecordState, RootRecord, Usage};
+use crate::pin_state::PinState;
 use crate::session::{CachedKey, CheckoutError, Generation, Lease};
 
 const KIND: &str = "pkcs11";
@@ -241,7 +242,7 @@ impl Pkcs11Backend {
     /// [`BackendError::Login`] for a wrong or locked PIN; a device error otherwise.
     pub fn open(config: Pkcs11Config) -> Result<Self, BackendError> {
         let labels = Labels::new(&config.namespace).map_err(BackendError::Config)?;
-        let pin = Pin::new(config.pin.load()?);
+        let mut pin = Pin::new(config.pin.load()?);
         let lib = library(&config.module)?;
         let ctx = lib.ctx.clone();
         // The generation the slot was found in; a recovery before the first call makes the
@@ -254,6 +255,9 @@ impl Pkcs11Backend {
         })?;
         let token_label = info.label().trim_end().to_owned();
         let serial = info.serial_number().trim_end().to_owned();
+        pin.serial.clone_from(&serial);
+        pin.state = config.pin_state.as_ref().map(PinState::new);
+        pin.allow_final_try = config.allow_final_pin_try;
         // The pool opens read-write sessions: the token's RW limit binds too.
         let limit = |l: Limit| match l {
             Limit::Max(n) => usize::try_from(n).unwrap_or(usize::MAX).max(1),
@@ -1790,17 +1794,24 @@ impl Backend for Pkcs11Backend {
                     self.inner.token_label
                 ))
             })?;
-            let attrs = s.get_attributes(key, &[AttributeType::KeyType, AttributeType::ValueLen, AttributeType::Sensitive, AttributeType::Extractable])?;
+            let attrs = s.get_attributes(key, &[AttributeType::KeyType, AttributeType::ValueLen, AttributeType::Sensitive, AttributeType::Extractable, AttributeType::NeverExtractable, AttributeType::AlwaysSensitive, AttributeType::Token])?;
             let mut aes = false;
             let mut len = 0usize;
             let mut sensitive = false;
             let mut extractable = true;
+            // Unread (a token that does not report them) counts as false.
+            let mut never_extractable = false;
+            let mut always_sensitive = false;
+            let mut token_object = false;
             for a in attrs {
                 match a {
                     Attribute::KeyType(t) => aes = t == KeyType::AES,
                     Attribute::ValueLen(l) => len = l.into(),
                     Attribute::Sensitive(b) => sensitive = b,
                     Attribute::Extractable(b) => extractable = b,
+                    Attribute::NeverExtractable(b) => never_extractable = b,
+                    Attribute::AlwaysSensitive(b) => always_sensitive = b,
+                    Attribute::Token(b) => token_object = b,
                     _ => {}
                 }
             }
@@ -1815,6 +1826,25 @@ impl Backend for Pkcs11Backend {
             }
             if !sensitive || extractable {
                 return Err(refuse("it is extractable or not sensitive"));
+            }
+            if !self.inner.config.allow_weak_adoption {
+                let mut weak = Vec::new();
+                if !never_extractable {
+                    weak.push("not CKA_NEVER_EXTRACTABLE (it was extractable once)");
+                }
+                if !always_sensitive {
+                    weak.push("not CKA_ALWAYS_SENSITIVE (it was readable once)");
+                }
+                if !token_object {
+                    weak.push("not a token object (it disappears with the session)");
+                }
+                if !weak.is_empty() {
+                    return Err(BackendError::Config(format!(
+                        "cannot adopt key {locator}: it is {}; its material may exist outside the HSM. Generate a new key in the HSM, or adopt it anyway with the allow_weak_adoption option (recorded in the audit log)",
+                        weak.join(", ")
+                    ))
+                    .into());
+                }
             }
             let usage = Self::read_usage(s, key)?;
             let alg = self.alg_for(usage).ok_or_else(|| refuse(&format!("it permits neither encrypt+decrypt nor wrap+unwrap (usage: {usage})")))?;

@@ -140,6 +140,18 @@ pub struct Pkcs11Config {
     /// own: a backend sees only its namespace's keys. 1 to 64 letters, digits, `.`, `_` or `-`.
     /// Default `strongroom` ([`crate::objects::DEFAULT_NAMESPACE`]).
     pub namespace: String,
+    /// A file in which a PIN the token refused is remembered, per token serial, by a salted
+    /// fingerprint (never the PIN), so that later processes do not try the same PIN again and
+    /// spend the token's attempts; a different PIN is tried. Put it in the store's data
+    /// directory. Default `None`: only the process that saw the refusal remembers it.
+    pub pin_state: Option<PathBuf>,
+    /// Log in even when the token reports `CKF_USER_PIN_FINAL_TRY` (one attempt left before the
+    /// PIN locks). Default `false`: strongroom refuses to spend the last attempt.
+    pub allow_final_pin_try: bool,
+    /// Adopt keys that are not marked `CKA_NEVER_EXTRACTABLE` and `CKA_ALWAYS_SENSITIVE`, or are
+    /// not token objects (their material was, or may have been, outside the HSM once). Default
+    /// `false`. Callers should record in their audit log that it was set.
+    pub allow_weak_adoption: bool,
 }
 
 impl Pkcs11Config {
@@ -157,6 +169,9 @@ impl Pkcs11Config {
             checkout_timeout: Duration::from_secs(30),
             import_key_bits: 3072,
             namespace: crate::objects::DEFAULT_NAMESPACE.to_owned(),
+            pin_state: None,
+            allow_final_pin_try: false,
+            allow_weak_adoption: false,
         }
     }
 }
@@ -164,6 +179,12 @@ impl Pkcs11Config {
 /// Hides the PIN in debug output of anything that holds one.
 pub(crate) struct Pin {
     secret: SecretString,
+    /// The serial of the token the PIN is for.
+    pub serial: String,
+    /// Where refused PINs are remembered across processes.
+    pub state: Option<crate::pin_state::PinState>,
+    /// Log in even at `CKF_USER_PIN_FINAL_TRY`.
+    pub allow_final_try: bool,
     /// Set when the token refused this PIN (wrong, locked, expired). No `C_Login` is tried with
     /// it after that: each would spend one of the token's PIN attempts, and a backend that logs
     /// in again on every checkout would lock the PIN within a few operations.
@@ -180,6 +201,9 @@ impl Pin {
     pub(crate) fn new(secret: SecretString) -> Self {
         Self {
             secret,
+            serial: String::new(),
+            state: None,
+            allow_final_try: false,
             refused: OnceLock::new(),
         }
     }

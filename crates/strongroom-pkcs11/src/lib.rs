@@ -21,6 +21,7 @@ mod error;
 mod library;
 mod mechanisms;
 pub mod objects;
+mod pin_state;
 pub mod session;
 
 pub use backend::{Pkcs11Backend, PoolStats};

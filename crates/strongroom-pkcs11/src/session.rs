@@ -135,7 +135,7 @@ impl Generation {
                 let opened = self.ctx.open_rw_session_no_drop(self.slot);
                 match opened {
                     Ok(s) => {
-                        return match login(&s, pin, token) {
+                        return match login(self, &s, pin, token) {
                             Ok(()) => Ok(Lease::new(self, s, true)),
                             Err(e) => {
                                 self.discard(s, true);
@@ -183,7 +183,7 @@ impl Generation {
         let info = s.get_session_info().map_err(CheckoutError::Ck)?;
         match info.session_state() {
             SessionState::RwUser | SessionState::RoUser => Ok(()),
-            _ => login(s, pin, token),
+            _ => login(self, s, pin, token),
         }
     }
 
@@ -210,17 +210,78 @@ impl Generation {
     }
 }
 
-/// Logs the application in through `s`. `CKR_USER_ALREADY_LOGGED_IN` is success: login state is
-/// per application, not per session.
-pub(crate) fn login(s: &Session, pin: &Pin, token: &str) -> Result<(), CheckoutError> {
+fn refused_earlier(token: &str, why: LoginFailure) -> CheckoutError {
+    CheckoutError::Backend(BackendError::Login {
+        token: token.to_owned(),
+        failure: LoginFailure::RefusedEarlier(Box::new(why)),
+    })
+}
+
+/// Logs the application in through `s`, unless that would spend a PIN attempt for nothing:
+/// - a PIN this process saw refused, or one the state file records as refused by this token
+///   (in any process), is not tried again (until the PIN given changes);
+/// - an application already logged in (login state is per application, not per session) does
+///   not call `C_Login`;
+/// - a token whose flags say the PIN is locked, or has one attempt left
+///   (`CKF_USER_PIN_FINAL_TRY`, unless [`crate::Pkcs11Config::allow_final_pin_try`]), is
+///   refused without a login attempt, with what to do.
+///
+/// `CKR_USER_ALREADY_LOGGED_IN` is success.
+pub(crate) fn login(
+    generation: &Generation,
+    s: &Session,
+    pin: &Pin,
+    token: &str,
+) -> Result<(), CheckoutError> {
     if let Some(earlier) = pin.refused() {
+        return Err(refused_earlier(token, earlier.clone()));
+    }
+    if let Some(state) = &pin.state {
+        match state.refused(&pin.serial, pin.expose()) {
+            Ok(Some(why)) => {
+                pin.refuse(why.clone());
+                return Err(refused_earlier(token, why));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(CheckoutError::Backend(e)),
+        }
+    }
+    if matches!(
+        s.get_session_info()
+            .map_err(CheckoutError::Ck)?
+            .session_state(),
+        SessionState::RwUser | SessionState::RoUser
+    ) {
+        return Ok(());
+    }
+    let info = generation
+        .ctx
+        .get_token_info(generation.slot)
+        .map_err(CheckoutError::Ck)?;
+    if info.user_pin_locked() {
         return Err(CheckoutError::Backend(BackendError::Login {
             token: token.to_owned(),
-            failure: LoginFailure::RefusedEarlier(Box::new(earlier.clone())),
+            failure: LoginFailure::PinLocked,
+        }));
+    }
+    if info.user_pin_final_try() && !pin.allow_final_try {
+        return Err(CheckoutError::Backend(BackendError::Login {
+            token: token.to_owned(),
+            failure: LoginFailure::Other(format!(
+                "the token (serial {}) has one user PIN attempt left before the PIN locks (CKF_USER_PIN_FINAL_TRY); strongroom does not spend it. Check the PIN strongroom is given; then log in once with the token's own tools to reset the count, or set allow_final_pin_try to let strongroom try",
+                pin.serial
+            )),
         }));
     }
     match s.login(UserType::User, Some(pin.expose())) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Ok(()) => {
+            if let Some(state) = &pin.state {
+                // The PIN works: a refusal recorded earlier (of another PIN) is void.
+                let _ = state.clear(&pin.serial);
+            }
+            Ok(())
+        }
+        Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
         Err(CkError::Pkcs11(
             rv @ (RvError::PinIncorrect
             | RvError::PinLocked
@@ -237,6 +298,16 @@ pub(crate) fn login(s: &Session, pin: &Pin, token: &str) -> Result<(), CheckoutE
                 _ => LoginFailure::PinExpired,
             };
             pin.refuse(failure.clone());
+            if let Some(state) = &pin.state
+                && let Err(e) = state.record(&pin.serial, pin.expose(), &failure)
+            {
+                return Err(CheckoutError::Backend(BackendError::Login {
+                    token: token.to_owned(),
+                    failure: LoginFailure::Other(format!(
+                        "{failure}; and it could not be recorded for other processes ({e})"
+                    )),
+                }));
+            }
             Err(CheckoutError::Backend(BackendError::Login {
                 token: token.to_owned(),
                 failure,
