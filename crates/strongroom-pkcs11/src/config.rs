@@ -38,8 +38,8 @@ impl fmt::Display for TokenSelector {
 pub enum PinSource {
     /// An environment variable, by name.
     Env(String),
-    /// A file (one line; a trailing newline is ignored). It must not be accessible to "other"
-    /// users (mode `o-rwx`).
+    /// A file (one line; a trailing newline is ignored). Neither its group nor other users may
+    /// read or write it (mode `0600` or `0400`).
     File(PathBuf),
 }
 
@@ -57,7 +57,7 @@ impl PinSource {
     ///
     /// # Errors
     /// [`BackendError::Config`] when the variable is unset or empty, or the file is missing,
-    /// unreadable, empty, or accessible to other users.
+    /// unreadable, empty, or readable or writable by its group or other users.
     pub fn load(&self) -> Result<SecretString, BackendError> {
         let pin = match self {
             Self::Env(var) => {
@@ -94,9 +94,9 @@ fn read_pin_file(path: &Path) -> Result<Zeroizing<String>, BackendError> {
         )));
     }
     let mode = meta.mode() & 0o777;
-    if mode & 0o007 != 0 {
+    if mode & 0o066 != 0 {
         return Err(BackendError::Config(format!(
-            "PIN file {} has mode {mode:o} and is accessible to every user; `chmod o-rwx` it (and change the PIN if others may have read it)",
+            "PIN file {} has mode {mode:o}: its group or other users can read or write it; `chmod 600` it (and change the PIN if others may have read it)",
             path.display()
         )));
     }
@@ -241,8 +241,15 @@ mod tests {
         );
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = PinSource::File(p.clone()).load().unwrap_err();
-        assert!(e.to_string().contains("chmod o-rwx"), "{e}");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
         assert!(!e.to_string().contains("1234"));
+        for mode in [0o640, 0o620, 0o602, 0o660] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = PinSource::File(p.clone()).load().unwrap_err();
+            assert!(e.to_string().contains("chmod 600"), "{mode:o}: {e}");
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(PinSource::File(p.clone()).load().is_ok());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&p, "\n").unwrap();
         assert!(
