@@ -967,6 +967,44 @@ impl Pkcs11Backend {
         }
     }
 
+    /// The import key's canary: a random value encrypted under the import public key must
+    /// unwrap under the private key to itself. `Ok(())` means the device works.
+    fn import_canary(
+        &self,
+        s: &Session,
+        private: ObjectHandle,
+        public: ObjectHandle,
+        mech: &Mechanism<'_>,
+    ) -> Result<(), CkError> {
+        let mut probe = Zeroizing::new([0u8; 32]);
+        let _ = rng::fill_nonce(&mut probe[..]);
+        let ct = s.encrypt(mech, public, &probe[..])?;
+        let label = self.inner.labels.tmp();
+        let h = match s.unwrap_key(
+            mech,
+            private,
+            &ct,
+            &Self::tmp_secret_template(label.clone()),
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                self.remove_strays(s, &label);
+                return Err(e);
+            }
+        };
+        let mut attrs = s.get_attributes(h, &[AttributeType::Value]);
+        let _ = s.destroy_object(h);
+        let same = matches!(attrs.as_deref(), Ok([Attribute::Value(v)]) if v[..] == probe[..]);
+        if let Ok(a) = attrs.as_mut() {
+            scrub(a);
+        }
+        if same {
+            Ok(())
+        } else {
+            Err(CkError::Pkcs11(RvError::DeviceError, Function::UnwrapKey))
+        }
+    }
+
     /// A session-object template for a temporary extractable generic secret.
     fn tmp_secret_template(label: Vec<u8>) -> Vec<Attribute> {
         vec![
@@ -1726,10 +1764,19 @@ impl Backend for Pkcs11Backend {
             );
             let tmp = match tmp {
                 Ok(h) => h,
-                Err(e) if matches!(classify(&e), Failure::BadData) => {
-                    return Err(BackendError::Integrity.into());
+                // As for unwrap (see `failed_unwrap`): whatever the code, unless it says the
+                // connection or the handle is gone, a known-good round trip under the import
+                // key tells bad material (integrity) from a failing device.
+                Err(e) if classify(&e) == Failure::StaleHandle || connection_lost(&e) => {
+                    return Err(e.into());
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    return Err(match self.import_canary(s, private, public, &mech) {
+                        Ok(()) => BackendError::Integrity.into(),
+                        Err(canary) if connection_lost(&canary) => canary.into(),
+                        Err(_) => e.into(),
+                    });
+                }
             };
             let kcv = s.encrypt(&Mechanism::AesEcb, tmp, &[0u8; 16]);
             let _ = s.destroy_object(tmp);

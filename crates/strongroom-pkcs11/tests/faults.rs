@@ -719,4 +719,19 @@ softhsm_tests! {
         assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
         assert_eq!(count_keys_labelled(token, label), 1);
     }
+
+    fn a_token_that_fails_to_describe_itself_is_a_device_error_not_a_missing_token(token) {
+        let control = faults(token);
+        // Once: open retries and succeeds.
+        control.set(&FaultPlan::new().fail(CKR_DEVICE_ERROR).on(&["C_GetTokenInfo"]).times(1)).unwrap();
+        let b = open(token);
+        assert_eq!(control.status().count_in("fail", "C_GetTokenInfo"), 1);
+        drop(b);
+        // Every time: a device error naming the call, never "no token with label".
+        control.set(&FaultPlan::new().fail(CKR_DEVICE_ERROR).on(&["C_GetTokenInfo"])).unwrap();
+        let e = Pkcs11Backend::open(config(token)).unwrap_err();
+        assert!(matches!(e, BackendError::Device { .. }), "{e:?}");
+        assert!(e.to_string().contains("CKR_DEVICE_ERROR") && !e.to_string().contains("no token"), "{e}");
+        control.clear().unwrap();
+    }
 }

@@ -301,4 +301,35 @@ strongroom_test_support::softhsm_tests! {
         let blob = b.wrap(&root, &k, b"c").unwrap();
         assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
     }
+
+    fn a_bad_byok_import_is_an_integrity_error_whatever_the_code(token) {
+        // Material that is not an RSA-OAEP encryption under the import key: SoftHSM2 refuses it
+        // with a data code; a token that says CKR_DEVICE_ERROR instead must not send strongroom
+        // into recovery, nor be reported as a failing HSM.
+        let mut bad_import = FaultPlan::new();
+        for code in [
+            CKR_GENERAL_ERROR,
+            CKR_ENCRYPTED_DATA_INVALID,
+            CKR_WRAPPED_KEY_INVALID,
+            strongroom_p11_testkit::sys::CKR_ENCRYPTED_DATA_LEN_RANGE,
+            strongroom_p11_testkit::sys::CKR_DATA_INVALID,
+            strongroom_p11_testkit::sys::CKR_DATA_LEN_RANGE,
+        ] {
+            bad_import = bad_import.remap(code, CKR_DEVICE_ERROR).on(&["C_UnwrapKey"]);
+        }
+        let control = FaultControl::new(token.fault_control());
+        control.set(&bad_import).unwrap();
+        let mut c = config(token, &[WrapAlg::AesGcm]);
+        c.import_key_bits = 2048;
+        let b = Pkcs11Backend::open(c).unwrap();
+        let _ = b.import_key().unwrap();
+        let mut garbage = vec![0x5a_u8; 256];
+        garbage[0] = 0;
+        let e = b.import_wrapped_root(&rid("byok", 1), &garbage, &[1, 2, 3]).unwrap_err();
+        assert!(matches!(e, BackendError::Integrity), "{e:?}");
+        let st = control.status();
+        assert_eq!(st.count_in("remap", "C_UnwrapKey"), 1, "the token answered CKR_DEVICE_ERROR: {st:?}");
+        assert_eq!(b.stats().reinitializations, 0, "bad material is no reason to reconnect");
+        assert_eq!(b.find_root(&rid("byok", 1)).unwrap(), None);
+    }
 }
