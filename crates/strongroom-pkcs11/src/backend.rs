@@ -1448,7 +1448,11 @@ impl Backend for Pkcs11Backend {
                     self.inner.description
                 ),
                 Ok(t) if t.user_pin_final_try() => format!(
-                    "{}: one PIN attempt left before it locks",
+                    "{}: one PIN attempt left before it locks (CKF_USER_PIN_FINAL_TRY); strongroom will not log in until it is reset",
+                    self.inner.description
+                ),
+                Ok(t) if t.user_pin_count_low() => format!(
+                    "{}: the token has counted wrong PINs (CKF_USER_PIN_COUNT_LOW); check the PIN source",
                     self.inner.description
                 ),
                 Ok(_) => self.inner.description.clone(),
