@@ -1,7 +1,7 @@
 //! The session pool of one backend in one generation of the library.
 //!
-//! A [`Generation`] is what one backend holds during one initialization of the shared library
-//! (see [`crate::library`]): the slot and the pooled sessions. When the library is recovered
+//! A `Generation` is what one backend holds during one initialization of the shared library
+//! (see `crate::library`): the slot and the pooled sessions. When the library is recovered
 //! (finalized and initialized again, once for every backend on it), each backend starts a new
 //! generation on its next call. Sessions of an old generation are never used again and never
 //! closed, because after a re-initialize the same handle numbers can name other sessions
