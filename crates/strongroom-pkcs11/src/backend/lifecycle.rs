@@ -338,10 +338,7 @@ impl Pkcs11Backend {
 
     pub(super) fn disable(&self, id: &RootKeyId) -> Result<(), BackendError> {
         self.modify_root("disable a root key", id, |_, s, found| {
-            let locator = found
-                .record
-                .as_ref()
-                .map_or(KeyLocator::Managed, |r| r.key.clone());
+            let locator = found.locator();
             match found.state() {
                 Some(RecordState::Destroyed) => {
                     return Err(BackendError::RootDestroyed { root: id.clone() }.into());
@@ -374,10 +371,7 @@ impl Pkcs11Backend {
 
     pub(super) fn enable(&self, id: &RootKeyId) -> Result<(), BackendError> {
         self.modify_root("enable a root key", id, |_, s, found| {
-            let locator = found
-                .record
-                .as_ref()
-                .map_or(KeyLocator::Managed, |r| r.key.clone());
+            let locator = found.locator();
             let restore = match found.state() {
                 Some(RecordState::Destroyed) => {
                     return Err(BackendError::RootDestroyed { root: id.clone() }.into());
@@ -410,10 +404,7 @@ impl Pkcs11Backend {
 
     pub(super) fn destroy(&self, id: &RootKeyId) -> Result<(), BackendError> {
         self.modify_root("destroy a root key", id, |_, s, found| {
-            let locator = found
-                .record
-                .as_ref()
-                .map_or(KeyLocator::Managed, |r| r.key.clone());
+            let locator = found.locator();
             // Record first, so a crash between the two steps leaves the root refused as
             // destroyed; running destroy again removes the key object.
             if found.state() != Some(RecordState::Destroyed) {

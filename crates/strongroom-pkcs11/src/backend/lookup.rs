@@ -163,9 +163,7 @@ impl Pkcs11Backend {
                 record = Some(r);
             }
         }
-        let locator = record
-            .as_ref()
-            .map_or(KeyLocator::Managed, |r| r.key.clone());
+        let locator = locator_of(record.as_ref());
         let key = Self::find_one(
             s,
             &self.key_template(&locator, id),

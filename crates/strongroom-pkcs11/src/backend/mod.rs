@@ -251,6 +251,17 @@ impl Located {
     fn state(&self) -> Option<RecordState> {
         self.record.as_ref().map(|r| r.state)
     }
+
+    /// Where the root's key is: as its record says, else under strongroom's own label.
+    fn locator(&self) -> KeyLocator {
+        locator_of(self.record.as_ref())
+    }
+}
+
+/// Where a root's key is, by its record (none: strongroom's own label). The one place that
+/// decides it: every lookup, change and listing goes through here.
+fn locator_of(record: Option<&RootRecord>) -> KeyLocator {
+    record.map_or(KeyLocator::Managed, |r| r.key.clone())
 }
 
 impl Pkcs11Backend {

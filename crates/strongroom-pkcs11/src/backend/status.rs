@@ -138,10 +138,7 @@ impl Pkcs11Backend {
             }
             for id in ids {
                 let found = self.locate(s, &id)?;
-                let locator = found
-                    .record
-                    .as_ref()
-                    .map_or(KeyLocator::Managed, |r| r.key.clone());
+                let locator = found.locator();
                 let info = self.info_for(
                     &id,
                     self.status_of(s, found.record.as_ref(), found.key),
