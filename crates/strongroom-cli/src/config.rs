@@ -30,6 +30,9 @@ use strongroom_pkcs11::{PinSource, Pkcs11Config, TokenSelector};
 /// File name of the configuration in the data directory.
 pub const CONFIG_FILE: &str = "strongroom.conf";
 const FORMAT: u32 = 1;
+/// File name, in the data directory, of the PKCS#11 refused-PIN state (a salted fingerprint
+/// per token serial; never the PIN).
+pub const PIN_STATE_FILE: &str = "pkcs11-refused-pins";
 
 /// Which backend a store uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -317,6 +320,17 @@ impl Config {
         })
     }
 
+    /// The PKCS#11 backend configuration of the store in `data`, if this is a PKCS#11 store:
+    /// as [`Self::pkcs11`], with refused PINs remembered across processes in
+    /// `data/`[`PIN_STATE_FILE`] ([`Pkcs11Config::pin_state`]).
+    #[must_use]
+    pub fn pkcs11_in(&self, data: &std::path::Path) -> Option<Pkcs11Config> {
+        self.pkcs11().map(|c| Pkcs11Config {
+            pin_state: Some(data.join(PIN_STATE_FILE)),
+            ..c
+        })
+    }
+
     /// The PKCS#11 backend configuration, if this is a PKCS#11 store.
     #[must_use]
     pub fn pkcs11(&self) -> Option<Pkcs11Config> {
@@ -449,6 +463,19 @@ mod tests {
             "strongroom-0123abcd",
             "the configured namespace reaches the backend"
         );
+    }
+
+    #[test]
+    fn pkcs11_in_keeps_refused_pins_in_the_data_directory() {
+        let c = sample()
+            .pkcs11_in(std::path::Path::new("/srv/store"))
+            .unwrap();
+        assert_eq!(
+            c.pin_state.as_deref(),
+            Some(std::path::Path::new("/srv/store/pkcs11-refused-pins"))
+        );
+        assert_eq!(c.namespace, "strongroom-0123abcd");
+        assert_eq!(sample().pkcs11().unwrap().pin_state, None);
     }
 
     #[test]

@@ -236,6 +236,16 @@ pub(crate) fn login(
     if let Some(earlier) = pin.refused() {
         return Err(refused_earlier(token, earlier.clone()));
     }
+    if matches!(
+        s.get_session_info()
+            .map_err(CheckoutError::Ck)?
+            .session_state(),
+        SessionState::RwUser | SessionState::RoUser
+    ) {
+        return Ok(());
+    }
+    // Only before a real C_Login (once per process, and after a logout): the check derives a
+    // PIN fingerprint, which is deliberately slow.
     if let Some(state) = &pin.state {
         match state.refused(&pin.serial, pin.expose()) {
             Ok(Some(why)) => {
@@ -245,14 +255,6 @@ pub(crate) fn login(
             Ok(None) => {}
             Err(e) => return Err(CheckoutError::Backend(e)),
         }
-    }
-    if matches!(
-        s.get_session_info()
-            .map_err(CheckoutError::Ck)?
-            .session_state(),
-        SessionState::RwUser | SessionState::RoUser
-    ) {
-        return Ok(());
     }
     let info = generation
         .ctx
