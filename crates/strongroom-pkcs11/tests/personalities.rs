@@ -4,7 +4,8 @@
 //! depends on SoftHSM2's own codes or numbers. Each personality runs the same cases: tampering
 //! is an integrity error with no recovery, a root deleted by another process is unavailable in
 //! a long-running backend, blobs of every wrap algorithm the token offers (KWP included) are
-//! written and read, a device error is still recovered, and the conformance suite passes.
+//! written and read, a device error, a pulled token and a stuck device are still recovered, and
+//! the conformance suite passes.
 //!
 //! What tokens do (as reported in issue 11): SoftHSM2 returns `CKR_GENERAL_ERROR` for a
 //! tampered KW/KWP/GCM input and `CKR_OBJECT_HANDLE_INVALID` for a deleted key; other tokens
@@ -210,6 +211,53 @@ fn recovery(token: &Token, personality: &FaultPlan) {
     }
 }
 
+/// A pulled and reinserted token, then a device stuck after an error (only a re-initialize gets
+/// out): typed device errors while it lasts, then the same backend works again.
+fn pulled_and_stuck(token: &Token, personality: &FaultPlan) {
+    for alg in ALGS {
+        let (b, control) = open(token, personality, alg);
+        let root = rid(&format!("pull-{}", alg.name().to_lowercase()), 1);
+        b.generate_root(&root).unwrap();
+        let k = Key256::generate().unwrap();
+        let blob = b.wrap(&root, &k, b"c").unwrap();
+        control
+            .set(&personality.clone().and(&FaultPlan::new().token_pulled()))
+            .unwrap();
+        match b.unwrap(&blob, b"c") {
+            Err(BackendError::Device { .. }) => {}
+            other => panic!("{alg} with the token pulled: expected a device error, got {other:?}"),
+        }
+        control.set(personality).unwrap();
+        assert!(
+            b.unwrap(&blob, b"c").unwrap().ct_eq(&k),
+            "{alg}: after reinsertion"
+        );
+        let before = b.stats().reinitializations;
+        assert!(
+            before >= 1,
+            "{alg}: a pulled token needs a reconnect: {:?}",
+            b.stats()
+        );
+        control
+            .set(
+                &personality
+                    .clone()
+                    .and(&FaultPlan::new().stuck_after_device_error()),
+            )
+            .unwrap();
+        let k2 = Key256::generate().unwrap();
+        let blob2 = b.wrap(&root, &k2, b"c2").unwrap();
+        assert!(b.unwrap(&blob2, b"c2").unwrap().ct_eq(&k2));
+        assert!(
+            b.stats().reinitializations > before,
+            "{alg}: stuck sessions need a re-initialize: {:?}",
+            b.stats()
+        );
+        control.set(personality).unwrap();
+        assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
+    }
+}
+
 fn conformance_suite(token: &Token, personality: &FaultPlan) {
     for alg in ALGS {
         let (b, _control) = open(token, personality, alg);
@@ -240,6 +288,9 @@ macro_rules! under_personalities {
                 }
                 fn a_device_error_is_still_recovered(token) {
                     recovery(token, &$plan);
+                }
+                fn a_pulled_token_and_a_stuck_device_are_recovered(token) {
+                    pulled_and_stuck(token, &$plan);
                 }
                 fn the_conformance_suite_passes(token) {
                     conformance_suite(token, &$plan);
