@@ -35,6 +35,7 @@
 //!         | refuse-mechanism NUM            # personality: *Init/WrapKey/UnwrapKey/GenerateKey
 //!                                           #   with it return CKR_MECHANISM_INVALID
 //!         | token-flags NUM                 # C_GetTokenInfo reports these flags set too
+//!         | rw-session-limit NUM            # C_GetTokenInfo reports this ulMaxRwSessionCount
 //! CODE   := CKR_NAME | 0xHEX | DECIMAL      # e.g. CKR_DEVICE_ERROR, 0x30, 48
 //! NUM    := 0xHEX | DECIMAL                 # e.g. 0x210B (CKM_AES_KEY_WRAP_KWP)
 //! ```

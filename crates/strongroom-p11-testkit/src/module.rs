@@ -355,6 +355,16 @@ impl State {
         (hide, list, refuse)
     }
 
+    fn rw_session_limit(&self) -> Option<CK_ULONG> {
+        self.rules
+            .iter()
+            .filter_map(|r| match r.rule.fault {
+                Fault::RwSessionLimit(max) => Some(max),
+                _ => None,
+            })
+            .min()
+    }
+
     fn token_flags(&self) -> CK_FLAGS {
         self.rules
             .iter()
@@ -840,6 +850,10 @@ unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) 
         let flags = st.token_flags();
         // SAFETY: the real module just filled `*info` (a valid CK_TOKEN_INFO the caller owns).
         unsafe { (*info).flags |= flags };
+        if let Some(max) = st.rw_session_limit() {
+            // SAFETY: as above.
+            unsafe { (*info).ulMaxRwSessionCount = max };
+        }
     }
     if rv == CKR_OK
         && !info.is_null()

@@ -47,6 +47,9 @@ pub enum Fault {
     /// `C_GetTokenInfo` reports these flags set, on top of the real ones (e.g.
     /// `CKF_USER_PIN_FINAL_TRY`).
     TokenFlags(CK_FLAGS),
+    /// `C_GetTokenInfo` reports this `ulMaxRwSessionCount` (the session limit stays the
+    /// token's), as tokens that allow fewer read-write than read-only sessions do.
+    RwSessionLimit(CK_ULONG),
 }
 
 /// A fault, the functions it applies to, and how often.
@@ -193,6 +196,12 @@ impl FaultPlan {
         self.push(Fault::TokenFlags(flags))
     }
 
+    /// Report `max` as the token's `ulMaxRwSessionCount`.
+    #[must_use]
+    pub fn rw_session_limit(self, max: CK_ULONG) -> Self {
+        self.push(Fault::RwSessionLimit(max))
+    }
+
     /// Adds every rule of `other` after these.
     #[must_use]
     pub fn and(mut self, other: &FaultPlan) -> Self {
@@ -257,6 +266,7 @@ impl fmt::Display for FaultPlan {
                 Fault::ListMechanism(m) => write!(f, "list-mechanism 0x{m:X}")?,
                 Fault::RefuseMechanism(m) => write!(f, "refuse-mechanism 0x{m:X}")?,
                 Fault::TokenFlags(flags) => write!(f, "token-flags 0x{flags:X}")?,
+                Fault::RwSessionLimit(max) => write!(f, "rw-session-limit {max}")?,
             }
             if !r.functions.is_empty() {
                 write!(f, " on {}", r.functions.join(","))?;
@@ -323,6 +333,7 @@ fn parse_rule(line: &str) -> Result<Rule, String> {
         "list-mechanism" => Fault::ListMechanism(parse_number(arg()?)?),
         "refuse-mechanism" => Fault::RefuseMechanism(parse_number(arg()?)?),
         "token-flags" => Fault::TokenFlags(parse_number(arg()?)?),
+        "rw-session-limit" => Fault::RwSessionLimit(parse_number(arg()?)?),
         other => return Err(format!("unknown fault {other:?}")),
     };
     let mut rule_functions = Vec::new();
@@ -559,7 +570,8 @@ mod tests {
             .hide_mechanism(CKM_AES_KEY_WRAP_PAD)
             .list_mechanism(0x210B)
             .refuse_mechanism(CKM_AES_KEY_WRAP_PAD)
-            .token_flags(CKF_USER_PIN_FINAL_TRY);
+            .token_flags(CKF_USER_PIN_FINAL_TRY)
+            .rw_session_limit(3);
         let text = plan.to_string();
         assert_eq!(text.parse::<FaultPlan>().unwrap(), plan, "{text}");
         assert!(text.contains("fail CKR_DEVICE_ERROR on C_Decrypt,C_Encrypt times 3\n"));

@@ -734,4 +734,22 @@ softhsm_tests! {
         assert!(e.to_string().contains("CKR_DEVICE_ERROR") && !e.to_string().contains("no token"), "{e}");
         control.clear().unwrap();
     }
+
+    fn the_pool_keeps_to_the_tokens_read_write_session_limit(token) {
+        let control = faults(token);
+        // The token allows many sessions but only 3 read-write ones (the pool's kind).
+        control.set(&FaultPlan::new().rw_session_limit(3)).unwrap();
+        let b = open(token);
+        assert_eq!(b.stats().cap, 3, "{:?}", b.stats());
+        let root = rid("rw", 1);
+        b.generate_root(&root).unwrap();
+        let blobs = wrap_some(&b, &root, 8);
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| assert_unwrap_all(&b, &blobs));
+            }
+        });
+        assert!(b.stats().sessions_opened <= 3, "{:?}", b.stats());
+        control.clear().unwrap();
+    }
 }
