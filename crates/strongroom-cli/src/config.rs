@@ -30,6 +30,9 @@ use strongroom_pkcs11::{PinSource, Pkcs11Config, TokenSelector};
 /// File name of the configuration in the data directory.
 pub const CONFIG_FILE: &str = "strongroom.conf";
 const FORMAT: u32 = 1;
+/// File name, in the data directory, of the PKCS#11 refused-PIN state (a salted fingerprint
+/// per token serial; never the PIN).
+pub const PIN_STATE_FILE: &str = "pkcs11-refused-pins";
 
 /// Which backend a store uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,7 +203,19 @@ impl Config {
                 BackendConfig::Soft
             }
             "pkcs11" => {
-                let module = PathBuf::from(need("pkcs11.module")?.1);
+                let (module_line, module) = need("pkcs11.module")?;
+                let module = PathBuf::from(module);
+                if !module.is_absolute() {
+                    // A relative module path loads whatever library is at that name in the
+                    // directory strongroom happens to run in.
+                    return Err(err(
+                        module_line,
+                        format!(
+                            "pkcs11.module must be an absolute path, found {:?}",
+                            module.display().to_string()
+                        ),
+                    ));
+                }
                 let token = match (get("pkcs11.token"), get("pkcs11.slot")) {
                     (Some((_, l)), None) => TokenSelector::Label(l.to_owned()),
                     (None, Some((l, s))) => TokenSelector::Slot(s.parse().map_err(|_| {
@@ -268,6 +283,51 @@ impl Config {
             cache_ttl: Duration::from_secs(num("cache-ttl-secs", 300)?),
             destruction_delay: Duration::from_secs(num("destruction-delay-secs", 7 * 86400)?),
             audit_data_access,
+        })
+    }
+
+    /// Reads `strongroom.conf` at `path`, refusing a file that its group or other users can
+    /// write (it names the PKCS#11 module strongroom loads, i.e. code it runs, and where the
+    /// PIN is), or that is not a regular file.
+    ///
+    /// # Errors
+    /// The file's problem, or the I/O error.
+    pub fn read_checked(path: &std::path::Path) -> Result<String, ConfigError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).map_err(|e| ConfigError {
+            line: 0,
+            problem: format!("cannot read {}: {e}", path.display()),
+        })?;
+        if !meta.is_file() {
+            return Err(ConfigError {
+                line: 0,
+                problem: format!("{} is not a regular file", path.display()),
+            });
+        }
+        let mode = meta.mode() & 0o777;
+        if mode & 0o022 != 0 {
+            return Err(ConfigError {
+                line: 0,
+                problem: format!(
+                    "{} has mode {mode:o}: its group or other users can change it, and with it the PKCS#11 module strongroom loads; `chmod go-w` it (and check its contents)",
+                    path.display()
+                ),
+            });
+        }
+        std::fs::read_to_string(path).map_err(|e| ConfigError {
+            line: 0,
+            problem: format!("cannot read {}: {e}", path.display()),
+        })
+    }
+
+    /// The PKCS#11 backend configuration of the store in `data`, if this is a PKCS#11 store:
+    /// as [`Self::pkcs11`], with refused PINs remembered across processes in
+    /// `data/`[`PIN_STATE_FILE`] ([`Pkcs11Config::pin_state`]).
+    #[must_use]
+    pub fn pkcs11_in(&self, data: &std::path::Path) -> Option<Pkcs11Config> {
+        self.pkcs11().map(|c| Pkcs11Config {
+            pin_state: Some(data.join(PIN_STATE_FILE)),
+            ..c
         })
     }
 
@@ -402,6 +462,51 @@ mod tests {
             sample().pkcs11().unwrap().namespace,
             "strongroom-0123abcd",
             "the configured namespace reaches the backend"
+        );
+    }
+
+    #[test]
+    fn pkcs11_in_keeps_refused_pins_in_the_data_directory() {
+        let c = sample()
+            .pkcs11_in(std::path::Path::new("/srv/store"))
+            .unwrap();
+        assert_eq!(
+            c.pin_state.as_deref(),
+            Some(std::path::Path::new("/srv/store/pkcs11-refused-pins"))
+        );
+        assert_eq!(c.namespace, "strongroom-0123abcd");
+        assert_eq!(sample().pkcs11().unwrap().pin_state, None);
+    }
+
+    #[test]
+    fn relative_module_paths_are_refused() {
+        let text = "format = 1\nbackend = pkcs11\nprimary-root = service\npkcs11.module = lib/softhsm2.so\npkcs11.token = t\npkcs11.pin-env = P\n";
+        let e = Config::parse(text).unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.problem.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn config_files_others_can_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(CONFIG_FILE);
+        std::fs::write(&p, sample().to_text()).unwrap();
+        for ok in [0o600, 0o644, 0o640, 0o400] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(ok)).unwrap();
+            let text = Config::read_checked(&p).unwrap_or_else(|e| panic!("{ok:o}: {e}"));
+            assert_eq!(Config::parse(&text).unwrap(), sample());
+        }
+        for bad in [0o620, 0o602, 0o666, 0o660] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(bad)).unwrap();
+            let e = Config::read_checked(&p).unwrap_err();
+            assert!(e.problem.contains("chmod go-w"), "{bad:o}: {e}");
+        }
+        assert!(
+            Config::read_checked(dir.path())
+                .unwrap_err()
+                .problem
+                .contains("not a regular file")
         );
     }
 

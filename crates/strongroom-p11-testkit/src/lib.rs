@@ -29,8 +29,24 @@
 //!         | stuck-after-device-error        # one CKR_DEVICE_ERROR, then stuck sessions
 //!         | latency MILLISECONDSms          # sleep before forwarding, e.g. `latency 20ms`
 //!         | session-cap N [advertised]      # C_OpenSession: CKR_SESSION_COUNT beyond N open
+//!         | remap CODE CODE                 # personality: the real call's 1st code becomes the 2nd
+//!         | hide-mechanism NUM              # personality: left out of C_GetMechanismList
+//!         | list-mechanism NUM              # personality: added to C_GetMechanismList
+//!         | refuse-mechanism NUM            # personality: *Init/WrapKey/UnwrapKey/GenerateKey
+//!                                           #   with it return CKR_MECHANISM_INVALID
+//!         | token-flags NUM                 # C_GetTokenInfo reports these flags set too
+//!         | rw-session-limit NUM            # C_GetTokenInfo reports this ulMaxRwSessionCount
 //! CODE   := CKR_NAME | 0xHEX | DECIMAL      # e.g. CKR_DEVICE_ERROR, 0x30, 48
+//! NUM    := 0xHEX | DECIMAL                 # e.g. 0x210B (CKM_AES_KEY_WRAP_KWP)
 //! ```
+//!
+//! Token personalities make SoftHSM2 answer like other tokens, for tests that must not depend on
+//! SoftHSM2's return codes or mechanism numbers: `remap` changes the code a call returns (a
+//! tampered KW/KWP blob or a bad import as `CKR_DEVICE_ERROR`, a bad GCM tag as
+//! `CKR_ENCRYPTED_DATA_INVALID`, a deleted object's handle as `CKR_GENERAL_ERROR`; counted as
+//! `remap CODE FUNCTION` in the status file); the mechanism rules change what the token lists
+//! and accepts (`refuse-mechanism` is counted as `refuse-mechanism`). `times N` limits a remap
+//! to N remapped answers.
 //!
 //! - `on` limits a rule to the named functions (`C_Decrypt,C_Encrypt`). Without it, a rule
 //!   applies to every call that names a session (`C_Login`, `C_Decrypt`, `C_FindObjects`, ...);

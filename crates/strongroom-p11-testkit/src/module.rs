@@ -311,6 +311,14 @@ impl State {
             }
             None
         };
+        for (i, r) in self.rules.iter().enumerate() {
+            if let Fault::Remap { from, to } = r.rule.fault
+                && r.rule.applies_to(function, names_session)
+                && r.remaining != Some(0)
+            {
+                verdict.remaps.push((i, from, to));
+            }
+        }
         if function == "C_OpenSession" && injected.is_none() {
             // Released by `C_OpenSession` once the real call returned.
             self.opening += 1;
@@ -326,6 +334,45 @@ impl State {
         }
         verdict.pulled = self.pulled;
         verdict.epoch = self.epoch;
+    }
+
+    fn mechanisms(
+        &self,
+    ) -> (
+        Vec<CK_MECHANISM_TYPE>,
+        Vec<CK_MECHANISM_TYPE>,
+        Vec<CK_MECHANISM_TYPE>,
+    ) {
+        let (mut hide, mut list, mut refuse) = (Vec::new(), Vec::new(), Vec::new());
+        for r in &self.rules {
+            match r.rule.fault {
+                Fault::HideMechanism(m) => hide.push(m),
+                Fault::ListMechanism(m) => list.push(m),
+                Fault::RefuseMechanism(m) => refuse.push(m),
+                _ => {}
+            }
+        }
+        (hide, list, refuse)
+    }
+
+    fn rw_session_limit(&self) -> Option<CK_ULONG> {
+        self.rules
+            .iter()
+            .filter_map(|r| match r.rule.fault {
+                Fault::RwSessionLimit(max) => Some(max),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn token_flags(&self) -> CK_FLAGS {
+        self.rules
+            .iter()
+            .filter_map(|r| match r.rule.fault {
+                Fault::TokenFlags(f) => Some(f),
+                _ => None,
+            })
+            .fold(0, |a, b| a | b)
     }
 
     fn cap(&self) -> Option<u64> {
@@ -378,6 +425,45 @@ struct Verdict {
     pulled: bool,
     epoch: u64,
     counted: Vec<(&'static str, Option<CK_RV>)>,
+    /// Remap rules for this call: (rule index, from, to).
+    remaps: Vec<(usize, CK_RV, CK_RV)>,
+}
+
+/// The code a forwarded call returns: a lost reply's, else the real one, remapped by the
+/// personality rules (each remap is counted as `remap TO FUNCTION`).
+fn finish(function: &'static str, v: &Verdict, rv: CK_RV) -> CK_RV {
+    let rv = v.lost_reply.unwrap_or(rv);
+    let Some(&(i, _, to)) = v.remaps.iter().find(|(_, from, _)| *from == rv) else {
+        return rv;
+    };
+    let c = control();
+    if let Some(path) = &c.control {
+        let mut st = lock(c);
+        if let Some(r) = st.rules.get_mut(i)
+            && let Some(n) = &mut r.remaining
+        {
+            *n = n.saturating_sub(1);
+        }
+        st.count("remap", Some(to), function);
+        st.write_status(path);
+    }
+    to
+}
+
+/// Whether the personality refuses `mechanism` (counted as `refuse-mechanism`).
+fn refused_mechanism(function: &'static str, mechanism: CK_MECHANISM_TYPE) -> bool {
+    let c = control();
+    let Some(path) = &c.control else {
+        return false;
+    };
+    let mut st = lock(c);
+    if st.mechanisms().2.contains(&mechanism) {
+        st.count("refuse-mechanism", Some(CKR_MECHANISM_INVALID), function);
+        st.write_status(path);
+        true
+    } else {
+        false
+    }
 }
 
 /// Checks the plan for a call to `function`; sleeps for added latency.
@@ -436,7 +522,7 @@ macro_rules! forward {
             // SAFETY: the caller's arguments go unchanged to the real module's implementation of
             // the same PKCS#11 function, whose contract the caller upholds.
             let rv = unsafe { f($($a),*) };
-            v.lost_reply.unwrap_or(rv)
+            finish(stringify!($name), &v, rv)
         }
     };
 }
@@ -495,7 +581,7 @@ macro_rules! forward_session_ending_op_out {
                 // implementation of the same PKCS#11 function, whose contract the caller
                 // upholds.
                 let rv = unsafe { f(arg1, arg2, arg3, arg4, arg5) };
-                v.lost_reply.unwrap_or(rv)
+                finish(stringify!($name), &v, rv)
             }
         )*
     };
@@ -525,7 +611,7 @@ macro_rules! forward_session_ending_op_final {
                 // SAFETY: the caller's arguments go unchanged to the real module's
                 // implementation of the same PKCS#11 function.
                 let rv = unsafe { f(arg1, arg2, arg3) };
-                v.lost_reply.unwrap_or(rv)
+                finish(stringify!($name), &v, rv)
             }
         )*
     };
@@ -550,10 +636,112 @@ macro_rules! forward_session_ending_op_in {
                 // SAFETY: the caller's arguments go unchanged to the real module's
                 // implementation of the same PKCS#11 function.
                 let rv = unsafe { f(arg1 $(, $a)*) };
-                v.lost_reply.unwrap_or(rv)
+                finish(stringify!($name), &v, rv)
             }
         )*
     };
+}
+
+/// Calls that take a mechanism: as [`forward_session`], and refused with
+/// `CKR_MECHANISM_INVALID` when the personality refuses the mechanism.
+macro_rules! forward_session_mech {
+    ($($name:ident(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM $(, $a:ident: $t:ty)*);)*) => {
+        $(
+            unsafe extern "C" fn $name(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM $(, $a: $t)*) -> CK_RV {
+                let v = before(stringify!($name), Scope::Session(arg1));
+                if let Some(rv) = v.rv {
+                    return rv;
+                }
+                if !arg2.is_null() {
+                    // SAFETY: a non-null mechanism pointer from the caller points to a valid
+                    // CK_MECHANISM (the PKCS#11 contract of this function); only read here.
+                    let mechanism = unsafe { (*arg2).mechanism };
+                    if refused_mechanism(stringify!($name), mechanism) {
+                        return CKR_MECHANISM_INVALID;
+                    }
+                }
+                let f = real_fn!($name);
+                // SAFETY: the caller's arguments go unchanged to the real module's
+                // implementation of the same PKCS#11 function.
+                let rv = unsafe { f(arg1, arg2 $(, $a)*) };
+                finish(stringify!($name), &v, rv)
+            }
+        )*
+    };
+}
+
+unsafe extern "C" fn C_GetMechanismList(
+    slot: CK_SLOT_ID,
+    list: *mut CK_MECHANISM_TYPE,
+    count: *mut CK_ULONG,
+) -> CK_RV {
+    let v = before("C_GetMechanismList", Scope::Slot);
+    if let Some(rv) = v.rv {
+        return rv;
+    }
+    let f = real_fn!(C_GetMechanismList);
+    let (hide, add, _) = lock(control()).mechanisms();
+    if hide.is_empty() && add.is_empty() {
+        // SAFETY: forwarded unchanged to the real C_GetMechanismList.
+        let rv = unsafe { f(slot, list, count) };
+        return finish("C_GetMechanismList", &v, rv);
+    }
+    if count.is_null() {
+        return CKR_ARGUMENTS_BAD;
+    }
+    // The personality's list: the real one, less the hidden mechanisms, plus the added ones.
+    let mut n: CK_ULONG = 0;
+    // SAFETY: a length query: null list, a valid count.
+    let rv = unsafe { f(slot, std::ptr::null_mut(), &raw mut n) };
+    if rv != CKR_OK {
+        return finish("C_GetMechanismList", &v, rv);
+    }
+    let mut real_list: Vec<CK_MECHANISM_TYPE> = vec![0; usize::try_from(n).unwrap_or(0)];
+    // SAFETY: a buffer of the `n` entries the module asked for.
+    let rv = unsafe { f(slot, real_list.as_mut_ptr(), &raw mut n) };
+    if rv != CKR_OK {
+        return finish("C_GetMechanismList", &v, rv);
+    }
+    real_list.truncate(usize::try_from(n).unwrap_or(0));
+    real_list.retain(|m| !hide.contains(m));
+    for m in add {
+        if !real_list.contains(&m) {
+            real_list.push(m);
+        }
+    }
+    let want = real_list.len() as CK_ULONG;
+    // SAFETY: `count` is the caller's in/out count (non-null, checked above).
+    let room = unsafe { count.read() };
+    // SAFETY: as above.
+    unsafe { count.write(want) };
+    if list.is_null() {
+        return CKR_OK;
+    }
+    if room < want {
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    // SAFETY: the caller's list has room for `room` >= `want` entries (PKCS#11 contract).
+    unsafe { std::ptr::copy_nonoverlapping(real_list.as_ptr(), list, real_list.len()) };
+    CKR_OK
+}
+
+unsafe extern "C" fn C_GetMechanismInfo(
+    slot: CK_SLOT_ID,
+    mechanism: CK_MECHANISM_TYPE,
+    info: *mut CK_MECHANISM_INFO,
+) -> CK_RV {
+    let v = before("C_GetMechanismInfo", Scope::Slot);
+    if let Some(rv) = v.rv {
+        return rv;
+    }
+    let (hide, _, refuse) = lock(control()).mechanisms();
+    if hide.contains(&mechanism) || refuse.contains(&mechanism) {
+        return CKR_MECHANISM_INVALID;
+    }
+    let f = real_fn!(C_GetMechanismInfo);
+    // SAFETY: forwarded unchanged to the real C_GetMechanismInfo.
+    let rv = unsafe { f(slot, mechanism, info) };
+    finish("C_GetMechanismInfo", &v, rv)
 }
 
 /// Overwrites a scratch buffer that may hold plaintext.
@@ -657,6 +845,18 @@ unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) 
     let rv = unsafe { f(slot, info) };
     if rv == CKR_OK
         && !info.is_null()
+        && let Ok(st) = control().state.lock()
+    {
+        let flags = st.token_flags();
+        // SAFETY: the real module just filled `*info` (a valid CK_TOKEN_INFO the caller owns).
+        unsafe { (*info).flags |= flags };
+        if let Some(max) = st.rw_session_limit() {
+            // SAFETY: as above.
+            unsafe { (*info).ulMaxRwSessionCount = max };
+        }
+    }
+    if rv == CKR_OK
+        && !info.is_null()
         && let Some(max) = control()
             .state
             .lock()
@@ -748,8 +948,6 @@ forward_none! {
 }
 
 forward_slot! {
-    C_GetMechanismList(arg1: CK_SLOT_ID, arg2: *mut CK_MECHANISM_TYPE, arg3: *mut CK_ULONG);
-    C_GetMechanismInfo(arg1: CK_SLOT_ID, arg2: CK_MECHANISM_TYPE, arg3: *mut CK_MECHANISM_INFO);
     C_InitToken(arg1: CK_SLOT_ID, arg2: *mut CK_UTF8CHAR, arg3: CK_ULONG, arg4: *mut CK_UTF8CHAR);
 }
 
@@ -770,9 +968,7 @@ forward_session! {
     C_FindObjectsInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_ATTRIBUTE, arg3: CK_ULONG);
     C_FindObjects(arg1: CK_SESSION_HANDLE, arg2: *mut CK_OBJECT_HANDLE, arg3: CK_ULONG, arg4: *mut CK_ULONG);
     C_FindObjectsFinal(arg1: CK_SESSION_HANDLE);
-    C_EncryptInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
     C_EncryptUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
-    C_DecryptInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
     C_DecryptUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
     C_DigestInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM);
     C_DigestUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG);
@@ -787,15 +983,20 @@ forward_session! {
     C_DecryptDigestUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
     C_SignEncryptUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
     C_DecryptVerifyUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
-    C_GenerateKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: *mut CK_ATTRIBUTE, arg4: CK_ULONG, arg5: *mut CK_OBJECT_HANDLE);
     C_GenerateKeyPair(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: *mut CK_ATTRIBUTE, arg4: CK_ULONG, arg5: *mut CK_ATTRIBUTE, arg6: CK_ULONG, arg7: *mut CK_OBJECT_HANDLE, arg8: *mut CK_OBJECT_HANDLE);
-    C_WrapKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: CK_OBJECT_HANDLE, arg5: *mut CK_BYTE, arg6: *mut CK_ULONG);
-    C_UnwrapKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: *mut CK_BYTE, arg5: CK_ULONG, arg6: *mut CK_ATTRIBUTE, arg7: CK_ULONG, arg8: *mut CK_OBJECT_HANDLE);
     C_DeriveKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: *mut CK_ATTRIBUTE, arg5: CK_ULONG, arg6: *mut CK_OBJECT_HANDLE);
     C_SeedRandom(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG);
     C_GenerateRandom(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG);
     C_GetFunctionStatus(arg1: CK_SESSION_HANDLE);
     C_CancelFunction(arg1: CK_SESSION_HANDLE);
+}
+
+forward_session_mech! {
+    C_EncryptInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
+    C_DecryptInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
+    C_GenerateKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: *mut CK_ATTRIBUTE, arg4: CK_ULONG, arg5: *mut CK_OBJECT_HANDLE);
+    C_WrapKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: CK_OBJECT_HANDLE, arg5: *mut CK_BYTE, arg6: *mut CK_ULONG);
+    C_UnwrapKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: *mut CK_BYTE, arg5: CK_ULONG, arg6: *mut CK_ATTRIBUTE, arg7: CK_ULONG, arg8: *mut CK_OBJECT_HANDLE);
 }
 
 forward_session_ending_op_out! {

@@ -27,6 +27,29 @@ pub enum Fault {
         /// Also report the cap as the token's `ulMaxSessionCount` in `C_GetTokenInfo`.
         advertised: bool,
     },
+    /// Token personality: call the real function, and when it returns `from`, return `to`
+    /// (e.g. a tampered blob as `CKR_DEVICE_ERROR`, a deleted key as `CKR_GENERAL_ERROR`).
+    Remap {
+        /// The real module's code.
+        from: CK_RV,
+        /// The code the caller gets instead.
+        to: CK_RV,
+    },
+    /// Token personality: `C_GetMechanismList` leaves this mechanism out, and
+    /// `C_GetMechanismInfo` calls it `CKR_MECHANISM_INVALID` (the token may still accept it).
+    HideMechanism(CK_MECHANISM_TYPE),
+    /// Token personality: `C_GetMechanismList` lists this mechanism too (e.g. `0x210B`, KWP
+    /// under its PKCS#11 3.0 code).
+    ListMechanism(CK_MECHANISM_TYPE),
+    /// Token personality: `C_EncryptInit`, `C_DecryptInit`, `C_WrapKey`, `C_UnwrapKey` and
+    /// `C_GenerateKey` with this mechanism return `CKR_MECHANISM_INVALID`.
+    RefuseMechanism(CK_MECHANISM_TYPE),
+    /// `C_GetTokenInfo` reports these flags set, on top of the real ones (e.g.
+    /// `CKF_USER_PIN_FINAL_TRY`).
+    TokenFlags(CK_FLAGS),
+    /// `C_GetTokenInfo` reports this `ulMaxRwSessionCount` (the session limit stays the
+    /// token's), as tokens that allow fewer read-write than read-only sessions do.
+    RwSessionLimit(CK_ULONG),
 }
 
 /// A fault, the functions it applies to, and how often.
@@ -143,6 +166,49 @@ impl FaultPlan {
         })
     }
 
+    /// Token personality: return `to` whenever the real module returns `from`.
+    #[must_use]
+    pub fn remap(self, from: CK_RV, to: CK_RV) -> Self {
+        self.push(Fault::Remap { from, to })
+    }
+
+    /// Token personality: leave `mechanism` out of the mechanism list.
+    #[must_use]
+    pub fn hide_mechanism(self, mechanism: CK_MECHANISM_TYPE) -> Self {
+        self.push(Fault::HideMechanism(mechanism))
+    }
+
+    /// Token personality: list `mechanism` too.
+    #[must_use]
+    pub fn list_mechanism(self, mechanism: CK_MECHANISM_TYPE) -> Self {
+        self.push(Fault::ListMechanism(mechanism))
+    }
+
+    /// Token personality: refuse calls with `mechanism` (`CKR_MECHANISM_INVALID`).
+    #[must_use]
+    pub fn refuse_mechanism(self, mechanism: CK_MECHANISM_TYPE) -> Self {
+        self.push(Fault::RefuseMechanism(mechanism))
+    }
+
+    /// Report these token flags as set in `C_GetTokenInfo`.
+    #[must_use]
+    pub fn token_flags(self, flags: CK_FLAGS) -> Self {
+        self.push(Fault::TokenFlags(flags))
+    }
+
+    /// Report `max` as the token's `ulMaxRwSessionCount`.
+    #[must_use]
+    pub fn rw_session_limit(self, max: CK_ULONG) -> Self {
+        self.push(Fault::RwSessionLimit(max))
+    }
+
+    /// Adds every rule of `other` after these.
+    #[must_use]
+    pub fn and(mut self, other: &FaultPlan) -> Self {
+        self.rules.extend(other.rules.iter().cloned());
+        self
+    }
+
     /// Limit the last rule to these functions.
     ///
     /// # Panics
@@ -193,6 +259,14 @@ impl fmt::Display for FaultPlan {
                         f.write_str(" advertised")?;
                     }
                 }
+                Fault::Remap { from, to } => {
+                    write!(f, "remap {} {}", ckr_name(*from), ckr_name(*to))?;
+                }
+                Fault::HideMechanism(m) => write!(f, "hide-mechanism 0x{m:X}")?,
+                Fault::ListMechanism(m) => write!(f, "list-mechanism 0x{m:X}")?,
+                Fault::RefuseMechanism(m) => write!(f, "refuse-mechanism 0x{m:X}")?,
+                Fault::TokenFlags(flags) => write!(f, "token-flags 0x{flags:X}")?,
+                Fault::RwSessionLimit(max) => write!(f, "rw-session-limit {max}")?,
             }
             if !r.functions.is_empty() {
                 write!(f, " on {}", r.functions.join(","))?;
@@ -250,6 +324,16 @@ fn parse_rule(line: &str) -> Result<Rule, String> {
                 advertised: false,
             }
         }
+        "remap" => {
+            let from = parse_ckr(arg()?)?;
+            let to = parse_ckr(arg()?)?;
+            Fault::Remap { from, to }
+        }
+        "hide-mechanism" => Fault::HideMechanism(parse_number(arg()?)?),
+        "list-mechanism" => Fault::ListMechanism(parse_number(arg()?)?),
+        "refuse-mechanism" => Fault::RefuseMechanism(parse_number(arg()?)?),
+        "token-flags" => Fault::TokenFlags(parse_number(arg()?)?),
+        "rw-session-limit" => Fault::RwSessionLimit(parse_number(arg()?)?),
         other => return Err(format!("unknown fault {other:?}")),
     };
     let mut rule_functions = Vec::new();
@@ -281,6 +365,15 @@ fn parse_rule(line: &str) -> Result<Rule, String> {
         functions: rule_functions,
         times,
     })
+}
+
+/// Parses `0x210B` or `8459`.
+fn parse_number(s: &str) -> Result<CK_ULONG, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => CK_ULONG::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|_| format!("bad number {s:?}"))
 }
 
 /// Parses `CKR_DEVICE_ERROR`, `0x30` or `48`.
@@ -471,10 +564,19 @@ mod tests {
             .stuck_after_device_error()
             .latency_ms(20)
             .session_cap(2)
-            .advertised_session_cap(4);
+            .advertised_session_cap(4)
+            .remap(CKR_GENERAL_ERROR, CKR_DEVICE_ERROR)
+            .on(&["C_UnwrapKey"])
+            .hide_mechanism(CKM_AES_KEY_WRAP_PAD)
+            .list_mechanism(0x210B)
+            .refuse_mechanism(CKM_AES_KEY_WRAP_PAD)
+            .token_flags(CKF_USER_PIN_FINAL_TRY)
+            .rw_session_limit(3);
         let text = plan.to_string();
         assert_eq!(text.parse::<FaultPlan>().unwrap(), plan, "{text}");
         assert!(text.contains("fail CKR_DEVICE_ERROR on C_Decrypt,C_Encrypt times 3\n"));
+        assert!(text.contains("remap CKR_GENERAL_ERROR CKR_DEVICE_ERROR on C_UnwrapKey\n"));
+        assert!(text.contains("list-mechanism 0x210B\n"));
         let parsed: FaultPlan = "# comment\n\nfail 0x30 # trailing\nfail 179 on C_Login\n"
             .parse()
             .unwrap();

@@ -38,8 +38,8 @@ impl fmt::Display for TokenSelector {
 pub enum PinSource {
     /// An environment variable, by name.
     Env(String),
-    /// A file (one line; a trailing newline is ignored). It must not be accessible to "other"
-    /// users (mode `o-rwx`).
+    /// A file (one line; a trailing newline is ignored). Neither its group nor other users may
+    /// read or write it (mode `0600` or `0400`).
     File(PathBuf),
 }
 
@@ -57,7 +57,7 @@ impl PinSource {
     ///
     /// # Errors
     /// [`BackendError::Config`] when the variable is unset or empty, or the file is missing,
-    /// unreadable, empty, or accessible to other users.
+    /// unreadable, empty, or readable or writable by its group or other users.
     pub fn load(&self) -> Result<SecretString, BackendError> {
         let pin = match self {
             Self::Env(var) => {
@@ -94,9 +94,9 @@ fn read_pin_file(path: &Path) -> Result<Zeroizing<String>, BackendError> {
         )));
     }
     let mode = meta.mode() & 0o777;
-    if mode & 0o007 != 0 {
+    if mode & 0o066 != 0 {
         return Err(BackendError::Config(format!(
-            "PIN file {} has mode {mode:o} and is accessible to every user; `chmod o-rwx` it (and change the PIN if others may have read it)",
+            "PIN file {} has mode {mode:o}: its group or other users can read or write it; `chmod 600` it (and change the PIN if others may have read it)",
             path.display()
         )));
     }
@@ -140,6 +140,18 @@ pub struct Pkcs11Config {
     /// own: a backend sees only its namespace's keys. 1 to 64 letters, digits, `.`, `_` or `-`.
     /// Default `strongroom` ([`crate::objects::DEFAULT_NAMESPACE`]).
     pub namespace: String,
+    /// A file in which a PIN the token refused is remembered, per token serial, by a salted
+    /// fingerprint (never the PIN), so that later processes do not try the same PIN again and
+    /// spend the token's attempts; a different PIN is tried. Put it in the store's data
+    /// directory. Default `None`: only the process that saw the refusal remembers it.
+    pub pin_state: Option<PathBuf>,
+    /// Log in even when the token reports `CKF_USER_PIN_FINAL_TRY` (one attempt left before the
+    /// PIN locks). Default `false`: strongroom refuses to spend the last attempt.
+    pub allow_final_pin_try: bool,
+    /// Adopt keys that are not marked `CKA_NEVER_EXTRACTABLE` and `CKA_ALWAYS_SENSITIVE`, or are
+    /// not token objects (their material was, or may have been, outside the HSM once). Default
+    /// `false`. Callers should record in their audit log that it was set.
+    pub allow_weak_adoption: bool,
 }
 
 impl Pkcs11Config {
@@ -157,6 +169,9 @@ impl Pkcs11Config {
             checkout_timeout: Duration::from_secs(30),
             import_key_bits: 3072,
             namespace: crate::objects::DEFAULT_NAMESPACE.to_owned(),
+            pin_state: None,
+            allow_final_pin_try: false,
+            allow_weak_adoption: false,
         }
     }
 }
@@ -164,6 +179,12 @@ impl Pkcs11Config {
 /// Hides the PIN in debug output of anything that holds one.
 pub(crate) struct Pin {
     secret: SecretString,
+    /// The serial of the token the PIN is for.
+    pub serial: String,
+    /// Where refused PINs are remembered across processes.
+    pub state: Option<crate::pin_state::PinState>,
+    /// Log in even at `CKF_USER_PIN_FINAL_TRY`.
+    pub allow_final_try: bool,
     /// Set when the token refused this PIN (wrong, locked, expired). No `C_Login` is tried with
     /// it after that: each would spend one of the token's PIN attempts, and a backend that logs
     /// in again on every checkout would lock the PIN within a few operations.
@@ -180,6 +201,9 @@ impl Pin {
     pub(crate) fn new(secret: SecretString) -> Self {
         Self {
             secret,
+            serial: String::new(),
+            state: None,
+            allow_final_try: false,
             refused: OnceLock::new(),
         }
     }
@@ -217,8 +241,15 @@ mod tests {
         );
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = PinSource::File(p.clone()).load().unwrap_err();
-        assert!(e.to_string().contains("chmod o-rwx"), "{e}");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
         assert!(!e.to_string().contains("1234"));
+        for mode in [0o640, 0o620, 0o602, 0o660] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = PinSource::File(p.clone()).load().unwrap_err();
+            assert!(e.to_string().contains("chmod 600"), "{mode:o}: {e}");
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(PinSource::File(p.clone()).load().is_ok());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&p, "\n").unwrap();
         assert!(

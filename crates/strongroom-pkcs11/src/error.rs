@@ -65,6 +65,26 @@ pub(crate) fn classify(e: &CkError) -> Failure {
     }
 }
 
+/// Whether a failed call's code says by itself that the session, the login, the token or the
+/// library is gone, whatever the data was: these go to recovery. `CKR_DEVICE_ERROR` and
+/// `CKR_GENERAL_ERROR` are not among them: tokens return them for bad input too (see
+/// `Pkcs11Backend::failed_unwrap`).
+pub(crate) fn connection_lost(e: &CkError) -> bool {
+    matches!(
+        rv(e),
+        Some(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::UserNotLoggedIn
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::CryptokiNotInitialized
+                | RvError::SlotIdInvalid
+        )
+    )
+}
+
 /// `CKR_...` name of a return code, e.g. `CKR_SESSION_HANDLE_INVALID`.
 pub(crate) fn ckr_name(rv: RvError) -> String {
     let camel = format!("{rv:?}");

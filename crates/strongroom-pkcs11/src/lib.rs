@@ -5,12 +5,18 @@
 //!
 //! - [`Pkcs11Config`]: module, token (by label or slot), PIN from an environment variable or a
 //!   file (never a command-line argument; never stored).
-//! - A session pool shared by threads, one login, sessions checked on checkout, and recovery from
-//!   lost sessions and lost devices by one guarded re-initialize (see [`session`]).
+//! - One library context per module per process, shared by every backend on it (any namespace,
+//!   any token): one generation and one guarded recovery (finalize + initialize) for all; each
+//!   backend re-finds its sessions and checks its cached key handles after a recovery.
+//! - A session pool per backend shared by threads, one login (never with a PIN the token refused,
+//!   in this process or, with `pin_state`, another; never at the PIN's final try), sessions
+//!   checked on checkout (see [`session`]).
 //! - Root keys are sensitive, non-extractable token objects under a documented label scheme
 //!   (see [`objects`]); keys made by other tools can be adopted.
-//! - Mechanisms are probed: AES-GCM (context as AAD) is preferred, then AES-KWP, then AES-KW;
-//!   each wrapped blob records the mechanism it used.
+//! - Mechanisms are probed (the list, then a trial round trip for what it lacks): AES-GCM
+//!   (context as AAD) is preferred, then AES-KWP, then AES-KW; each wrapped blob records the
+//!   mechanism it used. Bad data is told from a failing device by a canary, whatever code the
+//!   token returns.
 //! - BYOK: root key material wrapped under an RSA-OAEP import key made in the token.
 #![forbid(unsafe_code)]
 
@@ -18,7 +24,10 @@ mod backend;
 pub mod config;
 mod der;
 mod error;
+mod library;
+mod mechanisms;
 pub mod objects;
+mod pin_state;
 pub mod session;
 
 pub use backend::{Pkcs11Backend, PoolStats};

@@ -145,6 +145,15 @@ impl Usage {
     pub fn none(self) -> bool {
         !(self.encrypt || self.decrypt || self.wrap || self.unwrap)
     }
+
+    /// Whether this usage includes every flag `need` sets.
+    #[must_use]
+    pub fn permits(self, need: Usage) -> bool {
+        (!need.encrypt || self.encrypt)
+            && (!need.decrypt || self.decrypt)
+            && (!need.wrap || self.wrap)
+            && (!need.unwrap || self.unwrap)
+    }
 }
 
 impl fmt::Display for Usage {

@@ -1,38 +1,48 @@
-//! The session pool and the connection generation it belongs to.
+//! The session pool of one backend in one generation of the library.
 //!
-//! A [`Generation`] is one initialization of the PKCS#11 library: the context, the slot, the
-//! pooled sessions and the cached key handles. When the device is lost, the backend finalizes
-//! and re-initializes the library and starts a new generation. Sessions and handles of an old
-//! generation are never used again and never closed, because after a re-initialize the same
-//! handle numbers can name other sessions and objects (measured on SoftHSM2: numbering restarts
-//! at 1). Sessions are opened without close-on-drop for that reason; the pool closes them itself,
-//! and only while their generation is current.
+//! A `Generation` is what one backend holds during one initialization of the shared library
+//! (see `crate::library`): the slot and the pooled sessions. When the library is recovered
+//! (finalized and initialized again, once for every backend on it), each backend starts a new
+//! generation on its next call. Sessions of an old generation are never used again and never
+//! closed, because after a re-initialize the same handle numbers can name other sessions
+//! (measured on SoftHSM2: numbering restarts at 1). Sessions are opened without close-on-drop
+//! for that reason; the pool closes them itself, and only while their generation is current.
 //!
-//! Every operation holds a read lock on the current generation for its whole attempt; a
-//! re-initialize takes the write lock, so it waits for in-flight calls and no call ever runs on a
-//! stale handle.
+//! Every operation holds a read lock on the library's generation for its whole attempt; a
+//! recovery takes the write lock, so it waits for in-flight calls of every backend and no call
+//! ever runs on a stale handle.
 
-use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{Function, Pkcs11};
+use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
-use strongroom_core::{BackendError, LoginFailure, RootKeyId, WrapAlg};
+use strongroom_core::{BackendError, LoginFailure, WrapAlg};
 
 use crate::config::Pin;
 use crate::error::{Failure, classify, describe};
 
-/// A root key handle resolved in one generation.
-#[derive(Clone, Copy, Debug)]
+/// A root key handle, as last resolved.
+#[derive(Clone, Debug)]
 pub(crate) struct CachedKey {
     pub handle: ObjectHandle,
     /// The algorithm new wraps under this key use.
     pub alg: WrapAlg,
+    /// The generation in which the handle was found or last checked. In any other generation
+    /// it is checked again (class, label and id) before use: after a re-initialize a handle
+    /// number may name another object.
+    pub generation: u64,
+    /// The key's `CKA_LABEL` and `CKA_ID` when it was found.
+    pub label: Vec<u8>,
+    pub id: Vec<u8>,
+    /// The algorithms the key may be used with: by its usage flags and, where the token keeps
+    /// it, `CKA_ALLOWED_MECHANISMS`. A blob of any other algorithm is refused as altered
+    /// before any token call.
+    pub permits: Vec<WrapAlg>,
 }
 
 struct PoolState {
@@ -52,11 +62,6 @@ pub(crate) struct Generation {
     pool: Mutex<PoolState>,
     freed: Condvar,
     cap: usize,
-    keys: Mutex<HashMap<RootKeyId, CachedKey>>,
-    /// Set when a re-initialize failed after finalizing the library: this generation has no
-    /// sessions and opens none; checkouts fail with the error that started the recovery, so
-    /// that callers retry the recovery instead of running on stale handles.
-    lost: Option<(RvError, Function)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -86,40 +91,7 @@ impl Generation {
             }),
             freed: Condvar::new(),
             cap: cap.max(1),
-            keys: Mutex::new(HashMap::new()),
-            lost: None,
         }
-    }
-
-    /// A generation that replaces one whose library was finalized when the re-initialize
-    /// failed: its sessions and handles are void, and it opens none until recovery succeeds.
-    pub(crate) fn lost(
-        id: u64,
-        ctx: Pkcs11,
-        slot: Slot,
-        cap: usize,
-        cause: (RvError, Function),
-    ) -> Self {
-        Self {
-            lost: Some(cause),
-            ..Self::new(id, ctx, slot, cap)
-        }
-    }
-
-    pub(crate) fn cached_key(&self, id: &RootKeyId) -> Option<CachedKey> {
-        lock(&self.keys).get(id).copied()
-    }
-
-    pub(crate) fn cache_key(&self, id: &RootKeyId, key: CachedKey) {
-        lock(&self.keys).insert(id.clone(), key);
-    }
-
-    pub(crate) fn forget_key(&self, id: &RootKeyId) {
-        lock(&self.keys).remove(id);
-    }
-
-    pub(crate) fn forget_all_keys(&self) {
-        lock(&self.keys).clear();
     }
 
     /// (sessions open, sessions idle, cap).
@@ -136,9 +108,6 @@ impl Generation {
         token: &str,
         timeout: Duration,
     ) -> Result<Lease<'_>, CheckoutError> {
-        if let Some((rv, function)) = self.lost {
-            return Err(CheckoutError::Ck(CkError::Pkcs11(rv, function)));
-        }
         let deadline = Instant::now() + timeout;
         loop {
             let mut pool = lock(&self.pool);
@@ -166,7 +135,7 @@ impl Generation {
                 let opened = self.ctx.open_rw_session_no_drop(self.slot);
                 match opened {
                     Ok(s) => {
-                        return match login(&s, pin, token) {
+                        return match login(self, &s, pin, token) {
                             Ok(()) => Ok(Lease::new(self, s, true)),
                             Err(e) => {
                                 self.discard(s, true);
@@ -214,7 +183,7 @@ impl Generation {
         let info = s.get_session_info().map_err(CheckoutError::Ck)?;
         match info.session_state() {
             SessionState::RwUser | SessionState::RoUser => Ok(()),
-            _ => login(s, pin, token),
+            _ => login(self, s, pin, token),
         }
     }
 
@@ -241,17 +210,80 @@ impl Generation {
     }
 }
 
-/// Logs the application in through `s`. `CKR_USER_ALREADY_LOGGED_IN` is success: login state is
-/// per application, not per session.
-pub(crate) fn login(s: &Session, pin: &Pin, token: &str) -> Result<(), CheckoutError> {
+fn refused_earlier(token: &str, why: LoginFailure) -> CheckoutError {
+    CheckoutError::Backend(BackendError::Login {
+        token: token.to_owned(),
+        failure: LoginFailure::RefusedEarlier(Box::new(why)),
+    })
+}
+
+/// Logs the application in through `s`, unless that would spend a PIN attempt for nothing:
+/// - a PIN this process saw refused, or one the state file records as refused by this token
+///   (in any process), is not tried again (until the PIN given changes);
+/// - an application already logged in (login state is per application, not per session) does
+///   not call `C_Login`;
+/// - a token whose flags say the PIN is locked, or has one attempt left
+///   (`CKF_USER_PIN_FINAL_TRY`, unless [`crate::Pkcs11Config::allow_final_pin_try`]), is
+///   refused without a login attempt, with what to do.
+///
+/// `CKR_USER_ALREADY_LOGGED_IN` is success.
+pub(crate) fn login(
+    generation: &Generation,
+    s: &Session,
+    pin: &Pin,
+    token: &str,
+) -> Result<(), CheckoutError> {
     if let Some(earlier) = pin.refused() {
+        return Err(refused_earlier(token, earlier.clone()));
+    }
+    if matches!(
+        s.get_session_info()
+            .map_err(CheckoutError::Ck)?
+            .session_state(),
+        SessionState::RwUser | SessionState::RoUser
+    ) {
+        return Ok(());
+    }
+    // Only before a real C_Login (once per process, and after a logout): the check derives a
+    // PIN fingerprint, which is deliberately slow.
+    if let Some(state) = &pin.state {
+        match state.refused(&pin.serial, pin.expose()) {
+            Ok(Some(why)) => {
+                pin.refuse(why.clone());
+                return Err(refused_earlier(token, why));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(CheckoutError::Backend(e)),
+        }
+    }
+    let info = generation
+        .ctx
+        .get_token_info(generation.slot)
+        .map_err(CheckoutError::Ck)?;
+    if info.user_pin_locked() {
         return Err(CheckoutError::Backend(BackendError::Login {
             token: token.to_owned(),
-            failure: LoginFailure::RefusedEarlier(Box::new(earlier.clone())),
+            failure: LoginFailure::PinLocked,
+        }));
+    }
+    if info.user_pin_final_try() && !pin.allow_final_try {
+        return Err(CheckoutError::Backend(BackendError::Login {
+            token: token.to_owned(),
+            failure: LoginFailure::Other(format!(
+                "the token (serial {}) has one user PIN attempt left before the PIN locks (CKF_USER_PIN_FINAL_TRY); strongroom does not spend it. Check the PIN strongroom is given; then log in once with the token's own tools to reset the count, or set allow_final_pin_try to let strongroom try",
+                pin.serial
+            )),
         }));
     }
     match s.login(UserType::User, Some(pin.expose())) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Ok(()) => {
+            if let Some(state) = &pin.state {
+                // The PIN works: a refusal recorded earlier (of another PIN) is void.
+                let _ = state.clear(&pin.serial);
+            }
+            Ok(())
+        }
+        Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
         Err(CkError::Pkcs11(
             rv @ (RvError::PinIncorrect
             | RvError::PinLocked
@@ -268,6 +300,16 @@ pub(crate) fn login(s: &Session, pin: &Pin, token: &str) -> Result<(), CheckoutE
                 _ => LoginFailure::PinExpired,
             };
             pin.refuse(failure.clone());
+            if let Some(state) = &pin.state
+                && let Err(e) = state.record(&pin.serial, pin.expose(), &failure)
+            {
+                return Err(CheckoutError::Backend(BackendError::Login {
+                    token: token.to_owned(),
+                    failure: LoginFailure::Other(format!(
+                        "{failure}; and it could not be recorded for other processes ({e})"
+                    )),
+                }));
+            }
             Err(CheckoutError::Backend(BackendError::Login {
                 token: token.to_owned(),
                 failure,

@@ -719,4 +719,37 @@ softhsm_tests! {
         assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
         assert_eq!(count_keys_labelled(token, label), 1);
     }
+
+    fn a_token_that_fails_to_describe_itself_is_a_device_error_not_a_missing_token(token) {
+        let control = faults(token);
+        // Once: open retries and succeeds.
+        control.set(&FaultPlan::new().fail(CKR_DEVICE_ERROR).on(&["C_GetTokenInfo"]).times(1)).unwrap();
+        let b = open(token);
+        assert_eq!(control.status().count_in("fail", "C_GetTokenInfo"), 1);
+        drop(b);
+        // Every time: a device error naming the call, never "no token with label".
+        control.set(&FaultPlan::new().fail(CKR_DEVICE_ERROR).on(&["C_GetTokenInfo"])).unwrap();
+        let e = Pkcs11Backend::open(config(token)).unwrap_err();
+        assert!(matches!(e, BackendError::Device { .. }), "{e:?}");
+        assert!(e.to_string().contains("CKR_DEVICE_ERROR") && !e.to_string().contains("no token"), "{e}");
+        control.clear().unwrap();
+    }
+
+    fn the_pool_keeps_to_the_tokens_read_write_session_limit(token) {
+        let control = faults(token);
+        // The token allows many sessions but only 3 read-write ones (the pool's kind).
+        control.set(&FaultPlan::new().rw_session_limit(3)).unwrap();
+        let b = open(token);
+        assert_eq!(b.stats().cap, 3, "{:?}", b.stats());
+        let root = rid("rw", 1);
+        b.generate_root(&root).unwrap();
+        let blobs = wrap_some(&b, &root, 8);
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| assert_unwrap_all(&b, &blobs));
+            }
+        });
+        assert!(b.stats().sessions_opened <= 3, "{:?}", b.stats());
+        control.clear().unwrap();
+    }
 }

@@ -397,6 +397,24 @@ softhsm_tests! {
         assert!(data.contains("strongroom/acme/v1") && data.contains("strongroom"), "{data}");
     }
 
+    fn a_key_that_was_once_extractable_is_adopted_only_with_the_override(token) {
+        // Made extractable, then turned non-extractable: CKA_NEVER_EXTRACTABLE stays false, so
+        // its material may exist outside the HSM.
+        let _ = token.pkcs11_tool(&["--keygen", "--key-type", "AES:32", "--label", "was-loose", "--sensitive", "--extractable"]);
+        let (_ctx, s) = outside_session(token);
+        let key = s.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(b"was-loose".to_vec())]).unwrap()[0];
+        s.update_attributes(key, &[Attribute::Extractable(false)]).unwrap();
+        let b = open(token);
+        let e = b.adopt_root(&rid("weak", 1), "was-loose").unwrap_err();
+        assert!(matches!(e, BackendError::Config(_)) && e.to_string().contains("CKA_NEVER_EXTRACTABLE") && e.to_string().contains("allow_weak_adoption"), "{e}");
+        assert_eq!(b.find_root(&rid("weak", 1)).unwrap(), None, "nothing recorded");
+        let b = open_with(token, |c| c.allow_weak_adoption = true);
+        b.adopt_root(&rid("weak", 1), "was-loose").unwrap();
+        let k = Key256::generate().unwrap();
+        let blob = b.wrap(&rid("weak", 1), &k, b"c").unwrap();
+        assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
+    }
+
     fn a_key_made_by_pkcs11_tool_can_be_adopted(token) {
         let _ = token.pkcs11_tool(&["--keygen", "--key-type", "AES:32", "--label", "customer-key", "--id", "c0ffee", "--sensitive"]);
         let _ = token.pkcs11_tool(&["--keygen", "--key-type", "AES:32", "--label", "loose-key", "--id", "0bad", "--sensitive", "--extractable"]);
