@@ -34,8 +34,8 @@ use strongroom_core::{Key256, KeyState, KeyringName, RootKeyName, SoftBackend};
 use strongroom_pkcs11::objects::{DEFAULT_NAMESPACE, KeyLocator, RootRecord, check_namespace};
 use strongroom_pkcs11::{PinSource, TokenSelector};
 use strongroom_store::format::{
-    KeyringEntry, RootEntry, StoreMeta, keyring_name, parse_root_key, parse_versioned_key,
-    root_key, versioned_key,
+    KEYRING_ENTRY_VERSION, KeyringEntry, ROOT_ENTRY_VERSION, RootEntry, StoreMeta, keyring_name,
+    parse_root_key, parse_versioned_key, root_key, split_sealed, versioned_key,
 };
 use strongroom_store::{AuditEntry, BatchOp, Store, StoreError, StoreOptions};
 
@@ -117,11 +117,27 @@ pub fn store_meta(data: &[u8]) {
         assert!(m.backend_kind.len() <= MAX_NAME_LEN);
         assert_eq!(m.to_bytes(), data, "store metadata is canonical");
     }
+    // Entries of the current version are canonical; an older one reads into the same entry
+    // its current-version bytes hold.
     if let Ok(r) = RootEntry::parse(data) {
-        assert_eq!(r.to_bytes(), data, "root entries are canonical");
+        if data.first() == Some(&ROOT_ENTRY_VERSION) {
+            assert_eq!(r.to_bytes(), data, "root entries are canonical");
+        }
+        assert_eq!(RootEntry::parse(&r.to_bytes()).as_ref(), Ok(&r));
     }
     if let Ok(k) = KeyringEntry::parse(data) {
-        assert_eq!(k.to_bytes(), data, "keyring entries are canonical");
+        if data.first() == Some(&KEYRING_ENTRY_VERSION) {
+            assert_eq!(k.to_bytes(), data, "keyring entries are canonical");
+        }
+        assert_eq!(KeyringEntry::parse(&k.to_bytes()).as_ref(), Ok(&k));
+    }
+    // As the catalog stores them (sealed: entry ‖ MAC): never a panic, and the entry inside is
+    // the one the bytes before the MAC hold.
+    if let Ok(sealed) = split_sealed("catalog entry", data) {
+        if let Ok(k) = KeyringEntry::parse_stored(data) {
+            assert_eq!(KeyringEntry::parse(sealed.body).as_ref(), Ok(&k));
+        }
+        let _ = RootEntry::parse_stored(data);
     }
     if let Ok((name, version)) = parse_root_key(data) {
         assert_eq!(
@@ -1110,7 +1126,9 @@ impl Model {
                 if let Some(out) = self.root_refusal(*r) {
                     return out;
                 }
+                // A move makes a fresh KEK (and DEK) under the new root.
                 self.keyrings[*i].root = *r;
+                self.keyrings[*i].kek += 1;
                 Out::Ok
             }
             Op::RotateRoot(r) => self.root_refusal(*r).unwrap_or_else(|| {
@@ -1328,7 +1346,7 @@ impl StoreRun {
                 continue;
             }
             // One KEK, wrapped under the current version of the keyring's root (a rotation
-            // rewraps at once, a move rewraps in the same transaction).
+            // rewraps at once; a move makes a fresh one and erases the old when it finishes).
             let root_id = info.kek_versions.first().and_then(|(_, r)| r.clone());
             assert_eq!(info.kek_versions.len(), 1, "keyring {name} {}", at());
             assert_eq!(info.kek_versions[0].0, info.current_kek);
