@@ -44,6 +44,10 @@ pub struct Cli {
     /// Who is acting, recorded in the audit log.
     #[arg(long, global = true, env = "STRONGROOM_ACTOR", value_name = "NAME")]
     pub actor: Option<String>,
+    /// PKCS#11: log in even when the token says the next wrong PIN locks it (`FINAL_TRY`).
+    /// Only with a PIN you know is right.
+    #[arg(long, global = true)]
+    pub allow_final_pin_try: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -190,6 +194,10 @@ pub struct InitArgs {
     /// (a label, `label:LABEL` or `id:HEX`).
     #[arg(long, value_name = "SELECTOR")]
     pub adopt_root: Option<String>,
+    /// Adopt a key that was once extractable, not always sensitive, or is not a token object
+    /// (recorded in the audit log). Without it such a key is refused.
+    #[arg(long, requires = "adopt_root")]
+    pub allow_weak_adoption: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -201,6 +209,10 @@ pub enum RootCmd {
         /// Adopt this existing key in the token instead of generating one (label or id:HEX).
         #[arg(long, value_name = "SELECTOR")]
         adopt: Option<String>,
+        /// Adopt a key that was once extractable, not always sensitive, or is not a token
+        /// object (recorded in the audit log). Without it such a key is refused.
+        #[arg(long, requires = "adopt")]
+        allow_weak_adoption: bool,
     },
     /// Rotate: a new version; every KEK under the old ones is rewrapped (resumable).
     Rotate {

@@ -111,7 +111,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
         }
     };
     r.add(Status::Ok, "record cipher", record_cipher());
-    let backend = match ops::backend(&config, &cli.data) {
+    let backend = match ops::backend(&config, &cli.data, ops::Overrides::of(cli)) {
         Ok(b) => b,
         Err(e) => {
             r.add(Status::Fail, "backend", e.to_string());

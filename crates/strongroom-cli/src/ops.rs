@@ -282,27 +282,52 @@ pub(crate) fn actor(cli: &Cli) -> String {
 /// The configuration of the store in the data directory.
 pub(crate) fn read_config(data: &Path) -> Result<Config, CliError> {
     let path = data.join(CONFIG_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(CliError::NotFound(format!(
-                "no strongroom store at {} (no {CONFIG_FILE}); create one with `strongroom init`, or point --data (or STRONGROOM_DATA) at an existing store",
-                data.display()
-            )));
-        }
-        Err(e) => return Err(CliError::Other(format!("reading {}: {e}", path.display()))),
-    };
+    if let Err(e) = std::fs::symlink_metadata(&path)
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        return Err(CliError::NotFound(format!(
+            "no strongroom store at {} (no {CONFIG_FILE}); create one with `strongroom init`, or point --data (or STRONGROOM_DATA) at an existing store",
+            data.display()
+        )));
+    }
+    // It names the module that gets loaded: refused if others can change it.
+    let text = Config::read_checked(&path).map_err(|e| CliError::Usage(e.to_string()))?;
     Config::parse(&text).map_err(|e| CliError::Other(format!("{e} (in {})", data.display())))
 }
 
-/// The backend a configuration names.
-pub(crate) fn backend(config: &Config, data: &Path) -> Result<Arc<dyn Backend>, CliError> {
+/// How the command line loosens the backend's own safety checks (each one an explicit flag).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Overrides {
+    /// `--allow-final-pin-try`.
+    pub final_pin_try: bool,
+    /// `--allow-weak-adoption`.
+    pub weak_adoption: bool,
+}
+
+impl Overrides {
+    pub(crate) fn of(cli: &Cli) -> Self {
+        Self {
+            final_pin_try: cli.allow_final_pin_try,
+            weak_adoption: false,
+        }
+    }
+}
+
+/// The backend a configuration names. A PKCS#11 backend remembers a PIN the token refused in
+/// the data directory, so that no later process tries it again.
+pub(crate) fn backend(
+    config: &Config,
+    data: &Path,
+    overrides: Overrides,
+) -> Result<Arc<dyn Backend>, CliError> {
     Ok(match &config.backend {
         BackendConfig::Soft => Arc::new(SoftBackend::open(data)?),
         BackendConfig::Pkcs11 { .. } => {
-            let c = config
-                .pkcs11()
+            let mut c = config
+                .pkcs11_in(data)
                 .ok_or_else(|| CliError::Other("internal: no PKCS#11 configuration".into()))?;
+            c.allow_final_pin_try = overrides.final_pin_try;
+            c.allow_weak_adoption = overrides.weak_adoption;
             Arc::new(Pkcs11Backend::open(c)?)
         }
     })
@@ -320,8 +345,13 @@ pub(crate) fn options(cli: &Cli, config: &Config) -> StoreOptions {
 
 /// Opens the store in the data directory with its configured backend.
 pub(crate) fn open(cli: &Cli) -> Result<Store, CliError> {
+    open_with(cli, Overrides::of(cli))
+}
+
+/// [`open`], with the backend's checks loosened as `overrides` says.
+pub(crate) fn open_with(cli: &Cli, overrides: Overrides) -> Result<Store, CliError> {
     let config = read_config(&cli.data)?;
-    let backend = backend(&config, &cli.data)?;
+    let backend = backend(&config, &cli.data, overrides)?;
     Ok(Store::open(&cli.data, backend, options(cli, &config))?)
 }
 
@@ -543,12 +573,22 @@ fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
                 made_key_file = true;
                 Arc::new(b)
             }
-            BackendConfig::Pkcs11 { .. } => backend(&config, data)?,
+            BackendConfig::Pkcs11 { .. } => backend(
+                &config,
+                data,
+                Overrides {
+                    weak_adoption: a.allow_weak_adoption,
+                    ..Overrides::of(cli)
+                },
+            )?,
         };
         if let Some(sel) = &a.adopt_root {
             backend.adopt_root(&RootKeyId::new(root.clone(), RootVersion::FIRST), sel)?;
         }
         let store = Store::create(data, Arc::clone(&backend), &root, options(cli, &config))?;
+        if let Some(sel) = &a.adopt_root {
+            store.record_adoption(&root, sel, a.allow_weak_adoption)?;
+        }
         write_private(&data.join(CONFIG_FILE), config.to_text().as_bytes())?;
         Ok((store, backend))
     })();
@@ -593,15 +633,34 @@ fn state_text(s: KeyState) -> String {
 }
 
 fn root(cli: &Cli, out: &Out, cmd: &RootCmd) -> Result<(), CliError> {
-    let s = open(cli)?;
+    let s = match cmd {
+        RootCmd::Create {
+            allow_weak_adoption: true,
+            ..
+        } => open_with(
+            cli,
+            Overrides {
+                weak_adoption: true,
+                ..Overrides::of(cli)
+            },
+        )?,
+        _ => open(cli)?,
+    };
     match cmd {
-        RootCmd::Create { name, adopt } => {
+        RootCmd::Create {
+            name,
+            adopt,
+            allow_weak_adoption,
+        } => {
             let n = rn(name)?;
             if let Some(sel) = adopt {
                 s.backend()
                     .adopt_root(&RootKeyId::new(n.clone(), RootVersion::FIRST), sel)?;
             }
             s.create_root(&n)?;
+            if let Some(sel) = adopt {
+                s.record_adoption(&n, sel, *allow_weak_adoption)?;
+            }
             out.result(
                 || format!("root key {n}/v1 created"),
                 || Json::obj([("root", Json::str(&n)), ("version", Json::Num(1))]),

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -428,6 +429,14 @@ fn missing_store_and_broken_configuration() {
     )
     .unwrap();
     sr(&data, &["keyring", "list"]).fails(6, "chmod 600");
+    // strongroom.conf names the PKCS#11 module that gets loaded: one that others can change is
+    // refused.
+    let (_d4, data) = new_store();
+    let conf = data.join("strongroom.conf");
+    std::fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o620)).unwrap();
+    sr(&data, &["keyring", "list"]).fails(2, "chmod go-w");
+    std::fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    sr(&data, &["keyring", "list"]).ok();
 }
 
 #[test]
@@ -647,6 +656,35 @@ fn p11_init(token: &Token, data: &Path, extra: &[&str]) -> Run {
     run_with(c, None)
 }
 
+/// Turns a key's `CKA_EXTRACTABLE` off from outside strongroom (what another tool could do):
+/// its `CKA_NEVER_EXTRACTABLE` stays false.
+fn make_non_extractable(token: &Token, label: &str) {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::object::{Attribute, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let ctx = Pkcs11::new(&token.module).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == token.label)
+        .unwrap();
+    let s = ctx.open_rw_session(slot).unwrap();
+    s.login(UserType::User, Some(&AuthPin::new(token.user_pin.clone().into())))
+        .unwrap();
+    let key = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .unwrap()[0];
+    s.update_attributes(key, &[Attribute::Extractable(false)])
+        .unwrap();
+}
+
 fn p11(data: &Path, pin: &str, args: &[&str]) -> Run {
     let mut c = cmd(data, args);
     c.env("STRONGROOM_PIN", pin);
@@ -681,7 +719,17 @@ softhsm_tests! {
             assert!(doc.contains(must), "doctor lacks {must:?}:\n{doc}");
         }
         // The bad-input cases, each one line with the fix.
-        p11(d, "0000", &["get", "payroll", "alice"]).fails(6, "wrong PIN");
+        p11(d, "wrong-pin-z", &["get", "payroll", "alice"]).fails(6, "wrong PIN");
+        // A PIN the token refused is remembered in the data directory (a salted fingerprint,
+        // never the PIN): the next process does not spend another attempt on it.
+        p11(d, "wrong-pin-z", &["get", "payroll", "alice"]).fails(6, "refused this PIN earlier");
+        let state = d.join("pkcs11-refused-pins");
+        let text = std::fs::read_to_string(&state).unwrap();
+        assert!(!text.contains("wrong-pin-z"), "{text}");
+        assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o600);
+        // The right PIN still works, and clears the record.
+        assert_eq!(p11(d, pin, &["get", "payroll", "alice"]).ok().out(), "salary=100");
+        p11(d, "wrong-pin-z", &["get", "payroll", "alice"]).fails(6, "wrong PIN");
         let no_pin = run_with(cmd(d, &["get", "payroll", "alice"]), None);
         assert_eq!(no_pin.code, 6, "{}", no_pin.stderr);
         assert!(no_pin.stderr.contains("STRONGROOM_PIN is not set"), "{}", no_pin.stderr);
@@ -765,6 +813,20 @@ softhsm_tests! {
         assert_eq!(p11(&data, pin, &["get", "k", "a"]).ok().out(), "b");
         let roots = p11(&data, pin, &["--json", "root", "list"]).ok().json();
         assert_eq!(roots[0]["name"], "customer");
+        // The adoption is in the audit log, and says what was adopted.
+        let log = p11(&data, pin, &["audit", "log"]).ok().out();
+        let line = log.lines().find(|l| l.contains("root.adopt")).unwrap_or_else(|| panic!("{log}"));
+        assert!(line.contains("customer-root") && !line.contains("allow-weak-adoption"), "{line}");
+
+        // A key that was once extractable (its material may exist outside the HSM) is refused,
+        // unless the operator says so; that is recorded too.
+        let _ = token.pkcs11_tool(&["--keygen", "--key-type", "AES:32", "--label", "was-loose", "--sensitive", "--extractable"]);
+        make_non_extractable(token, "was-loose");
+        p11(&data, pin, &["root", "create", "weak", "--adopt", "was-loose"]).fails(6, "CKA_NEVER_EXTRACTABLE");
+        p11(&data, pin, &["root", "create", "weak", "--adopt", "was-loose", "--allow-weak-adoption"]).ok();
+        let log = p11(&data, pin, &["audit", "log"]).ok().out();
+        let line = log.lines().filter(|l| l.contains("root.adopt")).nth(1).unwrap_or_else(|| panic!("{log}"));
+        assert!(line.contains("was-loose") && line.contains("--allow-weak-adoption"), "{line}");
     }
 }
 

@@ -94,6 +94,8 @@ ops! {
     RootDestructionCancelled = 9 => "root.cancel-destroy",
     /// A root key was destroyed.
     RootDestroyed = 10 => "root.destroy",
+    /// A root key version was adopted from a key that existed in the backend.
+    RootAdopted = 11 => "root.adopt",
     /// A keyring was created.
     KeyringCreated = 20 => "keyring.create",
     /// A keyring's KEK was rotated.

@@ -182,6 +182,37 @@ impl Store {
         self.root(name)
     }
 
+    /// Records in the audit log that root key `name` (version 1) is a key adopted from the
+    /// backend by `selector`, and whether the backend's adoption checks were overridden
+    /// (`weak`: a key that was once extractable, not always sensitive, or not a token object).
+    ///
+    /// # Errors
+    /// [`StoreError::RootNotFound`], or the audit log cannot be written.
+    pub fn record_adoption(
+        &self,
+        name: &RootKeyName,
+        selector: &str,
+        weak: bool,
+    ) -> Result<(), StoreError> {
+        let _w = self.write_lifecycle();
+        if !self.read_catalog().roots.contains_key(name) {
+            return Err(StoreError::RootNotFound { name: name.clone() });
+        }
+        self.commit(
+            AuditOp::RootAdopted,
+            format!("root {name}/v1"),
+            if weak {
+                format!(
+                    "adopted the backend's key {selector} with the adoption checks overridden (--allow-weak-adoption): it may once have been extractable, or not always sensitive, or not a token object"
+                )
+            } else {
+                format!("adopted the backend's key {selector}")
+            },
+            |_| Ok(()),
+        )
+        .map(|_| ())
+    }
+
     /// Rotates root key `name`: makes a new version, then rewraps every KEK under the old
     /// versions under it, one at a time ([`Store::rewrap_root`]; resumable after a crash).
     /// Returns the new version.
