@@ -75,6 +75,7 @@ impl CliError {
                 e if e.is_access_refused() => 4,
                 StoreError::Backend { source, .. } => backend_code(source),
                 StoreError::WrongBackend { .. } => 6,
+                StoreError::KeysOfAnotherStore { .. } => 2,
                 // A key or value over the limits is bad input.
                 StoreError::TooLarge { .. } => 2,
                 // Everything else (a state change the key's state does not allow, a key still

@@ -582,10 +582,16 @@ fn init(cli: &Cli, out: &Out, a: &InitArgs) -> Result<(), CliError> {
                 },
             )?,
         };
-        if let Some(sel) = &a.adopt_root {
-            backend.adopt_root(&RootKeyId::new(root.clone(), RootVersion::FIRST), sel)?;
-        }
-        let store = Store::create(data, Arc::clone(&backend), &root, options(cli, &config))?;
+        let store = match &a.adopt_root {
+            Some(sel) => Store::create_adopting(
+                data,
+                Arc::clone(&backend),
+                &root,
+                sel,
+                options(cli, &config),
+            )?,
+            None => Store::create(data, Arc::clone(&backend), &root, options(cli, &config))?,
+        };
         if let Some(sel) = &a.adopt_root {
             store.record_adoption(&root, sel, a.allow_weak_adoption)?;
         }

@@ -425,7 +425,7 @@ fn missing_store_and_broken_configuration() {
     let (_d3, data) = new_store();
     std::fs::set_permissions(
         data.join("soft-root-keys"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
     sr(&data, &["keyring", "list"]).fails(6, "chmod 600");
@@ -433,9 +433,9 @@ fn missing_store_and_broken_configuration() {
     // refused.
     let (_d4, data) = new_store();
     let conf = data.join("strongroom.conf");
-    std::fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o620)).unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o620)).unwrap();
     sr(&data, &["keyring", "list"]).fails(2, "chmod go-w");
-    std::fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
     sr(&data, &["keyring", "list"]).ok();
 }
 
@@ -673,8 +673,11 @@ fn make_non_extractable(token: &Token, label: &str) {
         .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == token.label)
         .unwrap();
     let s = ctx.open_rw_session(slot).unwrap();
-    s.login(UserType::User, Some(&AuthPin::new(token.user_pin.clone().into())))
-        .unwrap();
+    s.login(
+        UserType::User,
+        Some(&AuthPin::new(token.user_pin.clone().into())),
+    )
+    .unwrap();
     let key = s
         .find_objects(&[
             Attribute::Class(ObjectClass::SECRET_KEY),
@@ -750,7 +753,7 @@ softhsm_tests! {
         let data = dir.path().join("data");
         let pin_file = dir.path().join("pin");
         std::fs::write(&pin_file, &token.user_pin).unwrap();
-        std::fs::set_permissions(&pin_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         // Both given relative to the directory init runs in.
         let cwd = dir.path().canonicalize().unwrap();
         let module = token.module.canonicalize().unwrap();
@@ -800,6 +803,11 @@ softhsm_tests! {
         std::fs::write(&conf, text.replace(&ns, "store-b")).unwrap();
         p11(&a, pin, &["get", "k", "x"]).fails(6, "pkcs11.namespace");
         p11_init(token, &dir.path().join("c"), &["--namespace", "no/slash"]).fails(2, "namespace");
+        // One store per namespace: a third store on b's namespace is refused, naming b.
+        let refused = p11_init(token, &dir.path().join("c"), &["--namespace", "store-b"]);
+        let err = refused.fails(2, "belong to store").stderr.clone();
+        assert!(err.contains(b.to_str().unwrap()) && err.contains("--namespace"), "{err}");
+        assert!(!dir.path().join("c").exists(), "a refused init leaves nothing behind");
     }
 
     fn init_can_adopt_a_key_made_by_pkcs11_tool(token) {

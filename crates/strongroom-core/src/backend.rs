@@ -245,6 +245,26 @@ pub trait Backend: Send + Sync {
         Err(self.not_supported("destroy a root key"))
     }
 
+    /// Which store this backend's keys belong to, if one has claimed them. A backend whose keys
+    /// several stores could reach (a namespace in a shared HSM token) records it, so that a
+    /// second store never takes the first one's keys for its own; one whose keys live with a
+    /// single store (the soft backend's key file is in the store directory) does not.
+    ///
+    /// # Errors
+    /// [`BackendError::NotSupported`] for a backend that does not record it.
+    fn store_claim(&self) -> Result<Option<StoreClaim>, BackendError> {
+        Err(self.not_supported("record which store its keys belong to"))
+    }
+
+    /// Records that this backend's keys belong to `claim` (replacing a claim there was).
+    ///
+    /// # Errors
+    /// [`BackendError::NotSupported`] for a backend that does not record it.
+    fn set_store_claim(&self, claim: &StoreClaim) -> Result<(), BackendError> {
+        let _ = claim;
+        Err(self.not_supported("record which store its keys belong to"))
+    }
+
     /// The [`BackendError::NotSupported`] for `operation` on this backend.
     fn not_supported(&self, operation: &'static str) -> BackendError {
         BackendError::NotSupported {
@@ -252,6 +272,15 @@ pub trait Backend: Send + Sync {
             operation,
         }
     }
+}
+
+/// The store a backend's keys belong to ([`Backend::store_claim`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreClaim {
+    /// The store's id.
+    pub store_id: [u8; 16],
+    /// Where the store was created (its data directory), to name it to an operator.
+    pub location: String,
 }
 
 impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
@@ -306,5 +335,11 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
     fn destroy_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
         (**self).destroy_root(id)
+    }
+    fn store_claim(&self) -> Result<Option<StoreClaim>, BackendError> {
+        (**self).store_claim()
+    }
+    fn set_store_claim(&self, claim: &StoreClaim) -> Result<(), BackendError> {
+        (**self).set_store_claim(claim)
     }
 }

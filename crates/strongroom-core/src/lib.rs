@@ -31,7 +31,7 @@ pub mod soft;
 pub mod state;
 
 pub use backend::{
-    Backend, BackendInfo, Capabilities, HealthCheck, ImportKey, RootKeyInfo, RootStatus,
+    Backend, BackendInfo, Capabilities, HealthCheck, ImportKey, RootKeyInfo, RootStatus, StoreClaim,
 };
 pub use blob::{WrapAlg, WrappedKey, WrappingKeyRef};
 pub use crypto::IntegrityError;

@@ -31,7 +31,9 @@ use strongroom_core::id::MAX_NAME_LEN;
 use strongroom_core::record::{RECORD_HEADER_LEN, RecordCipher, RecordHeader};
 use strongroom_core::soft::keyfile::KeyFile;
 use strongroom_core::{Key256, KeyState, KeyringName, RootKeyName, SoftBackend};
-use strongroom_pkcs11::objects::{DEFAULT_NAMESPACE, KeyLocator, RootRecord, check_namespace};
+use strongroom_pkcs11::objects::{
+    ClaimRecord, DEFAULT_NAMESPACE, KeyLocator, RootRecord, check_namespace,
+};
 use strongroom_pkcs11::{PinSource, TokenSelector};
 use strongroom_store::format::{
     KEYRING_ENTRY_VERSION, KeyringEntry, ROOT_ENTRY_VERSION, RootEntry, StoreMeta, keyring_name,
@@ -276,6 +278,10 @@ pub fn pkcs11_root_record(data: &[u8]) {
         assert_eq!(RootRecord::parse(&bytes).unwrap().to_bytes(), bytes);
         assert!(!matches!(&r.key, KeyLocator::Label(l) if l.is_empty()));
         assert!(!matches!(&r.key, KeyLocator::Id(id) if id.is_empty()));
+    }
+    // The store claim of a namespace: canonical (what parses writes back the same bytes).
+    if let Ok(c) = ClaimRecord::parse(data) {
+        assert_eq!(c.to_bytes(), data, "store claims are canonical");
     }
     if let Ok(s) = std::str::from_utf8(data)
         && let Ok(loc) = KeyLocator::from_selector(s)

@@ -8,6 +8,7 @@
 //! BYOK import key pair           PRIVATE_KEY, <ns>/import            <ns>/import
 //!                                PUBLIC_KEY
 //! temporary objects              SECRET_KEY   <ns>/tmp/<hex>         -      session objects only
+//! store claim                    DATA         <ns>/store             -      CKA_APPLICATION "strongroom-store"
 //! ```
 //! so `pkcs11-tool --list-objects --login` shows each root version under a readable name.
 //! `<ns>` is the backend's namespace ([`crate::Pkcs11Config::namespace`], `strongroom` by
@@ -43,6 +44,59 @@ use strongroom_core::{RootKeyId, RootKeyName, RootVersion};
 
 /// `CKA_APPLICATION` of strongroom's data objects.
 pub(crate) const APPLICATION: &[u8] = b"strongroom";
+/// `CKA_APPLICATION` of the store claim (not a root record).
+pub(crate) const CLAIM_APPLICATION: &[u8] = b"strongroom-store";
+const CLAIM_MAGIC: &str = "strongroom-store v1";
+/// Longest location a claim keeps.
+const MAX_CLAIM_LOCATION: usize = 4096;
+
+/// The store claim of a namespace (a private data object `<ns>/store`): which store the
+/// namespace's keys belong to, so that a second store is never created on them. One line of
+/// text: `strongroom-store v1; id=<32 hex>; at=<location>` (`at` last: a path may hold
+/// anything but a line break).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRecord {
+    /// The store's id.
+    pub store_id: [u8; 16],
+    /// Where the store was created.
+    pub location: String,
+}
+
+impl ClaimRecord {
+    /// Serializes.
+    #[must_use]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let id: String = self.store_id.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{CLAIM_MAGIC}; id={id}; at={}", self.location).into_bytes()
+    }
+
+    /// Parses, strictly.
+    ///
+    /// # Errors
+    /// What is wrong, in words.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
+        let rest = text
+            .strip_prefix(CLAIM_MAGIC)
+            .and_then(|r| r.strip_prefix("; id="))
+            .ok_or("not a strongroom store claim")?;
+        let (id, location) = rest.split_once("; at=").ok_or("no location")?;
+        if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err("the store id is not 32 lowercase hex digits".into());
+        }
+        let mut store_id = [0u8; 16];
+        for (i, b) in store_id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&id[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        if location.len() > MAX_CLAIM_LOCATION || location.contains(['\n', '\r']) {
+            return Err("the location is too long or spans lines".into());
+        }
+        Ok(Self {
+            store_id,
+            location: location.to_owned(),
+        })
+    }
+}
 const RECORD_MAGIC: &str = "strongroom-root v1";
 /// The namespace used when none is configured.
 pub const DEFAULT_NAMESPACE: &str = "strongroom";
@@ -113,6 +167,11 @@ impl Labels {
     /// The label (and ID) of the BYOK import key pair.
     pub(crate) fn import(&self) -> String {
         format!("{}/import", self.ns)
+    }
+
+    /// The label of the namespace's store claim.
+    pub(crate) fn store(&self) -> String {
+        format!("{}/store", self.ns)
     }
 
     /// A fresh label for a temporary session object.
@@ -325,6 +384,34 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn store_claims_round_trip_and_are_strict() {
+        let c = ClaimRecord {
+            store_id: [0xab; 16],
+            location: "/srv/data; at=odd".into(),
+        };
+        let b = c.to_bytes();
+        assert_eq!(
+            std::str::from_utf8(&b).unwrap(),
+            "strongroom-store v1; id=abababababababababababababababab; at=/srv/data; at=odd"
+        );
+        assert_eq!(ClaimRecord::parse(&b), Ok(c));
+        for bad in [
+            &b"strongroom-store v1; id=ABABABABABABABABABABABABABABABAB; at=/x"[..],
+            b"strongroom-store v1; id=abab; at=/x",
+            b"strongroom-store v1; id=abababababababababababababababab; at=/x\n",
+            b"strongroom-root v1; id=abababababababababababababababab; at=/x",
+            b"strongroom-store v1; id=abababababababababababababababab",
+        ] {
+            assert!(
+                ClaimRecord::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

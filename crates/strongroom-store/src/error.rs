@@ -132,6 +132,14 @@ pub enum StoreError {
         /// Which entry, or what about the catalog.
         what: String,
     },
+    /// The backend's keys belong to another store (one store per PKCS#11 namespace).
+    #[error(
+        "{what}: a second store on the same keys would share its root keys (disabling one's primary root would lock the other out); choose another namespace (`strongroom init --namespace NAME`), or use that store"
+    )]
+    KeysOfAnotherStore {
+        /// Whose keys they are.
+        what: String,
+    },
     /// A stored structure did not parse.
     #[error("{what} in the store is unreadable: {source}; restore the store from a backup")]
     Corrupt {

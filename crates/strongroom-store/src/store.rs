@@ -12,7 +12,7 @@ use strongroom_core::crypto::kwp_unwrap_bound;
 use strongroom_core::record::RecordCipher;
 use strongroom_core::{
     Backend, BackendError, DekVersion, FormatError, KekVersion, Key256, KeyState, KeyringName,
-    RootKeyId, RootKeyName, RootVersion, Timestamp,
+    RootKeyId, RootKeyName, RootVersion, StoreClaim, Timestamp,
 };
 
 use crate::audit::{self, AuditKey, AuditOp, Event, Outcome};
@@ -264,18 +264,46 @@ fn parse_blob(bytes: &[u8], what: impl Fn() -> String) -> Result<WrappedKey, Sto
 
 impl Store {
     /// Creates a store in `dir` (which must not hold one) on `backend`, with `primary_root` as
-    /// its first root key (made in the backend, or adopted if the backend already holds
-    /// version 1 of it from an interrupted earlier attempt), which also protects the audit log.
+    /// its first root key (made in the backend, or taken over if the backend already holds
+    /// version 1 of it from an interrupted earlier attempt in this directory), which also
+    /// protects the audit log. The backend's keys are claimed for this store first: keys that
+    /// belong to another store are refused ([`StoreError::KeysOfAnotherStore`]).
     ///
     /// # Errors
-    /// [`StoreError::AlreadyExists`], a backend error, or a storage error.
+    /// [`StoreError::AlreadyExists`], [`StoreError::KeysOfAnotherStore`], a backend error, or a
+    /// storage error.
     pub fn create(
         dir: impl AsRef<Path>,
         backend: Arc<dyn Backend>,
         primary_root: &RootKeyName,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::create_inner(dir.as_ref(), backend, primary_root, None, options)
+    }
+
+    /// [`Store::create`] with a primary root adopted from a key the backend already holds
+    /// (`selector`: a label, `label:LABEL` or `id:HEX`; see [`Backend::adopt_root`]).
+    ///
+    /// # Errors
+    /// As [`Store::create`]; a key the backend will not adopt.
+    pub fn create_adopting(
+        dir: impl AsRef<Path>,
+        backend: Arc<dyn Backend>,
+        primary_root: &RootKeyName,
+        selector: &str,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        Self::create_inner(dir.as_ref(), backend, primary_root, Some(selector), options)
+    }
+
+    fn create_inner(
+        dir: &Path,
+        backend: Arc<dyn Backend>,
+        primary_root: &RootKeyName,
+        adopt: Option<&str>,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let dir = dir.to_path_buf();
         if storage::current_db_dir(&dir)?.exists() {
             return Err(StoreError::AlreadyExists { path: dir });
         }
@@ -294,7 +322,20 @@ impl Store {
             backend_instance: info.instance_id,
             primary_root: primary_root.clone(),
         };
+        // One store per set of backend keys: claimed before the first key is made.
+        claim_backend(&*backend, &store_id, &dir)?;
         let root = RootKeyId::new(primary_root.clone(), RootVersion::FIRST);
+        if let Some(selector) = adopt {
+            match backend.adopt_root(&root, selector) {
+                // Adopted by an earlier attempt here that did not finish.
+                Ok(_) | Err(BackendError::RootExists { .. }) => {}
+                Err(e) => {
+                    return Err(StoreError::backend(format!(
+                        "adopting {selector} as root key {root}"
+                    ))(e));
+                }
+            }
+        }
         ensure_backend_root(&*backend, &root)?;
         let audit_key = Key256::generate()?;
         let audit_blob = backend
@@ -382,6 +423,28 @@ impl Store {
                 expected: format!("{} {}", meta.backend_kind, meta.backend_instance),
                 found: format!("{} {}", info.kind, info.instance_id),
             });
+        }
+        match backend.store_claim() {
+            Ok(Some(c)) if c.store_id != meta.store_id => {
+                return Err(StoreError::KeysOfAnotherStore {
+                    what: format!(
+                        "the backend's keys belong to store {} (created at {}), not to the store in {} ({})",
+                        hex(&c.store_id),
+                        c.location,
+                        dir.display(),
+                        hex(&meta.store_id)
+                    ),
+                });
+            }
+            // A store from before claims were recorded: its claim is recorded now (best
+            // effort: a backend that cannot say now is asked again at the next open).
+            Ok(None) => {
+                let _ = backend.set_store_claim(&StoreClaim {
+                    store_id: meta.store_id,
+                    location: location_of(&dir),
+                });
+            }
+            _ => {}
         }
         let store = Self::assemble(dir, storage, backend, meta, options);
         store.check_anchor()?;
@@ -1067,6 +1130,54 @@ impl Store {
             .map(|(n, e)| (n.clone(), Arc::clone(e)))
             .collect()
     }
+}
+
+fn location_of(dir: &Path) -> String {
+    std::path::absolute(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Claims the backend's keys for a new store `store_id` in `dir`, or refuses if they belong to
+/// another store: one whose claim names another place, or, for keys from before claims were
+/// recorded, any root key already there. A claim of this same directory is an earlier `init`
+/// here that did not finish (no store is here now): taken over.
+fn claim_backend(backend: &dyn Backend, store_id: &[u8; 16], dir: &Path) -> Result<(), StoreError> {
+    let claim = StoreClaim {
+        store_id: *store_id,
+        location: location_of(dir),
+    };
+    let reading = "reading which store the backend's keys belong to";
+    match backend.store_claim() {
+        Err(BackendError::NotSupported { .. }) => return Ok(()),
+        Err(e) => return Err(StoreError::backend(reading)(e)),
+        Ok(Some(c)) if c.location != claim.location => {
+            return Err(StoreError::KeysOfAnotherStore {
+                what: format!(
+                    "the backend's keys belong to store {} at {}",
+                    hex(&c.store_id),
+                    c.location
+                ),
+            });
+        }
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let roots = backend.list_roots().map_err(StoreError::backend(reading))?;
+            if !roots.is_empty() {
+                let names: Vec<String> = roots.iter().map(|r| r.id.to_string()).collect();
+                return Err(StoreError::KeysOfAnotherStore {
+                    what: format!(
+                        "the backend already holds the root keys of another store ({})",
+                        names.join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    backend.set_store_claim(&claim).map_err(StoreError::backend(
+        "recording which store the backend's keys belong to",
+    ))
 }
 
 /// Makes sure the backend holds root version `id`: generates it, or adopts one the backend

@@ -90,4 +90,54 @@ softhsm_tests! {
         b.enable_root(&RootKeyId::new(rn("customer"), RootVersion::FIRST)).unwrap();
         assert_eq!(s.get(&kr("c"), b"k").unwrap().unwrap().expose(), b"v");
     }
+
+    fn one_store_per_namespace(token) {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, c, d) = (dir.path().join("a"), dir.path().join("c"), dir.path().join("d"));
+        let b = backend(token);
+        let sa = Store::create(&a, b.clone(), &rn("service"), StoreOptions::default()).unwrap();
+        sa.create_keyring(&kr("k"), None).unwrap();
+        let claim = b.store_claim().unwrap().unwrap();
+        assert_eq!(claim.store_id, sa.meta().store_id);
+        drop(sa);
+        // A second store on the same namespace is refused, naming the first; nothing is made.
+        let e = Store::create(&d, b.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
+        assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }), "{e}");
+        assert!(e.to_string().contains(&claim.location), "{e}");
+        assert!(e.to_string().contains("--namespace"), "{e}");
+        assert!(!strongroom_store::database_dir(&d).unwrap().exists());
+        assert_eq!(b.store_claim().unwrap().unwrap(), claim, "the claim is untouched");
+        // The first store still opens and works.
+        let sa = Store::open(&a, b.clone(), StoreOptions::default()).unwrap();
+        sa.put(&kr("k"), b"x", b"y").unwrap();
+        drop(sa);
+
+        // Another namespace on the same token: an init there that died after its claim and
+        // its first key (its directory cleaned up) is taken over by the next init in the
+        // same place, and refused anywhere else.
+        let other = |ns: &str| {
+            let mut c = Pkcs11Config::new(&token.module, TokenSelector::Label(token.label.clone()), PinSource::File(token.pin_file()));
+            c.namespace = ns.into();
+            Arc::new(Pkcs11Backend::open(c).unwrap())
+        };
+        let b2 = other("second");
+        drop(Store::create(&c, b2.clone(), &rn("service"), StoreOptions::default()).unwrap());
+        std::fs::remove_dir_all(&c).unwrap();
+        let e = Store::create(&d, b2.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
+        assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }), "{e}");
+        let sc = Store::create(&c, b2.clone(), &rn("service"), StoreOptions::default()).unwrap();
+        sc.create_keyring(&kr("k"), None).unwrap();
+        drop(sc);
+
+        // Keys from before stores claimed their namespace count as another store's.
+        let b3 = other("legacy");
+        b3.generate_root(&RootKeyId::new(rn("service"), RootVersion::FIRST)).unwrap();
+        let e = Store::create(&d, b3.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
+        assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }) && e.to_string().contains("service/v1"), "{e}");
+
+        // A store whose keys another store has claimed meanwhile is refused at open.
+        b.set_store_claim(&strongroom_core::StoreClaim { store_id: [9; 16], location: "/elsewhere".into() }).unwrap();
+        let e = Store::open(&a, b.clone(), StoreOptions::default()).unwrap_err();
+        assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }) && e.to_string().contains("/elsewhere"), "{e}");
+    }
 }

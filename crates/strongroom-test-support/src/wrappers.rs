@@ -138,4 +138,11 @@ impl Backend for TestBackend {
         self.admin_gate()?;
         self.inner.destroy_root(id)
     }
+    fn store_claim(&self) -> Result<Option<strongroom_core::StoreClaim>, BackendError> {
+        self.inner.store_claim()
+    }
+    fn set_store_claim(&self, claim: &strongroom_core::StoreClaim) -> Result<(), BackendError> {
+        self.admin_gate()?;
+        self.inner.set_store_claim(claim)
+    }
 }

@@ -10,7 +10,8 @@
 //!   failing device; `mechanisms`: which wrap mechanisms the token has;
 //! - `lifecycle`: generating, importing, adopting, disabling, enabling and destroying roots;
 //! - `byok`: the RSA-OAEP import key and imports under it;
-//! - `status`: health checks and the list of roots.
+//! - `status`: health checks and the list of roots;
+//! - `claim`: which store the namespace's keys belong to.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,7 @@ use crate::pin_state::PinState;
 use crate::session::{CachedKey, CheckoutError, Generation, Lease};
 
 mod byok;
+mod claim;
 mod lifecycle;
 mod lookup;
 mod runner;
@@ -512,6 +514,14 @@ impl Backend for Pkcs11Backend {
 
     fn destroy_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
         self.destroy(id)
+    }
+
+    fn store_claim(&self) -> Result<Option<strongroom_core::StoreClaim>, BackendError> {
+        self.read_claim()
+    }
+
+    fn set_store_claim(&self, claim: &strongroom_core::StoreClaim) -> Result<(), BackendError> {
+        self.write_claim(claim)
     }
 }
 
