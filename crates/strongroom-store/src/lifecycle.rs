@@ -1233,6 +1233,9 @@ impl Store {
         }
         let entry = KeyringEntry {
             state,
+            // A move it was in the middle of ends with it: nothing of it is left to move (found
+            // by the lifecycle model: the destroyed keyring kept its old root from going).
+            moving_from: None,
             ..(*kr).clone()
         };
         self.commit(

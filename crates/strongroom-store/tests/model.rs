@@ -1,6 +1,9 @@
 //! A proptest model of the key lifecycle: random sequences of put, get, delete, rotations,
-//! disable, enable, schedule, cancel, destroy, re-encrypt and reopen run against the store and
-//! against a plain in-memory model; any divergence in a value or in the kind of error fails.
+//! disable, enable, schedule, cancel, destroy, re-encrypt and reopen of keyrings, and of a
+//! tenant root key (rotate, disable, enable, destroy) with keyrings moving between it and the
+//! primary root (moves that finish, and moves interrupted after their re-encryption began,
+//! finished later), run against the store and against a plain in-memory model; any divergence
+//! in a value, in the kind of error, in a keyring's state, root or pending move fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -8,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Fixture, kr};
+use common::{Fixture, kr, rn};
 use proptest::prelude::*;
 use strongroom_core::{KeyState, KeyringName};
 use strongroom_store::{StoreError, StoreOptions};
@@ -29,7 +32,18 @@ enum Op {
     DestroyNow(usize),
     RunDue,
     Reopen,
+    /// Move keyring to root 0 (`service`, the primary) or 1 (`acme`).
+    Move(usize, usize),
+    /// The same, interrupted once its re-encryption has done a batch (a move already underway
+    /// is finished instead).
+    MoveInterrupted(usize, usize),
+    RotateRoot(usize),
+    DisableAcme,
+    EnableAcme,
+    DestroyAcme,
 }
+
+const ROOTS: [&str; 2] = ["service", "acme"];
 
 fn op() -> impl Strategy<Value = Op> {
     let k = 0usize..2;
@@ -48,6 +62,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => k.clone().prop_map(Op::DestroyNow),
         1 => Just(Op::RunDue),
         1 => Just(Op::Reopen),
+        2 => (k.clone(), 0usize..2).prop_map(|(r, to)| Op::Move(r, to)),
+        2 => (k.clone(), 0usize..2).prop_map(|(r, to)| Op::MoveInterrupted(r, to)),
+        1 => (0usize..2).prop_map(Op::RotateRoot),
+        1 => Just(Op::DisableAcme),
+        1 => Just(Op::EnableAcme),
+        1 => Just(Op::DestroyAcme),
     ]
 }
 
@@ -70,6 +90,18 @@ enum Out {
     Pending,
     Destroyed,
     IllegalTransition,
+    RootDisabled,
+    RootDestroyed,
+    InUse,
+    Interrupted,
+}
+
+/// The model's view of the tenant root `acme`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum R {
+    Enabled,
+    Disabled,
+    Destroyed,
 }
 
 fn refusal(m: M) -> Option<Out> {
@@ -87,6 +119,9 @@ fn kind(e: &StoreError) -> Out {
         StoreError::KeyringPendingDestruction { .. } => Out::Pending,
         StoreError::KeyringDestroyed { .. } => Out::Destroyed,
         StoreError::Transition(_) => Out::IllegalTransition,
+        StoreError::RootDisabled { .. } => Out::RootDisabled,
+        StoreError::RootDestroyed { .. } => Out::RootDestroyed,
+        StoreError::InUse(_) => Out::InUse,
         other => panic!("unexpected error in the model run: {other:?}"),
     }
 }
@@ -94,14 +129,63 @@ fn kind(e: &StoreError) -> Out {
 struct Model {
     state: [M; 2],
     records: [BTreeMap<u8, Vec<u8>>; 2],
+    /// The root each keyring is under, and the one a pending move is leaving.
+    root: [usize; 2],
+    moving_from: [Option<usize>; 2],
+    acme: R,
 }
 
 impl Model {
+    fn root_refusal(&self, root: usize) -> Option<Out> {
+        match (root, self.acme) {
+            (1, R::Disabled) => Some(Out::RootDisabled),
+            (1, R::Destroyed) => Some(Out::RootDestroyed),
+            _ => None,
+        }
+    }
+
+    /// Refused unless the keyring and its root are usable.
+    fn unusable(&self, r: usize) -> Option<Out> {
+        refusal(self.state[r]).or_else(|| self.root_refusal(self.root[r]))
+    }
+
+    /// A move of keyring `r` to `to`; `interrupted`: its progress callback panics once a batch
+    /// of its re-encryption is done (which happens only if the keyring holds records).
+    fn apply_move(&mut self, r: usize, to: usize, interrupted: bool) -> Out {
+        if let Some(_from) = self.moving_from[r] {
+            if self.root[r] != to {
+                return Out::InUse;
+            }
+        } else {
+            if let Some(out) = self.unusable(r) {
+                return out;
+            }
+            if self.root[r] == to {
+                return Out::Ok;
+            }
+            if let Some(out) = self.root_refusal(to) {
+                return out;
+            }
+            self.moving_from[r] = Some(self.root[r]);
+            self.root[r] = to;
+        }
+        // The re-encryption (started or resumed) needs the keyring usable.
+        if let Some(out) = self.unusable(r) {
+            return out;
+        }
+        if interrupted && !self.records[r].is_empty() {
+            return Out::Interrupted;
+        }
+        self.moving_from[r] = None;
+        Out::Ok
+    }
+
     fn destroy_due(&mut self) {
         for i in 0..2 {
             if self.state[i] == (M::Pending { due: true }) {
                 self.state[i] = M::Destroyed;
                 self.records[i].clear();
+                self.moving_from[i] = None;
             }
         }
     }
@@ -117,16 +201,53 @@ impl Model {
             }
         };
         match *op {
-            Op::Put(r, key, v) => refusal(self.state[r]).unwrap_or_else(|| {
+            Op::Put(r, key, v) => self.unusable(r).unwrap_or_else(|| {
                 self.records[r].insert(key, vec![v; usize::from(v % 7) + 1]);
                 Out::Ok
             }),
-            Op::Get(r, key) => refusal(self.state[r])
+            Op::Get(r, key) => self
+                .unusable(r)
                 .unwrap_or_else(|| Out::Value(self.records[r].get(&key).cloned())),
-            Op::Delete(r, key) => refusal(self.state[r])
+            Op::Delete(r, key) => self
+                .unusable(r)
                 .unwrap_or_else(|| Out::Deleted(self.records[r].remove(&key).is_some())),
             Op::RotateKek(r) | Op::RotateDek(r) | Op::Reencrypt(r) => {
-                refusal(self.state[r]).unwrap_or(Out::Ok)
+                self.unusable(r).unwrap_or(Out::Ok)
+            }
+            Op::Move(r, to) => self.apply_move(r, to, false),
+            Op::MoveInterrupted(r, to) => {
+                let resuming = self.moving_from[r].is_some();
+                self.apply_move(r, to, !resuming)
+            }
+            Op::RotateRoot(root) => self.root_refusal(root).unwrap_or(Out::Ok),
+            Op::DisableAcme => match self.acme {
+                R::Destroyed => Out::RootDestroyed,
+                _ => {
+                    self.acme = R::Disabled;
+                    Out::Ok
+                }
+            },
+            Op::EnableAcme => match self.acme {
+                R::Destroyed => Out::RootDestroyed,
+                R::Enabled => Out::IllegalTransition,
+                R::Disabled => {
+                    self.acme = R::Enabled;
+                    Out::Ok
+                }
+            },
+            Op::DestroyAcme => {
+                if self.moving_from.contains(&Some(1)) {
+                    return Out::InUse;
+                }
+                self.acme = R::Destroyed;
+                for r in 0..2 {
+                    if self.root[r] == 1 && self.state[r] != M::Destroyed {
+                        self.state[r] = M::Destroyed;
+                        self.records[r].clear();
+                        self.moving_from[r] = None;
+                    }
+                }
+                Out::Ok
             }
             Op::Disable(r) => {
                 let s = self.state[r];
@@ -160,6 +281,7 @@ impl Model {
                 let out = trans(s, s != M::Destroyed, M::Destroyed, &mut self.state[r]);
                 if out == Out::Ok {
                     self.records[r].clear();
+                    self.moving_from[r] = None;
                 }
                 out
             }
@@ -201,6 +323,34 @@ fn run(fx: &mut Fixture, names: &[KeyringName; 2], op: &Op) -> Out {
             fx.reopen();
             Out::Ok
         }
+        Op::Move(i, to) => r(s
+            .move_keyring(&names[i], &rn(ROOTS[to]), &mut |_| {})
+            .map(|_| ())),
+        // Resuming a move whose re-encryption is underway reports progress at once: that run
+        // is not interrupted (the model says so too).
+        Op::MoveInterrupted(i, to) if s.keyring(&names[i]).unwrap().moving_from.is_some() => r(s
+            .move_keyring(&names[i], &rn(ROOTS[to]), &mut |_| {})
+            .map(|_| ())),
+        Op::MoveInterrupted(i, to) => {
+            // The interruption is a panic from the progress callback; kept off the output (this
+            // binary runs no other test that could lose a message to the silent hook).
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(|_| {}));
+            let moved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                s.move_keyring(&names[i], &rn(ROOTS[to]), &mut |p| {
+                    assert!(p.done == 0, "interrupted");
+                })
+            }));
+            std::panic::set_hook(hook);
+            match moved {
+                Err(_) => Out::Interrupted,
+                Ok(res) => r(res.map(|_| ())),
+            }
+        }
+        Op::RotateRoot(root) => r(s.rotate_root(&rn(ROOTS[root]), &mut |_| {}).map(|_| ())),
+        Op::DisableAcme => r(s.disable_root(&rn("acme"))),
+        Op::EnableAcme => r(s.enable_root(&rn("acme"))),
+        Op::DestroyAcme => r(s.destroy_root_now(&rn("acme")).map(|_| ())),
     }
 }
 
@@ -214,7 +364,14 @@ proptest! {
         for n in &names {
             fx.store().create_keyring(n, None).unwrap();
         }
-        let mut model = Model { state: [M::Enabled; 2], records: [BTreeMap::new(), BTreeMap::new()] };
+        fx.store().create_root(&rn("acme")).unwrap();
+        let mut model = Model {
+            state: [M::Enabled; 2],
+            records: [BTreeMap::new(), BTreeMap::new()],
+            root: [0; 2],
+            moving_from: [None; 2],
+            acme: R::Enabled,
+        };
         for (step, op) in ops.iter().enumerate() {
             let want = model.apply(op);
             let got = run(&mut fx, &names, op);
@@ -230,6 +387,13 @@ proptest! {
                         | (M::Pending { .. }, KeyState::PendingDestruction { .. })
                 );
                 prop_assert!(agrees, "step {} {:?}: keyring {} is {:?}, model {:?}", step, op, n, st, model.state[i]);
+                let info = fx.store().keyring(n).unwrap();
+                prop_assert_eq!(info.root.as_str(), ROOTS[model.root[i]], "step {} {:?}: root of {}", step, op, n);
+                prop_assert_eq!(
+                    info.moving_from.as_ref().map(|r| r.as_str()),
+                    model.moving_from[i].map(|r| ROOTS[r]),
+                    "step {} {:?}: pending move of {}", step, op, n
+                );
             }
         }
         prop_assert!(fx.store().verify_audit().unwrap().is_ok());
