@@ -318,8 +318,9 @@ pub enum KeyringCmd {
         /// The name.
         name: String,
     },
-    /// Destroy (after a waiting period, or now): its keys are erased and its records purged.
-    /// Older backups still hold its keys while its root lives; destroy the root to shred those.
+    /// Destroy (after a waiting period, or now): its keys and records are erased and the
+    /// database's files rewritten without them. Older backups still hold them while its root
+    /// lives; destroy the root to shred those.
     Destroy {
         /// The name.
         name: String,

@@ -6,8 +6,11 @@
 //! - [`Store::create`] / [`Store::open`] a store directory with a [`Backend`](strongroom_core::Backend);
 //! - root keys: create, rotate (KEKs rewrapped incrementally), retire old versions, disable,
 //!   enable, schedule destruction, destroy;
-//! - keyrings: create under a root, rotate KEK or DEK, move to another root, disable, enable,
-//!   schedule destruction (7 days by default) or destroy now (crypto-shredding);
+//! - keyrings: create under a root, rotate KEK or DEK, move to another root (fresh keys, records
+//!   re-encrypted), disable, enable, schedule destruction (7 days by default) or destroy now
+//!   (crypto-shredding: keys and records erased, and the files compacted so none of their bytes
+//!   remain);
+//! - an authenticated catalog (key states MACed and bound to the audit chain);
 //! - records: put, get, delete, list, atomic batch;
 //! - resumable re-encryption, a bounded key cache, a tamper-evident audit log, online backup.
 //!

@@ -670,7 +670,9 @@ impl Store {
     }
 
     /// Destroys root key `name` now: every version in the backend, and every keyring under it
-    /// (their wrapped keys erased, their records purged). Irreversible: crypto-shredding.
+    /// (their wrapped keys and records erased, the database compacted). Irreversible:
+    /// crypto-shredding, in this store and in every copy of it (the key never left the
+    /// backend). Refused while a keyring is still moving off it.
     ///
     /// # Errors
     /// [`StoreError::InUse`] for the primary root; a backend error (the store already counts it
@@ -1183,9 +1185,10 @@ impl Store {
 
     /// Destroys keyring `name` now: its wrapped KEKs and DEKs are erased in one transaction
     /// (from then on nothing of it can be read from this store: crypto-shredding), then its
-    /// records are purged. A copy of the store made before (a backup, a snapshot) still holds
-    /// the wrapped keys, unwrappable while the root above them lives: destroy the root
-    /// ([`Store::destroy_root_now`]) to make the data unrecoverable everywhere.
+    /// records are purged, and the database is compacted ([`Store::compact`]), so that none of
+    /// their bytes stay in the store's files. A copy of the store made before (a backup, a
+    /// snapshot) still holds the wrapped keys, unwrappable while the root above them lives:
+    /// destroy the root ([`Store::destroy_root_now`]) to make the data unrecoverable everywhere.
     ///
     /// # Errors
     /// A keyring already destroyed, or a storage error.
