@@ -3,11 +3,12 @@
 #
 #   fuzz/ci.sh [TOTAL_SECONDS]        (default $FUZZ_SECONDS, else 90; split evenly, 5 s minimum)
 #
-# A bonus on top of the README's test command, not a gate of its own: when nightly Rust or
-# cargo-fuzz (or a C++ compiler for libFuzzer) cannot be had, or the fuzz crate's dependencies
-# cannot be fetched, it prints one line saying fuzzing was skipped and why, and exits 0. It fails
-# (exit 1) when a target does not build or finds a crash (or an input that runs over 60 s); the
-# input is printed in base64 so it can be copied from the log into fuzz/regressions/<target>/.
+# A gate: it fails (exit 1) when nightly Rust, cargo-fuzz or a C++ compiler for libFuzzer cannot
+# be had, when the fuzz crate's dependencies cannot be fetched, when a target does not build,
+# when a target did not run (no executions reported), or when one finds a crash (or an input that
+# runs over 60 s); a crashing input is printed in base64 so it can be copied from the log into
+# fuzz/regressions/<target>/. It skips only when asked to: STRONGROOM_FUZZ_SKIP=<reason> prints
+# the reason and exits 0 (for a machine that cannot fuzz, said out loud in its CI log).
 #
 # The time budget is for fuzzing only; the first build of the targets (with sanitizers) takes a
 # few minutes more.
@@ -15,9 +16,13 @@ set -uo pipefail
 cd "$(dirname "$0")"
 
 total="${1:-${FUZZ_SECONDS:-90}}"
-skip() {
-  echo "ci-fuzz: SKIPPED (not a failure): $*"
+if [ -n "${STRONGROOM_FUZZ_SKIP:-}" ]; then
+  echo "ci-fuzz: SKIPPED because STRONGROOM_FUZZ_SKIP says: $STRONGROOM_FUZZ_SKIP"
   exit 0
+fi
+skip() {
+  echo "ci-fuzz: FAILED: $* (set STRONGROOM_FUZZ_SKIP=<reason> to skip fuzzing on purpose)"
+  exit 1
 }
 
 command -v cargo >/dev/null 2>&1 || skip "cargo is not installed"
@@ -60,6 +65,7 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 status=0
+ran=0
 for t in $targets; do
   mkdir -p "$work/corpus/$t" "$work/artifacts/$t"
   inputs=("$work/corpus/$t" "seeds/$t")
@@ -68,7 +74,14 @@ for t in $targets; do
       -max_total_time="$per" -timeout=60 -print_final_stats=1 \
       -artifact_prefix="$work/artifacts/$t/" >"$work/$t.log" 2>&1; then
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$t.log" | tail -n 1)
-    echo "ci-fuzz: $t: ok, ${execs:-?} executions"
+    if [ -z "$execs" ] || [ "$execs" -eq 0 ]; then
+      status=1
+      echo "ci-fuzz: $t: FAILED: it reported no executions (it did not run); last lines of its log:"
+      tail -n 20 "$work/$t.log"
+      continue
+    fi
+    ran=$((ran + 1))
+    echo "ci-fuzz: $t: ok, $execs executions"
   else
     status=1
     echo "ci-fuzz: $t: FAILED; last lines of its log:"
@@ -81,5 +94,9 @@ for t in $targets; do
     done
   fi
 done
-[ "$status" -eq 0 ] && echo "ci-fuzz: every target ran clean"
+if [ "$status" -eq 0 ] && [ "$ran" -ne "$count" ]; then
+  echo "ci-fuzz: FAILED: $ran of $count targets ran"
+  status=1
+fi
+[ "$status" -eq 0 ] && echo "ci-fuzz: every target ran clean ($ran of $count)"
 exit $status

@@ -15,9 +15,11 @@
 //!   [`StoreError::KeyIntegrity`] or [`StoreError::Corrupt`] naming the key (or, for a KEK whose
 //!   root reference was altered, as a backend error naming the KEK: see
 //!   `kek_damage_is_reported_by_where_it_lands`); audit tampering by [`Store::verify_audit`].
-//!   Everything not touched reads back exactly. Two things are silent by design: a record
-//!   moved to another tree key reads as absent, and a keyring entry whose id is altered makes
-//!   the keyring read as empty (there is no authenticated index of what should exist);
+//!   Everything not touched reads back exactly. One thing is silent by design: a record
+//!   moved to another tree key reads as absent (there is no authenticated index of which
+//!   records should exist). Catalog entries (roots, keyrings) are sealed and bound to the audit
+//!   head: any change to one is an integrity error at open naming it (the deterministic cases at
+//!   the end of this file);
 //! - a damaged key file is refused by the soft backend with `BackendError::KeyFile` naming it;
 //! - damage in sled's own files is found by sled's CRCs, but not always reported. A CRC failure
 //!   in the part of the log that sled replays at open (everything written since the last open)
