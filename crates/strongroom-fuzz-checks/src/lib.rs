@@ -199,6 +199,9 @@ pub fn cli_config(data: &[u8]) {
                 namespace,
             } => {
                 check_namespace(namespace).is_ok()
+                    // A relative module path is refused (it would load whatever library has
+                    // that name where strongroom runs): found by this target once that rule came.
+                    && module.is_absolute()
                     && config_path_ok(module)
                     && match token {
                         TokenSelector::Label(l) => config_value_ok(l),
