@@ -46,9 +46,10 @@ use cryptoki::error::{Error, Result, Rv};
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
-use cryptoki_sys::{
-    CK_ATTRIBUTE, CK_FUNCTION_LIST, CK_MECHANISM, CK_MECHANISM_TYPE, CK_RV, CK_ULONG, CKA_VALUE,
-};
+use cryptoki_sys::{CK_ATTRIBUTE, CK_FUNCTION_LIST, CK_MECHANISM, CK_RV, CK_ULONG, CKA_VALUE};
+
+/// A PKCS#11 mechanism code.
+pub use cryptoki_sys::CK_MECHANISM_TYPE;
 
 /// `CKM_AES_KEY_WRAP_PAD`: RFC 5649 key wrap under its PKCS#11 2.40 code.
 pub const CKM_AES_KEY_WRAP_PAD: CK_MECHANISM_TYPE = cryptoki_sys::CKM_AES_KEY_WRAP_PAD;
