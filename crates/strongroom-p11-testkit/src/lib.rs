@@ -98,8 +98,8 @@
 //! ## Status file
 //!
 //! After every injection the module rewrites `<control>.status` (atomically): `total N`, then
-//! one line per kind (`fail`, `lose-reply`, `token-pulled`, `stuck`, `latency`, `session-cap`),
-//! code and function, e.g. `fail CKR_DEVICE_ERROR C_Decrypt 12`
+//! one line per kind (`fail`, `lose-reply`, `token-pulled`, `stuck`, `latency`, `session-cap`,
+//! `remap`, `refuse-mechanism`, `translate-mechanism`), code (`-` for none) and function, e.g. `fail CKR_DEVICE_ERROR C_Decrypt 12`
 //! ([`FaultStatus`] reads it). Counts are per process, since the module was loaded.
 //!
 //! # Raw baselines

@@ -530,6 +530,9 @@ fn allowed_mechanisms(
         return None;
     }
     let n = usize::try_from(attr.ulValueLen).ok()? / size_of::<CK_MECHANISM_TYPE>();
+    if n == 0 {
+        return Some(Vec::new());
+    }
     let mut list: Vec<CK_MECHANISM_TYPE> = vec![0; n];
     attr.pValue = list.as_mut_ptr().cast();
     attr.ulValueLen = (n * size_of::<CK_MECHANISM_TYPE>()) as CK_ULONG;
