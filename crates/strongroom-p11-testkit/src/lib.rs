@@ -34,6 +34,8 @@
 //!         | list-mechanism NUM              # personality: added to C_GetMechanismList
 //!         | refuse-mechanism NUM            # personality: *Init/WrapKey/UnwrapKey/GenerateKey
 //!                                           #   with it return CKR_MECHANISM_INVALID
+//!         | translate-mechanism NUM NUM     # personality: those calls and C_GetMechanismInfo
+//!                                           #   with the 1st go to the real module as the 2nd
 //!         | token-flags NUM                 # C_GetTokenInfo reports these flags set too
 //!         | rw-session-limit NUM            # C_GetTokenInfo reports this ulMaxRwSessionCount
 //! CODE   := CKR_NAME | 0xHEX | DECIMAL      # e.g. CKR_DEVICE_ERROR, 0x30, 48
@@ -45,8 +47,17 @@
 //! tampered KW/KWP blob or a bad import as `CKR_DEVICE_ERROR`, a bad GCM tag as
 //! `CKR_ENCRYPTED_DATA_INVALID`, a deleted object's handle as `CKR_GENERAL_ERROR`; counted as
 //! `remap CODE FUNCTION` in the status file); the mechanism rules change what the token lists
-//! and accepts (`refuse-mechanism` is counted as `refuse-mechanism`). `times N` limits a remap
-//! to N remapped answers.
+//! and accepts (`refuse-mechanism` is counted as `refuse-mechanism`, a translated call as
+//! `translate-mechanism`). `times N` limits a remap to N remapped answers.
+//!
+//! `translate-mechanism FROM TO` makes a code the real module does not know work as one it
+//! does: [`FaultPlan::kwp_only_as_0x210b`] is a token that offers RFC 5649 key wrap only as
+//! `CKM_AES_KEY_WRAP_KWP` (0x210B), which SoftHSM2 implements only as `CKM_AES_KEY_WRAP_PAD`
+//! (0x210A): it lists 0x210B instead of 0x210A, refuses 0x210A, and forwards 0x210B as 0x210A.
+//! A translated call under a key whose `CKA_ALLOWED_MECHANISMS` lists other mechanisms but not
+//! FROM is refused (`CKR_MECHANISM_INVALID`), as the real token would; templates are not
+//! translated (a key made with FROM in `CKA_ALLOWED_MECHANISMS` would not work with TO in
+//! SoftHSM2, and `cryptoki` 0.12 cannot put 0x210B in that attribute anyway).
 //!
 //! - `on` limits a rule to the named functions (`C_Decrypt,C_Encrypt`). Without it, a rule
 //!   applies to every call that names a session (`C_Login`, `C_Decrypt`, `C_FindObjects`, ...);
@@ -87,8 +98,8 @@
 //! ## Status file
 //!
 //! After every injection the module rewrites `<control>.status` (atomically): `total N`, then
-//! one line per kind (`fail`, `lose-reply`, `token-pulled`, `stuck`, `latency`, `session-cap`),
-//! code and function, e.g. `fail CKR_DEVICE_ERROR C_Decrypt 12`
+//! one line per kind (`fail`, `lose-reply`, `token-pulled`, `stuck`, `latency`, `session-cap`,
+//! `remap`, `refuse-mechanism`, `translate-mechanism`), code (`-` for none) and function, e.g. `fail CKR_DEVICE_ERROR C_Decrypt 12`
 //! ([`FaultStatus`] reads it). Counts are per process, since the module was loaded.
 //!
 //! # Raw baselines

@@ -336,23 +336,18 @@ impl State {
         verdict.epoch = self.epoch;
     }
 
-    fn mechanisms(
-        &self,
-    ) -> (
-        Vec<CK_MECHANISM_TYPE>,
-        Vec<CK_MECHANISM_TYPE>,
-        Vec<CK_MECHANISM_TYPE>,
-    ) {
-        let (mut hide, mut list, mut refuse) = (Vec::new(), Vec::new(), Vec::new());
+    fn mechanisms(&self) -> Personality {
+        let mut p = Personality::default();
         for r in &self.rules {
             match r.rule.fault {
-                Fault::HideMechanism(m) => hide.push(m),
-                Fault::ListMechanism(m) => list.push(m),
-                Fault::RefuseMechanism(m) => refuse.push(m),
+                Fault::HideMechanism(m) => p.hide.push(m),
+                Fault::ListMechanism(m) => p.list.push(m),
+                Fault::RefuseMechanism(m) => p.refuse.push(m),
+                Fault::TranslateMechanism { from, to } => p.translate.push((from, to)),
                 _ => {}
             }
         }
-        (hide, list, refuse)
+        p
     }
 
     fn rw_session_limit(&self) -> Option<CK_ULONG> {
@@ -396,6 +391,25 @@ impl State {
                 _ => None,
             })
             .min()
+    }
+}
+
+/// The mechanism rules of the plan.
+#[derive(Default)]
+struct Personality {
+    hide: Vec<CK_MECHANISM_TYPE>,
+    list: Vec<CK_MECHANISM_TYPE>,
+    refuse: Vec<CK_MECHANISM_TYPE>,
+    /// (the caller's code, the real module's code)
+    translate: Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_TYPE)>,
+}
+
+impl Personality {
+    fn translated(&self, m: CK_MECHANISM_TYPE) -> Option<CK_MECHANISM_TYPE> {
+        self.translate
+            .iter()
+            .find(|(from, _)| *from == m)
+            .map(|(_, to)| *to)
     }
 }
 
@@ -450,20 +464,85 @@ fn finish(function: &'static str, v: &Verdict, rv: CK_RV) -> CK_RV {
     to
 }
 
-/// Whether the personality refuses `mechanism` (counted as `refuse-mechanism`).
-fn refused_mechanism(function: &'static str, mechanism: CK_MECHANISM_TYPE) -> bool {
+/// The mechanism a call goes to the real module with, under the personality: `Err(rv)` when
+/// it refuses the caller's mechanism (counted as `refuse-mechanism`), `Ok(Some(m))` a copy with
+/// a translated code (counted as `translate-mechanism`), `Ok(None)` the caller's unchanged.
+/// `session` and `key` are the call's, for the `CKA_ALLOWED_MECHANISMS` check of a translated
+/// call (see [`Fault::TranslateMechanism`]).
+///
+/// # Safety
+/// `mechanism` is null or points to a valid `CK_MECHANISM` (the caller's PKCS#11 contract).
+unsafe fn personality_mechanism(
+    function: &'static str,
+    session: CK_SESSION_HANDLE,
+    mechanism: *mut CK_MECHANISM,
+    key: Option<CK_OBJECT_HANDLE>,
+) -> Result<Option<CK_MECHANISM>, CK_RV> {
     let c = control();
     let Some(path) = &c.control else {
-        return false;
+        return Ok(None);
     };
-    let mut st = lock(c);
-    if st.mechanisms().2.contains(&mechanism) {
+    if mechanism.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-null, and valid by this function's contract; only read.
+    let mut m = unsafe { mechanism.read() };
+    let p = lock(c).mechanisms();
+    let refuse = |st: &mut State| {
         st.count("refuse-mechanism", Some(CKR_MECHANISM_INVALID), function);
         st.write_status(path);
-        true
-    } else {
-        false
+        CKR_MECHANISM_INVALID
+    };
+    if p.refuse.contains(&m.mechanism) {
+        return Err(refuse(&mut lock(c)));
     }
+    let Some(to) = p.translated(m.mechanism) else {
+        return Ok(None);
+    };
+    if let Some(key) = key
+        && let Some(allowed) = allowed_mechanisms(session, key)
+        && !allowed.is_empty()
+        && !allowed.contains(&m.mechanism)
+    {
+        return Err(refuse(&mut lock(c)));
+    }
+    m.mechanism = to;
+    let mut st = lock(c);
+    st.count("translate-mechanism", None, function);
+    st.write_status(path);
+    Ok(Some(m))
+}
+
+/// `key`'s `CKA_ALLOWED_MECHANISMS` in the real module (`None` when it cannot be read).
+fn allowed_mechanisms(
+    session: CK_SESSION_HANDLE,
+    key: CK_OBJECT_HANDLE,
+) -> Option<Vec<CK_MECHANISM_TYPE>> {
+    let f = real()?.C_GetAttributeValue?;
+    let mut attr = CK_ATTRIBUTE {
+        type_: CKA_ALLOWED_MECHANISMS,
+        pValue: std::ptr::null_mut(),
+        ulValueLen: 0,
+    };
+    // SAFETY: a length query: one attribute with a null value.
+    let rv = unsafe { f(session, key, &raw mut attr, 1) };
+    if rv != CKR_OK || attr.ulValueLen == CK_UNAVAILABLE_INFORMATION {
+        return None;
+    }
+    let n = usize::try_from(attr.ulValueLen).ok()? / size_of::<CK_MECHANISM_TYPE>();
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let mut list: Vec<CK_MECHANISM_TYPE> = vec![0; n];
+    attr.pValue = list.as_mut_ptr().cast();
+    attr.ulValueLen = (n * size_of::<CK_MECHANISM_TYPE>()) as CK_ULONG;
+    // SAFETY: the value points to `list`, writable for the `ulValueLen` bytes it says.
+    let rv = unsafe { f(session, key, &raw mut attr, 1) };
+    if rv != CKR_OK {
+        return None;
+    }
+    list.truncate(usize::try_from(attr.ulValueLen).ok()? / size_of::<CK_MECHANISM_TYPE>());
+    Some(list)
 }
 
 /// Checks the plan for a call to `function`; sleeps for added latency.
@@ -643,26 +722,31 @@ macro_rules! forward_session_ending_op_in {
 }
 
 /// Calls that take a mechanism: as [`forward_session`], and refused with
-/// `CKR_MECHANISM_INVALID` when the personality refuses the mechanism.
+/// `CKR_MECHANISM_INVALID` when the personality refuses the mechanism, or forwarded with another
+/// code when it translates it. `key` names the argument that is the call's key, if any.
 macro_rules! forward_session_mech {
-    ($($name:ident(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM $(, $a:ident: $t:ty)*);)*) => {
+    ($($name:ident(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM $(, $a:ident: $t:ty)*) key $key:expr;)*) => {
         $(
             unsafe extern "C" fn $name(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM $(, $a: $t)*) -> CK_RV {
                 let v = before(stringify!($name), Scope::Session(arg1));
                 if let Some(rv) = v.rv {
                     return rv;
                 }
-                if !arg2.is_null() {
-                    // SAFETY: a non-null mechanism pointer from the caller points to a valid
-                    // CK_MECHANISM (the PKCS#11 contract of this function); only read here.
-                    let mechanism = unsafe { (*arg2).mechanism };
-                    if refused_mechanism(stringify!($name), mechanism) {
-                        return CKR_MECHANISM_INVALID;
-                    }
-                }
+                let key: Option<CK_OBJECT_HANDLE> = $key;
+                // SAFETY: `arg2` is the caller's mechanism pointer: null or valid (the PKCS#11
+                // contract of this function).
+                let mut translated = match unsafe {
+                    personality_mechanism(stringify!($name), arg1, arg2, key)
+                } {
+                    Err(rv) => return rv,
+                    Ok(m) => m,
+                };
+                let arg2 = translated.as_mut().map_or(arg2, |m| m as *mut CK_MECHANISM);
                 let f = real_fn!($name);
-                // SAFETY: the caller's arguments go unchanged to the real module's
-                // implementation of the same PKCS#11 function.
+                // SAFETY: the caller's arguments go to the real module's implementation of the
+                // same PKCS#11 function, whose contract the caller upholds; a translated
+                // mechanism is a copy of the caller's (same parameter pointer) that lives until
+                // the call returns.
                 let rv = unsafe { f(arg1, arg2 $(, $a)*) };
                 finish(stringify!($name), &v, rv)
             }
@@ -680,7 +764,9 @@ unsafe extern "C" fn C_GetMechanismList(
         return rv;
     }
     let f = real_fn!(C_GetMechanismList);
-    let (hide, add, _) = lock(control()).mechanisms();
+    let Personality {
+        hide, list: add, ..
+    } = lock(control()).mechanisms();
     if hide.is_empty() && add.is_empty() {
         // SAFETY: forwarded unchanged to the real C_GetMechanismList.
         let rv = unsafe { f(slot, list, count) };
@@ -734,10 +820,11 @@ unsafe extern "C" fn C_GetMechanismInfo(
     if let Some(rv) = v.rv {
         return rv;
     }
-    let (hide, _, refuse) = lock(control()).mechanisms();
-    if hide.contains(&mechanism) || refuse.contains(&mechanism) {
+    let p = lock(control()).mechanisms();
+    if p.hide.contains(&mechanism) || p.refuse.contains(&mechanism) {
         return CKR_MECHANISM_INVALID;
     }
+    let mechanism = p.translated(mechanism).unwrap_or(mechanism);
     let f = real_fn!(C_GetMechanismInfo);
     // SAFETY: forwarded unchanged to the real C_GetMechanismInfo.
     let rv = unsafe { f(slot, mechanism, info) };
@@ -992,11 +1079,16 @@ forward_session! {
 }
 
 forward_session_mech! {
-    C_EncryptInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
-    C_DecryptInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
-    C_GenerateKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: *mut CK_ATTRIBUTE, arg4: CK_ULONG, arg5: *mut CK_OBJECT_HANDLE);
-    C_WrapKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: CK_OBJECT_HANDLE, arg5: *mut CK_BYTE, arg6: *mut CK_ULONG);
-    C_UnwrapKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: *mut CK_BYTE, arg5: CK_ULONG, arg6: *mut CK_ATTRIBUTE, arg7: CK_ULONG, arg8: *mut CK_OBJECT_HANDLE);
+    C_EncryptInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE)
+        key Some(arg3);
+    C_DecryptInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE)
+        key Some(arg3);
+    C_GenerateKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: *mut CK_ATTRIBUTE, arg4: CK_ULONG, arg5: *mut CK_OBJECT_HANDLE)
+        key None;
+    C_WrapKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: CK_OBJECT_HANDLE, arg5: *mut CK_BYTE, arg6: *mut CK_ULONG)
+        key Some(arg3);
+    C_UnwrapKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: *mut CK_BYTE, arg5: CK_ULONG, arg6: *mut CK_ATTRIBUTE, arg7: CK_ULONG, arg8: *mut CK_OBJECT_HANDLE)
+        key Some(arg3);
 }
 
 forward_session_ending_op_out! {

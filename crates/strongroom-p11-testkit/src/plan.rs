@@ -44,6 +44,19 @@ pub enum Fault {
     /// Token personality: `C_EncryptInit`, `C_DecryptInit`, `C_WrapKey`, `C_UnwrapKey` and
     /// `C_GenerateKey` with this mechanism return `CKR_MECHANISM_INVALID`.
     RefuseMechanism(CK_MECHANISM_TYPE),
+    /// Token personality: calls with mechanism `from` (`C_EncryptInit`, `C_DecryptInit`,
+    /// `C_WrapKey`, `C_UnwrapKey`, `C_GenerateKey`, `C_GetMechanismInfo`) go to the real module
+    /// with `to` instead: a code the real module does not know made to work, e.g.
+    /// `CKM_AES_KEY_WRAP_KWP` (0x210B) as SoftHSM2's `CKM_AES_KEY_WRAP_PAD` (0x210A), the same
+    /// algorithm. A translated call under a key whose `CKA_ALLOWED_MECHANISMS` is non-empty and
+    /// lacks `from` is refused with `CKR_MECHANISM_INVALID`, as a token that knows `from` would
+    /// refuse it (counted as `refuse-mechanism`).
+    TranslateMechanism {
+        /// The code the caller uses.
+        from: CK_MECHANISM_TYPE,
+        /// The code the real module gets.
+        to: CK_MECHANISM_TYPE,
+    },
     /// `C_GetTokenInfo` reports these flags set, on top of the real ones (e.g.
     /// `CKF_USER_PIN_FINAL_TRY`).
     TokenFlags(CK_FLAGS),
@@ -190,6 +203,26 @@ impl FaultPlan {
         self.push(Fault::RefuseMechanism(mechanism))
     }
 
+    /// Token personality: forward calls with mechanism `from` as `to` (see
+    /// [`Fault::TranslateMechanism`]).
+    #[must_use]
+    pub fn translate_mechanism(self, from: CK_MECHANISM_TYPE, to: CK_MECHANISM_TYPE) -> Self {
+        self.push(Fault::TranslateMechanism { from, to })
+    }
+
+    /// Token personality: a token that offers RFC 5649 key wrap only under its PKCS#11 3.0 code
+    /// `CKM_AES_KEY_WRAP_KWP` (0x210B), which `cryptoki` 0.12 neither lists nor calls: the
+    /// mechanism list shows 0x210B instead of 0x210A, calls with 0x210A are refused
+    /// (`CKR_MECHANISM_INVALID`), and calls with 0x210B go to SoftHSM2 as 0x210A (SoftHSM2
+    /// implements RFC 5649 only under 0x210A).
+    #[must_use]
+    pub fn kwp_only_as_0x210b(self) -> Self {
+        self.hide_mechanism(CKM_AES_KEY_WRAP_PAD)
+            .list_mechanism(CKM_AES_KEY_WRAP_KWP)
+            .refuse_mechanism(CKM_AES_KEY_WRAP_PAD)
+            .translate_mechanism(CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD)
+    }
+
     /// Report these token flags as set in `C_GetTokenInfo`.
     #[must_use]
     pub fn token_flags(self, flags: CK_FLAGS) -> Self {
@@ -265,6 +298,9 @@ impl fmt::Display for FaultPlan {
                 Fault::HideMechanism(m) => write!(f, "hide-mechanism 0x{m:X}")?,
                 Fault::ListMechanism(m) => write!(f, "list-mechanism 0x{m:X}")?,
                 Fault::RefuseMechanism(m) => write!(f, "refuse-mechanism 0x{m:X}")?,
+                Fault::TranslateMechanism { from, to } => {
+                    write!(f, "translate-mechanism 0x{from:X} 0x{to:X}")?;
+                }
                 Fault::TokenFlags(flags) => write!(f, "token-flags 0x{flags:X}")?,
                 Fault::RwSessionLimit(max) => write!(f, "rw-session-limit {max}")?,
             }
@@ -332,6 +368,11 @@ fn parse_rule(line: &str) -> Result<Rule, String> {
         "hide-mechanism" => Fault::HideMechanism(parse_number(arg()?)?),
         "list-mechanism" => Fault::ListMechanism(parse_number(arg()?)?),
         "refuse-mechanism" => Fault::RefuseMechanism(parse_number(arg()?)?),
+        "translate-mechanism" => {
+            let from = parse_number(arg()?)?;
+            let to = parse_number(arg()?)?;
+            Fault::TranslateMechanism { from, to }
+        }
         "token-flags" => Fault::TokenFlags(parse_number(arg()?)?),
         "rw-session-limit" => Fault::RwSessionLimit(parse_number(arg()?)?),
         other => return Err(format!("unknown fault {other:?}")),
@@ -570,6 +611,7 @@ mod tests {
             .hide_mechanism(CKM_AES_KEY_WRAP_PAD)
             .list_mechanism(0x210B)
             .refuse_mechanism(CKM_AES_KEY_WRAP_PAD)
+            .translate_mechanism(0x210B, CKM_AES_KEY_WRAP_PAD)
             .token_flags(CKF_USER_PIN_FINAL_TRY)
             .rw_session_limit(3);
         let text = plan.to_string();
@@ -577,6 +619,11 @@ mod tests {
         assert!(text.contains("fail CKR_DEVICE_ERROR on C_Decrypt,C_Encrypt times 3\n"));
         assert!(text.contains("remap CKR_GENERAL_ERROR CKR_DEVICE_ERROR on C_UnwrapKey\n"));
         assert!(text.contains("list-mechanism 0x210B\n"));
+        assert!(text.contains("translate-mechanism 0x210B 0x210A\n"));
+        assert_eq!(
+            FaultPlan::new().kwp_only_as_0x210b().to_string(),
+            "hide-mechanism 0x210A\nlist-mechanism 0x210B\nrefuse-mechanism 0x210A\ntranslate-mechanism 0x210B 0x210A\n"
+        );
         let parsed: FaultPlan = "# comment\n\nfail 0x30 # trailing\nfail 179 on C_Login\n"
             .parse()
             .unwrap();
@@ -595,6 +642,7 @@ mod tests {
             "fail CKR_NOPE",
             "latency x",
             "fail 0x30 on decrypt",
+            "translate-mechanism 0x210B",
         ] {
             assert!(bad.parse::<FaultPlan>().is_err(), "{bad}");
         }

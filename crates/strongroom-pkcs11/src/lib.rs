@@ -13,10 +13,13 @@
 //!   checked on checkout (see [`session`]).
 //! - Root keys are sensitive, non-extractable token objects under a documented label scheme
 //!   (see [`objects`]); keys made by other tools can be adopted.
-//! - Mechanisms are probed (the list, then a trial round trip for what it lacks): AES-GCM
-//!   (context as AAD) is preferred, then AES-KWP, then AES-KW; each wrapped blob records the
-//!   mechanism it used. Bad data is told from a failing device by a canary, whatever code the
-//!   token returns.
+//! - Mechanisms are probed (the token's whole list, then a trial round trip for what it lacks):
+//!   AES-GCM (context as AAD) is preferred, then AES-KWP (RFC 5649, as `CKM_AES_KEY_WRAP_PAD`
+//!   0x210A or `CKM_AES_KEY_WRAP_KWP` 0x210B, whichever the token has), then AES-KW; each
+//!   wrapped blob records the algorithm it used (not the code: a KWP blob opens under either).
+//!   Bad data is told from a failing device by a canary, whatever code the token returns.
+//! - No unsafe code here: what `cryptoki` 0.12 cannot call (the whole mechanism list, KWP as
+//!   0x210B) goes through `strongroom-pkcs11-raw`, which holds the backend's only unsafe code.
 //! - BYOK: root key material wrapped under an RSA-OAEP import key made in the token.
 #![forbid(unsafe_code)]
 

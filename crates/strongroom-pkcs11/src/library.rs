@@ -16,6 +16,11 @@
 //! (never closing them: their numbers are void) and re-finds its slot and key handles
 //! (see `crate::session`).
 //!
+//! A library also holds the module's own function list ([`RawModule`], from
+//! `strongroom-pkcs11-raw`, loaded from the same path: the same library, so the same sessions
+//! and objects), for the calls `cryptoki` 0.12 cannot make (the whole mechanism list, key wrap
+//! under `CKM_AES_KEY_WRAP_KWP`).
+//!
 //! The registry keeps each library for the life of the process and never finalizes it: a
 //! backend being dropped never pulls the library from under another, and a backend opened later
 //! in the process finds it initialized by strongroom, so it can still recover by re-initializing.
@@ -29,6 +34,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::slot::Slot;
 use strongroom_core::BackendError;
+use strongroom_pkcs11_raw::RawModule;
 
 use crate::config::TokenSelector;
 use crate::error::device;
@@ -46,6 +52,8 @@ pub(crate) struct LibState {
 /// The shared context of one module (see the module docs).
 pub(crate) struct Library {
     pub ctx: Pkcs11,
+    /// The same module's function list, for what `ctx` cannot call.
+    pub raw: RawModule,
     /// Whether strongroom's `C_Initialize` is the one in force. Only then does a recovery
     /// finalize: a library another part of the process initialized is not pulled from under it.
     owns: AtomicBool,
@@ -99,6 +107,13 @@ pub(crate) fn library(module: &Path) -> Result<Arc<Library>, BackendError> {
             module.display()
         ))
     })?;
+    // The library cryptoki just loaded (dlopen of a loaded path returns it): its function list.
+    let raw = RawModule::load(&path).map_err(|e| {
+        BackendError::Config(format!(
+            "cannot read the function list of PKCS#11 module {}: {e}; check that it is a PKCS#11 library for this machine",
+            module.display()
+        ))
+    })?;
     let owns = initialize(&ctx).map_err(|e| {
         device(
             "initialize the PKCS#11 library",
@@ -108,6 +123,7 @@ pub(crate) fn library(module: &Path) -> Result<Arc<Library>, BackendError> {
     })?;
     let lib = Arc::new(Library {
         ctx,
+        raw,
         owns: AtomicBool::new(owns),
         state: RwLock::new(LibState { id: 1, lost: None }),
         recovery: Mutex::new(()),

@@ -1,28 +1,39 @@
-//! Which wrap mechanisms the token has: its mechanism list, checked by trial.
+//! Which wrap mechanisms the token has, under which codes, and the calls that use them.
 //!
-//! The list a token gives is not the whole truth as strongroom sees it: `cryptoki` 0.12's
-//! `get_mechanism_list` silently drops codes it does not know, and RFC 5649 key wrap (KWP) is
-//! listed as `CKM_AES_KEY_WRAP_PAD` (0x210A, PKCS#11 2.40; SoftHSM2 does this) by some tokens and
-//! as `CKM_AES_KEY_WRAP_KWP` (0x210B, PKCS#11 3.0) by others, a code `cryptoki` 0.12 neither
-//! lists nor can call. So every wrap mechanism the list does not show is tried once at open, on a
-//! session key that is destroyed right after: a round trip that works makes the mechanism
-//! usable, whatever the list said. What was found, and how, is kept for `doctor` (the
-//! "mechanisms" health check).
+//! The list a token gives is not the whole truth as strongroom sees it: RFC 5649 key wrap (KWP)
+//! is listed as `CKM_AES_KEY_WRAP_PAD` (0x210A, PKCS#11 2.40; SoftHSM2 does this) by some tokens
+//! and as `CKM_AES_KEY_WRAP_KWP` (0x210B, PKCS#11 3.0) by others, and some tokens leave out of
+//! the list mechanisms they accept. So the list is read raw (through
+//! `strongroom-pkcs11-raw`: `cryptoki` 0.12's `get_mechanism_list` silently drops codes it does
+//! not know, 0x210B among them), and every wrap mechanism it does not show is tried once at
+//! open, on a session key that is destroyed right after: a round trip that works makes the
+//! mechanism usable, whatever the list said. KWP is taken as 0x210A when the token lists it,
+//! else as 0x210B when it lists that, else whichever of the two passes the trial (0x210A
+//! first). What was found, under which code and how, is kept for `doctor` (the "mechanisms"
+//! health check).
 //!
-//! Known limit: a token that accepts RFC 5649 only under 0x210B cannot be used for KWP through
-//! `cryptoki` 0.12 (the backend has no unsafe code to call it directly); such a token still
-//! gets AES-GCM or AES-KW, and the health check says why KWP is missing.
+//! Calls with a code `cryptoki` can express (GCM, KW, KWP as 0x210A) go through `cryptoki`;
+//! KWP as 0x210B goes through `strongroom-pkcs11-raw` ([`wrap_key`], [`unwrap_value`]: the one
+//! place that chooses). Both codes name the same algorithm, so a KWP blob does not record the
+//! code it was made under (only its algorithm, `aes-kwp`): a blob written under one opens under
+//! the other.
+//!
+//! Known limit: `cryptoki` 0.12 cannot put 0x210B in `CKA_ALLOWED_MECHANISMS`, so a KWP root made
+//! on a token that uses 0x210B is restricted by its usage flags (wrap and unwrap only), not to
+//! the one mechanism (see [`Mechs::allowed_mechanism`]).
 
 use std::fmt;
 
 use cryptoki::context::Pkcs11;
+use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use strongroom_core::crypto::NONCE_LEN;
 use strongroom_core::{BackendError, WrapAlg, rng};
+use strongroom_pkcs11_raw::{CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD, RawModule};
 use zeroize::Zeroizing;
 
 use crate::error::device;
@@ -35,10 +46,38 @@ pub(crate) const GCM_TAG_BITS: u64 = 128;
 pub(crate) enum Found {
     /// In the mechanism list (and not tried).
     Listed,
-    /// Not in the list as `cryptoki` reads it, but a trial round trip worked.
+    /// Not in the token's mechanism list, but a trial round trip worked.
     Probed,
     /// Neither listed nor working.
     Missing,
+}
+
+/// A PKCS#11 mechanism code.
+pub(crate) type Code = strongroom_pkcs11_raw::CK_MECHANISM_TYPE;
+
+/// The code of RFC 5649 key wrap on this token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KwpCode {
+    /// `CKM_AES_KEY_WRAP_PAD` (0x210A, PKCS#11 2.40), called through `cryptoki`.
+    Pad,
+    /// `CKM_AES_KEY_WRAP_KWP` (0x210B, PKCS#11 3.0), called through `strongroom-pkcs11-raw`.
+    Kwp,
+}
+
+impl KwpCode {
+    pub(crate) fn code(self) -> Code {
+        match self {
+            Self::Pad => CKM_AES_KEY_WRAP_PAD,
+            Self::Kwp => CKM_AES_KEY_WRAP_KWP,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Pad => "CKM_AES_KEY_WRAP_PAD (0x210A)",
+            Self::Kwp => "CKM_AES_KEY_WRAP_KWP (0x210B)",
+        }
+    }
 }
 
 /// Mechanisms the token offers that strongroom can use.
@@ -46,6 +85,8 @@ pub(crate) enum Found {
 pub(crate) struct Mechs {
     pub gcm: Found,
     pub kwp: Found,
+    /// The code KWP is used under (meaningful when `kwp` is not `Missing`).
+    pub kwp_code: KwpCode,
     pub kw: Found,
     pub ecb: bool,
     pub oaep: bool,
@@ -55,6 +96,21 @@ pub(crate) struct Mechs {
 impl Mechs {
     pub(crate) fn offers(self, alg: WrapAlg) -> bool {
         self.found(alg) != Found::Missing
+    }
+
+    /// The code wraps with `alg` use on this token.
+    pub(crate) fn code(self, alg: WrapAlg) -> Code {
+        match alg {
+            WrapAlg::AesKwp => self.kwp_code.code(),
+            _ => mechanism_type(alg).into(),
+        }
+    }
+
+    /// What a root key for `alg` gets in `CKA_ALLOWED_MECHANISMS`: the code this token uses for
+    /// `alg`, if `cryptoki` can express it; `None` for KWP as 0x210B (`cryptoki` 0.12 cannot
+    /// make a `MechanismType` of it), so such a root is restricted by its usage flags only.
+    pub(crate) fn allowed_mechanism(self, alg: WrapAlg) -> Option<MechanismType> {
+        MechanismType::try_from(self.code(alg)).ok()
     }
 
     fn found(self, alg: WrapAlg) -> Found {
@@ -74,7 +130,7 @@ impl fmt::Display for Mechs {
         for alg in [WrapAlg::AesGcm, WrapAlg::AesKwp, WrapAlg::AesKw] {
             let code = match alg {
                 WrapAlg::AesGcm => "CKM_AES_GCM (0x1087)",
-                WrapAlg::AesKwp => "CKM_AES_KEY_WRAP_PAD (0x210A)",
+                WrapAlg::AesKwp => self.kwp_code.describe(),
                 _ => "CKM_AES_KEY_WRAP (0x2109)",
             };
             parts.push(match self.found(alg) {
@@ -84,7 +140,7 @@ impl fmt::Display for Mechs {
                     alg.name()
                 ),
                 Found::Missing if alg == WrapAlg::AesKwp => format!(
-                    "{}: not usable (the token refused {code}; a token that offers RFC 5649 only as CKM_AES_KEY_WRAP_KWP (0x210B) cannot be used for it through cryptoki 0.12)",
+                    "{}: not offered (neither CKM_AES_KEY_WRAP_PAD (0x210A) nor CKM_AES_KEY_WRAP_KWP (0x210B) is listed or works in a trial round trip)",
                     alg.name()
                 ),
                 Found::Missing => format!("{}: not offered", alg.name()),
@@ -109,6 +165,8 @@ pub(crate) fn usage_for(alg: WrapAlg) -> Usage {
     }
 }
 
+/// The `cryptoki` mechanism type of `alg`, KWP as 0x210A: what a `CKA_ALLOWED_MECHANISMS` read
+/// through `cryptoki` can show (it cannot read 0x210B).
 pub(crate) fn mechanism_type(alg: WrapAlg) -> MechanismType {
     match alg {
         WrapAlg::AesGcm => MechanismType::AES_GCM,
@@ -117,35 +175,101 @@ pub(crate) fn mechanism_type(alg: WrapAlg) -> MechanismType {
     }
 }
 
-pub(crate) fn wrap_mechanism(alg: WrapAlg) -> Mechanism<'static> {
-    if alg == WrapAlg::AesKwp {
-        Mechanism::AesKeyWrapPad
-    } else {
-        Mechanism::AesKeyWrap
+/// The `cryptoki` mechanism for a key-wrap code, if `cryptoki` knows it.
+fn cryptoki_wrap_mechanism(code: Code) -> Option<Mechanism<'static>> {
+    match code {
+        CKM_AES_KEY_WRAP_PAD => Some(Mechanism::AesKeyWrapPad),
+        c if c == Code::from(MechanismType::AES_KEY_WRAP) => Some(Mechanism::AesKeyWrap),
+        _ => None,
     }
 }
 
-/// Reads the mechanism list and tries every wrap mechanism it does not show (see the module
-/// docs).
+/// `C_WrapKey` of `key` under `wrapping` with the key-wrap mechanism `code` (KW or KWP, either
+/// code): through `cryptoki` when it knows the code, else through `raw`.
+pub(crate) fn wrap_key(
+    raw: &RawModule,
+    s: &Session,
+    code: Code,
+    wrapping: ObjectHandle,
+    key: ObjectHandle,
+) -> Result<Vec<u8>, CkError> {
+    match cryptoki_wrap_mechanism(code) {
+        Some(m) => s.wrap_key(&m, wrapping, key),
+        None => raw.wrap_key(s, code, wrapping, key),
+    }
+}
+
+/// The longest value [`unwrap_value`] reads (strongroom unwraps 40-byte values).
+const MAX_UNWRAPPED: usize = 64;
+
+/// `C_UnwrapKey` of `wrapped` under `unwrapping` with the key-wrap mechanism `code` into a
+/// session object made from `template` (which must make it extractable and not sensitive),
+/// then its value, and the object destroyed. Through `cryptoki` when it knows the code (which
+/// reads the value into a buffer of its own that it frees without zeroizing; the copy it hands
+/// back is scrubbed), else through `raw`, which reads it straight into a zeroizing buffer.
+pub(crate) fn unwrap_value(
+    raw: &RawModule,
+    s: &Session,
+    code: Code,
+    unwrapping: ObjectHandle,
+    wrapped: &[u8],
+    template: &[Attribute],
+) -> Result<Zeroizing<Vec<u8>>, CkError> {
+    match cryptoki_wrap_mechanism(code) {
+        Some(m) => {
+            let h = s.unwrap_key(&m, unwrapping, wrapped, template)?;
+            let attrs = s.get_attributes(h, &[AttributeType::Value]);
+            let _ = s.destroy_object(h);
+            let mut attrs = attrs?;
+            let value = match attrs.as_slice() {
+                [Attribute::Value(v)] => Zeroizing::new(v.clone()),
+                _ => Zeroizing::new(Vec::new()),
+            };
+            for a in &mut attrs {
+                if let Attribute::Value(v) = a {
+                    zeroize::Zeroize::zeroize(v);
+                }
+            }
+            Ok(value)
+        }
+        None => {
+            let h = raw.unwrap_key(s, code, unwrapping, wrapped, template)?;
+            let mut value = Zeroizing::new(vec![0u8; MAX_UNWRAPPED]);
+            let read = raw.read_value(s, h, &mut value[..]);
+            let _ = s.destroy_object(h);
+            value.truncate(read?);
+            Ok(value)
+        }
+    }
+}
+
+/// Reads the mechanism list (raw: every code) and tries every wrap mechanism it does not show
+/// (see the module docs).
 ///
 /// # Errors
 /// A device error when the list cannot be read or no session can be opened for a trial.
-pub(crate) fn probe(ctx: &Pkcs11, slot: Slot) -> Result<Mechs, BackendError> {
-    let list = ctx
-        .get_mechanism_list(slot)
+pub(crate) fn probe(ctx: &Pkcs11, raw: &RawModule, slot: Slot) -> Result<Mechs, BackendError> {
+    let list = raw
+        .mechanism_list(slot)
         .map_err(|e| device("read the mechanism list", e, "check the HSM"))?;
-    let has = |t: MechanismType| list.contains(&t);
+    let has = |c: Code| list.contains(&c);
     let mut mechs = Mechs {
         gcm: Found::Missing,
         kwp: Found::Missing,
+        // 0x210A when listed (cryptoki calls it), else 0x210B when listed.
+        kwp_code: if !has(CKM_AES_KEY_WRAP_PAD) && has(CKM_AES_KEY_WRAP_KWP) {
+            KwpCode::Kwp
+        } else {
+            KwpCode::Pad
+        },
         kw: Found::Missing,
-        ecb: has(MechanismType::AES_ECB),
-        oaep: has(MechanismType::RSA_PKCS_OAEP),
-        rsa_gen: has(MechanismType::RSA_PKCS_KEY_PAIR_GEN),
+        ecb: has(MechanismType::AES_ECB.into()),
+        oaep: has(MechanismType::RSA_PKCS_OAEP.into()),
+        rsa_gen: has(MechanismType::RSA_PKCS_KEY_PAIR_GEN.into()),
     };
     let mut session: Option<Session> = None;
     for alg in [WrapAlg::AesGcm, WrapAlg::AesKwp, WrapAlg::AesKw] {
-        let found = if has(mechanism_type(alg)) {
+        let found = if has(mechs.code(alg)) {
             Found::Listed
         } else {
             if session.is_none() {
@@ -158,10 +282,29 @@ pub(crate) fn probe(ctx: &Pkcs11, slot: Slot) -> Result<Mechs, BackendError> {
                     )
                 })?);
             }
-            match session.as_ref().map(|s| trial(s, alg)) {
-                Some(true) => Found::Probed,
-                _ => Found::Missing,
+            // KWP under either code, 0x210A first.
+            let codes: &[Option<KwpCode>] = if alg == WrapAlg::AesKwp {
+                &[Some(KwpCode::Pad), Some(KwpCode::Kwp)]
+            } else {
+                &[None]
+            };
+            let mut found = Found::Missing;
+            for code in codes {
+                if let Some(c) = code {
+                    mechs.kwp_code = *c;
+                }
+                if session
+                    .as_ref()
+                    .is_some_and(|s| trial(raw, s, alg, mechs.code(alg)))
+                {
+                    found = Found::Probed;
+                    break;
+                }
             }
+            if alg == WrapAlg::AesKwp && found == Found::Missing {
+                mechs.kwp_code = KwpCode::Pad;
+            }
+            found
         };
         match alg {
             WrapAlg::AesGcm => mechs.gcm = found,
@@ -172,8 +315,9 @@ pub(crate) fn probe(ctx: &Pkcs11, slot: Slot) -> Result<Mechs, BackendError> {
     Ok(mechs)
 }
 
-/// One round trip with `alg` under a fresh session key; any failure means "not usable".
-fn trial(s: &Session, alg: WrapAlg) -> bool {
+/// One round trip with `alg` under `code` and a fresh session key; any failure means "not
+/// usable".
+fn trial(raw: &RawModule, s: &Session, alg: WrapAlg, code: Code) -> bool {
     let usage = usage_for(alg);
     let key = s.generate_key(
         &Mechanism::AesKeyGen,
@@ -229,27 +373,75 @@ fn trial(s: &Session, alg: WrapAlg) -> bool {
                 let wrapped = obj
                     .as_ref()
                     .ok()
-                    .and_then(|o| s.wrap_key(&wrap_mechanism(alg), key, *o).ok());
+                    .and_then(|o| wrap_key(raw, s, code, key, *o).ok());
                 if let Ok(o) = obj {
                     let _ = s.destroy_object(o);
                 }
                 wrapped
-                    .and_then(|w| s.unwrap_key(&wrap_mechanism(alg), key, &w, &template).ok())
-                    .is_some_and(|h| {
-                        let attrs = s.get_attributes(h, &[AttributeType::Value]);
-                        let _ = s.destroy_object(h);
-                        let mut attrs = attrs.unwrap_or_default();
-                        let same =
-                            matches!(attrs.as_slice(), [Attribute::Value(v)] if v[..] == probe[..]);
-                        for a in &mut attrs {
-                            if let Attribute::Value(v) = a {
-                                zeroize::Zeroize::zeroize(v);
-                            }
-                        }
-                        same
-                    })
+                    .and_then(|w| unwrap_value(raw, s, code, key, &w, &template).ok())
+                    .is_some_and(|v| v[..] == probe[..])
             }
         };
     let _ = s.destroy_object(key);
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mechs(kwp_code: KwpCode, kwp: Found) -> Mechs {
+        Mechs {
+            gcm: Found::Listed,
+            kwp,
+            kwp_code,
+            kw: Found::Missing,
+            ecb: true,
+            oaep: true,
+            rsa_gen: true,
+        }
+    }
+
+    #[test]
+    fn kwp_is_used_and_shown_under_the_tokens_code() {
+        let pad = mechs(KwpCode::Pad, Found::Listed);
+        assert_eq!(pad.code(WrapAlg::AesKwp), 0x210A);
+        assert_eq!(
+            pad.allowed_mechanism(WrapAlg::AesKwp),
+            Some(MechanismType::AES_KEY_WRAP_PAD)
+        );
+        assert!(
+            pad.to_string()
+                .contains("aes-kwp as CKM_AES_KEY_WRAP_PAD (0x210A), listed")
+        );
+        let kwp = mechs(KwpCode::Kwp, Found::Probed);
+        assert_eq!(kwp.code(WrapAlg::AesKwp), 0x210B);
+        assert_eq!(
+            kwp.allowed_mechanism(WrapAlg::AesKwp),
+            None,
+            "cryptoki cannot say 0x210B"
+        );
+        assert_eq!(
+            kwp.allowed_mechanism(WrapAlg::AesGcm),
+            Some(MechanismType::AES_GCM)
+        );
+        let shown = kwp.to_string();
+        assert!(
+            shown.contains("aes-kwp as CKM_AES_KEY_WRAP_KWP (0x210B), not in the mechanism list"),
+            "{shown}"
+        );
+        assert!(shown.contains("aes-kw: not offered"), "{shown}");
+        let none = mechs(KwpCode::Pad, Found::Missing).to_string();
+        assert!(
+            none.contains("aes-kwp: not offered (neither") && none.contains("0x210B"),
+            "{none}"
+        );
+    }
+
+    #[test]
+    fn only_codes_cryptoki_knows_go_through_cryptoki() {
+        assert!(cryptoki_wrap_mechanism(CKM_AES_KEY_WRAP_PAD).is_some());
+        assert!(cryptoki_wrap_mechanism(MechanismType::AES_KEY_WRAP.into()).is_some());
+        assert!(cryptoki_wrap_mechanism(CKM_AES_KEY_WRAP_KWP).is_none());
+    }
 }

@@ -12,7 +12,9 @@
 //! return `CKR_DEVICE_ERROR` for a tampered KW/KWP blob or a bad import,
 //! `CKR_ENCRYPTED_DATA_INVALID` for a bad GCM tag, and `CKR_GENERAL_ERROR` for a deleted key.
 //! RFC 5649 key wrap is listed as `CKM_AES_KEY_WRAP_PAD` (0x210A) by some tokens and as
-//! `CKM_AES_KEY_WRAP_KWP` (0x210B) by others.
+//! `CKM_AES_KEY_WRAP_KWP` (0x210B) by others; `kwp_only_as_0x210b` is a token that accepts it
+//! only as 0x210B (which `cryptoki` 0.12 cannot call: the backend calls it through
+//! `strongroom-pkcs11-raw`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::time::Duration;
@@ -43,7 +45,7 @@ fn device_error_token() -> FaultPlan {
 }
 
 /// Bad data as the standard's data codes, a deleted key as a general error; RFC 5649 listed
-/// under its PKCS#11 3.0 code 0x210B (the 2.40 code 0x210A is still accepted).
+/// under its PKCS#11 3.0 code 0x210B only, and accepted under both codes.
 fn data_invalid_token() -> FaultPlan {
     FaultPlan::new()
         .remap(CKR_GENERAL_ERROR, CKR_ENCRYPTED_DATA_INVALID)
@@ -54,6 +56,18 @@ fn data_invalid_token() -> FaultPlan {
         .remap(CKR_KEY_HANDLE_INVALID, CKR_GENERAL_ERROR)
         .hide_mechanism(CKM_AES_KEY_WRAP_PAD)
         .list_mechanism(CKM_AES_KEY_WRAP_KWP)
+        .translate_mechanism(CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD)
+}
+
+/// RFC 5649 listed and accepted only under its PKCS#11 3.0 code 0x210B; bad KW/KWP data as a
+/// device error, a deleted key as a general error.
+fn kwp_only_as_0x210b() -> FaultPlan {
+    FaultPlan::new()
+        .kwp_only_as_0x210b()
+        .remap(CKR_GENERAL_ERROR, CKR_DEVICE_ERROR)
+        .on(&["C_UnwrapKey", "C_Decrypt"])
+        .remap(CKR_OBJECT_HANDLE_INVALID, CKR_GENERAL_ERROR)
+        .remap(CKR_KEY_HANDLE_INVALID, CKR_GENERAL_ERROR)
 }
 
 fn config(token: &Token, preference: &[WrapAlg]) -> Pkcs11Config {
@@ -304,13 +318,25 @@ under_personalities! {
     softhsm2 => softhsm();
     device_error_token => device_error_token();
     data_invalid_token => data_invalid_token();
+    kwp_only_as_0x210b => kwp_only_as_0x210b();
+}
+
+fn mechanisms_detail(b: &Pkcs11Backend) -> String {
+    let health = b.health().unwrap();
+    health
+        .iter()
+        .find(|c| c.name == "mechanisms")
+        .unwrap()
+        .detail
+        .clone()
 }
 
 strongroom_test_support::softhsm_tests! {
     fn kwp_missing_from_the_list_is_found_by_trial(token) {
-        // The list (as cryptoki 0.12 reads it) shows no KWP: 0x210A hidden, 0x210B listed, which
-        // cryptoki drops. The token still accepts 0x210A: the trial at open finds it.
-        let (b, control) = open(token, &data_invalid_token(), WrapAlg::AesKwp);
+        // The list shows no KWP under either code, but the token still accepts 0x210A: the
+        // trial at open finds it.
+        let unlisted = FaultPlan::new().hide_mechanism(CKM_AES_KEY_WRAP_PAD);
+        let (b, control) = open(token, &unlisted, WrapAlg::AesKwp);
         let health = b.health().unwrap();
         let mechs = health.iter().find(|c| c.name == "mechanisms").unwrap();
         assert!(
@@ -328,29 +354,89 @@ strongroom_test_support::softhsm_tests! {
         assert_eq!(control.status().count("refuse-mechanism"), 0);
     }
 
-    fn a_token_that_refuses_0x210a_gets_no_kwp_and_says_why(token) {
-        // A token that offers RFC 5649 only as 0x210B, which cryptoki 0.12 cannot call.
-        let only_210b = FaultPlan::new()
-            .hide_mechanism(CKM_AES_KEY_WRAP_PAD)
-            .list_mechanism(CKM_AES_KEY_WRAP_KWP)
-            .refuse_mechanism(CKM_AES_KEY_WRAP_PAD);
+    fn a_token_that_offers_kwp_only_as_0x210b_gets_kwp_and_says_so(token) {
+        // A token that lists and accepts RFC 5649 only as 0x210B, which cryptoki 0.12 neither
+        // lists nor calls: the raw list shows it, and the backend calls it directly.
         let control = FaultControl::new(token.fault_control());
-        control.set(&only_210b).unwrap();
+        control.set(&FaultPlan::new().kwp_only_as_0x210b()).unwrap();
         let b = Pkcs11Backend::open(config(token, &[WrapAlg::AesKwp, WrapAlg::AesKw])).unwrap();
-        assert_eq!(b.algorithms(), [WrapAlg::AesKw], "KWP is not usable, KW is");
-        assert!(control.status().count("refuse-mechanism") > 0, "the trial ran and was refused");
-        let health = b.health().unwrap();
-        let mechs = health.iter().find(|c| c.name == "mechanisms").unwrap();
-        assert!(mechs.ok && mechs.detail.contains("0x210B") && mechs.detail.contains("cryptoki 0.12"), "{}", mechs.detail);
-        // KWP only: the open fails, saying what the token lacks.
-        let e = Pkcs11Backend::open(config(token, &[WrapAlg::AesKwp])).unwrap_err();
-        assert!(matches!(e, BackendError::Config(_)) && e.to_string().contains("aes-kwp"), "{e}");
-        // A KWP blob made elsewhere cannot be read here: unsupported, not altered.
-        let root = rid("kw", 1);
+        assert_eq!(b.algorithms(), [WrapAlg::AesKwp, WrapAlg::AesKw], "KWP and KW are usable");
+        let detail = mechanisms_detail(&b);
+        assert!(
+            detail.contains("aes-kwp as CKM_AES_KEY_WRAP_KWP (0x210B), listed"),
+            "doctor names the code: {detail}"
+        );
+        assert!(detail.contains("new root keys use aes-kwp"), "{detail}");
+        let root = rid("kwp", 1);
+        b.generate_root(&root).unwrap();
+        let k = Key256::generate().unwrap();
+        let blob = b.wrap(&root, &k, b"c").unwrap();
+        assert_eq!(blob.alg(), WrapAlg::AesKwp);
+        assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
+        let st = control.status();
+        // (C_WrapKey twice: the length, then the wrap.)
+        assert!(st.count_in("translate-mechanism", "C_WrapKey") >= 1, "wrapped as 0x210B: {st:?}");
+        assert_eq!(st.count_in("translate-mechanism", "C_UnwrapKey"), 1, "unwrapped as 0x210B: {st:?}");
+        assert_eq!(st.count("refuse-mechanism"), 0, "0x210A never tried: {st:?}");
+        // KWP only: the open works.
+        let only = Pkcs11Backend::open(config(token, &[WrapAlg::AesKwp])).unwrap();
+        assert_eq!(only.algorithms(), [WrapAlg::AesKwp]);
+        assert!(only.unwrap(&blob, b"c").unwrap().ct_eq(&k));
+        // A tampered blob is an integrity error, with no recovery.
+        let mut p = blob.payload().to_vec();
+        p[9] ^= 0x01;
+        let bad = WrappedKey::new(blob.alg(), blob.wrapped_by().clone(), p).unwrap();
+        assert_integrity(b.unwrap(&bad, b"c"), "tampered 0x210B blob");
+        assert_eq!(b.stats().reinitializations, 0);
+    }
+
+    fn kwp_found_by_trial_under_0x210b_when_the_token_lists_neither_code(token) {
+        // Neither code listed; 0x210A refused, 0x210B accepted: the trial finds 0x210B.
+        let unlisted = FaultPlan::new()
+            .hide_mechanism(CKM_AES_KEY_WRAP_PAD)
+            .refuse_mechanism(CKM_AES_KEY_WRAP_PAD)
+            .translate_mechanism(CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD);
+        let (b, control) = open(token, &unlisted, WrapAlg::AesKwp);
+        let detail = mechanisms_detail(&b);
+        assert!(
+            detail.contains("aes-kwp as CKM_AES_KEY_WRAP_KWP (0x210B), not in the mechanism list as read but a trial round trip worked"),
+            "{detail}"
+        );
+        assert!(control.status().count("refuse-mechanism") > 0, "0x210A was tried first");
+        let root = rid("kwp", 1);
         b.generate_root(&root).unwrap();
         let k = Key256::generate().unwrap();
         let blob = b.wrap(&root, &k, b"c").unwrap();
         assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
+    }
+
+    fn kwp_blobs_open_under_either_code(token) {
+        // One root, two backends in one process: one on a token personality that says 0x210B,
+        // one on SoftHSM2 as it is (0x210A). A blob does not record the code: each opens the
+        // other's blobs.
+        let control = FaultControl::new(token.fault_control());
+        control.set(&FaultPlan::new().kwp_only_as_0x210b()).unwrap();
+        let b210b = Pkcs11Backend::open(config(token, &[WrapAlg::AesKwp])).unwrap();
+        assert!(mechanisms_detail(&b210b).contains("CKM_AES_KEY_WRAP_KWP (0x210B)"));
+        let root = rid("either", 1);
+        b210b.generate_root(&root).unwrap();
+        let k1 = Key256::generate().unwrap();
+        let blob_210b = b210b.wrap(&root, &k1, b"one").unwrap();
+
+        control.set(&softhsm()).unwrap();
+        let b210a = Pkcs11Backend::open(config(token, &[WrapAlg::AesKwp])).unwrap();
+        assert!(mechanisms_detail(&b210a).contains("aes-kwp as CKM_AES_KEY_WRAP_PAD (0x210A), listed"));
+        assert!(b210a.unwrap(&blob_210b, b"one").unwrap().ct_eq(&k1), "0x210B blob under 0x210A");
+        let k2 = Key256::generate().unwrap();
+        let blob_210a = b210a.wrap(&root, &k2, b"two").unwrap();
+        assert_eq!(blob_210a.alg(), blob_210b.alg());
+
+        control.set(&FaultPlan::new().kwp_only_as_0x210b()).unwrap();
+        assert!(b210b.unwrap(&blob_210a, b"two").unwrap().ct_eq(&k2), "0x210A blob under 0x210B");
+        assert!(b210b.unwrap(&blob_210b, b"one").unwrap().ct_eq(&k1));
+        let st = control.status();
+        assert!(st.count_in("translate-mechanism", "C_UnwrapKey") >= 2, "{st:?}");
+        assert_eq!(st.count("refuse-mechanism"), 0, "{st:?}");
     }
 
     fn a_bad_byok_import_is_an_integrity_error_whatever_the_code(token) {

@@ -226,17 +226,17 @@ impl Pkcs11Backend {
             if !matches {
                 return Err(BackendError::Integrity.into());
             }
-            let unwrap = |allowed_mechanisms: bool| {
+            let unwrap = |allowed: Option<MechanismType>| {
                 s.unwrap_key(
                     &mech,
                     private,
                     wrapped,
-                    &root_template(&self.inner.labels, id, alg, allowed_mechanisms, false),
+                    &root_template(&self.inner.labels, id, alg, allowed, false),
                 )
             };
-            match unwrap(true) {
+            match unwrap(self.inner.mechs.allowed_mechanism(alg)) {
                 // As in generate: a token without CKA_ALLOWED_MECHANISMS.
-                Err(e) if refuses_allowed_mechanisms(&e) => Ok(unwrap(false)?),
+                Err(e) if refuses_allowed_mechanisms(&e) => Ok(unwrap(None)?),
                 r => Ok(r?),
             }
         })

@@ -196,7 +196,13 @@ impl Pkcs11Backend {
         self.create_root("generate a root key", id, |s| {
             let attempt = s.generate_key(
                 &Mechanism::AesKeyGen,
-                &root_template(&self.inner.labels, id, alg, true, true),
+                &root_template(
+                    &self.inner.labels,
+                    id,
+                    alg,
+                    self.inner.mechs.allowed_mechanism(alg),
+                    true,
+                ),
             );
             match attempt {
                 Ok(h) => Ok(h),
@@ -204,7 +210,7 @@ impl Pkcs11Backend {
                 // restrict the key to its operations.
                 Err(e) if refuses_allowed_mechanisms(&e) => Ok(s.generate_key(
                     &Mechanism::AesKeyGen,
-                    &root_template(&self.inner.labels, id, alg, false, true),
+                    &root_template(&self.inner.labels, id, alg, None, true),
                 )?),
                 Err(e) => {
                     // Remove a half-made object the failed call may have left.
@@ -227,8 +233,8 @@ impl Pkcs11Backend {
     ) -> Result<RootKeyInfo, BackendError> {
         let alg = self.inner.algs[0];
         self.create_root("import a root key", id, |s| {
-            let create = |allowed_mechanisms: bool| {
-                let mut t = root_template(&self.inner.labels, id, alg, allowed_mechanisms, false);
+            let create = |allowed: Option<MechanismType>| {
+                let mut t = root_template(&self.inner.labels, id, alg, allowed, false);
                 // Conversion to plain bytes: into the token's C_CreateObject; scrubbed right
                 // after.
                 t.push(Attribute::Value(material.expose_bytes().to_vec()));
@@ -236,9 +242,9 @@ impl Pkcs11Backend {
                 scrub(&mut t);
                 r
             };
-            match create(true) {
+            match create(self.inner.mechs.allowed_mechanism(alg)) {
                 // As in generate: a token without CKA_ALLOWED_MECHANISMS.
-                Err(e) if refuses_allowed_mechanisms(&e) => Ok(create(false)?),
+                Err(e) if refuses_allowed_mechanisms(&e) => Ok(create(None)?),
                 r => Ok(r?),
             }
         })

@@ -41,7 +41,7 @@ use crate::config::{Pin, Pkcs11Config};
 use crate::der;
 use crate::error::{Failure, classify, connection_lost, describe, device, rv};
 use crate::library::{LibState, Library, find_slot, library};
-use crate::mechanisms::{self, GCM_TAG_BITS, Mechs, mechanism_type, usage_for, wrap_mechanism};
+use crate::mechanisms::{self, GCM_TAG_BITS, Mechs, mechanism_type, usage_for};
 use crate::objects::{APPLICATION, KeyLocator, Labels, RecordState, RootRecord, Usage};
 use crate::pin_state::PinState;
 use crate::session::{CachedKey, CheckoutError, Generation, Lease};
@@ -173,12 +173,13 @@ fn usage_attrs(u: Usage) -> Vec<Attribute> {
 }
 
 /// The template of a root key object: a sensitive, non-extractable AES key on the token,
-/// permitted exactly what `alg` needs.
+/// permitted exactly what `alg` needs, and only `allowed_mechanism` when given (see
+/// `Mechs::allowed_mechanism`: none for a token that says KWP as 0x210B).
 fn root_template(
     labels: &Labels,
     id: &RootKeyId,
     alg: WrapAlg,
-    allowed_mechanisms: bool,
+    allowed_mechanism: Option<MechanismType>,
     value_len: bool,
 ) -> Vec<Attribute> {
     let label = labels.root(id).into_bytes();
@@ -202,8 +203,8 @@ fn root_template(
         t.push(Attribute::ValueLen(32.into()));
     }
     t.extend(usage_attrs(usage_for(alg)));
-    if allowed_mechanisms {
-        t.push(Attribute::AllowedMechanisms(vec![mechanism_type(alg)]));
+    if let Some(m) = allowed_mechanism {
+        t.push(Attribute::AllowedMechanisms(vec![m]));
     }
     t
 }
@@ -297,7 +298,7 @@ impl Pkcs11Backend {
         };
         let token_cap = limit(info.max_session_count()).min(limit(info.max_rw_session_count()));
         let cap = config.max_sessions.clamp(1, token_cap);
-        let mechs = open_retrying(&config, || mechanisms::probe(&ctx, slot))?;
+        let mechs = open_retrying(&config, || mechanisms::probe(&ctx, &lib.raw, slot))?;
         let algs: Vec<WrapAlg> = config
             .preference
             .iter()
@@ -558,7 +559,7 @@ mod tests {
             &Labels::new("strongroom").unwrap(),
             &id,
             WrapAlg::AesGcm,
-            true,
+            Some(MechanismType::AES_GCM),
             true,
         );
         for must in [
@@ -578,7 +579,7 @@ mod tests {
             &Labels::new("strongroom").unwrap(),
             &id,
             WrapAlg::AesKwp,
-            false,
+            None,
             false,
         );
         assert!(t.contains(&Attribute::Wrap(true)) && t.contains(&Attribute::Encrypt(false)));

@@ -1,5 +1,13 @@
 //! Wrapping and unwrapping under a root key on the token, and telling bad data from a failing
 //! device whatever code the token returns (the canary).
+//!
+//! A blob records its algorithm (`aes-gcm`, `aes-kwp`, `aes-kw`; see `strongroom_core::blob`),
+//! never the PKCS#11 mechanism code it was made with. For KWP that is deliberate: RFC 5649 key
+//! wrap is `CKM_AES_KEY_WRAP_PAD` (0x210A) on some tokens and `CKM_AES_KEY_WRAP_KWP` (0x210B) on
+//! others, one algorithm under two codes, so the bytes are the same and a blob written under
+//! one code opens under the other (tested: `tests/personalities.rs`,
+//! `kwp_blobs_open_under_either_code`). Each call uses the code the token offers now
+//! (`Mechs::code`), through `mechanisms::wrap_key` and `mechanisms::unwrap_value`.
 
 use super::*;
 
@@ -37,27 +45,24 @@ impl Pkcs11Backend {
                 }
             }
             alg => {
+                let code = self.inner.mechs.code(alg);
+                let raw = &self.inner.lib.raw;
                 let mut tmpl = Self::tmp_secret_template(self.inner.labels.tmp());
                 tmpl.push(Attribute::Value(probe.to_vec()));
                 let obj = s.create_object(&tmpl);
                 scrub(&mut tmpl);
                 let obj = obj?;
-                let wrapped = s.wrap_key(&wrap_mechanism(alg), k.handle, obj);
+                let wrapped = mechanisms::wrap_key(raw, s, code, k.handle, obj);
                 let _ = s.destroy_object(obj);
-                let h = s.unwrap_key(
-                    &wrap_mechanism(alg),
+                let back = mechanisms::unwrap_value(
+                    raw,
+                    s,
+                    code,
                     k.handle,
                     &wrapped?,
                     &Self::tmp_secret_template(self.inner.labels.tmp()),
                 )?;
-                let mut attrs = s.get_attributes(h, &[AttributeType::Value]);
-                let _ = s.destroy_object(h);
-                let same =
-                    matches!(attrs.as_deref(), Ok([Attribute::Value(v)]) if v[..] == probe[..]);
-                if let Ok(a) = attrs.as_mut() {
-                    scrub(a);
-                }
-                if same {
+                if back[..] == probe[..] {
                     Ok(())
                 } else {
                     Err(CkError::Pkcs11(RvError::DeviceError, Function::UnwrapKey))
@@ -196,7 +201,13 @@ impl Pkcs11Backend {
         let obj = s.create_object(&tmpl);
         scrub(&mut tmpl);
         let obj = obj?;
-        let wrapped = s.wrap_key(&wrap_mechanism(k.alg), k.handle, obj);
+        let wrapped = mechanisms::wrap_key(
+            &self.inner.lib.raw,
+            s,
+            self.inner.mechs.code(k.alg),
+            k.handle,
+            obj,
+        );
         let _ = s.destroy_object(obj);
         wrapped
     }
@@ -227,31 +238,25 @@ impl Pkcs11Backend {
             }
             alg => {
                 let label = self.inner.labels.tmp();
-                let h = match s.unwrap_key(
-                    &wrap_mechanism(alg),
+                let value = match mechanisms::unwrap_value(
+                    &self.inner.lib.raw,
+                    s,
+                    self.inner.mechs.code(alg),
                     k.handle,
                     p,
                     &Self::tmp_secret_template(label.clone()),
                 ) {
-                    Ok(h) => h,
+                    Ok(v) => v,
                     Err(e) => {
                         self.remove_strays(s, &label);
                         return Err(e);
                     }
                 };
-                // cryptoki reads the value into a buffer of its own, which it frees without
-                // zeroizing (README: security model); the attribute it returns is scrubbed below.
-                let attrs = s.get_attributes(h, &[AttributeType::Value]);
-                let _ = s.destroy_object(h);
-                let mut attrs = attrs?;
-                let result = match attrs.as_slice() {
-                    [Attribute::Value(v)] if v.len() == BOUND_PLAINTEXT_LEN => {
-                        unbind_context(v, context).map_err(|_| ())
-                    }
-                    _ => Err(()),
-                };
-                scrub(&mut attrs);
-                Ok(result)
+                Ok(if value.len() == BOUND_PLAINTEXT_LEN {
+                    unbind_context(&value, context).map_err(|_| ())
+                } else {
+                    Err(())
+                })
             }
         }
     }
