@@ -63,7 +63,10 @@ fn mib(b: u64) -> f64 {
 fn compaction(n: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let s = store(&tmp.path().join("store"), StoreOptions::default());
-    let (bulk, gone) = (KeyringName::new("bulk").unwrap(), KeyringName::new("gone").unwrap());
+    let (bulk, gone) = (
+        KeyringName::new("bulk").unwrap(),
+        KeyringName::new("gone").unwrap(),
+    );
     s.create_keyring(&bulk, None).unwrap();
     s.create_keyring(&gone, None).unwrap();
     let mut g = Gen(0x9E37_79B9_7F4A_7C15);
@@ -112,7 +115,10 @@ fn compaction(n: usize) {
     dst.flush().unwrap();
     let plain_copy = t.elapsed();
 
-    println!("\n### compaction: {n} live records of 1 KiB, {} destroyed\n", n / 10);
+    println!(
+        "\n### compaction: {n} live records of 1 KiB, {} destroyed\n",
+        n / 10
+    );
     println!("| step | seconds | MiB/s of live data |");
     println!("|---|---:|---:|");
     let live_mib = mib(after);
@@ -175,7 +181,9 @@ fn auditing(n: usize) {
     let values: Vec<Vec<u8>> = (0..64)
         .map(|_| (0..1024).map(|_| g.next() as u8).collect())
         .collect();
-    let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("user/{i:08}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("user/{i:08}").into_bytes())
+        .collect();
     println!("\n### data-access auditing: {n} records of 1 KiB, one thread\n");
     println!("| op | not audited/s | audited/s | audited / not |");
     println!("|---|---:|---:|---:|");
@@ -199,7 +207,12 @@ fn auditing(n: usize) {
             },
         ],
     );
-    println!("| random get | {:.0} | {:.0} | {:.2} |", r[0], r[1], r[1] / r[0]);
+    println!(
+        "| random get | {:.0} | {:.0} | {:.2} |",
+        r[0],
+        r[1],
+        r[1] / r[0]
+    );
     assert!(on.verify_audit().unwrap().is_ok());
 }
 
