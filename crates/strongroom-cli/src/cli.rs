@@ -347,6 +347,13 @@ pub enum AuditCmd {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Accept a database that is older than its audit anchor, or has lost it (after putting an
+    /// older copy in place on purpose): recorded in the audit log, and the anchor written anew.
+    AcceptRollback {
+        /// Do not ask (needed when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Args, Debug)]

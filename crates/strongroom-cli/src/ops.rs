@@ -377,9 +377,11 @@ fn fresh_namespace() -> Result<String, CliError> {
 }
 
 /// What `init` may create in the data directory (and so removes again when it fails).
-const INIT_MAKES: [&str; 5] = [
+const INIT_MAKES: [&str; 7] = [
     CONFIG_FILE,
     strongroom_store::DB_DIR,
+    strongroom_store::LOCK_FILE,
+    strongroom_store::STORE_ID_FILE,
     strongroom_store::ANCHOR_FILE,
     strongroom_core::soft::KEY_FILE_NAME,
     strongroom_core::soft::LOCK_FILE_NAME,
@@ -1132,7 +1134,7 @@ fn resume(cli: &Cli, out: &Out) -> Result<(), CliError> {
             // After every other job (a destruction run above compacts by itself).
             PendingJob::Compact => continue,
             PendingJob::BackendDestroy(r) => s
-                .destroy_root_now(r)
+                .finish_root_destruction(r)
                 .map(|_| format!("root key {r}: destroyed in the backend"))
                 .map_err(CliError::from),
             PendingJob::DueKeyringDestruction(_) | PendingJob::DueRootDestruction(_) => {
@@ -1189,6 +1191,25 @@ fn resume(cli: &Cli, out: &Out) -> Result<(), CliError> {
 }
 
 fn audit(cli: &Cli, out: &Out, cmd: &AuditCmd) -> Result<(), CliError> {
+    if let AuditCmd::AcceptRollback { yes } = cmd {
+        confirm(
+            "Accept this database as it is, although its audit anchor says it lost key operations (or the anchor is gone)? Only if you put an older copy in place on purpose.",
+            *yes,
+        )?;
+        let config = read_config(&cli.data)?;
+        let backend = backend(&config, &cli.data, Overrides::of(cli))?;
+        let s = Store::open_accepting_rollback(&cli.data, backend, options(cli, &config))?;
+        let head = s.verify_audit()?.map_err(CliError::Audit)?;
+        return out.result(
+            || {
+                format!(
+                    "accepted: the store's audit log now ends at entry {} (recorded), and the anchor says so",
+                    head.entries
+                )
+            },
+            || Json::obj([("accepted", Json::Bool(true)), ("entries", Json::Num(head.entries))]),
+        );
+    }
     let s = open(cli)?;
     match cmd {
         AuditCmd::Verify => match s.verify_audit()? {
@@ -1212,6 +1233,8 @@ fn audit(cli: &Cli, out: &Out, cmd: &AuditCmd) -> Result<(), CliError> {
             )?,
             Err(b) => return Err(CliError::Audit(b)),
         },
+        // Handled above, before the store is opened the ordinary way.
+        AuditCmd::AcceptRollback { .. } => {}
         AuditCmd::Log { since, limit } => {
             let (from_seq, from_time) = match since.parse::<u64>() {
                 Ok(seq) => (seq, 0),

@@ -14,7 +14,10 @@
 //!          HMAC-SHA256(audit key, "strongroom/audit/head/v2" ‖ seq ‖ hash ‖ digest)
 //!          (stores from before the authenticated catalog: seq | hash |
 //!          HMAC(audit key, "strongroom/audit/head/v1" ‖ seq ‖ hash), until their upgrade)
-//! anchor = seq | hash | HMAC(audit key, "strongroom/audit/head/v1" ‖ seq ‖ hash), in a file
+//! anchor = 0x02 | seq | hash | HMAC(audit key, "strongroom/audit/anchor/v2" ‖ seq ‖ hash), in a
+//!          file; version 2 says the catalog is sealed (a store from before writes, and reads,
+//!          seq | hash | HMAC(audit key, "strongroom/audit/head/v1" ‖ seq ‖ hash) until its
+//!          upgrade). Its own MAC domain: an anchor is never a valid head.
 //!
 //! The catalog digest (see `catalog.rs`) ties the root and keyring entries to the chain: a
 //! catalog changed, rolled back or replayed entry by entry no longer matches the MACed head.
@@ -126,6 +129,8 @@ ops! {
     RecordDeleted = 42 => "record.delete",
     /// A backup was taken.
     BackupTaken = 50 => "store.backup",
+    /// An operator accepted a database older than its audit anchor, or without one.
+    RollbackAccepted = 53 => "store.accept-rollback",
     /// The store's catalog was upgraded to sealed entries (once, for a store from before).
     CatalogUpgraded = 52 => "store.upgrade-catalog",
     /// The database was compacted into a new generation and the old one shredded.
@@ -446,9 +451,34 @@ fn damaged_head_because(source: FormatError) -> StoreError {
     }
 }
 
-/// The head an anchor file records, if it parses and its MAC is valid under `key`.
-pub(crate) fn verified_anchor(key: &AuditKey, anchor: &[u8]) -> Option<AuditHead> {
-    parse_anchor(anchor).filter(|h| bool::from(head_bytes(key, *h).ct_eq(anchor)))
+/// What an anchor file says: the head it vouches for, and its version (2: the catalog is
+/// sealed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Anchor {
+    pub head: AuditHead,
+    pub version: u8,
+}
+
+const ANCHOR_DOMAIN_V2: &[u8] = b"strongroom/audit/anchor/v2";
+const ANCHOR_V2_LEN: usize = 1 + 8 + 32 + 32;
+
+fn anchor_v2_bytes(key: &AuditKey, head: AuditHead) -> Vec<u8> {
+    let mac = key.mac(&[ANCHOR_DOMAIN_V2, &head.seq.to_be_bytes(), &head.hash]);
+    let mut out = vec![2u8];
+    out.extend_from_slice(&head.seq.to_be_bytes());
+    out.extend_from_slice(&head.hash);
+    out.extend_from_slice(&mac);
+    out
+}
+
+/// The anchor an anchor file records, if it parses and its MAC is valid under `key`.
+pub(crate) fn verified_anchor(key: &AuditKey, anchor: &[u8]) -> Option<Anchor> {
+    let a = parse_anchor(anchor)?;
+    let want = match a.version {
+        2 => anchor_v2_bytes(key, a.head),
+        _ => head_bytes(key, a.head),
+    };
+    bool::from(want.ct_eq(anchor)).then_some(a)
 }
 
 /// The stored hash of entry `seq`, if it exists and parses.
@@ -459,17 +489,32 @@ pub(crate) fn entry_hash(storage: &Storage, seq: u64) -> Result<Option<[u8; 32]>
         .map(|e| e.hash()))
 }
 
-/// The anchor file's bytes for `head`: seq u64 ‖ hash [32] ‖ MAC [32] (the head format).
-pub(crate) fn anchor_bytes(key: &AuditKey, head: AuditHead) -> Vec<u8> {
-    head_bytes(key, head)
+/// The anchor file's bytes for `head`: version 2 once the catalog is sealed, else version 1.
+pub(crate) fn anchor_bytes(key: &AuditKey, head: AuditHead, sealed: bool) -> Vec<u8> {
+    if sealed {
+        anchor_v2_bytes(key, head)
+    } else {
+        head_bytes(key, head)
+    }
 }
 
-/// Parses an anchor file (the head format); the MAC is not checked here.
-pub(crate) fn parse_anchor(b: &[u8]) -> Option<AuditHead> {
-    (b.len() == HEAD_LEN)
-        .then(|| parse_head(b))
-        .flatten()
-        .map(|h| h.head)
+/// Parses an anchor file (either version); the MAC is not checked here.
+pub(crate) fn parse_anchor(b: &[u8]) -> Option<Anchor> {
+    match b.len() {
+        HEAD_LEN => parse_head(b).map(|h| Anchor {
+            head: h.head,
+            version: 1,
+        }),
+        ANCHOR_V2_LEN if b[0] == 2 => {
+            let seq = u64::from_be_bytes(b[1..9].try_into().ok()?);
+            let hash = b[9..41].try_into().ok()?;
+            Some(Anchor {
+                head: AuditHead { seq, hash },
+                version: 2,
+            })
+        }
+        _ => None,
+    }
 }
 
 const HEAD_LEN: usize = 8 + 32 + 32;

@@ -7,10 +7,13 @@
 //! the soft backend's key file, which must be backed up separately and kept secret).
 //!
 //! ```text
-//! "SRBK" | ver=1 | meta len u32 | store meta | tree count u8 |
+//! "SRBK" | ver=2 | meta len u32 | store meta | tree count u8 |
 //!   per tree: name (u8 len) | entry count u64 | (key len u32 | key | value len u32 | value)* |
+//!   anchor len u8 | anchor (the audit anchor for the head copied, MACed) |
 //! SHA-256 of every byte before it
 //! ```
+//! Version 1 had no anchor: a store restored from one opens once with
+//! `strongroom audit accept-rollback` ([`Store::open_accepting_rollback`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -18,14 +21,14 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::audit::AuditOp;
+use crate::audit::{self, AuditOp};
 use crate::error::StoreError;
 use crate::format::StoreMeta;
 use crate::storage::{ALL_TREES, Storage, TreeId, WriteBatch, current_db_dir};
 use crate::store::Store;
 
 const MAGIC: &[u8; 4] = b"SRBK";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// What a backup holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +143,23 @@ impl Store {
                 }
                 entries += n;
             }
+            // The anchor of what was copied, so that a restore opens without taking it for a
+            // rolled-back store (the key to MAC it is not available at restore time).
+            let key = self.audit_key()?;
+            let anchor = audit::stored_head(&self.inner.storage)?
+                .map(|h| {
+                    audit::anchor_bytes(
+                        &key,
+                        h,
+                        self.inner
+                            .catalog_sealed
+                            .load(std::sync::atomic::Ordering::Acquire),
+                    )
+                })
+                .unwrap_or_default();
+            w.put(&[u8::try_from(anchor.len()).unwrap_or(0)])
+                .map_err(io("write"))?;
+            w.put(&anchor).map_err(io("write"))?;
             let sum = w.hash.clone().finalize();
             w.inner.write_all(&sum).map_err(io("write"))?;
             let bytes = w.bytes + 32;
@@ -203,7 +223,7 @@ impl Store {
             return Err(bad("not a strongroom backup"));
         }
         let v = read(1)?[0];
-        if v != VERSION {
+        if !(1..=VERSION).contains(&v) {
             return Err(bad(&format!(
                 "backup format version {v} is not supported (this build reads {VERSION})"
             )));
@@ -217,7 +237,7 @@ impl Store {
             source,
         })?;
         let outcome = (|| {
-            let storage = Storage::open(dir)?;
+            let storage = Storage::create(dir)?;
             let mut seen = Vec::new();
             for _ in 0..trees {
                 let n = usize::from(read(1)?[0]);
@@ -245,6 +265,16 @@ impl Store {
                 }
                 storage.apply_batch(t, batch, "restoring")?;
             }
+            let anchor = if v >= 2 {
+                let n = usize::from(read(1)?[0]);
+                let a = read(n)?;
+                if !a.is_empty() && audit::parse_anchor(&a).is_none() {
+                    return Err(bad("its audit anchor is malformed"));
+                }
+                a
+            } else {
+                Vec::new()
+            };
             if read(1).is_ok() {
                 return Err(bad("it has bytes after its last tree"));
             }
@@ -255,7 +285,23 @@ impl Store {
             {
                 return Err(bad("its metadata and its contents disagree"));
             }
-            storage.flush()
+            storage.flush()?;
+            if !anchor.is_empty() {
+                let path = dir.join(crate::store::ANCHOR_FILE);
+                let io = |source| StoreError::Io {
+                    op: "write the audit anchor",
+                    path: path.clone(),
+                    source,
+                };
+                let mut f = OpenOptions::new()
+                    .create_new(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io)?;
+                f.write_all(&anchor).map_err(io)?;
+                f.sync_all().map_err(io)?;
+            }
+            Ok(())
         })();
         if let Err(e) = outcome {
             let _ = fs::remove_dir_all(&db_dir);

@@ -83,6 +83,9 @@ impl Store {
     /// time; the compaction job then stays pending ([`Store::pending_jobs`]).
     pub fn compact(&self) -> Result<CompactReport, StoreError> {
         let started = Instant::now();
+        // Held throughout: no key change (a destruction committing after the set of destroyed
+        // keyrings below was taken, with its own compaction job) can fall into the copy.
+        let _w = self.write_lifecycle();
         let gone: BTreeSet<u64> = self
             .read_catalog()
             .keyrings
@@ -108,9 +111,24 @@ impl Store {
             generation: r.generation,
             elapsed: started.elapsed(),
         };
+        if let Some(why) = r.shred_error {
+            // The store runs on the new generation, but files of an old one are left: the job
+            // is recorded again, so that `pending_jobs` says so and the next compaction (or
+            // open) shreds them.
+            let e = StoreError::InUse(format!(
+                "the database was compacted into generation {}, but shredding the old files failed ({why}); they are shredded by the next compaction (`strongroom compact`) or open",
+                report.generation
+            ));
+            let _ = self
+                .inner
+                .storage
+                .insert(TreeId::Jobs, COMPACT_JOB, Vec::new());
+            let _ = self.inner.storage.flush();
+            self.audit_failure(AuditOp::Compacted, "store".into(), &e);
+            return Err(e);
+        }
         // The compaction is done whether or not its entry can be written (the primary root may
         // be disabled): the audit key is needed only to record it.
-        let _w = self.write_lifecycle();
         let _ = self.commit(
             AuditOp::Compacted,
             "store".into(),

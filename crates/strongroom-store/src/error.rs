@@ -140,6 +140,26 @@ pub enum StoreError {
         /// Whose keys they are.
         what: String,
     },
+    /// The audit anchor outside the database is missing, but the log has entries.
+    #[error(
+        "the store at {path} has no audit anchor ({anchor}) but its audit log holds {found} entries: the anchor was removed, which would hide an older copy of the database put in place. Restore the anchor (or the store from a backup); if an older copy was put in place on purpose, accept it with `strongroom audit accept-rollback`"
+    )]
+    AnchorMissing {
+        /// The store directory.
+        path: PathBuf,
+        /// The anchor file.
+        anchor: PathBuf,
+        /// The last entry the database has.
+        found: u64,
+    },
+    /// The store is open elsewhere (another process, or another handle in this one).
+    #[error(
+        "the store at {path} is open in another process (or another handle of this one); close that first"
+    )]
+    Locked {
+        /// The store directory.
+        path: PathBuf,
+    },
     /// A stored structure did not parse.
     #[error("{what} in the store is unreadable: {source}; restore the store from a backup")]
     Corrupt {
@@ -214,7 +234,7 @@ pub enum StoreError {
     /// The database lost key operations that were acknowledged (its log was damaged, or an
     /// older copy of its files was put in place): detected against the audit anchor file.
     #[error(
-        "the store at {path} lost acknowledged key operations: its audit log ends at entry {found} but {anchor} records entry {anchored}; its database log was damaged or an older copy of its files was put in place. Restore it from a backup; if an older copy was put in place on purpose, delete {anchor} to accept it"
+        "the store at {path} lost acknowledged key operations: its audit log ends at entry {found} but {anchor} records entry {anchored}; its database log was damaged or an older copy of its files was put in place. Restore it from a backup; if an older copy was put in place on purpose, accept it with `strongroom audit accept-rollback`"
     )]
     RolledBack {
         /// The store directory.
@@ -352,6 +372,7 @@ impl StoreError {
                 | Self::CatalogIntegrity { .. }
                 | Self::Corrupt { .. }
                 | Self::RolledBack { .. }
+                | Self::AnchorMissing { .. }
                 | Self::Damaged { .. }
         )
     }

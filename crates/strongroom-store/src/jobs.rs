@@ -55,7 +55,7 @@ pub enum PendingJob {
     /// [`Store::run_due_destructions`]; it is unusable meanwhile).
     DueRootDestruction(RootKeyName),
     /// A root destroyed in the store whose keys the backend has not yet destroyed (finish with
-    /// [`Store::destroy_root_now`]).
+    /// [`Store::finish_root_destruction`]).
     BackendDestroy(RootKeyName),
     /// A move of a keyring to another root whose re-encryption is unfinished: the keyring still
     /// depends on `from` (finish with [`Store::move_keyring`]).
@@ -356,8 +356,14 @@ impl Store {
             .scan_prefix(TreeId::Jobs, BACKEND_DESTROY_PREFIX)
         {
             let (k, _) = item?;
+            // Believed only for a root the (sealed) catalog has as destroyed: the jobs tree is
+            // not authenticated, and a job for a live root is not strongroom's.
             if let Ok(name) = std::str::from_utf8(&k[BACKEND_DESTROY_PREFIX.len()..])
                 && let Ok(name) = RootKeyName::new(name)
+                && matches!(
+                    self.read_catalog().current_root(&name),
+                    Err(StoreError::RootDestroyed { .. })
+                )
             {
                 out.push(PendingJob::BackendDestroy(name));
             }

@@ -68,4 +68,7 @@ pub use jobs::{PendingJob, ReencryptReport};
 pub use lifecycle::{Destroyed, KeyringInfo, Progress, RootInfo};
 pub use moves::MoveReport;
 pub use records::{BatchOp, MAX_KEY_LEN, MAX_VALUE_LEN};
-pub use store::{ANCHOR_FILE, CURRENT_DB_FILE, DB_DIR, Store, StoreOptions, database_dir};
+pub use store::{
+    ANCHOR_FILE, CURRENT_DB_FILE, DB_DIR, LOCK_FILE, STORE_ID_FILE, Store, StoreOptions,
+    database_dir,
+};

@@ -691,6 +691,24 @@ impl Store {
         Ok(self.with_purged(destroyed, &purged))
     }
 
+    /// Finishes the destruction of root key `name` in the backend, for a root the store already
+    /// counts destroyed ([`PendingJob::BackendDestroy`](crate::PendingJob::BackendDestroy)).
+    /// Never destroys a root that is not destroyed in the store.
+    ///
+    /// # Errors
+    /// [`StoreError::InUse`] for a root that is not destroyed in the store; a backend error.
+    pub fn finish_root_destruction(&self, name: &RootKeyName) -> Result<(), StoreError> {
+        if !matches!(
+            self.read_catalog().current_root(name),
+            Err(StoreError::RootDestroyed { .. })
+        ) {
+            return Err(StoreError::InUse(format!(
+                "root key {name} is not destroyed in the store; destroy it with `strongroom root destroy {name}`"
+            )));
+        }
+        self.destroy_root_now(name).map(|_| ())
+    }
+
     /// Fills in the records purged for each destroyed keyring.
     fn with_purged(
         &self,

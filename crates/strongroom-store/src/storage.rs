@@ -28,6 +28,12 @@
 //!
 //! Writers are held off while the live entries are copied (the engine's slot is locked for
 //! writing), so nothing acknowledged can fall between the copy and the switch.
+//!
+//! One process at a time: the store directory's `store.lock` is locked (`flock`) for as long as
+//! the database is open, before `db-current` is read or any generation touched, so a second
+//! opener can never take a generation being written for one that a crash left behind. A
+//! leftover generation whose sled lock is still held is never shredded (it waits for a later
+//! open).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -87,6 +93,8 @@ impl TreeId {
 pub(crate) const FIRST_GENERATION: &str = "db";
 /// The file that names the current generation's directory (absent: [`FIRST_GENERATION`]).
 pub(crate) const CURRENT_FILE: &str = "db-current";
+/// The store directory's lock file, held while the database is open.
+pub(crate) const LOCK_FILE: &str = "store.lock";
 
 /// The database directory a store directory uses now (following `db-current`).
 ///
@@ -199,6 +207,8 @@ impl Engine {
 /// The database: the current generation's sled engine, swappable by a compaction.
 pub(crate) struct Storage {
     store_dir: PathBuf,
+    /// The locked `store.lock` (released when dropped).
+    _lock: std::fs::File,
     /// Point operations hold it shared for one call; scans and transactions clone the `Arc` (so
     /// that nothing holds the lock while calling back into the store); a compaction holds it
     /// exclusively while it copies and switches, once no clone is left.
@@ -292,7 +302,7 @@ pub(crate) type TreeScan =
     Scan<std::iter::Map<sled::Iter, fn(sled::Result<(IVec, IVec)>) -> Entry>>;
 
 /// What a compaction did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Compaction {
     /// Entries copied into the new generation.
     pub entries: u64,
@@ -302,18 +312,120 @@ pub(crate) struct Compaction {
     pub shredded_bytes: u64,
     /// The new generation.
     pub generation: u64,
+    /// Shredding an old generation failed (the store runs on the new one; what is left is
+    /// shredded by the next compaction or open).
+    pub shred_error: Option<String>,
+}
+
+/// Locks the store directory (see the module docs), retrying for a moment: a store closed a
+/// moment ago in this process may still be releasing it.
+fn lock_store_dir(store_dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = store_dir.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Io {
+            op: "open the store's lock file",
+            path: path.clone(),
+            source,
+        })?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: store_dir.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StoreError::Io {
+                    op: "lock the store directory",
+                    path,
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// The generation directories in `store_dir`.
+fn generations(store_dir: &Path) -> Vec<(Generation, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(store_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let g = e.file_name().to_str().and_then(Generation::parse)?;
+            Some((g, e.path()))
+        })
+        .collect()
 }
 
 impl Storage {
-    /// Opens (or creates) the database of the store in `store_dir`: its current generation.
-    /// Leftovers of an interrupted compaction are removed first (an unfinished new generation,
-    /// or an old one whose shredding a crash cut short).
-    pub(crate) fn open(store_dir: &Path) -> Result<Self, StoreError> {
-        let current = current_name(store_dir)?;
-        shred_other_generations(store_dir, current)?;
-        let engine = Engine::open(&store_dir.join(current.dir_name()))?;
+    /// Creates the database of a new store in `store_dir`, which must hold none: no generation
+    /// and no `db-current` ([`StoreError::AlreadyExists`] otherwise; nothing is touched).
+    pub(crate) fn create(store_dir: &Path) -> Result<Self, StoreError> {
+        let lock = lock_store_dir(store_dir)?;
+        if !generations(store_dir).is_empty()
+            || std::fs::symlink_metadata(store_dir.join(CURRENT_FILE)).is_ok()
+        {
+            return Err(StoreError::AlreadyExists {
+                path: store_dir.to_path_buf(),
+            });
+        }
+        let engine = Engine::open(&store_dir.join(Generation(0).dir_name()))?;
         Ok(Self {
             store_dir: store_dir.to_path_buf(),
+            _lock: lock,
+            slot: RwLock::new(Arc::new(engine)),
+        })
+    }
+
+    /// Opens the database of the store in `store_dir`: its current generation. Leftovers of an
+    /// interrupted compaction are removed first (an unfinished new generation, or an old one
+    /// whose shredding a crash cut short).
+    ///
+    /// # Errors
+    /// [`StoreError::NotAStore`] when there is no database; [`StoreError::Damaged`] when
+    /// `db-current` names a generation that is missing while others are there;
+    /// [`StoreError::Locked`] while another handle has it open.
+    pub(crate) fn open(store_dir: &Path) -> Result<Self, StoreError> {
+        let lock = lock_store_dir(store_dir)?;
+        let current = current_name(store_dir)?;
+        let current_dir = store_dir.join(current.dir_name());
+        if !current_dir.is_dir() {
+            let others = generations(store_dir);
+            if others.is_empty() {
+                return Err(StoreError::NotAStore {
+                    path: store_dir.to_path_buf(),
+                });
+            }
+            return Err(StoreError::Damaged {
+                path: store_dir.join(CURRENT_FILE),
+                why: format!(
+                    "it names {} (or is missing and so names `{FIRST_GENERATION}`), which does not exist, but {} does: nothing was removed; restore `{CURRENT_FILE}` naming the right one, or restore the store from a backup",
+                    current.dir_name(),
+                    others
+                        .iter()
+                        .map(|(g, _)| g.dir_name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        shred_other_generations(store_dir, current)?;
+        let engine = Engine::open(&current_dir)?;
+        Ok(Self {
+            store_dir: store_dir.to_path_buf(),
+            _lock: lock,
             slot: RwLock::new(Arc::new(engine)),
         })
     }
@@ -586,10 +698,23 @@ impl Storage {
         drop(slot);
         // The old generation is closed (its last handle was ours), then shredded. Its
         // background threads release the database's lock a moment after the close: only then
-        // is nothing left that could write to its files.
+        // is nothing left that could write to its files. A failure here leaves files behind,
+        // said in the report: the store runs on the new generation, and the next compaction or
+        // open shreds what is left.
         drop(old);
-        wait_unlocked(&self.store_dir.join(current.dir_name()));
-        report.shredded_bytes = shred_dir(&self.store_dir.join(current.dir_name()))?;
+        let old_dir = self.store_dir.join(current.dir_name());
+        let shredded = if wait_unlocked(&old_dir) {
+            shred_dir(&old_dir)
+        } else {
+            Err(StoreError::InUse(format!(
+                "{} is still locked by sled",
+                old_dir.display()
+            )))
+        };
+        match shredded.and_then(|n| shred_other_generations(&self.store_dir, next).map(|()| n)) {
+            Ok(n) => report.shredded_bytes = n,
+            Err(e) => report.shred_error = Some(e.to_string()),
+        }
         Ok(report)
     }
 }
@@ -618,11 +743,12 @@ fn write_current(store_dir: &Path, g: Generation) -> Result<(), StoreError> {
         .map_err(io("sync", store_dir))
 }
 
-/// Waits (up to 5 s) until no process holds sled's lock on the database in `dir`.
-fn wait_unlocked(dir: &Path) {
+/// Waits (up to 5 s) until no one holds sled's lock on the database in `dir`; `false` if it is
+/// still held then (the directory must then not be touched).
+fn wait_unlocked(dir: &Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     let lock_file = dir.join("db");
-    while Instant::now() < deadline {
+    loop {
         match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -631,30 +757,26 @@ fn wait_unlocked(dir: &Path) {
             Ok(f) => {
                 if f.try_lock().is_ok() {
                     let _ = f.unlock();
-                    return;
+                    return true;
                 }
             }
-            Err(_) => return,
+            Err(_) => return true,
+        }
+        if Instant::now() >= deadline {
+            return false;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
 /// Shreds every generation directory in `store_dir` other than `current` (leftovers of an
-/// interrupted compaction), and a temporary `db-current` a crash left.
+/// interrupted compaction), and a temporary `db-current` a crash left. The caller holds the
+/// store directory's lock; a generation whose sled lock is still held is left alone.
 fn shred_other_generations(store_dir: &Path, current: Generation) -> Result<(), StoreError> {
     let _ = std::fs::remove_file(store_dir.join(format!("{CURRENT_FILE}.tmp")));
-    let Ok(entries) = std::fs::read_dir(store_dir) else {
-        return Ok(());
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(g) = name.to_str().and_then(Generation::parse) else {
-            continue;
-        };
-        if g != current && e.file_type().is_ok_and(|t| t.is_dir()) {
-            wait_unlocked(&e.path());
-            shred_dir(&e.path())?;
+    for (g, path) in generations(store_dir) {
+        if g != current && wait_unlocked(&path) {
+            shred_dir(&path)?;
         }
     }
     Ok(())
@@ -759,7 +881,7 @@ mod tests {
     #[test]
     fn compaction_keeps_what_the_filter_keeps_and_shreds_the_old_generation() {
         let d = tempfile::tempdir().unwrap();
-        let s = Storage::open(d.path()).unwrap();
+        let s = Storage::create(d.path()).unwrap();
         s.insert(TreeId::Records, b"keep", b"kept-value".to_vec())
             .unwrap();
         s.insert(TreeId::Records, b"drop", b"dropped-value".to_vec())
@@ -788,7 +910,7 @@ mod tests {
     #[test]
     fn a_scan_in_flight_holds_a_compaction_off_until_it_ends() {
         let d = tempfile::tempdir().unwrap();
-        let s = Storage::open(d.path()).unwrap();
+        let s = Storage::create(d.path()).unwrap();
         s.insert(TreeId::Jobs, b"a", b"1".to_vec()).unwrap();
         let scan = s.scan_prefix(TreeId::Jobs, b"");
         let e = s
@@ -804,7 +926,7 @@ mod tests {
     #[test]
     fn leftovers_of_an_interrupted_compaction_are_removed_at_open() {
         let d = tempfile::tempdir().unwrap();
-        drop(Storage::open(d.path()).unwrap());
+        drop(Storage::create(d.path()).unwrap());
         // A copy that died before the switch, and an older generation a crash left unshredded.
         for leftover in ["db.1", "db.5"] {
             std::fs::create_dir(d.path().join(leftover)).unwrap();

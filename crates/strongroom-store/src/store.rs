@@ -35,6 +35,8 @@ pub const DB_DIR: &str = storage::FIRST_GENERATION;
 /// File (inside the store directory) that names the current database directory once a
 /// compaction has moved it.
 pub const CURRENT_DB_FILE: &str = storage::CURRENT_FILE;
+/// The store directory's lock file (held while the store is open).
+pub const LOCK_FILE: &str = storage::LOCK_FILE;
 
 /// The directory that holds the database of the store in `dir` now (for tools and tests that
 /// read the raw files; the store itself finds it on open).
@@ -177,6 +179,10 @@ pub(crate) struct Inner {
     pub catalog_verified: AtomicBool,
     /// Whether the catalog is sealed (false: a store from before, until its first commit).
     pub catalog_sealed: AtomicBool,
+    /// Opened with [`Store::open_accepting_rollback`].
+    pub accepting_rollback: AtomicBool,
+    /// When data operations last tried to verify a catalog that could not be verified at open.
+    pub last_verify_attempt: Mutex<Option<Instant>>,
 }
 
 /// An open store. `Send + Sync`, cheap to clone; clones share everything but the actor.
@@ -304,7 +310,9 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
         let dir = dir.to_path_buf();
-        if storage::current_db_dir(&dir)?.exists() {
+        if storage::current_db_dir(&dir)?.exists()
+            || std::fs::symlink_metadata(dir.join(CURRENT_DB_FILE)).is_ok()
+        {
             return Err(StoreError::AlreadyExists { path: dir });
         }
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
@@ -324,6 +332,19 @@ impl Store {
         };
         // One store per set of backend keys: claimed before the first key is made.
         claim_backend(&*backend, &store_id, &dir)?;
+        let claimed = || -> Result<(), StoreError> {
+            // Two inits on one namespace at once: the last claim wins, the other gives up.
+            match backend.store_claim() {
+                Ok(Some(c)) if c.store_id != store_id => Err(StoreError::KeysOfAnotherStore {
+                    what: format!(
+                        "another store ({} at {}) claimed the backend's keys while this one was being created",
+                        hex(&c.store_id),
+                        c.location
+                    ),
+                }),
+                _ => Ok(()),
+            }
+        };
         let root = RootKeyId::new(primary_root.clone(), RootVersion::FIRST);
         if let Some(selector) = adopt {
             match backend.adopt_root(&root, selector) {
@@ -337,13 +358,14 @@ impl Store {
             }
         }
         ensure_backend_root(&*backend, &root)?;
+        claimed()?;
         let audit_key = Key256::generate()?;
         let audit_blob = backend
             .wrap(&root, &audit_key, &audit_key_context(&store_id))
             .map_err(StoreError::backend(format!(
                 "wrapping the audit key under root key {root}"
             )))?;
-        let storage = Storage::open(&dir)?;
+        let storage = Storage::create(&dir)?;
         let store = Self::assemble(dir, storage, backend, meta.clone(), options);
         *store
             .inner
@@ -395,10 +417,49 @@ impl Store {
         backend: Arc<dyn Backend>,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
-        if !storage::current_db_dir(&dir)?.is_dir() {
-            return Err(StoreError::NotAStore { path: dir });
-        }
+        Self::open_inner(dir.as_ref(), backend, options, false)
+    }
+
+    /// [`Store::open`] for a database that the audit anchor outside it says is older than it
+    /// should be ([`StoreError::RolledBack`]), or that has lost its anchor
+    /// ([`StoreError::AnchorMissing`]), when an operator put an older copy in place on purpose:
+    /// the database is taken as it is, the acceptance is recorded in the audit log, and the
+    /// anchor is written anew. Everything else is checked as at any open.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_accepting_rollback(
+        dir: impl AsRef<Path>,
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let store = Self::open_inner(dir.as_ref(), backend, options, true)?;
+        let found = audit::stored_head(&store.inner.storage)?.map_or(0, |h| h.seq);
+        let anchored = store
+            .anchor_file()?
+            .and_then(|b| audit::parse_anchor(&b))
+            .map(|a| a.head.seq);
+        let _w = store.write_lifecycle();
+        store.commit(
+            AuditOp::RollbackAccepted,
+            "store".into(),
+            match anchored {
+                Some(a) => format!("the database's log ends at entry {found}; the anchor said {a}"),
+                None => format!("the database's log ends at entry {found}; there was no anchor"),
+            },
+            |_| Ok(()),
+        )?;
+        drop(_w);
+        Ok(store)
+    }
+
+    fn open_inner(
+        dir: &Path,
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+        accept_rollback: bool,
+    ) -> Result<Self, StoreError> {
+        let dir = dir.to_path_buf();
         let storage = Storage::open(&dir)?;
         let raw = storage
             .get(TreeId::Meta, META_KEY)?
@@ -447,11 +508,21 @@ impl Store {
             _ => {}
         }
         let store = Self::assemble(dir, storage, backend, meta, options);
-        store.check_anchor()?;
-        // The audit key is loaded now if its root allows; if not, key operations report
-        // AuditUnavailable until the root is enabled (data operations are unaffected, and the
-        // catalog is verified by the first key operation: README, security model).
-        let key = store.audit_key().ok();
+        store
+            .inner
+            .accepting_rollback
+            .store(accept_rollback, Ordering::Release);
+        store.check_anchor(accept_rollback)?;
+        // The audit key is loaded now if its root allows. If the root is unusable (disabled,
+        // destroyed, the HSM down), nothing can be verified yet: key operations report
+        // AuditUnavailable, and data operations wait for the catalog to be verified
+        // (`usable_keyring`). A damaged audit key (or metadata naming another primary root) is
+        // an integrity failure now.
+        let key = match store.audit_key() {
+            Ok(k) => Some(k),
+            Err(StoreError::AuditUnavailable { .. } | StoreError::Backend { .. }) => None,
+            Err(e) => return Err(e),
+        };
         // A catalog changed outside strongroom is refused here, naming the entry, before
         // anything in it is believed.
         let sealed = match &key {
@@ -505,6 +576,8 @@ impl Store {
                 backend_calls: AtomicU64::new(0),
                 catalog_verified: AtomicBool::new(false),
                 catalog_sealed: AtomicBool::new(false),
+                accepting_rollback: AtomicBool::new(false),
+                last_verify_attempt: Mutex::new(None),
             }),
             actor,
         }
@@ -577,10 +650,44 @@ impl Store {
         &self,
         name: &KeyringName,
     ) -> Result<Arc<KeyringEntry>, StoreError> {
+        if !self.inner.catalog_verified.load(Ordering::Acquire) {
+            self.verify_for_data()?;
+        }
         let cat = self.read_catalog();
         let kr = cat.keyring(name)?;
         check_usable(&cat, name, &kr)?;
         Ok(kr)
+    }
+
+    /// A catalog that could not be verified at open (the primary root was unusable) is not
+    /// believed: data operations try to verify it (at most once a second) and are refused until
+    /// that succeeds.
+    #[cold]
+    fn verify_for_data(&self) -> Result<(), StoreError> {
+        let root = self.inner.meta.primary_root.clone();
+        let refused = |reason: String| StoreError::AuditUnavailable {
+            root: root.clone(),
+            reason: format!(
+                "the key states (the catalog) cannot be verified until it is usable, so no record is read or written: {reason}"
+            ),
+        };
+        {
+            let mut last = self
+                .inner
+                .last_verify_attempt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Err(refused("it was not a moment ago".into()));
+            }
+            *last = Some(Instant::now());
+        }
+        let key = match self.audit_key() {
+            Ok(k) => k,
+            Err(StoreError::AuditUnavailable { reason, .. }) => return Err(refused(reason)),
+            Err(e) => return Err(e),
+        };
+        self.verify_catalog_once(&key).map(|_| ())
     }
 
     pub(crate) fn read_lifecycle(&self) -> RwLockReadGuard<'_, ()> {
@@ -678,6 +785,17 @@ impl Store {
                 what: "the audit key (missing)".into(),
             })?;
         let blob = parse_blob(&raw, || "the wrapped audit key".into())?;
+        // The metadata (not sealed: it names the key that seals the rest) must name the root
+        // the audit key is wrapped under, which only that root can unwrap.
+        if blob.root().map(|r| &r.name) != Some(&root) {
+            return Err(StoreError::KeyIntegrity {
+                what: format!(
+                    "the store's metadata (it names {root} as the primary root, but the audit key is wrapped under {})",
+                    blob.root()
+                        .map_or_else(|| "no root key".to_owned(), |r| r.name.to_string())
+                ),
+            });
+        }
         let key = match self.backend_unwrap(&blob, &audit_key_context(&self.inner.meta.store_id)) {
             Ok(k) => k,
             Err(BackendError::Integrity) => {
@@ -706,7 +824,7 @@ impl Store {
     }
 
     /// Refuses a database that ends before the audit anchor (see [`ANCHOR_FILE`]).
-    fn check_anchor(&self) -> Result<(), StoreError> {
+    fn check_anchor(&self, accept_rollback: bool) -> Result<(), StoreError> {
         let path = self.inner.dir.join(ANCHOR_FILE);
         // Temporary anchors a crash left behind.
         if let Ok(entries) = std::fs::read_dir(&self.inner.dir) {
@@ -719,24 +837,33 @@ impl Store {
                 }
             }
         }
-        // No anchor yet: a store that never had a key operation.
+        let head = audit::stored_head(&self.inner.storage)?.map_or(0, |h| h.seq);
+        // No anchor: a store that never had a key operation, or one whose anchor was removed
+        // (which would hide an older copy of the database put in place).
         let Some(bytes) = self.anchor_file()? else {
+            if head > 0 && !accept_rollback {
+                return Err(StoreError::AnchorMissing {
+                    path: self.inner.dir.clone(),
+                    anchor: path,
+                    found: head,
+                });
+            }
             return Ok(());
         };
-        let Some(anchor) = audit::parse_anchor(&bytes) else {
+        let Some(anchor) = audit::parse_anchor(&bytes).map(|a| a.head) else {
             return Err(StoreError::Corrupt {
                 what: format!("the audit anchor {}", path.display()),
                 source: FormatError::BadLength {
                     what: "audit anchor",
                     field: "file",
-                    expected: 72,
+                    expected: 73,
                     found: bytes.len(),
                 },
             });
         };
-        // Only the sequence is checked here; whether the entries match is `verify_audit`'s job.
-        let head = audit::stored_head(&self.inner.storage)?.map_or(0, |h| h.seq);
-        if head < anchor.seq {
+        // Only the sequence is checked here; its MAC with the catalog (`verify_catalog_once`),
+        // whether the entries match in `verify_audit`.
+        if head < anchor.seq && !accept_rollback {
             return Err(StoreError::RolledBack {
                 path: self.inner.dir.clone(),
                 anchor: path,
@@ -780,7 +907,11 @@ impl Store {
         let write = || -> std::io::Result<()> {
             use std::io::Write as _;
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&audit::anchor_bytes(key, head))?;
+            f.write_all(&audit::anchor_bytes(
+                key,
+                head,
+                self.inner.catalog_sealed.load(Ordering::Acquire),
+            ))?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;
             std::fs::File::open(&self.inner.dir)?.sync_all()
@@ -838,10 +969,29 @@ impl Store {
     }
 
     /// Verifies the catalog against the audit key if that has not been done since open (it
-    /// cannot be while the primary root is unusable); returns whether it is sealed.
+    /// cannot be while the primary root is unusable); returns whether it is sealed. The anchor
+    /// outside the database is checked with it: it must be genuine, and one written after the
+    /// catalog was sealed (version 2) refuses a database whose catalog is not (a downgrade).
     pub(crate) fn verify_catalog_once(&self, key: &AuditKey) -> Result<bool, StoreError> {
         if self.inner.catalog_verified.load(Ordering::Acquire) {
             return Ok(self.inner.catalog_sealed.load(Ordering::Acquire));
+        }
+        let mut must_be_sealed = false;
+        if let Some(bytes) = self.anchor_file()? {
+            match audit::verified_anchor(key, &bytes) {
+                Some(a) => {
+                    must_be_sealed =
+                        a.version >= 2 && !self.inner.accepting_rollback.load(Ordering::Acquire);
+                }
+                None => {
+                    return Err(StoreError::CatalogIntegrity {
+                        what: format!(
+                            "the audit anchor {} (it fails its MAC: it was not written by this store)",
+                            self.inner.dir.join(ANCHOR_FILE).display()
+                        ),
+                    });
+                }
+            }
         }
         let head = audit::stored_head_full(&self.inner.storage)?;
         let v = catalog::verify(
@@ -850,6 +1000,11 @@ impl Store {
             &self.inner.meta.store_id,
             head.as_ref(),
         )?;
+        if must_be_sealed && !v.sealed {
+            return Err(StoreError::CatalogIntegrity {
+                what: "the catalog (the anchor outside the database was written after it was sealed, but the database holds an unsealed one: it was downgraded)".into(),
+            });
+        }
         self.inner.catalog_sealed.store(v.sealed, Ordering::Release);
         self.inner.catalog_verified.store(true, Ordering::Release);
         Ok(v.sealed)
@@ -1139,20 +1294,36 @@ fn location_of(dir: &Path) -> String {
         .to_string()
 }
 
+/// File (inside the store directory) naming the store id a create in this directory claimed
+/// the backend's keys for, written before the claim: how a create that did not finish is told
+/// from another store that once lived at the same path.
+pub const STORE_ID_FILE: &str = "store-id";
+
 /// Claims the backend's keys for a new store `store_id` in `dir`, or refuses if they belong to
-/// another store: one whose claim names another place, or, for keys from before claims were
-/// recorded, any root key already there. A claim of this same directory is an earlier `init`
-/// here that did not finish (no store is here now): taken over.
+/// another store: one whose claim names another place, or the same place without this
+/// directory's `store-id` naming it (a store moved away, or deleted), or, for keys from before
+/// claims were recorded, any root key already there. A claim that this directory's `store-id`
+/// names is an earlier create here that did not finish (no store is here now): taken over.
 fn claim_backend(backend: &dyn Backend, store_id: &[u8; 16], dir: &Path) -> Result<(), StoreError> {
     let claim = StoreClaim {
         store_id: *store_id,
         location: location_of(dir),
     };
+    let marker = dir.join(STORE_ID_FILE);
+    let earlier: Option<[u8; 16]> = std::fs::read_to_string(&marker).ok().and_then(|s| {
+        let s = s.trim();
+        let mut id = [0u8; 16];
+        (s.len() == 32).then_some(())?;
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(id)
+    });
     let reading = "reading which store the backend's keys belong to";
     match backend.store_claim() {
         Err(BackendError::NotSupported { .. }) => return Ok(()),
         Err(e) => return Err(StoreError::backend(reading)(e)),
-        Ok(Some(c)) if c.location != claim.location => {
+        Ok(Some(c)) if c.location != claim.location || earlier != Some(c.store_id) => {
             return Err(StoreError::KeysOfAnotherStore {
                 what: format!(
                     "the backend's keys belong to store {} at {}",
@@ -1175,6 +1346,11 @@ fn claim_backend(backend: &dyn Backend, store_id: &[u8; 16], dir: &Path) -> Resu
             }
         }
     }
+    std::fs::write(&marker, format!("{}\n", hex(store_id))).map_err(|source| StoreError::Io {
+        op: "write",
+        path: marker.clone(),
+        source,
+    })?;
     backend.set_store_claim(&claim).map_err(StoreError::backend(
         "recording which store the backend's keys belong to",
     ))

@@ -22,7 +22,7 @@ impl Store {
         };
         // The anchor kept outside the database must be genuine and name an entry of this chain.
         if let Some(bytes) = self.anchor_file()? {
-            let Some(anchor) = audit::verified_anchor(&key, &bytes) else {
+            let Some(anchor) = audit::verified_anchor(&key, &bytes).map(|a| a.head) else {
                 return Ok(Err(AuditBreak {
                     seq: report.entries,
                     problem: "the anchor outside the database (audit-anchor) is damaged or was not written by this store: it fails its MAC".into(),

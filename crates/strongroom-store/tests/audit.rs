@@ -168,7 +168,7 @@ fn a_head_moved_back_is_refused_at_open_by_the_anchor() {
     let mut fx = populated();
     fx.store = None;
     {
-        let db = sled::open(strongroom_store::database_dir(fx.dir.path()).unwrap()).unwrap();
+        let db = common::raw_sled(&strongroom_store::database_dir(fx.dir.path()).unwrap());
         let meta = db.open_tree("meta").unwrap();
         let mut h = meta.get(b"audit_head").unwrap().unwrap().to_vec();
         h[..8].copy_from_slice(&7u64.to_be_bytes());
@@ -217,10 +217,30 @@ fn an_older_copy_of_the_database_is_refused_unless_accepted() {
         "{e:?}"
     );
     assert!(e.to_string().contains(strongroom_store::ANCHOR_FILE), "{e}");
-    // An operator who put the copy back on purpose accepts it by deleting the anchor.
-    std::fs::remove_file(fx.dir.path().join(strongroom_store::ANCHOR_FILE)).unwrap();
-    let s = fx.reopen();
+    // Deleting the anchor does not hide it any more.
+    let anchor = fx.dir.path().join(strongroom_store::ANCHOR_FILE);
+    let kept = std::fs::read(&anchor).unwrap();
+    std::fs::remove_file(&anchor).unwrap();
+    let e =
+        strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
+            .unwrap_err();
+    assert!(
+        matches!(e, strongroom_store::StoreError::AnchorMissing { .. }) && e.is_integrity(),
+        "{e:?}"
+    );
+    std::fs::write(&anchor, kept).unwrap();
+    // An operator who put the copy back on purpose accepts it, and that is recorded.
+    let s = strongroom_store::Store::open_accepting_rollback(
+        fx.dir.path(),
+        fx.backend.clone(),
+        StoreOptions::default(),
+    )
+    .unwrap();
     assert!(s.verify_audit().unwrap().is_ok());
+    let last = s.audit_entries(1).last().unwrap().unwrap();
+    assert_eq!(last.op, AuditOp::RollbackAccepted);
+    drop(s);
+    fx.reopen();
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -251,7 +271,7 @@ fn reopen_after(
 ) -> Result<strongroom_store::Store, strongroom_store::StoreError> {
     fx.store = None;
     {
-        let db = sled::open(strongroom_store::database_dir(fx.dir.path()).unwrap()).unwrap();
+        let db = common::raw_sled(&strongroom_store::database_dir(fx.dir.path()).unwrap());
         f(&db);
         db.flush().unwrap();
     }
@@ -282,7 +302,7 @@ fn a_damaged_head_is_an_integrity_failure_not_a_fresh_log() {
         "{e}"
     );
     // The damaged head is still there, unchanged, for whoever looks at it.
-    let db = sled::open(strongroom_store::database_dir(fx.dir.path()).unwrap()).unwrap();
+    let db = common::raw_sled(&strongroom_store::database_dir(fx.dir.path()).unwrap());
     let head = db.open_tree("meta").unwrap().get(b"audit_head").unwrap();
     assert_eq!(head.map(|h| h.len()), Some(20));
 }
@@ -292,14 +312,25 @@ fn a_forged_anchor_fails_verification() {
     let mut fx = populated();
     let path = fx.dir.path().join(strongroom_store::ANCHOR_FILE);
     let mut anchor = std::fs::read(&path).unwrap();
-    assert_eq!(anchor.len(), 72);
+    assert_eq!(
+        anchor.len(),
+        73,
+        "a version-2 anchor: the catalog is sealed"
+    );
     fx.store().verify_audit().unwrap().unwrap();
-    // Same sequence and hash (so the rollback check at open passes), a MAC it cannot know.
-    anchor[71] ^= 1;
+    // Same sequence and hash (so the rollback check passes), a MAC it cannot know: refused at
+    // open, since the anchor also says whether the catalog must be sealed.
+    anchor[72] ^= 1;
     std::fs::write(&path, &anchor).unwrap();
-    let s = fx.reopen();
-    let b = s.verify_audit().unwrap().unwrap_err();
-    assert!(b.problem.contains("fails its MAC"), "{b:?}");
+    fx.store = None;
+    let e =
+        strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
+            .unwrap_err();
+    assert!(
+        matches!(e, strongroom_store::StoreError::CatalogIntegrity { .. })
+            && e.to_string().contains("fails its MAC"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -391,7 +422,10 @@ fn an_audited_write_does_not_land_without_its_entry() {
             "{e}"
         );
     }
-    // Read without auditing: nothing of the refused writes landed.
+    // Nothing of the refused writes landed. (While the primary root is unusable the catalog
+    // cannot be verified, so the store reads nothing at all: it is enabled again first.)
+    assert!(s.get(&t, b"before").unwrap_err().is_access_refused());
+    s.enable_root(&rn("service")).unwrap();
     fx.options = StoreOptions::default();
     let s = fx.reopen();
     assert!(s.get(&t, b"x").unwrap().is_none());

@@ -122,12 +122,25 @@ softhsm_tests! {
         };
         let b2 = other("second");
         drop(Store::create(&c, b2.clone(), &rn("service"), StoreOptions::default()).unwrap());
-        std::fs::remove_dir_all(&c).unwrap();
+        // What a create that died after its claim leaves: the store-id file naming the claim.
+        for e in std::fs::read_dir(&c).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() != strongroom_store::STORE_ID_FILE {
+                let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+            }
+        }
         let e = Store::create(&d, b2.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
         assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }), "{e}");
         let sc = Store::create(&c, b2.clone(), &rn("service"), StoreOptions::default()).unwrap();
         sc.create_keyring(&kr("k"), None).unwrap();
         drop(sc);
+        // A store moved elsewhere takes its store-id with it: a create at its old path is
+        // refused, not handed its keys.
+        let moved = dir.path().join("c-moved");
+        std::fs::rename(&c, &moved).unwrap();
+        let e = Store::create(&c, b2.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
+        assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }), "{e}");
+        Store::open(&moved, b2.clone(), StoreOptions::default()).unwrap();
 
         // Keys from before stores claimed their namespace count as another store's.
         let b3 = other("legacy");

@@ -1356,9 +1356,10 @@ fn sled_drops_the_log_tail_after_a_flipped_byte_without_an_error() {
             other.map(|_| ())
         ),
     }
-    // Accepting the loss (deleting the anchor) shows what sled did without a word.
-    std::fs::remove_file(d.join(strongroom_store::ANCHOR_FILE)).unwrap();
-    let s = open_plain(d).expect("sled reports nothing: the store opens");
+    // Accepting the loss (`strongroom audit accept-rollback`) shows what sled did without a word.
+    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::open(d).unwrap());
+    let s = Store::open_accepting_rollback(d, backend, StoreOptions::default())
+        .expect("sled reports nothing: the store opens");
     // Before the damaged message: intact.
     for i in 1..10 {
         assert_eq!(
@@ -1384,9 +1385,12 @@ fn sled_drops_the_log_tail_after_a_flipped_byte_without_an_error() {
     assert_eq!(get_text(&s, &ring, "r00").unwrap(), Some("first 0".into()));
     // The acknowledged DEK rotation is undone too, with its audit entry ...
     assert_eq!(s.keyring(&ring).unwrap().dek_versions.len(), 1);
-    // ... and the audit log verifies: entries and head went back together.
+    // ... and the audit log verifies: entries and head went back together (then the
+    // acceptance was recorded, one entry more).
     let report = s.verify_audit().unwrap().unwrap();
-    assert!(report.entries < entries_before, "{report:?}");
+    assert!(report.entries - 1 < entries_before, "{report:?}");
+    let last = s.audit_entries(report.entries).next().unwrap().unwrap();
+    assert_eq!(last.op, strongroom_store::AuditOp::RollbackAccepted);
 }
 
 /// Damage in the part of the log that sled's snapshot (written at the last open) vouches for is

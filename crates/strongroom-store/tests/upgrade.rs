@@ -44,6 +44,21 @@ fn legacy_copy() -> tempfile::TempDir {
     d
 }
 
+fn raw_sled(db_dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(db_dir) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
 fn open(dir: &Path) -> Result<Store, StoreError> {
     let backend: Arc<dyn Backend> = Arc::new(SoftBackend::open(dir).unwrap());
     Store::open(dir, backend, StoreOptions::default())
@@ -108,14 +123,14 @@ fn a_store_from_before_the_sealed_catalog_is_upgraded_once_and_keeps_everything(
     assert_eq!(upgrades(&s), 1);
     drop(s);
     let off_sealed = {
-        let db = sled::open(strongroom_store::database_dir(d.path()).unwrap()).unwrap();
+        let db = raw_sled(&strongroom_store::database_dir(d.path()).unwrap());
         let t = db.open_tree("keyrings").unwrap();
         assert!(t.iter().all(|r| r.unwrap().1[0] == 2), "every entry sealed");
         t.get("off").unwrap().unwrap().to_vec()
     };
     // From now on the catalog is held like any other: `off` turned back on is refused.
     {
-        let db = sled::open(strongroom_store::database_dir(d.path()).unwrap()).unwrap();
+        let db = raw_sled(&strongroom_store::database_dir(d.path()).unwrap());
         let t = db.open_tree("keyrings").unwrap();
         let (body, mac) = off_sealed.split_at(off_sealed.len() - 32);
         let mut e = strongroom_store::format::KeyringEntry::parse(body).unwrap();
@@ -146,7 +161,7 @@ fn an_upgraded_store_refuses_its_old_unsealed_entries_put_back() {
     };
     drop(open(d.path()).unwrap());
     {
-        let db = sled::open(strongroom_store::database_dir(d.path()).unwrap()).unwrap();
+        let db = raw_sled(&strongroom_store::database_dir(d.path()).unwrap());
         db.open_tree("keyrings")
             .unwrap()
             .insert("off", old_off)

@@ -54,11 +54,28 @@ impl Fixture {
     pub fn with_raw_db(&mut self, f: impl FnOnce(&sled::Db)) -> &Store {
         self.store = None;
         {
-            let db = sled::open(strongroom_store::database_dir(self.dir.path()).unwrap()).unwrap();
+            let db = raw_sled(&strongroom_store::database_dir(self.dir.path()).unwrap());
             f(&db);
             db.flush().unwrap();
         }
         self.reopen()
+    }
+}
+
+/// sled opened directly, retrying while a store just closed still holds its lock (sled's
+/// background threads release it a moment after the last handle drops).
+pub fn raw_sled(db_dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(db_dir) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r.unwrap(),
+        }
     }
 }
 
