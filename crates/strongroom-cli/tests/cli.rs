@@ -947,3 +947,19 @@ fn a_failed_init_removes_only_what_it_created() {
     left.sort();
     assert_eq!(left, ["notes.txt", "soft-root-keys.lock"]);
 }
+
+#[test]
+fn a_missing_anchor_is_refused_until_an_operator_accepts_the_database() {
+    let (_dir, data) = new_store();
+    let d = data.as_path();
+    sr(d, &["keyring", "create", "k"]).ok();
+    sr(d, &["put", "k", "a", "1"]).ok();
+    std::fs::remove_file(d.join("audit-anchor")).unwrap();
+    sr(d, &["get", "k", "a"]).fails(5, "strongroom audit accept-rollback");
+    sr(d, &["audit", "accept-rollback"]).fails(7, "--yes");
+    let out = sr(d, &["audit", "accept-rollback", "--yes"]).ok().out();
+    assert!(out.contains("accepted"), "{out}");
+    assert_eq!(sr(d, &["get", "k", "a"]).ok().out(), "1");
+    let log = sr(d, &["audit", "log"]).ok().out();
+    assert!(log.contains("store.accept-rollback"), "{log}");
+}
