@@ -71,7 +71,9 @@ impl Store {
     /// depends on the old root, in this store or its files; copies of the store made before
     /// the move stay readable while the old root lives.
     ///
-    /// Called again for a move an interruption left unfinished, it finishes it.
+    /// Called again for a move an interruption left unfinished, it finishes it. `progress` is
+    /// called with the store's lifecycle lock held for reading: it must not call a lifecycle
+    /// operation of the same store (that would wait for itself).
     ///
     /// # Errors
     /// A keyring or root that is not usable, [`StoreError::InUse`] while another move of the
