@@ -7,6 +7,8 @@ use strongroom_cli::json::Json;
 use strongroom_core::{Backend, KeyringName, RootKeyName, SoftBackend};
 use strongroom_store::{Store, StoreError, StoreOptions};
 
+use crate::common::{hex, temp_dir};
+use crate::context::Context;
 use crate::error::CliError;
 use crate::output::Out;
 
@@ -58,9 +60,9 @@ fn refused(
     }
 }
 
-pub fn run(out: &Out) -> Result<(), CliError> {
-    let dir = crate::bench::tempfile_dir()?;
-    let r = tour(out, &dir);
+pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
+    let dir = temp_dir()?;
+    let r = tour(ctx.out, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
@@ -93,7 +95,7 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
         "init",
         &[format!(
             "store {} created; primary root key service/v1 in {}",
-            crate::ops::hex(&s.meta().store_id[..4]),
+            hex(&s.meta().store_id[..4]),
             backend.describe().description
         )],
     )?;

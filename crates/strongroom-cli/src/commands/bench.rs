@@ -14,8 +14,9 @@ use strongroom_core::{
 use strongroom_store::{Store, StoreOptions};
 
 use crate::cli::BenchArgs;
+use crate::common::{record_cipher, temp_dir};
+use crate::context::Context;
 use crate::error::CliError;
-use crate::output::Out;
 
 const ROUNDS: u64 = 5;
 
@@ -52,8 +53,9 @@ fn rate(ops: u64, d: Duration) -> f64 {
     ops as f64 / d.as_secs_f64().max(1e-9)
 }
 
-pub fn run(out: &Out, a: &BenchArgs) -> Result<(), CliError> {
-    let dir = tempfile_dir()?;
+pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
+    let out = ctx.out;
+    let dir = temp_dir()?;
     let plain = sled::Config::new()
         .path(dir.join("plain"))
         .flush_every_ms(Some(500))
@@ -152,7 +154,7 @@ pub fn run(out: &Out, a: &BenchArgs) -> Result<(), CliError> {
                 "strongroom bench: {total} records of {} bytes, {} thread(s), {ROUNDS} alternating rounds, soft backend\nrecords sealed with {}\n\n",
                 a.value_size,
                 a.threads,
-                crate::doctor::record_cipher()
+                record_cipher()
             );
             t.push_str(&format!("{:<6} {:>14} {:>18} {:>22}\n", "op", "plain sled/s", "strongroom/s", "strongroom / plain"));
             for (op, p, s) in rows {
@@ -185,15 +187,4 @@ pub fn run(out: &Out, a: &BenchArgs) -> Result<(), CliError> {
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     written
-}
-
-/// A fresh private directory under the system temp dir.
-pub(crate) fn tempfile_dir() -> Result<std::path::PathBuf, CliError> {
-    let mut r = [0u8; 8];
-    strongroom_core::rng::os_fill(&mut r).map_err(other)?;
-    let dir = std::env::temp_dir().join(format!("strongroom-{}", crate::ops::hex(&r)));
-    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-        .create(&dir)
-        .map_err(|e| CliError::Other(format!("creating {}: {e}", dir.display())))?;
-    Ok(dir)
 }

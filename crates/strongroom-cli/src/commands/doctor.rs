@@ -4,9 +4,9 @@ use strongroom_cli::json::Json;
 use strongroom_core::{Backend, KeyState, RootKeyId, RootStatus};
 use strongroom_store::Store;
 
-use crate::cli::Cli;
+use crate::common::{describe_job, hex, record_cipher};
+use crate::context::Context;
 use crate::error::CliError;
-use crate::ops;
 use crate::output::Out;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -79,28 +79,19 @@ impl Report {
     }
 }
 
-/// Which AES-256-GCM implementation this build seals records with, and what that means.
-pub(crate) fn record_cipher() -> String {
-    let engine = strongroom_core::crypto::GCM_ENGINE;
-    if engine == "ring" {
-        format!(
-            "AES-256-GCM by {engine} (built with the `ring` feature: faster, but DEK key schedules are not zeroized when dropped)"
-        )
-    } else {
-        format!("AES-256-GCM by {engine}")
-    }
-}
-
-pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
+pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
+    let out = ctx.out;
     let mut r = Report::default();
-    let config = match ops::read_config(&cli.data) {
+    let config = match ctx.config() {
         Ok(c) => {
             r.add(
                 Status::Ok,
                 "configuration",
                 format!(
                     "{}",
-                    cli.data.join(strongroom_cli::config::CONFIG_FILE).display()
+                    ctx.data()
+                        .join(strongroom_cli::config::CONFIG_FILE)
+                        .display()
                 ),
             );
             c
@@ -111,7 +102,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
         }
     };
     r.add(Status::Ok, "record cipher", record_cipher());
-    let backend = match ops::backend(&config, &cli.data, ops::Overrides::of(cli)) {
+    let backend = match ctx.backend(&config, ctx.overrides()) {
         Ok(b) => b,
         Err(e) => {
             r.add(Status::Fail, "backend", e.to_string());
@@ -152,9 +143,9 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
         ),
     );
     let store = match Store::open(
-        &cli.data,
+        ctx.data(),
         std::sync::Arc::clone(&backend),
-        ops::options(cli, &config),
+        ctx.options(&config),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -169,7 +160,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
         format!(
             "format {}, id {}, created {}, {} bytes on disk",
             strongroom_store::format::STORE_FORMAT_VERSION,
-            ops::hex(&m.store_id),
+            hex(&m.store_id),
             m.created,
             store.size_on_disk().unwrap_or(0)
         ),
@@ -226,7 +217,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
         Ok(jobs) if jobs.is_empty() => r.add(Status::Ok, "unfinished work", "none"),
         Ok(jobs) => {
             for j in jobs {
-                r.add(Status::Warn, "unfinished work", ops::describe_job(&j));
+                r.add(Status::Warn, "unfinished work", describe_job(&j));
             }
         }
         Err(e) => r.add(Status::Fail, "unfinished work", e.to_string()),

@@ -1,0 +1,145 @@
+//! Unfinished work: `jobs`, `resume` and `compact`.
+
+use crate::common::*;
+use crate::context::Context;
+use crate::error::CliError;
+use strongroom_cli::json::Json;
+use strongroom_store::PendingJob;
+
+pub fn jobs(ctx: &Context<'_>) -> Result<(), CliError> {
+    let s = ctx.open()?;
+    let jobs = s.pending_jobs()?;
+    let lines: Vec<String> = jobs.iter().map(describe_job).collect();
+    ctx.out.result(
+        || {
+            if lines.is_empty() {
+                "no unfinished work".into()
+            } else {
+                lines.join("\n")
+            }
+        },
+        || Json::Arr(lines.iter().map(Json::str).collect()),
+    )?;
+    Ok(())
+}
+
+pub fn compact(ctx: &Context<'_>) -> Result<(), CliError> {
+    let s = ctx.open()?;
+    let r = s.compact()?;
+    ctx.out.result(
+        || compact_line(&r),
+        || {
+            Json::obj([
+                ("generation", Json::Num(r.generation)),
+                ("entries", Json::Num(r.entries)),
+                ("dropped", Json::Num(r.dropped)),
+                ("shredded_bytes", Json::Num(r.shredded_bytes)),
+                (
+                    "millis",
+                    Json::Num(u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX)),
+                ),
+            ])
+        },
+    )?;
+    Ok(())
+}
+
+pub fn resume(ctx: &Context<'_>) -> Result<(), CliError> {
+    let s = ctx.open()?;
+    let jobs = s.pending_jobs()?;
+    let mut done = Vec::new();
+    // A job that cannot run now (a disabled key, say) is reported, and the others still run.
+    let mut first_failure: Option<CliError> = None;
+    let mut due_run = false;
+    for j in &jobs {
+        let r: Result<String, CliError> = match j {
+            PendingJob::Reencrypt(k) => {
+                let pb = ctx.out.progress(&format!("re-encrypting {k}"));
+                let r = s.reencrypt(k, &mut progress_to(&pb));
+                pb.finish_and_clear();
+                r.map(|r| {
+                    format!(
+                        "keyring {k}: re-encryption finished ({} records)",
+                        r.reencrypted
+                    )
+                })
+                .map_err(CliError::from)
+            }
+            PendingJob::Rewrap { root, .. } => {
+                let pb = ctx.out.progress(&format!("rewrapping KEKs under {root}"));
+                let r = s.rewrap_root(root, &mut progress_to(&pb));
+                pb.finish_and_clear();
+                r.map(|n| format!("root key {root}: {n} KEKs rewrapped"))
+                    .map_err(CliError::from)
+            }
+            PendingJob::Move { keyring, to, .. } => {
+                let pb = ctx.out.progress(&format!("moving {keyring}"));
+                let r = s.move_keyring(keyring, to, &mut progress_to(&pb));
+                pb.finish_and_clear();
+                r.map(|m| {
+                    format!(
+                        "keyring {keyring}: move to root key {to} finished ({} records re-encrypted)",
+                        m.reencrypted
+                    )
+                })
+                .map_err(CliError::from)
+            }
+            PendingJob::Purge(_) => Ok(describe_job(j)),
+            // After every other job (a destruction run above compacts by itself).
+            PendingJob::Compact => continue,
+            PendingJob::BackendDestroy(r) => s
+                .finish_root_destruction(r)
+                .map(|_| format!("root key {r}: destroyed in the backend"))
+                .map_err(CliError::from),
+            PendingJob::DueKeyringDestruction(_) | PendingJob::DueRootDestruction(_) => {
+                if due_run {
+                    continue;
+                }
+                due_run = true;
+                s.run_due_destructions()
+                    .map(|d| {
+                        let mut lines: Vec<String> = d
+                            .iter()
+                            .map(|d| format!("keyring {}: destroyed", d.keyring))
+                            .collect();
+                        if lines.is_empty() {
+                            lines.push("due destructions carried out".into());
+                        }
+                        lines.join("\n")
+                    })
+                    .map_err(CliError::from)
+            }
+        };
+        match r {
+            Ok(line) => done.push(line),
+            Err(e) => {
+                done.push(format!("not finished: {}: {e}", describe_job(j)));
+                first_failure.get_or_insert(e);
+            }
+        }
+    }
+    if jobs.contains(&PendingJob::Compact) || s.pending_jobs()?.contains(&PendingJob::Compact) {
+        match s.finish_compaction() {
+            Ok(Some(r)) => done.push(compact_line(&r)),
+            Ok(None) => done.push("compaction: done".into()),
+            Err(e) => {
+                done.push(format!(
+                    "not finished: {}: {e}",
+                    describe_job(&PendingJob::Compact)
+                ));
+                first_failure.get_or_insert(e.into());
+            }
+        }
+    }
+    ctx.out.result(
+        || {
+            if done.is_empty() {
+                "no unfinished work".into()
+            } else {
+                done.join("\n")
+            }
+        },
+        || Json::Arr(done.iter().map(Json::str).collect()),
+    )?;
+    first_failure.map_or(Ok(()), Err)
+}

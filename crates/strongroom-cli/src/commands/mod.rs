@@ -1,0 +1,44 @@
+//! One module per command group, each working from the [`Context`] and none depending on
+//! another.
+
+mod audit;
+mod backup;
+mod bench;
+mod doctor;
+mod init;
+mod jobs;
+mod keyring;
+mod records;
+mod root;
+mod tour;
+
+use crate::cli::Cmd;
+use crate::context::Context;
+use crate::error::CliError;
+
+/// Runs the command the command line names.
+pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
+    match &ctx.cli.cmd {
+        Cmd::Init(args) => init::run(ctx, args),
+        Cmd::Root(cmd) => root::run(ctx, cmd),
+        Cmd::Keyring(cmd) => keyring::run(ctx, cmd),
+        Cmd::Put {
+            keyring,
+            key,
+            value,
+        } => records::put(ctx, keyring, key, value.as_ref()),
+        Cmd::Get { keyring, key } => records::get(ctx, keyring, key),
+        Cmd::Delete { keyring, key } => records::delete(ctx, keyring, key),
+        Cmd::List { keyring, prefix } => records::list(ctx, keyring, prefix),
+        Cmd::Reencrypt { keyring } => records::reencrypt(ctx, keyring),
+        Cmd::Jobs => jobs::jobs(ctx),
+        Cmd::Resume => jobs::resume(ctx),
+        Cmd::Compact => jobs::compact(ctx),
+        Cmd::Audit(cmd) => audit::run(ctx, cmd),
+        Cmd::Doctor => doctor::run(ctx),
+        Cmd::Bench(args) => bench::run(ctx, args),
+        Cmd::Tour => tour::run(ctx),
+        Cmd::Backup { file } => backup::backup(ctx, file),
+        Cmd::Restore { file, config } => backup::restore(ctx, file, config),
+    }
+}
