@@ -66,8 +66,11 @@ pub enum Cmd {
     Put {
         /// The keyring.
         keyring: String,
-        /// The record key.
+        /// The record key (text, or hex with --key-hex).
         key: String,
+        /// KEY is hex (for a key that is not text; `list --json` gives every key's hex).
+        #[arg(long)]
+        key_hex: bool,
         /// The value (omit to read it from stdin, which keeps it out of the process arguments
         /// that `ps` shows).
         value: Option<SecretArg>,
@@ -76,17 +79,24 @@ pub enum Cmd {
     Get {
         /// The keyring.
         keyring: String,
-        /// The record key.
+        /// The record key (text, or hex with --key-hex).
         key: String,
+        /// KEY is hex (for a key that is not text; `list --json` gives every key's hex).
+        #[arg(long)]
+        key_hex: bool,
     },
     /// Delete a record.
     Delete {
         /// The keyring.
         keyring: String,
-        /// The record key.
+        /// The record key (text, or hex with --key-hex).
         key: String,
+        /// KEY is hex (for a key that is not text; `list --json` gives every key's hex).
+        #[arg(long)]
+        key_hex: bool,
     },
-    /// List record keys, one per line.
+    /// List record keys, one per line (control and bidirectional characters escaped; `--json`
+    /// gives each key as text and as hex).
     List {
         /// The keyring.
         keyring: String,

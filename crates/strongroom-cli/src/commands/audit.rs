@@ -1,11 +1,39 @@
 //! The audit log: `audit verify`, `audit log` and `audit accept-rollback`.
 
+use serde::Serialize;
 use strongroom_cli::escape_controls;
-use strongroom_cli::json::Json;
 use strongroom_store::Store;
 
 use crate::cli::AuditCmd;
-use crate::common::*;
+use crate::common::hex;
+
+/// `audit accept-rollback --json`.
+#[derive(Serialize)]
+struct Accepted {
+    accepted: bool,
+    entries: u64,
+}
+
+/// `audit verify --json`.
+#[derive(Serialize)]
+struct Verified {
+    ok: bool,
+    entries: u64,
+    head_seq: u64,
+    head_hash: String,
+}
+
+/// One entry of `audit log --json` (the text as recorded, unescaped).
+#[derive(Serialize)]
+struct Entry {
+    seq: u64,
+    time: String,
+    actor: String,
+    op: String,
+    outcome: String,
+    target: String,
+    detail: String,
+}
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output::confirm;
@@ -27,7 +55,7 @@ pub fn run(ctx: &Context<'_>, cmd: &AuditCmd) -> Result<(), CliError> {
                     head.entries
                 )
             },
-            || Json::obj([("accepted", Json::Bool(true)), ("entries", Json::Num(head.entries))]),
+            || Accepted { accepted: true, entries: head.entries },
         );
     }
     let s = ctx.open()?;
@@ -42,13 +70,11 @@ pub fn run(ctx: &Context<'_>, cmd: &AuditCmd) -> Result<(), CliError> {
                         hex(&r.head.hash)
                     )
                 },
-                || {
-                    Json::obj([
-                        ("ok", Json::Bool(true)),
-                        ("entries", Json::Num(r.entries)),
-                        ("head_seq", Json::Num(r.head.seq)),
-                        ("head_hash", Json::Str(hex(&r.head.hash))),
-                    ])
+                || Verified {
+                    ok: true,
+                    entries: r.entries,
+                    head_seq: r.head.seq,
+                    head_hash: hex(&r.head.hash),
                 },
             )?,
             Err(b) => return Err(CliError::Audit(b)),
@@ -94,22 +120,18 @@ pub fn run(ctx: &Context<'_>, cmd: &AuditCmd) -> Result<(), CliError> {
                         .join("\n")
                 },
                 || {
-                    Json::Arr(
-                        entries
-                            .iter()
-                            .map(|e| {
-                                Json::obj([
-                                    ("seq", Json::Num(e.seq)),
-                                    ("time", Json::str(e.time)),
-                                    ("actor", Json::str(&e.actor)),
-                                    ("op", Json::str(e.op)),
-                                    ("outcome", Json::str(e.outcome.as_str())),
-                                    ("target", Json::str(&e.target)),
-                                    ("detail", Json::str(&e.detail)),
-                                ])
-                            })
-                            .collect(),
-                    )
+                    entries
+                        .iter()
+                        .map(|e| Entry {
+                            seq: e.seq,
+                            time: e.time.to_string(),
+                            actor: e.actor.clone(),
+                            op: e.op.to_string(),
+                            outcome: e.outcome.as_str().to_owned(),
+                            target: e.target.clone(),
+                            detail: e.detail.clone(),
+                        })
+                        .collect::<Vec<_>>()
                 },
             )?;
         }

@@ -2,11 +2,26 @@
 
 use std::path::Path;
 
-use crate::common::*;
+use crate::common::{hex, write_private};
+
+/// `backup --json`.
+#[derive(Serialize)]
+struct Backup {
+    file: String,
+    entries: u64,
+    bytes: u64,
+}
+
+/// `restore --json`.
+#[derive(Serialize)]
+struct Restore {
+    store_id: String,
+    data: String,
+}
 use crate::context::Context;
 use crate::error::CliError;
+use serde::Serialize;
 use strongroom_cli::config::{CONFIG_FILE, Config};
-use strongroom_cli::json::Json;
 use strongroom_store::Store;
 
 pub fn backup(ctx: &Context<'_>, file: &Path) -> Result<(), CliError> {
@@ -24,7 +39,7 @@ pub fn backup(ctx: &Context<'_>, file: &Path) -> Result<(), CliError> {
             }
             t
         },
-        || Json::obj([("file", Json::str(file.display())), ("entries", Json::Num(r.entries)), ("bytes", Json::Num(r.bytes))]),
+        || Backup { file: file.display().to_string(), entries: r.entries, bytes: r.bytes },
     )?;
     Ok(())
 }
@@ -43,7 +58,7 @@ pub fn restore(ctx: &Context<'_>, file: &Path, config: &Path) -> Result<(), CliE
     write_private(&ctx.data().join(CONFIG_FILE), text.as_bytes())?;
     ctx.out.result(
         || format!("store {} restored into {}; open it with its own backend (for soft: copy its key file here)", hex(&meta.store_id), ctx.data().display()),
-        || Json::obj([("store_id", Json::Str(hex(&meta.store_id))), ("data", Json::str(ctx.data().display()))]),
+        || Restore { store_id: hex(&meta.store_id), data: ctx.data().display().to_string() },
     )?;
     Ok(())
 }

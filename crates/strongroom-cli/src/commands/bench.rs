@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strongroom_cli::json::Json;
+use serde::Serialize;
 use strongroom_core::{
     Backend, Key256, KeyringName, RootKeyId, RootKeyName, RootVersion, SoftBackend,
 };
@@ -19,6 +19,28 @@ use crate::context::Context;
 use crate::error::CliError;
 
 const ROUNDS: u64 = 5;
+
+/// `bench --json`.
+#[derive(Serialize)]
+struct BenchJson {
+    records: u64,
+    value_size: usize,
+    threads: usize,
+    aead: &'static str,
+    ops: Vec<OpJson>,
+    backend_wrap_per_sec: f64,
+    backend_unwrap_per_sec: f64,
+    backend_calls_per_1000_reads: u64,
+}
+
+/// One operation's rates in `bench --json`.
+#[derive(Serialize)]
+struct OpJson {
+    op: &'static str,
+    plain_per_sec: f64,
+    strongroom_per_sec: f64,
+    ratio: f64,
+}
 
 fn other(e: impl std::fmt::Display) -> CliError {
     CliError::Other(format!("bench: {e}"))
@@ -164,23 +186,24 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
             t
         },
         || {
-            Json::obj([
-                ("records", Json::Num(total)),
-                ("value_size", Json::Num(a.value_size as u64)),
-                ("threads", Json::Num(a.threads as u64)),
-                ("aead", Json::str(strongroom_core::crypto::GCM_ENGINE)),
-                (
-                    "ops",
-                    Json::Arr(
-                        rows.iter()
-                            .map(|(op, p, s)| Json::obj([("op", Json::str(op)), ("plain_per_sec", Json::Float(*p)), ("strongroom_per_sec", Json::Float(*s)), ("ratio", Json::Float(s / p))]))
-                            .collect(),
-                    ),
-                ),
-                ("backend_wrap_per_sec", Json::Float(wrap_rate)),
-                ("backend_unwrap_per_sec", Json::Float(unwrap_rate)),
-                ("backend_calls_per_1000_reads", Json::Num(calls_per_1000)),
-            ])
+            BenchJson {
+                records: total,
+                value_size: a.value_size,
+                threads: a.threads,
+                aead: strongroom_core::crypto::GCM_ENGINE,
+                ops: rows
+                    .iter()
+                    .map(|&(op, p, s)| OpJson {
+                        op,
+                        plain_per_sec: p,
+                        strongroom_per_sec: s,
+                        ratio: s / p,
+                    })
+                    .collect(),
+                backend_wrap_per_sec: wrap_rate,
+                backend_unwrap_per_sec: unwrap_rate,
+                backend_calls_per_1000_reads: calls_per_1000,
+            }
         },
     );
     // The temporary store goes even when the result could not be written.

@@ -1,6 +1,6 @@
 //! `strongroom doctor`: each line OK, WARN or FAIL, with the fix for anything not OK.
 
-use strongroom_cli::json::Json;
+use serde::Serialize;
 use strongroom_core::{Backend, KeyState, RootKeyId, RootStatus};
 use strongroom_store::Store;
 
@@ -24,6 +24,16 @@ impl Status {
             Self::Fail => "FAIL",
         }
     }
+}
+
+/// One check in `doctor --json`.
+#[derive(Serialize)]
+struct CheckJson<'a> {
+    /// `OK`, `WARN` or `FAIL`.
+    status: &'static str,
+    /// What was checked (without the text view's indentation).
+    check: &'a str,
+    detail: &'a str,
 }
 
 struct Line {
@@ -54,18 +64,14 @@ impl Report {
                     .join("\n")
             },
             || {
-                Json::Arr(
-                    self.0
-                        .iter()
-                        .map(|l| {
-                            Json::obj([
-                                ("status", Json::str(l.status.as_str())),
-                                ("check", Json::str(&l.name)),
-                                ("detail", Json::str(&l.detail)),
-                            ])
-                        })
-                        .collect(),
-                )
+                self.0
+                    .iter()
+                    .map(|l| CheckJson {
+                        status: l.status.as_str(),
+                        check: l.name.trim(),
+                        detail: &l.detail,
+                    })
+                    .collect::<Vec<_>>()
             },
         )?;
         let fails = self.0.iter().filter(|l| l.status == Status::Fail).count();

@@ -4,15 +4,25 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use serde::Serialize;
 use strongroom_cli::config::{BackendConfig, CONFIG_FILE, Config};
-use strongroom_cli::json::Json;
 use strongroom_core::{Backend, RootKeyName, SoftBackend};
 use strongroom_pkcs11::objects::check_namespace;
 use strongroom_pkcs11::{PinSource, TokenSelector};
 use strongroom_store::{Store, StoreOptions};
 
 use crate::cli::{BackendKind, InitArgs};
-use crate::common::*;
+use crate::common::{hex, rn, write_private};
+
+/// `init --json`.
+#[derive(Serialize)]
+struct Init {
+    store_id: String,
+    data: String,
+    backend: String,
+    backend_instance: String,
+    primary_root: String,
+}
 use crate::context::Context;
 use crate::context::Overrides;
 use crate::error::CliError;
@@ -271,14 +281,12 @@ pub fn run(ctx: &Context<'_>, a: &InitArgs) -> Result<(), CliError> {
                 info.description
             )
         },
-        || {
-            Json::obj([
-                ("store_id", Json::Str(hex(&store.meta().store_id))),
-                ("data", Json::str(data.display())),
-                ("backend", Json::str(info.kind)),
-                ("backend_instance", Json::Str(info.instance_id.clone())),
-                ("primary_root", Json::str(&root)),
-            ])
+        || Init {
+            store_id: hex(&store.meta().store_id),
+            data: data.display().to_string(),
+            backend: info.kind.to_string(),
+            backend_instance: info.instance_id.clone(),
+            primary_root: root.to_string(),
         },
     )?;
     Ok(())

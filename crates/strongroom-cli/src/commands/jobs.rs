@@ -1,10 +1,57 @@
 //! Unfinished work: `jobs`, `resume` and `compact`.
 
-use crate::common::*;
+use serde::Serialize;
+use strongroom_store::PendingJob;
+
+use crate::common::{compact_line, describe_job, progress_to};
 use crate::context::Context;
 use crate::error::CliError;
-use strongroom_cli::json::Json;
-use strongroom_store::PendingJob;
+
+/// One unfinished job in `jobs --json`.
+#[derive(Serialize)]
+struct Job {
+    /// What kind of work: `reencrypt`, `rewrap`, `purge`, `keyring-destruction`,
+    /// `backend-destroy`, `root-destruction`, `move` or `compact`.
+    job: &'static str,
+    /// The keyring it is about, if one.
+    keyring: Option<String>,
+    /// The root key it is about, if one (for a move: the root it moves to).
+    root: Option<String>,
+    /// What it is and how to finish it.
+    description: String,
+}
+
+impl Job {
+    fn of(j: &PendingJob) -> Self {
+        let s = |x: &dyn std::fmt::Display| Some(x.to_string());
+        let (job, keyring, root) = match j {
+            PendingJob::Reencrypt(k) => ("reencrypt", s(k), None),
+            PendingJob::Rewrap { root, .. } => ("rewrap", None, s(root)),
+            PendingJob::Purge(_) => ("purge", None, None),
+            PendingJob::DueKeyringDestruction(k) => ("keyring-destruction", s(k), None),
+            PendingJob::BackendDestroy(r) => ("backend-destroy", None, s(r)),
+            PendingJob::DueRootDestruction(r) => ("root-destruction", None, s(r)),
+            PendingJob::Move { keyring, to, .. } => ("move", s(keyring), s(to)),
+            PendingJob::Compact => ("compact", None, None),
+        };
+        Self {
+            job,
+            keyring,
+            root,
+            description: describe_job(j),
+        }
+    }
+}
+
+/// `compact --json`.
+#[derive(Serialize)]
+struct Compact {
+    generation: u64,
+    entries: u64,
+    dropped: u64,
+    shredded_bytes: u64,
+    millis: u64,
+}
 
 pub fn jobs(ctx: &Context<'_>) -> Result<(), CliError> {
     let s = ctx.open()?;
@@ -18,7 +65,7 @@ pub fn jobs(ctx: &Context<'_>) -> Result<(), CliError> {
                 lines.join("\n")
             }
         },
-        || Json::Arr(lines.iter().map(Json::str).collect()),
+        || jobs.iter().map(Job::of).collect::<Vec<_>>(),
     )?;
     Ok(())
 }
@@ -28,17 +75,12 @@ pub fn compact(ctx: &Context<'_>) -> Result<(), CliError> {
     let r = s.compact()?;
     ctx.out.result(
         || compact_line(&r),
-        || {
-            Json::obj([
-                ("generation", Json::Num(r.generation)),
-                ("entries", Json::Num(r.entries)),
-                ("dropped", Json::Num(r.dropped)),
-                ("shredded_bytes", Json::Num(r.shredded_bytes)),
-                (
-                    "millis",
-                    Json::Num(u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX)),
-                ),
-            ])
+        || Compact {
+            generation: r.generation,
+            entries: r.entries,
+            dropped: r.dropped,
+            shredded_bytes: r.shredded_bytes,
+            millis: u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX),
         },
     )?;
     Ok(())
@@ -139,7 +181,7 @@ pub fn resume(ctx: &Context<'_>) -> Result<(), CliError> {
                 done.join("\n")
             }
         },
-        || Json::Arr(done.iter().map(Json::str).collect()),
+        || done.clone(),
     )?;
     first_failure.map_or(Ok(()), Err)
 }

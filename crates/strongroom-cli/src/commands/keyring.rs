@@ -1,10 +1,99 @@
 //! Keyrings: `keyring create|list|show|rotate|move|disable|enable|destroy|cancel-destroy`.
 
-use strongroom_cli::json::Json;
+use serde::Serialize;
 use strongroom_core::KeyState;
 
 use crate::cli::{DestroyArgs, KeyringCmd};
-use crate::common::*;
+use crate::common::{kr, progress_to, rn, short_state, state_text, waiting_period};
+
+/// A keyring in `keyring list --json`, and `keyring show --json` (with `records`).
+#[derive(Serialize)]
+struct KeyringJson {
+    name: String,
+    state: String,
+    root: String,
+    kek: u32,
+    dek: u32,
+    dek_versions: Vec<u32>,
+    created: String,
+    moving_from: Option<String>,
+    former_roots: Vec<String>,
+}
+
+impl KeyringJson {
+    fn of(k: &strongroom_store::KeyringInfo) -> Self {
+        Self {
+            name: k.name.to_string(),
+            state: state_text(k.state),
+            root: k.root.to_string(),
+            kek: k.current_kek.get(),
+            dek: k.current_dek.get(),
+            dek_versions: k.dek_versions.iter().map(|v| v.get()).collect(),
+            created: k.created.to_string(),
+            moving_from: k.moving_from.as_ref().map(ToString::to_string),
+            former_roots: k.former_roots.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// `keyring show --json`.
+#[derive(Serialize)]
+struct Show {
+    #[serde(flatten)]
+    keyring: KeyringJson,
+    /// How many records it holds, or `null` when it cannot be read now.
+    records: Option<usize>,
+}
+
+/// `keyring create --json`.
+#[derive(Serialize)]
+struct Created {
+    keyring: String,
+    root: String,
+}
+
+/// `keyring rotate --json`: `kek` or `dek`, the new version.
+#[derive(Serialize)]
+struct Rotated {
+    keyring: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kek: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dek: Option<u32>,
+}
+
+/// `keyring move --json`.
+#[derive(Serialize)]
+struct Moved {
+    keyring: String,
+    root: String,
+    /// The root it was under, or `null` when it was under `root` already.
+    from: Option<String>,
+    reencrypted: u64,
+}
+
+/// `keyring disable|enable|cancel-destroy|destroy --json` (`not_before` when a destruction is
+/// scheduled, `records_purged` when it is destroyed now).
+#[derive(Serialize)]
+struct State {
+    keyring: String,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_before: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    records_purged: Option<u64>,
+}
+
+impl State {
+    fn of(keyring: &impl std::fmt::Display, state: &'static str) -> Self {
+        Self {
+            keyring: keyring.to_string(),
+            state,
+            not_before: None,
+            records_purged: None,
+        }
+    }
+}
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output::confirm;
@@ -18,7 +107,10 @@ pub fn run(ctx: &Context<'_>, cmd: &KeyringCmd) -> Result<(), CliError> {
             let info = s.create_keyring(&n, r.as_ref())?;
             ctx.out.result(
                 || format!("keyring {n} created under root key {}", info.root),
-                || Json::obj([("keyring", Json::str(&n)), ("root", Json::str(&info.root))]),
+                || Created {
+                    keyring: n.to_string(),
+                    root: info.root.to_string(),
+                },
             )?;
         }
         KeyringCmd::List => {
@@ -41,7 +133,7 @@ pub fn run(ctx: &Context<'_>, cmd: &KeyringCmd) -> Result<(), CliError> {
                     }
                     t.trim_end().to_owned()
                 },
-                || Json::Arr(list.iter().map(keyring_json).collect()),
+                || list.iter().map(KeyringJson::of).collect::<Vec<_>>(),
             )?;
         }
         KeyringCmd::Show { name } => {
@@ -77,12 +169,9 @@ pub fn run(ctx: &Context<'_>, cmd: &KeyringCmd) -> Result<(), CliError> {
                     }
                     t
                 },
-                || {
-                    let mut j = keyring_json(&k);
-                    if let Json::Obj(f) = &mut j {
-                        f.push(("records".into(), records.map_or(Json::Null, |n| Json::Num(n as u64))));
-                    }
-                    j
+                || Show {
+                    keyring: KeyringJson::of(&k),
+                    records,
                 },
             )?;
         }
@@ -90,10 +179,10 @@ pub fn run(ctx: &Context<'_>, cmd: &KeyringCmd) -> Result<(), CliError> {
             let n = kr(name)?;
             if *dek {
                 let v = s.rotate_dek(&n)?;
-                ctx.out.result(|| format!("keyring {n}: new records use DEK {v}; `strongroom reencrypt {n}` moves the old ones"), || Json::obj([("keyring", Json::str(&n)), ("dek", Json::Num(v.get().into()))]))?;
+                ctx.out.result(|| format!("keyring {n}: new records use DEK {v}; `strongroom reencrypt {n}` moves the old ones"), || Rotated { keyring: n.to_string(), kek: None, dek: Some(v.get()) })?;
             } else {
                 let v = s.rotate_kek(&n)?;
-                ctx.out.result(|| format!("keyring {n}: KEK rotated to {v}; its DEKs were rewrapped, no record was touched"), || Json::obj([("keyring", Json::str(&n)), ("kek", Json::Num(v.get().into()))]))?;
+                ctx.out.result(|| format!("keyring {n}: KEK rotated to {v}; its DEKs were rewrapped, no record was touched"), || Rotated { keyring: n.to_string(), kek: Some(v.get()), dek: None })?;
             }
         }
         KeyringCmd::Move { name, root } => {
@@ -110,13 +199,11 @@ pub fn run(ctx: &Context<'_>, cmd: &KeyringCmd) -> Result<(), CliError> {
                     ),
                     None => format!("keyring {n} is under root key {r} already"),
                 },
-                || {
-                    Json::obj([
-                        ("keyring", Json::str(&n)),
-                        ("root", Json::str(&r)),
-                        ("from", m.from.as_ref().map_or(Json::Null, Json::str)),
-                        ("reencrypted", Json::Num(m.reencrypted)),
-                    ])
+                || Moved {
+                    keyring: n.to_string(),
+                    root: r.to_string(),
+                    from: m.from.as_ref().map(ToString::to_string),
+                    reencrypted: m.reencrypted,
                 },
             )?;
         }
@@ -125,7 +212,7 @@ pub fn run(ctx: &Context<'_>, cmd: &KeyringCmd) -> Result<(), CliError> {
             s.disable_keyring(&n)?;
             ctx.out.result(
                 || format!("keyring {n} disabled"),
-                || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("disabled"))]),
+                || State::of(&n, "disabled"),
             )?;
         }
         KeyringCmd::Enable { name } => {
@@ -133,7 +220,7 @@ pub fn run(ctx: &Context<'_>, cmd: &KeyringCmd) -> Result<(), CliError> {
             s.enable_keyring(&n)?;
             ctx.out.result(
                 || format!("keyring {n} enabled"),
-                || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("enabled"))]),
+                || State::of(&n, "enabled"),
             )?;
         }
         KeyringCmd::Destroy {
@@ -157,12 +244,9 @@ pub fn run(ctx: &Context<'_>, cmd: &KeyringCmd) -> Result<(), CliError> {
                             d.records
                         )
                     },
-                    || {
-                        Json::obj([
-                            ("keyring", Json::str(&n)),
-                            ("state", Json::str("destroyed")),
-                            ("records_purged", Json::Num(d.records)),
-                        ])
+                    || State {
+                        records_purged: Some(d.records),
+                        ..State::of(&n, "destroyed")
                     },
                 )?;
             } else {
@@ -170,42 +254,15 @@ pub fn run(ctx: &Context<'_>, cmd: &KeyringCmd) -> Result<(), CliError> {
                 let when = s.schedule_keyring_destruction(&n, after)?;
                 ctx.out.result(
                     || format!("keyring {n} will be destroyed at {when}; until then it is refused; cancel with `strongroom keyring cancel-destroy {n}`"),
-                    || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("pending destruction")), ("not_before", Json::str(when))]),
+                    || State { not_before: Some(when.to_string()), ..State::of(&n, "pending destruction") },
                 )?;
             }
         }
         KeyringCmd::CancelDestroy { name } => {
             let n = kr(name)?;
             s.cancel_keyring_destruction(&n)?;
-            ctx.out.result(|| format!("destruction of keyring {n} cancelled; it is disabled: enable it with `strongroom keyring enable {n}`"), || Json::obj([("keyring", Json::str(&n)), ("state", Json::str("disabled"))]))?;
+            ctx.out.result(|| format!("destruction of keyring {n} cancelled; it is disabled: enable it with `strongroom keyring enable {n}`"), || State::of(&n, "disabled"))?;
         }
     }
     Ok(())
-}
-fn keyring_json(k: &strongroom_store::KeyringInfo) -> Json {
-    Json::obj([
-        ("name", Json::str(&k.name)),
-        ("state", Json::Str(state_text(k.state))),
-        ("root", Json::str(&k.root)),
-        ("kek", Json::Num(k.current_kek.get().into())),
-        ("dek", Json::Num(k.current_dek.get().into())),
-        (
-            "dek_versions",
-            Json::Arr(
-                k.dek_versions
-                    .iter()
-                    .map(|v| Json::Num(v.get().into()))
-                    .collect(),
-            ),
-        ),
-        ("created", Json::str(k.created)),
-        (
-            "moving_from",
-            k.moving_from.as_ref().map_or(Json::Null, Json::str),
-        ),
-        (
-            "former_roots",
-            Json::Arr(k.former_roots.iter().map(Json::str).collect()),
-        ),
-    ])
 }

@@ -25,10 +25,19 @@ pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
         Cmd::Put {
             keyring,
             key,
+            key_hex,
             value,
-        } => records::put(ctx, keyring, key, value.as_ref()),
-        Cmd::Get { keyring, key } => records::get(ctx, keyring, key),
-        Cmd::Delete { keyring, key } => records::delete(ctx, keyring, key),
+        } => records::put(ctx, keyring, key, *key_hex, value.as_ref()),
+        Cmd::Get {
+            keyring,
+            key,
+            key_hex,
+        } => records::get(ctx, keyring, key, *key_hex),
+        Cmd::Delete {
+            keyring,
+            key,
+            key_hex,
+        } => records::delete(ctx, keyring, key, *key_hex),
         Cmd::List { keyring, prefix } => records::list(ctx, keyring, prefix),
         Cmd::Reencrypt { keyring } => records::reencrypt(ctx, keyring),
         Cmd::Jobs => jobs::jobs(ctx),

@@ -1,10 +1,70 @@
 //! Root keys: `root create|rotate|list|disable|enable|retire|destroy|cancel-destroy`.
 
-use strongroom_cli::json::Json;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
 use strongroom_core::{RootKeyId, RootVersion};
 
 use crate::cli::{DestroyArgs, RootCmd};
-use crate::common::*;
+use crate::common::{progress_to, rn, short_state, state_text, waiting_period};
+
+/// `root create --json` (`version` is 1) and `root rotate --json` (with `rewrapped`).
+#[derive(Serialize)]
+struct Version {
+    root: String,
+    version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rewrapped: Option<u64>,
+}
+
+/// One root key in `root list --json`.
+#[derive(Serialize)]
+struct RootJson {
+    name: String,
+    current: Option<u32>,
+    keyrings: usize,
+    primary: bool,
+    versions: Vec<VersionState>,
+}
+
+#[derive(Serialize)]
+struct VersionState {
+    version: u32,
+    state: String,
+}
+
+/// `root disable|enable|cancel-destroy --json`, and `root destroy --json` (with `not_before`
+/// when scheduled, `keyrings` and `former_roots` when destroyed now).
+#[derive(Serialize)]
+struct State {
+    root: String,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_before: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keyrings: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    former_roots: Option<BTreeMap<String, Vec<String>>>,
+}
+
+impl State {
+    fn of(root: &impl std::fmt::Display, state: &'static str) -> Self {
+        Self {
+            root: root.to_string(),
+            state,
+            not_before: None,
+            keyrings: None,
+            former_roots: None,
+        }
+    }
+}
+
+/// `root retire --json`.
+#[derive(Serialize)]
+struct Retired {
+    root: String,
+    retired: u32,
+}
 use crate::context::Context;
 use crate::context::Overrides;
 use crate::error::CliError;
@@ -38,7 +98,11 @@ pub fn run(ctx: &Context<'_>, cmd: &RootCmd) -> Result<(), CliError> {
             }
             ctx.out.result(
                 || format!("root key {n}/v1 created"),
-                || Json::obj([("root", Json::str(&n)), ("version", Json::Num(1))]),
+                || Version {
+                    root: n.to_string(),
+                    version: 1,
+                    rewrapped: None,
+                },
             )?;
         }
         RootCmd::Rotate { name } => {
@@ -57,12 +121,10 @@ pub fn run(ctx: &Context<'_>, cmd: &RootCmd) -> Result<(), CliError> {
                         if total == 1 { "" } else { "s" }
                     )
                 },
-                || {
-                    Json::obj([
-                        ("root", Json::str(&n)),
-                        ("version", Json::Num(v.get().into())),
-                        ("rewrapped", Json::Num(total)),
-                    ])
+                || Version {
+                    root: n.to_string(),
+                    version: v.get(),
+                    rewrapped: Some(total),
                 },
             )?;
         }
@@ -96,50 +158,37 @@ pub fn run(ctx: &Context<'_>, cmd: &RootCmd) -> Result<(), CliError> {
                     t.trim_end().to_owned()
                 },
                 || {
-                    Json::Arr(
-                        roots
-                            .iter()
-                            .map(|r| {
-                                Json::obj([
-                                    ("name", Json::str(&r.name)),
-                                    (
-                                        "current",
-                                        r.current.map_or(Json::Null, |v| Json::Num(v.get().into())),
-                                    ),
-                                    ("keyrings", Json::Num(r.keyrings as u64)),
-                                    ("primary", Json::Bool(r.primary)),
-                                    (
-                                        "versions",
-                                        Json::Arr(
-                                            r.versions
-                                                .iter()
-                                                .map(|(v, st)| {
-                                                    Json::obj([
-                                                        ("version", Json::Num(v.get().into())),
-                                                        ("state", Json::Str(state_text(*st))),
-                                                    ])
-                                                })
-                                                .collect(),
-                                        ),
-                                    ),
-                                ])
-                            })
-                            .collect(),
-                    )
+                    roots
+                        .iter()
+                        .map(|r| RootJson {
+                            name: r.name.to_string(),
+                            current: r.current.map(|v| v.get()),
+                            keyrings: r.keyrings,
+                            primary: r.primary,
+                            versions: r
+                                .versions
+                                .iter()
+                                .map(|(v, st)| VersionState {
+                                    version: v.get(),
+                                    state: state_text(*st),
+                                })
+                                .collect(),
+                        })
+                        .collect::<Vec<_>>()
                 },
             )?;
         }
         RootCmd::Disable { name } => {
             let n = rn(name)?;
             s.disable_root(&n)?;
-            ctx.out.result(|| format!("root key {n} disabled: every keyring under it is refused until it is enabled"), || Json::obj([("root", Json::str(&n)), ("state", Json::str("disabled"))]))?;
+            ctx.out.result(|| format!("root key {n} disabled: every keyring under it is refused until it is enabled"), || State::of(&n, "disabled"))?;
         }
         RootCmd::Enable { name } => {
             let n = rn(name)?;
             s.enable_root(&n)?;
             ctx.out.result(
                 || format!("root key {n} enabled"),
-                || Json::obj([("root", Json::str(&n)), ("state", Json::str("enabled"))]),
+                || State::of(&n, "enabled"),
             )?;
         }
         RootCmd::Retire {
@@ -165,11 +214,9 @@ pub fn run(ctx: &Context<'_>, cmd: &RootCmd) -> Result<(), CliError> {
             s.retire_root_version(&n, v)?;
             ctx.out.result(
                 || format!("root key {n}/{v} retired (destroyed in the backend)"),
-                || {
-                    Json::obj([
-                        ("root", Json::str(&n)),
-                        ("retired", Json::Num(v.get().into())),
-                    ])
+                || Retired {
+                    root: n.to_string(),
+                    retired: v.get(),
                 },
             )?;
         }
@@ -203,29 +250,20 @@ pub fn run(ctx: &Context<'_>, cmd: &RootCmd) -> Result<(), CliError> {
                         }
                         t
                     },
-                    || {
-                        Json::obj([
-                            ("root", Json::str(&n)),
-                            ("state", Json::str("destroyed")),
-                            (
-                                "keyrings",
-                                Json::Arr(d.iter().map(|x| Json::str(&x.keyring)).collect()),
-                            ),
-                            (
-                                "former_roots",
-                                Json::Obj(
-                                    d.iter()
-                                        .filter(|x| !x.former_roots.is_empty())
-                                        .map(|x| {
-                                            (
-                                                x.keyring.to_string(),
-                                                Json::Arr(x.former_roots.iter().map(Json::str).collect()),
-                                            )
-                                        })
-                                        .collect(),
-                                ),
-                            ),
-                        ])
+                    || State {
+                        keyrings: Some(d.iter().map(|x| x.keyring.to_string()).collect()),
+                        former_roots: Some(
+                            d.iter()
+                                .filter(|x| !x.former_roots.is_empty())
+                                .map(|x| {
+                                    (
+                                        x.keyring.to_string(),
+                                        x.former_roots.iter().map(ToString::to_string).collect(),
+                                    )
+                                })
+                                .collect(),
+                        ),
+                        ..State::of(&n, "destroyed")
                     },
                 )?;
             } else {
@@ -233,14 +271,14 @@ pub fn run(ctx: &Context<'_>, cmd: &RootCmd) -> Result<(), CliError> {
                 let when = s.schedule_root_destruction(&n, after)?;
                 ctx.out.result(
                     || format!("root key {n} will be destroyed at {when}; until then everything under it is refused; cancel with `strongroom root cancel-destroy {n}`"),
-                    || Json::obj([("root", Json::str(&n)), ("state", Json::str("pending destruction")), ("not_before", Json::str(when))]),
+                    || State { not_before: Some(when.to_string()), ..State::of(&n, "pending destruction") },
                 )?;
             }
         }
         RootCmd::CancelDestroy { name } => {
             let n = rn(name)?;
             s.cancel_root_destruction(&n)?;
-            ctx.out.result(|| format!("destruction of root key {n} cancelled; it is disabled: enable it with `strongroom root enable {n}`"), || Json::obj([("root", Json::str(&n)), ("state", Json::str("disabled"))]))?;
+            ctx.out.result(|| format!("destruction of root key {n} cancelled; it is disabled: enable it with `strongroom root enable {n}`"), || State::of(&n, "disabled"))?;
         }
     }
     Ok(())
