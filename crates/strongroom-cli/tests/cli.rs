@@ -206,7 +206,7 @@ fn a_soft_store_through_every_command() {
     let d = data.as_path();
     assert!(d.join("strongroom.conf").exists());
     let conf = std::fs::read_to_string(d.join("strongroom.conf")).unwrap();
-    assert!(conf.contains("backend = soft"));
+    assert!(conf.contains("backend = \"soft\""), "{conf}");
     sr(d, &["init"]).fails(2, "already holds a strongroom store");
 
     sr(d, &["keyring", "create", "payroll"]).ok();
@@ -705,7 +705,7 @@ softhsm_tests! {
         let out = p11_init(token, d, &[]).ok().out();
         assert!(out.contains(&token.label), "{out}");
         let conf = std::fs::read_to_string(d.join("strongroom.conf")).unwrap();
-        assert!(conf.contains("pkcs11.pin-env = STRONGROOM_PIN") && !conf.contains(&token.user_pin), "{conf}");
+        assert!(conf.contains("pin-env = \"STRONGROOM_PIN\"") && !conf.contains(&token.user_pin), "{conf}");
         let pin = token.user_pin.as_str();
         p11(d, pin, &["keyring", "create", "payroll"]).ok();
         p11(d, pin, &["put", "payroll", "alice", "salary=100"]).ok();
@@ -714,7 +714,7 @@ softhsm_tests! {
         p11(d, pin, &["root", "retire", "service", "1", "--yes"]).ok();
         assert_eq!(p11(d, pin, &["get", "payroll", "alice"]).ok().out(), "salary=100");
         // init gave the store a namespace of its own for its labels in the token.
-        let ns = conf.lines().find_map(|l| l.strip_prefix("pkcs11.namespace = ")).unwrap_or_else(|| panic!("{conf}"));
+        let ns = conf.lines().find_map(|l| l.strip_prefix("namespace = \"")?.strip_suffix('"')).unwrap_or_else(|| panic!("{conf}"));
         assert!(ns.starts_with("strongroom-") && ns.len() == "strongroom-".len() + 8, "{ns}");
         let listing = token.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
         let block = listing.split("Secret Key Object").find(|b| b.contains(&format!("{ns}/service/v2"))).unwrap_or_else(|| panic!("{listing}"));
@@ -766,8 +766,8 @@ softhsm_tests! {
         c.current_dir(&cwd);
         run_with(c, None).ok();
         let conf = std::fs::read_to_string(data.join("strongroom.conf")).unwrap();
-        let conf_module = conf.lines().find_map(|l| l.strip_prefix("pkcs11.module = ")).unwrap_or_else(|| panic!("{conf}"));
-        let conf_pin = conf.lines().find_map(|l| l.strip_prefix("pkcs11.pin-file = ")).unwrap_or_else(|| panic!("{conf}"));
+        let value = |key: &str| conf.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(" = \"")?.strip_suffix('"')).unwrap_or_else(|| panic!("{conf}"));
+        let (conf_module, conf_pin) = (value("module"), value("pin-file"));
         assert!(Path::new(conf_module).is_absolute() && Path::new(conf_pin).is_absolute(), "{conf}");
         assert_eq!(Path::new(conf_pin), cwd.join("pin"), "{conf}");
         assert_eq!(Path::new(conf_module).canonicalize().unwrap(), module, "{conf}");
@@ -802,7 +802,7 @@ softhsm_tests! {
         // A configuration pointed at another namespace is refused, not silently empty.
         let conf = a.join("strongroom.conf");
         let text = std::fs::read_to_string(&conf).unwrap();
-        let ns = text.lines().find_map(|l| l.strip_prefix("pkcs11.namespace = ")).unwrap().to_owned();
+        let ns = text.lines().find_map(|l| l.strip_prefix("namespace = \"")?.strip_suffix('"')).unwrap().to_owned();
         std::fs::write(&conf, text.replace(&ns, "store-b")).unwrap();
         p11(&a, pin, &["get", "k", "x"]).fails(6, "pkcs11.namespace");
         p11_init(token, &dir.path().join("c"), &["--namespace", "no/slash"]).fails(2, "namespace");
@@ -1270,4 +1270,39 @@ fn listed_keys_feed_back_to_get_whatever_bytes_they_hold() {
     sr(d, &["delete", "k", "--key-hex", &bin]).ok();
     sr(d, &["get", "k", "--key-hex", &bin]).fails(3, "no record \"\\xff\\u{0}binary\\x80\"");
     sr(d, &["get", "k", "--key-hex", "abc"]).fails(2, "odd number of hex digits");
+}
+
+#[test]
+fn init_writes_toml_and_old_config_files_still_open() {
+    let (_dir, data) = new_store();
+    let d = data.as_path();
+    let conf = d.join("strongroom.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(
+        text.contains("format = 2\n") && text.contains("backend = \"soft\"\n"),
+        "{text}"
+    );
+    sr(d, &["keyring", "create", "k"]).ok();
+    sr(d, &["put", "k", "a", "v"]).ok();
+    // The file a store made before the TOML format has: read as it was.
+    std::fs::write(
+        &conf,
+        "# strongroom configuration, written by `strongroom init`.\n# It never holds a PIN, only where to find one.\nformat = 1\nbackend = soft\nprimary-root = service\ncache-ttl-secs = 300\ndestruction-delay-secs = 604800\naudit-data-access = false\n",
+    )
+    .unwrap();
+    assert_eq!(sr(d, &["get", "k", "a"]).ok().out(), "v");
+    sr(d, &["doctor"]).ok();
+    // Hand-written TOML with trailing comments; unknown keys are refused.
+    std::fs::write(
+        &conf,
+        "format = 2 # TOML\nbackend = \"soft\" # embedded\nprimary-root = \"service\"\n",
+    )
+    .unwrap();
+    assert_eq!(sr(d, &["get", "k", "a"]).ok().out(), "v");
+    std::fs::write(
+        &conf,
+        "format = 2\nbackend = \"soft\"\nprimary-root = \"service\"\ncache-ttl = 5\n",
+    )
+    .unwrap();
+    sr(d, &["get", "k", "a"]).fails(1, "unknown field `cache-ttl`");
 }

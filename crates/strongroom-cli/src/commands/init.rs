@@ -199,11 +199,26 @@ fn init_config(a: &InitArgs, root: &RootKeyName) -> Result<Config, CliError> {
         destruction_delay: StoreOptions::default().destruction_delay,
         audit_data_access: false,
     };
-    // Whatever is written must read back the same (a value with leading or trailing spaces or a
-    // line break would not).
+    // A value with spaces around it or a line break in it is a slip (no token label, variable
+    // or path of that shape is meant): refused, though TOML could hold it.
+    if [
+        a.module.as_deref().and_then(Path::to_str),
+        a.token.as_deref(),
+        a.pin_env.as_deref(),
+        a.pin_file.as_deref().and_then(Path::to_str),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|v| v.trim() != v || v.contains('\n'))
+    {
+        return Err(CliError::Usage(
+            "a value given to init (module path, token label, PIN variable or file) has leading or trailing spaces or a line break; give it without them".into(),
+        ));
+    }
+    // Whatever is written must read back the same (a path that is not UTF-8 would not).
     if Config::parse(&config.to_text()).as_ref() != Ok(&config) {
         return Err(CliError::Usage(
-            "a value given to init (module path, token label, PIN variable or file) has leading or trailing spaces or a line break, which strongroom.conf cannot hold".into(),
+            "a path given to init (module or PIN file) is not valid UTF-8, which strongroom.conf cannot hold".into(),
         ));
     }
     Ok(config)
