@@ -16,7 +16,8 @@ Exit codes:
   7  aborted (a destructive command was not confirmed)
 
 Environment:
-  STRONGROOM_DATA   data directory (instead of --data)
+  STRONGROOM_DATA   data directory (instead of --data; default $XDG_DATA_HOME/strongroom,
+                    else ~/.local/share/strongroom)
   STRONGROOM_ACTOR  who is acting, for the audit log (instead of --actor; default $USER)
   STRONGROOM_PIN    the PKCS#11 user PIN, when `init --pin-env STRONGROOM_PIN` was used";
 
@@ -29,15 +30,10 @@ Environment:
 #[derive(Parser, Debug)]
 #[command(name = "strongroom", version, after_help = EXIT_CODES, propagate_version = true)]
 pub struct Cli {
-    /// The data directory holding the store.
-    #[arg(
-        long,
-        global = true,
-        env = "STRONGROOM_DATA",
-        default_value = "./strongroom-data",
-        value_name = "DIR"
-    )]
-    pub data: PathBuf,
+    /// The data directory holding the store [default: $XDG_DATA_HOME/strongroom, else
+    /// ~/.local/share/strongroom].
+    #[arg(long, global = true, env = "STRONGROOM_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
     /// Machine-readable output: one JSON document on stdout (errors too).
     #[arg(long, global = true)]
     pub json: bool,
@@ -131,6 +127,15 @@ pub enum Cmd {
         /// The backup file to write.
         file: PathBuf,
     },
+    /// Print a shell completion script (e.g. `strongroom completions bash >
+    /// /etc/bash_completion.d/strongroom`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; e.g. `strongroom man | man -l -`).
+    Man,
     /// Restore a backup into the data directory (which must not hold a store).
     Restore {
         /// The backup file.

@@ -1,7 +1,7 @@
 //! What every command works from: the global arguments, the output, and the one way to read
 //! the store's configuration, build its backend and open the store (each once per command).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use strongroom_cli::config::{BackendConfig, CONFIG_FILE, Config};
@@ -26,16 +26,48 @@ pub struct Overrides {
 pub struct Context<'a> {
     pub cli: &'a Cli,
     pub out: &'a Out,
+    /// `--data`, `STRONGROOM_DATA` or the default ([`default_data_dir`]).
+    data: Option<PathBuf>,
+}
+
+/// The data directory when neither `--data` nor `STRONGROOM_DATA` names one:
+/// `$XDG_DATA_HOME/strongroom` (when it is an absolute path, as the XDG spec asks), else
+/// `$HOME/.local/share/strongroom`; never relative to the current directory.
+pub fn default_data_dir(
+    xdg_data_home: Option<&std::ffi::OsStr>,
+    home: Option<&std::ffi::OsStr>,
+) -> Option<PathBuf> {
+    if let Some(x) = xdg_data_home.map(Path::new)
+        && x.is_absolute()
+    {
+        return Some(x.join("strongroom"));
+    }
+    home.map(Path::new)
+        .filter(|h| h.is_absolute())
+        .map(|h| h.join(".local/share/strongroom"))
 }
 
 impl<'a> Context<'a> {
     pub fn new(cli: &'a Cli, out: &'a Out) -> Self {
-        Self { cli, out }
+        let data = cli.data.clone().or_else(|| {
+            default_data_dir(
+                std::env::var_os("XDG_DATA_HOME").as_deref(),
+                std::env::var_os("HOME").as_deref(),
+            )
+        });
+        Self { cli, out, data }
     }
 
     /// The data directory.
-    pub fn data(&self) -> &'a Path {
-        &self.cli.data
+    ///
+    /// # Errors
+    /// A usage error when none is given and there is no home directory to put the default in.
+    pub fn data(&self) -> Result<&Path, CliError> {
+        self.data.as_deref().ok_or_else(|| {
+            CliError::Usage(
+                "no data directory: give --data DIR or set STRONGROOM_DATA (the default, under $XDG_DATA_HOME or $HOME, needs one of them set to an absolute path)".into(),
+            )
+        })
     }
 
     /// The actor recorded in the audit log.
@@ -57,7 +89,7 @@ impl<'a> Context<'a> {
 
     /// The configuration of the store in the data directory.
     pub fn config(&self) -> Result<Config, CliError> {
-        let data = self.data();
+        let data = self.data()?;
         let path = data.join(CONFIG_FILE);
         if let Err(e) = std::fs::symlink_metadata(&path)
             && e.kind() == std::io::ErrorKind::NotFound
@@ -79,7 +111,7 @@ impl<'a> Context<'a> {
         config: &Config,
         overrides: Overrides,
     ) -> Result<Arc<dyn Backend>, CliError> {
-        let data = self.data();
+        let data = self.data()?;
         Ok(match &config.backend {
             BackendConfig::Soft => Arc::new(SoftBackend::open(data)?),
             BackendConfig::Pkcs11 { .. } => {
@@ -113,6 +145,6 @@ impl<'a> Context<'a> {
     pub fn open_with(&self, overrides: Overrides) -> Result<Store, CliError> {
         let config = self.config()?;
         let backend = self.backend(&config, overrides)?;
-        Ok(Store::open(self.data(), backend, self.options(&config))?)
+        Ok(Store::open(self.data()?, backend, self.options(&config))?)
     }
 }

@@ -1306,3 +1306,100 @@ fn init_writes_toml_and_old_config_files_still_open() {
     .unwrap();
     sr(d, &["get", "k", "a"]).fails(1, "unknown field `cache-ttl`");
 }
+
+#[test]
+fn completions_generate_for_bash_zsh_and_fish() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = sr(dir.path(), &["completions", shell]).ok().out();
+        for must in ["keyring", "cancel-destroy", "key-hex", "completions"] {
+            assert!(script.contains(must), "{shell} completions lack {must:?}");
+        }
+    }
+    sr(dir.path(), &["completions", "tcsh"])
+        .code
+        .eq(&2)
+        .then_some(())
+        .unwrap();
+}
+
+#[test]
+fn the_checked_in_man_page_is_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cmd(dir.path(), &["man"]);
+    c.env_remove("STRONGROOM_ACTOR");
+    let page = run_with(c, None).ok().out();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/man/strongroom.1");
+    let checked_in = std::fs::read_to_string(path).unwrap();
+    assert!(
+        page == checked_in,
+        "man/strongroom.1 is not current: run `strongroom man > crates/strongroom-cli/man/strongroom.1`"
+    );
+    for must in ["Exit codes:", "STRONGROOM_DATA", "keyring"] {
+        assert!(page.contains(must), "the man page lacks {must:?}");
+    }
+}
+
+/// `strongroom ARGS` with no `--data`, in `cwd`, with this environment.
+fn sr_env(cwd: &Path, env: &[(&str, &Path)], args: &[&str]) -> Run {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    c.args(args)
+        .current_dir(cwd)
+        .env_remove("STRONGROOM_DATA")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("HOME")
+        .env("STRONGROOM_ACTOR", "tester");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run_with(c, None)
+}
+
+#[test]
+fn the_data_directory_comes_from_flag_env_or_a_default_under_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, elsewhere) = (dir.path(), dir.path().join("cwd"));
+    std::fs::create_dir(&elsewhere).unwrap();
+    let home = root.join("home");
+    // The default: under $HOME, whatever the current directory.
+    sr_env(&elsewhere, &[("HOME", &home)], &["init"]).ok();
+    assert!(
+        home.join(".local/share/strongroom/strongroom.conf")
+            .exists()
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    sr_env(root, &[("HOME", &home)], &["keyring", "create", "k"]).ok();
+    // $XDG_DATA_HOME comes first (a relative one is ignored, as the XDG spec says).
+    let xdg = root.join("xdg");
+    let both = [("HOME", home.as_path()), ("XDG_DATA_HOME", xdg.as_path())];
+    sr_env(&elsewhere, &both, &["keyring", "list"]).fails(3, "strongroom init");
+    sr_env(&elsewhere, &both, &["init"]).ok();
+    assert!(xdg.join("strongroom/strongroom.conf").exists());
+    let relative = [
+        ("HOME", home.as_path()),
+        ("XDG_DATA_HOME", Path::new("xdg")),
+    ];
+    let listed = sr_env(&elsewhere, &relative, &["keyring", "list"])
+        .ok()
+        .out();
+    assert!(listed.contains('k'), "{listed}");
+    // STRONGROOM_DATA beats the default, and --data beats STRONGROOM_DATA.
+    let env_dir = root.join("env-data");
+    let with_env = [
+        ("HOME", home.as_path()),
+        ("STRONGROOM_DATA", env_dir.as_path()),
+    ];
+    sr_env(&elsewhere, &with_env, &["init"]).ok();
+    assert!(env_dir.join("strongroom.conf").exists());
+    let flag_dir = root.join("flag-data");
+    sr_env(
+        &elsewhere,
+        &with_env,
+        &["--data", flag_dir.to_str().unwrap(), "init"],
+    )
+    .ok();
+    assert!(flag_dir.join("strongroom.conf").exists());
+    // No home and no flag: a clear usage error, nothing created here.
+    sr_env(&elsewhere, &[], &["init"]).fails(2, "give --data DIR or set STRONGROOM_DATA");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}

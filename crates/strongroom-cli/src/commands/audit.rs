@@ -46,7 +46,7 @@ pub fn run(ctx: &Context<'_>, cmd: &AuditCmd) -> Result<(), CliError> {
         )?;
         let config = ctx.config()?;
         let backend = ctx.backend(&config, ctx.overrides())?;
-        let s = Store::open_accepting_rollback(ctx.data(), backend, ctx.options(&config))?;
+        let s = Store::open_accepting_rollback(ctx.data()?, backend, ctx.options(&config))?;
         let head = s.verify_audit()?.map_err(CliError::Audit)?;
         return ctx.out.result(
             || {

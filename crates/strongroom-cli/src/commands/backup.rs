@@ -25,6 +25,7 @@ use strongroom_cli::config::{CONFIG_FILE, Config};
 use strongroom_store::Store;
 
 pub fn backup(ctx: &Context<'_>, file: &Path) -> Result<(), CliError> {
+    let data = ctx.data()?;
     let s = ctx.open()?;
     let r = s.backup(file)?;
     let soft = s.meta().backend_kind == "soft";
@@ -34,7 +35,7 @@ pub fn backup(ctx: &Context<'_>, file: &Path) -> Result<(), CliError> {
             if soft {
                 t.push_str(&format!(
                     "\nnote: it holds no root key; back up the soft backend's key file {} separately, and keep it secret",
-                    ctx.data().join(strongroom_core::soft::KEY_FILE_NAME).display()
+                    data.join(strongroom_core::soft::KEY_FILE_NAME).display()
                 ));
             }
             t
@@ -45,20 +46,21 @@ pub fn backup(ctx: &Context<'_>, file: &Path) -> Result<(), CliError> {
 }
 
 pub fn restore(ctx: &Context<'_>, file: &Path, config: &Path) -> Result<(), CliError> {
+    let data = ctx.data()?;
     let text = std::fs::read_to_string(config)
         .map_err(|e| CliError::Other(format!("reading {}: {e}", config.display())))?;
     Config::parse(&text).map_err(|e| CliError::Usage(e.to_string()))?;
-    if ctx.data().join(CONFIG_FILE).exists() {
+    if data.join(CONFIG_FILE).exists() {
         return Err(CliError::Usage(format!(
             "{} already holds a store configuration; restore into an empty directory",
-            ctx.data().display()
+            data.display()
         )));
     }
-    let meta = Store::restore(file, ctx.data())?;
-    write_private(&ctx.data().join(CONFIG_FILE), text.as_bytes())?;
+    let meta = Store::restore(file, data)?;
+    write_private(&data.join(CONFIG_FILE), text.as_bytes())?;
     ctx.out.result(
-        || format!("store {} restored into {}; open it with its own backend (for soft: copy its key file here)", hex(&meta.store_id), ctx.data().display()),
-        || Restore { store_id: hex(&meta.store_id), data: ctx.data().display().to_string() },
+        || format!("store {} restored into {}; open it with its own backend (for soft: copy its key file here)", hex(&meta.store_id), data.display()),
+        || Restore { store_id: hex(&meta.store_id), data: data.display().to_string() },
     )?;
     Ok(())
 }

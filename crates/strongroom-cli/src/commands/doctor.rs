@@ -86,6 +86,7 @@ impl Report {
 }
 
 pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
+    let data = ctx.data()?;
     let out = ctx.out;
     let mut r = Report::default();
     let config = match ctx.config() {
@@ -95,9 +96,7 @@ pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
                 "configuration",
                 format!(
                     "{}",
-                    ctx.data()
-                        .join(strongroom_cli::config::CONFIG_FILE)
-                        .display()
+                    data.join(strongroom_cli::config::CONFIG_FILE).display()
                 ),
             );
             c
@@ -148,11 +147,7 @@ pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
             }
         ),
     );
-    let store = match Store::open(
-        ctx.data(),
-        std::sync::Arc::clone(&backend),
-        ctx.options(&config),
-    ) {
+    let store = match Store::open(data, std::sync::Arc::clone(&backend), ctx.options(&config)) {
         Ok(s) => s,
         Err(e) => {
             r.add(Status::Fail, "store", e.to_string());

@@ -224,7 +224,7 @@ fn init_config(a: &InitArgs, root: &RootKeyName) -> Result<Config, CliError> {
     Ok(config)
 }
 pub fn run(ctx: &Context<'_>, a: &InitArgs) -> Result<(), CliError> {
-    let data = ctx.data();
+    let data = ctx.data()?;
     let root = rn(&a.root)?;
     let config = init_config(a, &root)?;
     check_init_target(data)?;

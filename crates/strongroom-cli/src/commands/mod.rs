@@ -4,6 +4,7 @@
 mod audit;
 mod backup;
 mod bench;
+mod docs;
 mod doctor;
 mod init;
 mod jobs;
@@ -48,6 +49,8 @@ pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
         Cmd::Bench(args) => bench::run(ctx, args),
         Cmd::Tour => tour::run(ctx),
         Cmd::Backup { file } => backup::backup(ctx, file),
+        Cmd::Completions { shell } => docs::completions(ctx, *shell),
+        Cmd::Man => docs::man(ctx),
         Cmd::Restore { file, config } => backup::restore(ctx, file, config),
     }
 }
