@@ -14,6 +14,8 @@ Exit codes:
   5  integrity failure (a record, key, backup, the audit log or the key file is corrupt)
   6  backend failure (HSM, PKCS#11 module, token, login)
   7  aborted (a destructive command was not confirmed)
+With --json, an error's kind field names its exit code: other, usage, not_found, access_refused,
+integrity, backend, aborted.
 
 Environment:
   STRONGROOM_DATA   data directory (instead of --data; default $XDG_DATA_HOME/strongroom,

@@ -43,6 +43,29 @@ impl Job {
     }
 }
 
+/// One job `resume --json` ran: the job (as `jobs --json` gives it), whether it finished, and
+/// the line the text view prints for it.
+#[derive(Serialize)]
+struct Outcome {
+    #[serde(flatten)]
+    job: Job,
+    finished: bool,
+    result: String,
+}
+
+impl Outcome {
+    fn of(j: &PendingJob, r: &Result<String, CliError>) -> Self {
+        Self {
+            job: Job::of(j),
+            finished: r.is_ok(),
+            result: match r {
+                Ok(line) => line.clone(),
+                Err(e) => format!("not finished: {}: {e}", describe_job(j)),
+            },
+        }
+    }
+}
+
 /// `compact --json`.
 #[derive(Serialize)]
 struct Compact {
@@ -152,25 +175,20 @@ pub fn resume(ctx: &Context<'_>) -> Result<(), CliError> {
                     .map_err(CliError::from)
             }
         };
-        match r {
-            Ok(line) => done.push(line),
-            Err(e) => {
-                done.push(format!("not finished: {}: {e}", describe_job(j)));
-                first_failure.get_or_insert(e);
-            }
+        done.push(Outcome::of(j, &r));
+        if let Err(e) = r {
+            first_failure.get_or_insert(e);
         }
     }
     if jobs.contains(&PendingJob::Compact) || s.pending_jobs()?.contains(&PendingJob::Compact) {
-        match s.finish_compaction() {
-            Ok(Some(r)) => done.push(compact_line(&r)),
-            Ok(None) => done.push("compaction: done".into()),
-            Err(e) => {
-                done.push(format!(
-                    "not finished: {}: {e}",
-                    describe_job(&PendingJob::Compact)
-                ));
-                first_failure.get_or_insert(e.into());
-            }
+        let r = match s.finish_compaction() {
+            Ok(Some(r)) => Ok(compact_line(&r)),
+            Ok(None) => Ok("compaction: done".into()),
+            Err(e) => Err(CliError::from(e)),
+        };
+        done.push(Outcome::of(&PendingJob::Compact, &r));
+        if let Err(e) = r {
+            first_failure.get_or_insert(e);
         }
     }
     ctx.out.result(
@@ -178,10 +196,13 @@ pub fn resume(ctx: &Context<'_>) -> Result<(), CliError> {
             if done.is_empty() {
                 "no unfinished work".into()
             } else {
-                done.join("\n")
+                done.iter()
+                    .map(|o| o.result.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
             }
         },
-        || done.clone(),
+        || &done,
     )?;
     first_failure.map_or(Ok(()), Err)
 }
