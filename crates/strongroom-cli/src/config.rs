@@ -20,7 +20,7 @@
 //!
 //! `format`, `backend` and `primary-root` are required; the rest have the defaults shown. Files
 //! written before the TOML format (format 1: `key = value` lines, values unquoted) are still
-//! read as they were ([`legacy`]); `Config::to_text` always writes TOML.
+//! read as they were (`config/legacy.rs`); `Config::to_text` always writes TOML.
 
 mod legacy;
 
@@ -34,7 +34,7 @@ use strongroom_pkcs11::{PinSource, Pkcs11Config, TokenSelector};
 
 /// File name of the configuration in the data directory.
 pub const CONFIG_FILE: &str = "strongroom.conf";
-/// The format `to_text` writes (TOML). Format 1 is the line format before it ([`legacy`]).
+/// The format `to_text` writes (TOML). Format 1 is the line format before it (`legacy`).
 const FORMAT: u32 = 2;
 /// File name, in the data directory, of the PKCS#11 refused-PIN state (a salted fingerprint
 /// per token serial; never the PIN).
@@ -206,7 +206,7 @@ impl Config {
     }
 
     /// Parses: TOML (format 2, or a TOML file that says format 1), or a format-1 file of
-    /// `key = value` lines as strongroom wrote before ([`legacy`]).
+    /// `key = value` lines as strongroom wrote before (`config/legacy.rs`).
     ///
     /// # Errors
     /// [`ConfigError`] naming the line (where known) and the problem.

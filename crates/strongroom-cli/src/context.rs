@@ -148,3 +148,35 @@ impl<'a> Context<'a> {
         Ok(Store::open(self.data()?, backend, self.options(&config))?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::ffi::OsStr;
+    use std::path::Path;
+
+    use super::default_data_dir;
+
+    #[test]
+    fn the_default_data_directory_is_never_relative() {
+        let d = |x: Option<&str>, h: Option<&str>| {
+            default_data_dir(x.map(OsStr::new), h.map(OsStr::new))
+        };
+        assert_eq!(
+            d(Some("/x"), Some("/home/a")).unwrap(),
+            Path::new("/x/strongroom")
+        );
+        assert_eq!(
+            d(None, Some("/home/a")).unwrap(),
+            Path::new("/home/a/.local/share/strongroom")
+        );
+        // A relative XDG_DATA_HOME is ignored (the XDG spec), and so is a relative HOME.
+        assert_eq!(
+            d(Some("rel"), Some("/home/a")).unwrap(),
+            Path::new("/home/a/.local/share/strongroom")
+        );
+        assert_eq!(d(Some(""), Some("rel")), None);
+        assert_eq!(d(None, None), None);
+    }
+}
