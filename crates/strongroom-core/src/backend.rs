@@ -256,12 +256,19 @@ pub trait Backend: Send + Sync {
         Err(self.not_supported("record which store its keys belong to"))
     }
 
-    /// Records that this backend's keys belong to `claim` (replacing a claim there was).
+    /// Records that this backend's keys belong to `claim`, if the claim there now is
+    /// `replacing` (`None`: no claim at all); a compare-and-set, so that of two stores claiming
+    /// the same keys at once the second is refused instead of overwriting the first.
     ///
     /// # Errors
+    /// [`BackendError::ClaimedByAnother`] when the claim there is not `replacing`;
     /// [`BackendError::NotSupported`] for a backend that does not record it.
-    fn set_store_claim(&self, claim: &StoreClaim) -> Result<(), BackendError> {
-        let _ = claim;
+    fn set_store_claim(
+        &self,
+        claim: &StoreClaim,
+        replacing: Option<&StoreClaim>,
+    ) -> Result<(), BackendError> {
+        let _ = (claim, replacing);
         Err(self.not_supported("record which store its keys belong to"))
     }
 
@@ -339,7 +346,11 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     fn store_claim(&self) -> Result<Option<StoreClaim>, BackendError> {
         (**self).store_claim()
     }
-    fn set_store_claim(&self, claim: &StoreClaim) -> Result<(), BackendError> {
-        (**self).set_store_claim(claim)
+    fn set_store_claim(
+        &self,
+        claim: &StoreClaim,
+        replacing: Option<&StoreClaim>,
+    ) -> Result<(), BackendError> {
+        (**self).set_store_claim(claim, replacing)
     }
 }

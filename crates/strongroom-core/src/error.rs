@@ -135,6 +135,15 @@ pub enum BackendError {
     /// The backend's configuration is wrong (a missing module, an unknown token label).
     #[error("{0}")]
     Config(String),
+    /// The backend's keys are claimed by another store than the caller expected (see
+    /// [`crate::Backend::set_store_claim`]).
+    #[error("the backend's keys are claimed by store {store} (at {location})")]
+    ClaimedByAnother {
+        /// The store id that claims them, in hex.
+        store: String,
+        /// Where that store was created.
+        location: String,
+    },
     /// The device failed (or is absent) during an operation; the source keeps the detail (for
     /// PKCS#11, the return code and the function).
     #[error("the HSM failed during {operation}: {detail}")]

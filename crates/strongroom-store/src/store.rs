@@ -511,10 +511,13 @@ impl Store {
             // A store from before claims were recorded: its claim is recorded now (best
             // effort: a backend that cannot say now is asked again at the next open).
             Ok(None) => {
-                let _ = backend.set_store_claim(&StoreClaim {
-                    store_id: meta.store_id,
-                    location: location_of(&dir),
-                });
+                let _ = backend.set_store_claim(
+                    &StoreClaim {
+                        store_id: meta.store_id,
+                        location: location_of(&dir),
+                    },
+                    None,
+                );
             }
             _ => {}
         }
@@ -1331,9 +1334,10 @@ fn claim_backend(backend: &dyn Backend, store_id: &[u8; 16], dir: &Path) -> Resu
         Some(id)
     });
     let reading = "reading which store the backend's keys belong to";
-    match backend.store_claim() {
+    let current = backend.store_claim();
+    match &current {
         Err(BackendError::NotSupported { .. }) => return Ok(()),
-        Err(e) => return Err(StoreError::backend(reading)(e)),
+        Err(_) => {}
         Ok(Some(c)) if c.location != claim.location || earlier != Some(c.store_id) => {
             return Err(StoreError::KeysOfAnotherStore {
                 what: format!(
@@ -1357,14 +1361,29 @@ fn claim_backend(backend: &dyn Backend, store_id: &[u8; 16], dir: &Path) -> Resu
             }
         }
     }
+    let replacing = match current {
+        Ok(c) => c,
+        Err(e) => return Err(StoreError::backend(reading)(e)),
+    };
     std::fs::write(&marker, format!("{}\n", hex(store_id))).map_err(|source| StoreError::Io {
         op: "write",
         path: marker.clone(),
         source,
     })?;
-    backend.set_store_claim(&claim).map_err(StoreError::backend(
-        "recording which store the backend's keys belong to",
-    ))
+    // A compare-and-set: another create that claimed them since the read above wins.
+    match backend.set_store_claim(&claim, replacing.as_ref()) {
+        Ok(()) => Ok(()),
+        Err(BackendError::ClaimedByAnother { store, location }) => {
+            Err(StoreError::KeysOfAnotherStore {
+                what: format!(
+                    "another store ({store} at {location}) claimed the backend's keys while this one was being created"
+                ),
+            })
+        }
+        Err(e) => Err(StoreError::backend(
+            "recording which store the backend's keys belong to",
+        )(e)),
+    }
 }
 
 /// Makes sure the backend holds root version `id`: generates it, or adopts one the backend

@@ -415,9 +415,13 @@ mod pkcs11 {
         fn store_claim(&self) -> Result<Option<StoreClaim>, BackendError> {
             self.inner.store_claim()
         }
-        fn set_store_claim(&self, claim: &StoreClaim) -> Result<(), BackendError> {
+        fn set_store_claim(
+            &self,
+            claim: &StoreClaim,
+            replacing: Option<&StoreClaim>,
+        ) -> Result<(), BackendError> {
             self.both.wait();
-            self.inner.set_store_claim(claim)
+            self.inner.set_store_claim(claim, replacing)
         }
     }
 

@@ -149,7 +149,11 @@ softhsm_tests! {
         assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }) && e.to_string().contains("service/v1"), "{e}");
 
         // A store whose keys another store has claimed meanwhile is refused at open.
-        b.set_store_claim(&strongroom_core::StoreClaim { store_id: [9; 16], location: "/elsewhere".into() }).unwrap();
+        let mine = b.store_claim().unwrap();
+        // A compare-and-set: refused unless it names the claim there now.
+        let other = strongroom_core::StoreClaim { store_id: [9; 16], location: "/elsewhere".into() };
+        assert!(matches!(b.set_store_claim(&other, None), Err(strongroom_core::BackendError::ClaimedByAnother { .. })));
+        b.set_store_claim(&other, mine.as_ref()).unwrap();
         let e = Store::open(&a, b.clone(), StoreOptions::default()).unwrap_err();
         assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }) && e.to_string().contains("/elsewhere"), "{e}");
     }

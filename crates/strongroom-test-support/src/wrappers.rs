@@ -141,8 +141,12 @@ impl Backend for TestBackend {
     fn store_claim(&self) -> Result<Option<strongroom_core::StoreClaim>, BackendError> {
         self.inner.store_claim()
     }
-    fn set_store_claim(&self, claim: &strongroom_core::StoreClaim) -> Result<(), BackendError> {
+    fn set_store_claim(
+        &self,
+        claim: &strongroom_core::StoreClaim,
+        replacing: Option<&strongroom_core::StoreClaim>,
+    ) -> Result<(), BackendError> {
         self.admin_gate()?;
-        self.inner.set_store_claim(claim)
+        self.inner.set_store_claim(claim, replacing)
     }
 }

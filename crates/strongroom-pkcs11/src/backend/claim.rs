@@ -9,6 +9,10 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use strongroom_core::{BackendError, StoreClaim};
 
 use super::{Pkcs11Backend, lock};
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
 use crate::objects::{CLAIM_APPLICATION, ClaimRecord};
 
 impl Pkcs11Backend {
@@ -58,14 +62,54 @@ impl Pkcs11Backend {
         })
     }
 
-    pub(super) fn write_claim(&self, claim: &StoreClaim) -> Result<(), BackendError> {
+    /// Compare-and-set: writes `claim` only if the claims there are exactly `replacing` (none,
+    /// for `None`). Under the admin lock it is atomic within this process; two processes that
+    /// both find none may both write one, and then every later read sees two different claims
+    /// and refuses (each create reads its claim back after making its first key), so at most
+    /// one of them goes on.
+    pub(super) fn write_claim(
+        &self,
+        claim: &StoreClaim,
+        replacing: Option<&StoreClaim>,
+    ) -> Result<(), BackendError> {
         let record = ClaimRecord {
             store_id: claim.store_id,
             location: claim.location.clone(),
         };
+        let expected = replacing.map(|r| ClaimRecord {
+            store_id: r.store_id,
+            location: r.location.clone(),
+        });
         self.run("record which store the keys belong to", |_, s, _| {
             let _admin = lock(&self.inner.admin);
             let old = Self::find(s, &self.claim_template())?;
+            for h in &old {
+                let value = s
+                    .get_attributes(*h, &[AttributeType::Value])?
+                    .into_iter()
+                    .find_map(|a| match a {
+                        Attribute::Value(v) => Some(v),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                let found = ClaimRecord::parse(&value).ok();
+                if found.as_ref() != expected.as_ref() && found.as_ref() != Some(&record) {
+                    let (store, location) = found.map_or_else(
+                        || ("(unreadable)".to_owned(), "?".to_owned()),
+                        |c| (hex(&c.store_id), c.location),
+                    );
+                    return Err(super::OpError::Final(BackendError::ClaimedByAnother {
+                        store,
+                        location,
+                    }));
+                }
+            }
+            if old.is_empty() && expected.is_some() {
+                return Err(super::OpError::Final(BackendError::ClaimedByAnother {
+                    store: "(none: the claim to replace is gone)".into(),
+                    location: "?".into(),
+                }));
+            }
             let mut t = self.claim_template();
             t.extend([
                 Attribute::Token(true),

@@ -521,8 +521,12 @@ impl Backend for Pkcs11Backend {
         self.read_claim()
     }
 
-    fn set_store_claim(&self, claim: &strongroom_core::StoreClaim) -> Result<(), BackendError> {
-        self.write_claim(claim)
+    fn set_store_claim(
+        &self,
+        claim: &strongroom_core::StoreClaim,
+        replacing: Option<&strongroom_core::StoreClaim>,
+    ) -> Result<(), BackendError> {
+        self.write_claim(claim, replacing)
     }
 }
 
