@@ -57,6 +57,7 @@ mod moves;
 mod records;
 mod storage;
 mod store;
+pub mod telemetry;
 mod verify;
 
 pub use audit::{AuditBreak, AuditEntry, AuditHead, AuditOp, AuditReport, Outcome};
