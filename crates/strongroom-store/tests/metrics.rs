@@ -6,10 +6,16 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::{Fixture, kr, rn};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use strongroom_store::{BatchOp, StoreOptions, telemetry};
+use strongroom_p11_testkit::sys::CKR_DEVICE_ERROR;
+use strongroom_p11_testkit::{FaultControl, FaultPlan};
+use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
+use strongroom_store::{BatchOp, Store, StoreOptions, telemetry};
+use strongroom_test_support::softhsm_tests;
 
 /// The metrics recorded since the last snapshot: counters as `name{label=value,...}` => count,
 /// histograms as the same => number of samples, gauges => value.
@@ -228,11 +234,77 @@ fn assert_no_secret_in_labels(recorded: &Seen, secrets: &[&str]) {
     assert!(!recorded.labels.is_empty());
     for (k, v) in &recorded.labels {
         assert!(
-            ["op", "outcome", "key", "reason", "call", "kind", "job"].contains(&k.as_str()),
+            [
+                "op", "outcome", "key", "reason", "call", "kind", "job", "failure"
+            ]
+            .contains(&k.as_str()),
             "undocumented label {k}"
         );
         for s in secrets {
             assert!(!v.contains(s), "label {k}={v} holds {s}");
         }
+    }
+}
+
+softhsm_tests! {
+    // The PKCS#11 backend on the fault-injecting module (strongroom-p11-testkit), in a process
+    // of its own with its own SoftHSM2 token: the device fails every call that names a session
+    // while one read needs the HSM, then comes back.
+    fn an_hsm_failure_and_its_recovery_are_counted(token) {
+        const ATTEMPTS: u32 = 3;
+        let mut config = Pkcs11Config::new(
+            strongroom_p11_testkit::module_path(),
+            TokenSelector::Label(token.label.clone()),
+            PinSource::File(token.pin_file()),
+        );
+        config.attempts = ATTEMPTS;
+        config.backoff = Duration::from_millis(5);
+        let backend = Arc::new(Pkcs11Backend::open(config).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::create(dir.path(), backend.clone(), &rn("service"), StoreOptions::default())
+                .unwrap();
+        let control = FaultControl::new(token.fault_control());
+        let payroll = kr("payroll");
+        store.create_keyring(&payroll, None).unwrap();
+        store.put(&payroll, b"alice", b"salary=100000").unwrap();
+        store.purge_key_cache();
+        let before = backend.stats();
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let recorded = metrics::with_local_recorder(&recorder, || {
+            control.set(&FaultPlan::new().fail(CKR_DEVICE_ERROR)).unwrap();
+            let err = store.get(&payroll, b"alice").unwrap_err();
+            assert!(!err.is_integrity(), "{err}");
+            control.clear().unwrap();
+            // The same store, no restart: the backend reconnects and the read works.
+            let value = store.get(&payroll, b"alice").unwrap().unwrap();
+            assert_eq!(value.expose(), b"salary=100000");
+            seen(&snapshotter)
+        });
+        let after = backend.stats();
+        let attempts = u64::from(ATTEMPTS);
+        let expected = map(&[
+            ("strongroom_operations_total{op=record.get,outcome=error}", 1),
+            ("strongroom_operations_total{op=record.get,outcome=ok}", 1),
+            ("strongroom_key_cache_misses_total{key=dek}", 2),
+            ("strongroom_key_cache_misses_total{key=kek}", 2),
+            ("strongroom_backend_calls_total{call=unwrap}", 2),
+            ("strongroom_backend_errors_total{call=unwrap,kind=device}", 1),
+            // Every attempt of the failing unwrap lost the device and recovered the library
+            // (C_Initialize names no session, so it works during this fault); the backend
+            // found its token again after each recovery and opened one new session.
+            ("strongroom_pkcs11_failed_attempts_total{failure=device_lost}", attempts),
+            ("strongroom_pkcs11_reinitializations_total", attempts),
+            ("strongroom_pkcs11_reconnects_total", attempts),
+            ("strongroom_pkcs11_sessions_opened_total", 1),
+        ]);
+        assert_eq!(recorded.counters, expected);
+        // The backend's own counters agree.
+        assert_eq!(after.generation - before.generation, attempts);
+        assert_eq!(after.reinitializations - before.reinitializations, attempts);
+        assert_eq!(after.sessions_opened - before.sessions_opened, 1);
+        assert_no_secret_in_labels(&recorded, &["payroll", "alice", "salary", &token.label]);
     }
 }
