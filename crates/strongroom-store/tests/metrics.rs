@@ -308,3 +308,57 @@ softhsm_tests! {
         assert_no_secret_in_labels(&recorded, &["payroll", "alice", "salary", &token.label]);
     }
 }
+
+/// Every metric the code reports is in the README's table and in its module's `//!` table, and
+/// the README names no metric the code does not report.
+#[test]
+fn every_metric_is_documented_and_every_documented_metric_exists() {
+    use strongroom_pkcs11::telemetry as p11;
+    let code = [
+        telemetry::OPERATIONS,
+        telemetry::OPERATION_SECONDS,
+        telemetry::CACHE_HITS,
+        telemetry::CACHE_MISSES,
+        telemetry::CACHE_EVICTIONS,
+        telemetry::BACKEND_CALLS,
+        telemetry::BACKEND_ERRORS,
+        telemetry::BACKEND_SECONDS,
+        telemetry::JOB_ITEMS,
+        telemetry::JOB_DONE,
+        telemetry::JOB_SIZE,
+        telemetry::SHREDDED_BYTES,
+        p11::FAILED_ATTEMPTS,
+        p11::REINITIALIZATIONS,
+        p11::RECOVERY_FAILURES,
+        p11::RECONNECTS,
+        p11::SESSIONS_OPENED,
+    ];
+    let readme = include_str!("../../../README.md");
+    let section = &readme[readme.find("## Metrics").unwrap()..];
+    let section = &section[..section[3..].find("\n## ").unwrap()];
+    let store_docs = include_str!("../src/telemetry.rs");
+    let p11_docs = include_str!("../../strongroom-pkcs11/src/telemetry.rs");
+    for name in code {
+        let row = format!("| `{name}` |");
+        assert!(
+            section.contains(&row),
+            "{name} is missing from the README's metrics table"
+        );
+        let docs = if name.starts_with("strongroom_pkcs11_") {
+            p11_docs
+        } else {
+            store_docs
+        };
+        assert!(
+            docs.contains(&format!("//! {row}")),
+            "{name} is missing from its module's docs"
+        );
+    }
+    for row in section.lines().filter(|l| l.starts_with("| `strongroom_")) {
+        let name = row.split('`').nth(1).unwrap();
+        assert!(
+            code.contains(&name),
+            "the README documents {name}, which nothing reports"
+        );
+    }
+}
