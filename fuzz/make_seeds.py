@@ -113,6 +113,24 @@ primary-root=service
 cache-ttl-secs=60
 destruction-delay-secs=3600
 """)
+write("cli_config", "toml-soft", b"""# strongroom configuration, written by `strongroom init`.
+format = 2
+backend = "soft"
+primary-root = "service"
+cache-ttl-secs = 300
+destruction-delay-secs = 604800
+audit-data-access = false
+""")
+write("cli_config", "toml-pkcs11", b"""format = 2
+backend = "pkcs11"   # a trailing comment
+primary-root = "service"
+
+[pkcs11]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token = "my-token"
+pin-env = "STRONGROOM_PIN"
+namespace = "strongroom-3f9a01bc"
+""")
 write("cli_config", "minimal-crlf", b"format = 1\r\nbackend = soft\r\nprimary-root = r\r\n")
 
 # ---------------------------------------------------------------------------------------------

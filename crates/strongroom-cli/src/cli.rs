@@ -14,9 +14,12 @@ Exit codes:
   5  integrity failure (a record, key, backup, the audit log or the key file is corrupt)
   6  backend failure (HSM, PKCS#11 module, token, login)
   7  aborted (a destructive command was not confirmed)
+With --json, an error's kind field names its exit code: other, usage, not_found, access_refused,
+integrity, backend, aborted.
 
 Environment:
-  STRONGROOM_DATA   data directory (instead of --data)
+  STRONGROOM_DATA   data directory (instead of --data; default $XDG_DATA_HOME/strongroom,
+                    else ~/.local/share/strongroom)
   STRONGROOM_ACTOR  who is acting, for the audit log (instead of --actor; default $USER)
   STRONGROOM_PIN    the PKCS#11 user PIN, when `init --pin-env STRONGROOM_PIN` was used";
 
@@ -29,15 +32,10 @@ Environment:
 #[derive(Parser, Debug)]
 #[command(name = "strongroom", version, after_help = EXIT_CODES, propagate_version = true)]
 pub struct Cli {
-    /// The data directory holding the store.
-    #[arg(
-        long,
-        global = true,
-        env = "STRONGROOM_DATA",
-        default_value = "./strongroom-data",
-        value_name = "DIR"
-    )]
-    pub data: PathBuf,
+    /// The data directory holding the store [default: $XDG_DATA_HOME/strongroom, else
+    /// ~/.local/share/strongroom].
+    #[arg(long, global = true, env = "STRONGROOM_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
     /// Machine-readable output: one JSON document on stdout (errors too).
     #[arg(long, global = true)]
     pub json: bool,
@@ -66,8 +64,11 @@ pub enum Cmd {
     Put {
         /// The keyring.
         keyring: String,
-        /// The record key.
+        /// The record key (text, or hex with --key-hex).
         key: String,
+        /// KEY is hex (for a key that is not text; `list --json` gives every key's hex).
+        #[arg(long)]
+        key_hex: bool,
         /// The value (omit to read it from stdin, which keeps it out of the process arguments
         /// that `ps` shows).
         value: Option<SecretArg>,
@@ -76,17 +77,24 @@ pub enum Cmd {
     Get {
         /// The keyring.
         keyring: String,
-        /// The record key.
+        /// The record key (text, or hex with --key-hex).
         key: String,
+        /// KEY is hex (for a key that is not text; `list --json` gives every key's hex).
+        #[arg(long)]
+        key_hex: bool,
     },
     /// Delete a record.
     Delete {
         /// The keyring.
         keyring: String,
-        /// The record key.
+        /// The record key (text, or hex with --key-hex).
         key: String,
+        /// KEY is hex (for a key that is not text; `list --json` gives every key's hex).
+        #[arg(long)]
+        key_hex: bool,
     },
-    /// List record keys, one per line.
+    /// List record keys, one per line (control and bidirectional characters escaped; `--json`
+    /// gives each key as text and as hex).
     List {
         /// The keyring.
         keyring: String,
@@ -121,6 +129,15 @@ pub enum Cmd {
         /// The backup file to write.
         file: PathBuf,
     },
+    /// Print a shell completion script (e.g. `strongroom completions bash >
+    /// /etc/bash_completion.d/strongroom`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; e.g. `strongroom man | man -l -`).
+    Man,
     /// Restore a backup into the data directory (which must not hold a store).
     Restore {
         /// The backup file.

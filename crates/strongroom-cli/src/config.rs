@@ -1,38 +1,46 @@
-//! The configuration file `strongroom.conf` in the data directory, written by `strongroom init`.
+//! The configuration file `strongroom.conf` in the data directory, written by `strongroom init`:
+//! TOML, read through `serde` with unknown keys refused (a typo must not silently change the
+//! backend). It never holds a PIN: only where to find one.
 //!
-//! One `key = value` per line; `#` starts a comment line; keys are fixed; unknown keys and
-//! repeated keys are errors (a typo must not silently change the backend). It never holds a
-//! PIN: only where to find one.
+//! ```toml
+//! # strongroom configuration, written by `strongroom init`.
+//! format = 2
+//! backend = "pkcs11"                 # or "soft"
+//! primary-root = "service"           # protects the audit log
+//! cache-ttl-secs = 300               # how long an outside revocation takes to bite
+//! destruction-delay-secs = 604800    # default waiting period of a scheduled destruction
+//! audit-data-access = false          # also audit every record read/write/delete
 //!
-//! ```text
-//! # strongroom configuration, written by `strongroom init`
-//! format = 1
-//! backend = pkcs11
-//! primary-root = service
-//! pkcs11.module = /usr/lib/softhsm/libsofthsm2.so
-//! pkcs11.token = my-token            (or pkcs11.slot = 3)
-//! pkcs11.pin-env = STRONGROOM_PIN    (or pkcs11.pin-file = /run/secrets/pin)
-//! pkcs11.namespace = strongroom-3f9a01bc   (labels in the token; default strongroom)
-//! cache-ttl-secs = 300
-//! destruction-delay-secs = 604800
-//! audit-data-access = false
+//! [pkcs11]                           # only with backend = "pkcs11"
+//! module = "/usr/lib/softhsm/libsofthsm2.so"   # an absolute path
+//! token = "my-token"                 # or slot = 3
+//! pin-env = "STRONGROOM_PIN"         # or pin-file = "/run/secrets/pin"
+//! namespace = "strongroom-3f9a01bc"  # labels in the token; default "strongroom"
 //! ```
+//!
+//! `format`, `backend` and `primary-root` are required; the rest have the defaults shown. Files
+//! written before the TOML format (format 1: `key = value` lines, values unquoted) are still
+//! read as they were (`config/legacy.rs`); `Config::to_text` always writes TOML.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+mod legacy;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use strongroom_core::RootKeyName;
 use strongroom_pkcs11::objects::{DEFAULT_NAMESPACE, check_namespace};
 use strongroom_pkcs11::{PinSource, Pkcs11Config, TokenSelector};
 
 /// File name of the configuration in the data directory.
 pub const CONFIG_FILE: &str = "strongroom.conf";
-const FORMAT: u32 = 1;
+/// The format `to_text` writes (TOML). Format 1 is the line format before it (`legacy`).
+const FORMAT: u32 = 2;
 /// File name, in the data directory, of the PKCS#11 refused-PIN state (a salted fingerprint
 /// per token serial; never the PIN).
 pub const PIN_STATE_FILE: &str = "pkcs11-refused-pins";
+const DEFAULT_CACHE_TTL_SECS: u64 = 300;
+const DEFAULT_DESTRUCTION_DELAY_SECS: u64 = 7 * 86_400;
 
 /// Which backend a store uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,167 +96,218 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
+/// The TOML file, as `serde` reads and writes it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct File {
+    format: u32,
+    backend: String,
+    primary_root: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cache_ttl_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    destruction_delay_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    audit_data_access: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pkcs11: Option<Pkcs11Table>,
+}
+
+/// The `[pkcs11]` table.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Pkcs11Table {
+    module: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slot: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pin_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pin_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+}
+
+/// The 1-based line of the first line of `text` that sets `key` (0 if none): where a value
+/// that parsed as TOML but is not acceptable is.
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map_or(0, |i| i + 1)
+}
+
+/// The 1-based line of a byte offset.
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
 impl Config {
-    /// Serializes (the format in the module docs).
+    /// Serializes as TOML (the format in the module docs).
     #[must_use]
     pub fn to_text(&self) -> String {
-        let mut s = String::from(
-            "# strongroom configuration, written by `strongroom init`.\n# It never holds a PIN, only where to find one.\n",
-        );
-        let _ = writeln!(s, "format = {FORMAT}");
-        match &self.backend {
-            BackendConfig::Soft => s.push_str("backend = soft\n"),
+        let pkcs11 = match &self.backend {
+            BackendConfig::Soft => None,
             BackendConfig::Pkcs11 {
                 module,
                 token,
                 pin,
                 namespace,
-            } => {
-                s.push_str("backend = pkcs11\n");
-                let _ = writeln!(s, "pkcs11.module = {}", module.display());
-                match token {
-                    TokenSelector::Label(l) => {
-                        let _ = writeln!(s, "pkcs11.token = {l}");
-                    }
-                    TokenSelector::Slot(n) => {
-                        let _ = writeln!(s, "pkcs11.slot = {n}");
-                    }
-                }
-                match pin {
-                    PinSource::Env(v) => {
-                        let _ = writeln!(s, "pkcs11.pin-env = {v}");
-                    }
-                    PinSource::File(p) => {
-                        let _ = writeln!(s, "pkcs11.pin-file = {}", p.display());
-                    }
-                }
-                let _ = writeln!(s, "pkcs11.namespace = {namespace}");
-            }
-        }
-        let _ = writeln!(s, "primary-root = {}", self.primary_root);
-        let _ = writeln!(s, "cache-ttl-secs = {}", self.cache_ttl.as_secs());
-        let _ = writeln!(
-            s,
-            "destruction-delay-secs = {}",
-            self.destruction_delay.as_secs()
-        );
-        let _ = writeln!(s, "audit-data-access = {}", self.audit_data_access);
-        s
+            } => Some(Pkcs11Table {
+                module: module.to_string_lossy().into_owned(),
+                token: match token {
+                    TokenSelector::Label(l) => Some(l.clone()),
+                    TokenSelector::Slot(_) => None,
+                },
+                slot: match token {
+                    TokenSelector::Slot(n) => Some(*n),
+                    TokenSelector::Label(_) => None,
+                },
+                pin_env: match pin {
+                    PinSource::Env(v) => Some(v.clone()),
+                    PinSource::File(_) => None,
+                },
+                pin_file: match pin {
+                    PinSource::File(p) => Some(p.to_string_lossy().into_owned()),
+                    PinSource::Env(_) => None,
+                },
+                namespace: Some(namespace.clone()),
+            }),
+        };
+        let file = File {
+            format: FORMAT,
+            backend: match self.backend {
+                BackendConfig::Soft => "soft".into(),
+                BackendConfig::Pkcs11 { .. } => "pkcs11".into(),
+            },
+            primary_root: self.primary_root.to_string(),
+            cache_ttl_secs: Some(self.cache_ttl.as_secs()),
+            destruction_delay_secs: Some(self.destruction_delay.as_secs()),
+            audit_data_access: Some(self.audit_data_access),
+            pkcs11,
+        };
+        let body = toml::to_string(&file).unwrap_or_else(|e| {
+            // Only a number past TOML's range (2^63 - 1 seconds) gets here; `parse` refuses
+            // the result, so `init` refuses the configuration.
+            format!("# not representable in TOML: {e}\n")
+        });
+        format!(
+            "# strongroom configuration, written by `strongroom init`.\n# It never holds a PIN, only where to find one.\n{body}"
+        )
     }
 
-    /// Parses.
+    /// Parses: TOML (format 2, or a TOML file that says format 1), or a format-1 file of
+    /// `key = value` lines as strongroom wrote before (`config/legacy.rs`).
     ///
     /// # Errors
-    /// [`ConfigError`] naming the line and the problem.
+    /// [`ConfigError`] naming the line (where known) and the problem.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let err = |line: usize, problem: String| ConfigError { line, problem };
-        let mut kv: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
-        for (i, raw) in text.lines().enumerate() {
-            let n = i + 1;
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
+        let file: File = match toml::from_str(text) {
+            Ok(f) => f,
+            // A format-1 file is not TOML (its values are unquoted).
+            Err(_) if legacy::is_format_1(text) => return legacy::parse(text),
+            Err(e) => {
+                return Err(ConfigError {
+                    line: e.span().map_or(0, |s| line_at(text, s.start)),
+                    problem: e.message().trim_end().to_owned(),
+                });
             }
-            let (k, v) = line
-                .split_once('=')
-                .ok_or_else(|| err(n, format!("expected `key = value`, found {line:?}")))?;
-            let (k, v) = (k.trim(), v.trim());
-            if !KEYS.contains(&k) {
-                return Err(err(
-                    n,
-                    format!("unknown key {k:?} (known: {})", KEYS.join(", ")),
-                ));
-            }
-            if v.is_empty() {
-                return Err(err(n, format!("{k} has no value")));
-            }
-            if kv.insert(k, (n, v)).is_some() {
-                return Err(err(n, format!("{k} is set twice")));
-            }
-        }
-        let get = |k: &str| kv.get(k).copied();
-        let need = |k: &str| get(k).ok_or_else(|| err(0, format!("{k} is missing")));
-        let (fl, fv) = need("format")?;
-        if fv != FORMAT.to_string() {
+        };
+        Self::from_file(text, file)
+    }
+
+    /// The configuration a TOML file holds, every value checked.
+    fn from_file(text: &str, f: File) -> Result<Self, ConfigError> {
+        let err = |key: &str, problem: String| ConfigError {
+            line: line_of(text, key),
+            problem,
+        };
+        if f.format != FORMAT && f.format != 1 {
             return Err(err(
-                fl,
+                "format",
                 format!(
-                    "format {fv} is not supported (this strongroom reads format {FORMAT}); upgrade strongroom"
+                    "format {} is not supported (this strongroom reads formats 1 and 2); upgrade strongroom",
+                    f.format
                 ),
             ));
         }
-        let num = |k: &str, default: u64| -> Result<u64, ConfigError> {
-            match get(k) {
-                None => Ok(default),
-                Some((l, v)) => v.parse::<u64>().map_err(|_| {
-                    err(
-                        l,
-                        format!("{k} must be a whole number of seconds, found {v:?}"),
-                    )
-                }),
+        let nonempty = |key: &str, v: String| {
+            if v.is_empty() {
+                Err(err(key, format!("pkcs11.{key} is empty")))
+            } else {
+                Ok(v)
             }
         };
-        let (bl, bv) = need("backend")?;
-        let backend = match bv {
-            "soft" => {
-                if let Some(k) = KEYS
-                    .iter()
-                    .find(|k| k.starts_with("pkcs11.") && get(k).is_some())
-                {
-                    return Err(err(
-                        get(k).map_or(0, |x| x.0),
-                        format!("{k} is set but the backend is soft"),
-                    ));
-                }
-                BackendConfig::Soft
+        let backend = match (f.backend.as_str(), f.pkcs11) {
+            ("soft", None) => BackendConfig::Soft,
+            ("soft", Some(_)) => {
+                return Err(err(
+                    "module",
+                    "a [pkcs11] table is set but the backend is soft".into(),
+                ));
             }
-            "pkcs11" => {
-                let (module_line, module) = need("pkcs11.module")?;
-                let module = PathBuf::from(module);
+            ("pkcs11", None) => {
+                return Err(err(
+                    "backend",
+                    "the backend is pkcs11 but the [pkcs11] table (module, token, pin-env) is missing".into(),
+                ));
+            }
+            ("pkcs11", Some(p)) => {
+                let module = PathBuf::from(nonempty("module", p.module)?);
                 if !module.is_absolute() {
                     // A relative module path loads whatever library is at that name in the
                     // directory strongroom happens to run in.
                     return Err(err(
-                        module_line,
+                        "module",
                         format!(
                             "pkcs11.module must be an absolute path, found {:?}",
                             module.display().to_string()
                         ),
                     ));
                 }
-                let token = match (get("pkcs11.token"), get("pkcs11.slot")) {
-                    (Some((_, l)), None) => TokenSelector::Label(l.to_owned()),
-                    (None, Some((l, s))) => TokenSelector::Slot(s.parse().map_err(|_| {
-                        err(l, format!("pkcs11.slot must be a number, found {s:?}"))
-                    })?),
-                    (Some((l, _)), Some(_)) => {
-                        return Err(err(l, "set pkcs11.token or pkcs11.slot, not both".into()));
+                let token = match (p.token, p.slot) {
+                    (Some(l), None) => TokenSelector::Label(nonempty("token", l)?),
+                    (None, Some(s)) => TokenSelector::Slot(s),
+                    (Some(_), Some(_)) => {
+                        return Err(err("slot", "set pkcs11 token or slot, not both".into()));
                     }
                     (None, None) => {
-                        return Err(err(0, "pkcs11.token (or pkcs11.slot) is missing".into()));
+                        return Err(err(
+                            "module",
+                            "pkcs11.token (or pkcs11.slot) is missing".into(),
+                        ));
                     }
                 };
-                let pin = match (get("pkcs11.pin-env"), get("pkcs11.pin-file")) {
-                    (Some((_, v)), None) => PinSource::Env(v.to_owned()),
-                    (None, Some((_, f))) => PinSource::File(PathBuf::from(f)),
-                    (Some((l, _)), Some(_)) => {
+                let pin = match (p.pin_env, p.pin_file) {
+                    (Some(v), None) => PinSource::Env(nonempty("pin-env", v)?),
+                    (None, Some(f)) => PinSource::File(PathBuf::from(nonempty("pin-file", f)?)),
+                    (Some(_), Some(_)) => {
                         return Err(err(
-                            l,
-                            "set pkcs11.pin-env or pkcs11.pin-file, not both".into(),
+                            "pin-file",
+                            "set pkcs11 pin-env or pin-file, not both".into(),
                         ));
                     }
                     (None, None) => {
                         return Err(err(
-                            0,
+                            "module",
                             "pkcs11.pin-env (or pkcs11.pin-file) is missing".into(),
                         ));
                     }
                 };
-                let namespace = match get("pkcs11.namespace") {
+                let namespace = match p.namespace {
                     None => DEFAULT_NAMESPACE.to_owned(),
-                    Some((l, n)) => {
-                        check_namespace(n).map_err(|e| err(l, e))?;
-                        n.to_owned()
+                    Some(n) => {
+                        check_namespace(&n).map_err(|e| err("namespace", e))?;
+                        n
                     }
                 };
                 BackendConfig::Pkcs11 {
@@ -258,31 +317,24 @@ impl Config {
                     namespace,
                 }
             }
-            other => {
+            (other, _) => {
                 return Err(err(
-                    bl,
-                    format!("backend must be soft or pkcs11, found {other:?}"),
+                    "backend",
+                    format!("backend must be \"soft\" or \"pkcs11\", found {other:?}"),
                 ));
             }
         };
-        let (rl, rv) = need("primary-root")?;
-        let primary_root = RootKeyName::new(rv).map_err(|e| err(rl, e.to_string()))?;
-        let audit_data_access = match get("audit-data-access") {
-            None | Some((_, "false")) => false,
-            Some((_, "true")) => true,
-            Some((l, v)) => {
-                return Err(err(
-                    l,
-                    format!("audit-data-access must be true or false, found {v:?}"),
-                ));
-            }
-        };
+        let primary_root =
+            RootKeyName::new(f.primary_root).map_err(|e| err("primary-root", e.to_string()))?;
         Ok(Self {
             backend,
             primary_root,
-            cache_ttl: Duration::from_secs(num("cache-ttl-secs", 300)?),
-            destruction_delay: Duration::from_secs(num("destruction-delay-secs", 7 * 86400)?),
-            audit_data_access,
+            cache_ttl: Duration::from_secs(f.cache_ttl_secs.unwrap_or(DEFAULT_CACHE_TTL_SECS)),
+            destruction_delay: Duration::from_secs(
+                f.destruction_delay_secs
+                    .unwrap_or(DEFAULT_DESTRUCTION_DELAY_SECS),
+            ),
+            audit_data_access: f.audit_data_access.unwrap_or(false),
         })
     }
 
@@ -349,21 +401,6 @@ impl Config {
     }
 }
 
-const KEYS: &[&str] = &[
-    "format",
-    "backend",
-    "primary-root",
-    "pkcs11.module",
-    "pkcs11.token",
-    "pkcs11.slot",
-    "pkcs11.pin-env",
-    "pkcs11.pin-file",
-    "pkcs11.namespace",
-    "cache-ttl-secs",
-    "destruction-delay-secs",
-    "audit-data-access",
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,17 +441,173 @@ mod tests {
         assert_eq!(Config::parse(&slot.to_text()).unwrap(), slot);
     }
 
+    /// What `strongroom init` wrote for [`sample`] before the TOML format.
+    const LEGACY: &str = "# strongroom configuration, written by `strongroom init`.
+# It never holds a PIN, only where to find one.
+format = 1
+backend = pkcs11
+pkcs11.module = /usr/lib/softhsm/libsofthsm2.so
+pkcs11.token = my token
+pkcs11.pin-env = STRONGROOM_PIN
+pkcs11.namespace = strongroom-0123abcd
+primary-root = service
+cache-ttl-secs = 60
+destruction-delay-secs = 3600
+audit-data-access = true
+";
+
     #[test]
-    fn errors_name_the_line() {
+    fn writes_toml_that_serde_reads_back() {
+        let text = sample().to_text();
+        assert!(text.contains("format = 2\n"), "{text}");
+        assert!(text.contains("backend = \"pkcs11\"\n"), "{text}");
+        assert!(text.contains("[pkcs11]\n"), "{text}");
+        assert!(text.contains("token = \"my token\"\n"), "{text}");
+        // Values TOML quotes are kept exactly, spaces and line breaks too.
+        let odd = Config {
+            backend: BackendConfig::Pkcs11 {
+                module: "/opt/my hsm/lib.so".into(),
+                token: TokenSelector::Label(" label with \"quotes\"\nand a break ".into()),
+                pin: PinSource::File("/run/pin # not a comment".into()),
+                namespace: DEFAULT_NAMESPACE.into(),
+            },
+            ..sample()
+        };
+        assert_eq!(Config::parse(&odd.to_text()).unwrap(), odd);
+    }
+
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").unwrap() + 8;
+        let example = &readme[start..];
+        let example = &example[..example.find("```").unwrap()];
+        let c = Config::parse(example).unwrap_or_else(|e| panic!("{e}\n{example}"));
+        assert_eq!(c.pkcs11().unwrap().namespace, "strongroom-1a927ee9");
+    }
+
+    #[test]
+    fn old_line_format_files_still_read_as_before() {
+        assert_eq!(Config::parse(LEGACY).unwrap(), sample());
+        let soft = "format = 1\nbackend = soft\nprimary-root = service\n";
+        let c = Config::parse(soft).unwrap();
+        assert_eq!(c.backend, BackendConfig::Soft);
+        assert_eq!(c.cache_ttl, Duration::from_secs(300));
+        // And what is read is written back as TOML, which reads the same.
+        assert_eq!(Config::parse(&c.to_text()).unwrap(), c);
+    }
+
+    #[test]
+    fn hand_written_toml_with_comments_and_dotted_keys() {
+        let text = r#"
+format = 2   # the TOML format
+backend = "soft"   # the issue's example
+primary-root = "service"
+"#;
+        assert_eq!(Config::parse(text).unwrap().backend, BackendConfig::Soft);
+        let dotted = r#"format = 2
+backend = "pkcs11"
+primary-root = "service"
+pkcs11.module = "/m.so"
+pkcs11.slot = 3
+pkcs11.pin-file = "/p"
+"#;
+        let c = Config::parse(dotted).unwrap();
+        assert_eq!(c.pkcs11().unwrap().namespace, DEFAULT_NAMESPACE);
+        assert_eq!(
+            c.backend,
+            BackendConfig::Pkcs11 {
+                module: "/m.so".into(),
+                token: TokenSelector::Slot(3),
+                pin: PinSource::File("/p".into()),
+                namespace: DEFAULT_NAMESPACE.into(),
+            }
+        );
+    }
+
+    #[test]
+    fn toml_errors_name_the_line() {
         let good = sample().to_text();
+        for (bad, want, line) in [
+            (
+                good.replace("backend = \"pkcs11\"", "backend = \"hsm\""),
+                "backend must be \"soft\" or \"pkcs11\"",
+                4,
+            ),
+            (
+                good.replace("format = 2", "format = 3"),
+                "upgrade strongroom",
+                3,
+            ),
+            (
+                format!("{good}backnd = \"soft\"\n"),
+                "unknown field `backnd`",
+                0,
+            ),
+            (
+                good.replace("format = 2\n", "format = 2\nbackend = \"soft\"\n"),
+                "duplicate key",
+                0,
+            ),
+            (
+                good.replace("pin-env = \"STRONGROOM_PIN\"\n", ""),
+                "pin-env (or pkcs11.pin-file) is missing",
+                0,
+            ),
+            (
+                good.replace("cache-ttl-secs = 60", "cache-ttl-secs = \"soon\""),
+                "invalid type",
+                0,
+            ),
+            (
+                good.replace("primary-root = \"service\"", "primary-root = \"bad name\""),
+                "invalid root key name",
+                5,
+            ),
+            (format!("{good}just words\n"), "", 0),
+            (
+                good.replace("strongroom-0123abcd", "a/b"),
+                "namespace \"a/b\" may hold only",
+                0,
+            ),
+            (
+                good.replace("backend = \"pkcs11\"", "backend = \"soft\""),
+                "[pkcs11] table is set but the backend is soft",
+                0,
+            ),
+            (
+                good.replace("token = \"my token\"", "token = \"\""),
+                "pkcs11.token is empty",
+                0,
+            ),
+            (
+                good.replace("/usr/lib/softhsm/libsofthsm2.so", "lib/softhsm2.so"),
+                "absolute",
+                0,
+            ),
+        ] {
+            let e = Config::parse(&bad).unwrap_err();
+            assert!(e.to_string().contains(want), "{want}: {e}");
+            assert!(e.line > 0, "{want}: {e} has no line");
+            if line > 0 {
+                assert_eq!(e.line, line, "{want}: {e}");
+            }
+        }
+        assert!(
+            Config::parse("")
+                .unwrap_err()
+                .to_string()
+                .contains("missing field `format`")
+        );
+    }
+
+    #[test]
+    fn legacy_errors_name_the_line() {
+        let good = LEGACY;
         for (bad, want) in [
             (
                 good.replace("backend = pkcs11", "backend = hsm"),
                 "backend must be soft or pkcs11",
-            ),
-            (
-                good.replace("format = 1", "format = 2"),
-                "upgrade strongroom",
             ),
             (format!("{good}backnd = soft\n"), "unknown key \"backnd\""),
             (format!("{good}backend = soft\n"), "set twice"),
@@ -443,20 +636,17 @@ mod tests {
             let e = Config::parse(&bad).unwrap_err();
             assert!(e.to_string().contains(want), "{want}: {e}");
         }
-        assert!(
-            Config::parse("")
-                .unwrap_err()
-                .to_string()
-                .contains("format is missing")
-        );
     }
 
     #[test]
     fn a_hand_written_pkcs11_config_without_a_namespace_gets_the_default() {
         let text = sample()
             .to_text()
-            .replace("pkcs11.namespace = strongroom-0123abcd\n", "");
+            .replace("namespace = \"strongroom-0123abcd\"\n", "");
         let c = Config::parse(&text).unwrap();
+        assert_eq!(c.pkcs11().unwrap().namespace, DEFAULT_NAMESPACE);
+        let c =
+            Config::parse(&LEGACY.replace("pkcs11.namespace = strongroom-0123abcd\n", "")).unwrap();
         assert_eq!(c.pkcs11().unwrap().namespace, DEFAULT_NAMESPACE);
         assert_eq!(
             sample().pkcs11().unwrap().namespace,
@@ -483,6 +673,10 @@ mod tests {
         let text = "format = 1\nbackend = pkcs11\nprimary-root = service\npkcs11.module = lib/softhsm2.so\npkcs11.token = t\npkcs11.pin-env = P\n";
         let e = Config::parse(text).unwrap_err();
         assert_eq!(e.line, 4, "{e}");
+        assert!(e.problem.contains("absolute"), "{e}");
+        let text = "format = 2\nbackend = \"pkcs11\"\nprimary-root = \"service\"\n[pkcs11]\nmodule = \"lib/softhsm2.so\"\ntoken = \"t\"\npin-env = \"P\"\n";
+        let e = Config::parse(text).unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
         assert!(e.problem.contains("absolute"), "{e}");
     }
 

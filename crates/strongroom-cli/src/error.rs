@@ -44,6 +44,26 @@ impl std::fmt::Display for CliError {
     }
 }
 
+/// The stable name of each exit code (the README's exit-code table).
+pub const EXIT_KINDS: [(i32, &str); 8] = [
+    (0, "ok"),
+    (1, "other"),
+    (2, "usage"),
+    (3, "not_found"),
+    (4, "access_refused"),
+    (5, "integrity"),
+    (6, "backend"),
+    (7, "aborted"),
+];
+
+/// The stable name of an exit code.
+pub fn exit_kind(code: i32) -> &'static str {
+    EXIT_KINDS
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or("other", |(_, k)| k)
+}
+
 fn backend_code(e: &BackendError) -> i32 {
     use strongroom_core::error::KeyFileProblem;
     if e.is_key_unavailable() {
@@ -89,6 +109,11 @@ impl CliError {
             Self::Aborted(_) => 7,
             Self::Checks(_) | Self::Output(_) | Self::Other(_) => 1,
         }
+    }
+
+    /// The exit code's stable name, for scripts (`kind` in a JSON error).
+    pub fn kind(&self) -> &'static str {
+        exit_kind(self.exit_code())
     }
 
     /// Whether this is stdout's reader going away (`strongroom ... | head -1`): the command

@@ -1,9 +1,8 @@
 //! Library parts of the `strongroom` command line, shared with its fuzz targets and tests:
-//! the configuration file, the JSON writer and duration parsing.
+//! the configuration file, record-key escaping and hex, and duration and time parsing.
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod json;
 
 use std::time::Duration;
 
@@ -159,8 +158,60 @@ pub fn escape_controls(s: &str) -> String {
         .collect()
 }
 
+/// A record key made safe to print on one line: valid UTF-8 as itself with only control and
+/// bidirectional characters escaped ([`escape_controls`]), and each byte that is not part of
+/// valid UTF-8 as `\xNN`.
+#[must_use]
+pub fn escape_key(key: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in key.utf8_chunks() {
+        out.push_str(&escape_controls(chunk.valid()));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Parses hex digits (either case, an even number of them) into bytes.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+    if !s.len().is_multiple_of(2) {
+        return Err(format!("{s:?} has an odd number of hex digits"));
+    }
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| {
+            std::str::from_utf8(p)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .filter(|_| p.iter().all(u8::is_ascii_hexdigit))
+                .ok_or_else(|| format!("{s:?} is not hex (0-9, a-f)"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keys_print_as_text_with_only_controls_and_bidi_escaped() {
+        assert_eq!(escape_key("ключ/ü 😀".as_bytes()), "ключ/ü 😀");
+        assert_eq!(escape_key(b"a\nb\x1b[2J"), "a\\nb\\u{1b}[2J");
+        assert_eq!(escape_key("x\u{202e}y".as_bytes()), "x\\u{202e}y");
+        assert_eq!(escape_key(b"ok\xff\x00"), "ok\\xff\\u{0}");
+    }
+
+    #[test]
+    fn hex_parses_and_refuses() {
+        assert_eq!(parse_hex("00ffAb").unwrap(), [0, 0xff, 0xab]);
+        assert_eq!(parse_hex("").unwrap(), Vec::<u8>::new());
+        for bad in ["0", "zz", "+1", "0x00", "é1"] {
+            assert!(parse_hex(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn read_secret_reads_everything_and_stops_past_the_limit() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();

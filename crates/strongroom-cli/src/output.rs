@@ -4,7 +4,8 @@ use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use strongroom_cli::json::Json;
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::error::CliError;
 
@@ -17,7 +18,21 @@ use crate::error::CliError;
 pub struct Out {
     json: bool,
     /// JSON mode: the command's result, written by [`Out::finish`].
-    pending: RefCell<Option<Json>>,
+    pending: RefCell<Option<Value>>,
+}
+
+/// The JSON document of a command that failed (see the README's exit codes).
+#[derive(Serialize)]
+struct ErrorDoc {
+    /// The message (what went wrong and what to do).
+    error: String,
+    /// The exit code's stable name: `other`, `usage`, `not_found`, `access_refused`,
+    /// `integrity`, `backend` or `aborted`.
+    kind: &'static str,
+    exit_code: i32,
+    /// The command's result so far, when it had one before it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
 }
 
 /// Writes `text` and a line break to stdout, flushed (so a failure is seen here).
@@ -48,13 +63,15 @@ impl Out {
     ///
     /// # Errors
     /// [`CliError::Output`] when stdout cannot be written.
-    pub fn result(
+    pub fn result<T: Serialize>(
         &self,
         human: impl FnOnce() -> String,
-        json: impl FnOnce() -> Json,
+        json: impl FnOnce() -> T,
     ) -> Result<(), CliError> {
         if self.json {
-            *self.pending.borrow_mut() = Some(json());
+            let doc = serde_json::to_value(json())
+                .map_err(|e| CliError::Other(format!("internal: writing the JSON result: {e}")))?;
+            *self.pending.borrow_mut() = Some(doc);
             return Ok(());
         }
         let text = human();
@@ -95,19 +112,13 @@ impl Out {
         let doc = match &outcome {
             Ok(()) => result,
             Err(e) if e.is_broken_pipe() => None,
-            Err(e) => {
-                let mut fields = vec![
-                    ("error", Json::str(e)),
-                    (
-                        "exit_code",
-                        Json::Num(u64::try_from(e.exit_code()).unwrap_or(1)),
-                    ),
-                ];
-                if let Some(r) = result {
-                    fields.push(("result", r));
-                }
-                Some(Json::obj(fields))
-            }
+            Err(e) => serde_json::to_value(ErrorDoc {
+                error: e.to_string(),
+                kind: e.kind(),
+                exit_code: e.exit_code(),
+                result,
+            })
+            .ok(),
         };
         let Some(doc) = doc else { return code };
         match write_line(&doc.to_string()) {

@@ -206,7 +206,7 @@ fn a_soft_store_through_every_command() {
     let d = data.as_path();
     assert!(d.join("strongroom.conf").exists());
     let conf = std::fs::read_to_string(d.join("strongroom.conf")).unwrap();
-    assert!(conf.contains("backend = soft"));
+    assert!(conf.contains("backend = \"soft\""), "{conf}");
     sr(d, &["init"]).fails(2, "already holds a strongroom store");
 
     sr(d, &["keyring", "create", "payroll"]).ok();
@@ -348,7 +348,10 @@ fn json_output_for_every_kind_of_command() {
     let got = j(&["get", "k", "a"]);
     assert_eq!(got["value"], "v\"1");
     assert_eq!(got["value_hex"], "762231");
-    assert_eq!(j(&["list", "k"]), serde_json::json!(["a"]));
+    assert_eq!(
+        j(&["list", "k"]),
+        serde_json::json!([{"key": "a", "key_hex": "61"}])
+    );
     assert_eq!(j(&["keyring", "list"])[0]["state"], "enabled");
     assert_eq!(j(&["keyring", "show", "k"])["records"], 1);
     assert_eq!(j(&["root", "list"])[0]["primary"], true);
@@ -628,8 +631,9 @@ fn json_output_is_one_document_even_when_a_command_fails_after_its_result() {
     let j = r.json();
     assert_eq!(j["exit_code"], r.code, "{j}");
     assert!(j["error"].is_string(), "{j}");
+    assert_eq!(j["result"][0]["finished"], false, "{j}");
     assert!(
-        j["result"][0]
+        j["result"][0]["result"]
             .as_str()
             .unwrap()
             .starts_with("not finished: "),
@@ -702,7 +706,7 @@ softhsm_tests! {
         let out = p11_init(token, d, &[]).ok().out();
         assert!(out.contains(&token.label), "{out}");
         let conf = std::fs::read_to_string(d.join("strongroom.conf")).unwrap();
-        assert!(conf.contains("pkcs11.pin-env = STRONGROOM_PIN") && !conf.contains(&token.user_pin), "{conf}");
+        assert!(conf.contains("pin-env = \"STRONGROOM_PIN\"") && !conf.contains(&token.user_pin), "{conf}");
         let pin = token.user_pin.as_str();
         p11(d, pin, &["keyring", "create", "payroll"]).ok();
         p11(d, pin, &["put", "payroll", "alice", "salary=100"]).ok();
@@ -711,7 +715,7 @@ softhsm_tests! {
         p11(d, pin, &["root", "retire", "service", "1", "--yes"]).ok();
         assert_eq!(p11(d, pin, &["get", "payroll", "alice"]).ok().out(), "salary=100");
         // init gave the store a namespace of its own for its labels in the token.
-        let ns = conf.lines().find_map(|l| l.strip_prefix("pkcs11.namespace = ")).unwrap_or_else(|| panic!("{conf}"));
+        let ns = conf.lines().find_map(|l| l.strip_prefix("namespace = \"")?.strip_suffix('"')).unwrap_or_else(|| panic!("{conf}"));
         assert!(ns.starts_with("strongroom-") && ns.len() == "strongroom-".len() + 8, "{ns}");
         let listing = token.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
         let block = listing.split("Secret Key Object").find(|b| b.contains(&format!("{ns}/service/v2"))).unwrap_or_else(|| panic!("{listing}"));
@@ -763,8 +767,8 @@ softhsm_tests! {
         c.current_dir(&cwd);
         run_with(c, None).ok();
         let conf = std::fs::read_to_string(data.join("strongroom.conf")).unwrap();
-        let conf_module = conf.lines().find_map(|l| l.strip_prefix("pkcs11.module = ")).unwrap_or_else(|| panic!("{conf}"));
-        let conf_pin = conf.lines().find_map(|l| l.strip_prefix("pkcs11.pin-file = ")).unwrap_or_else(|| panic!("{conf}"));
+        let value = |key: &str| conf.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(" = \"")?.strip_suffix('"')).unwrap_or_else(|| panic!("{conf}"));
+        let (conf_module, conf_pin) = (value("module"), value("pin-file"));
         assert!(Path::new(conf_module).is_absolute() && Path::new(conf_pin).is_absolute(), "{conf}");
         assert_eq!(Path::new(conf_pin), cwd.join("pin"), "{conf}");
         assert_eq!(Path::new(conf_module).canonicalize().unwrap(), module, "{conf}");
@@ -799,7 +803,7 @@ softhsm_tests! {
         // A configuration pointed at another namespace is refused, not silently empty.
         let conf = a.join("strongroom.conf");
         let text = std::fs::read_to_string(&conf).unwrap();
-        let ns = text.lines().find_map(|l| l.strip_prefix("pkcs11.namespace = ")).unwrap().to_owned();
+        let ns = text.lines().find_map(|l| l.strip_prefix("namespace = \"")?.strip_suffix('"')).unwrap().to_owned();
         std::fs::write(&conf, text.replace(&ns, "store-b")).unwrap();
         p11(&a, pin, &["get", "k", "x"]).fails(6, "pkcs11.namespace");
         p11_init(token, &dir.path().join("c"), &["--namespace", "no/slash"]).fails(2, "namespace");
@@ -962,4 +966,434 @@ fn a_missing_anchor_is_refused_until_an_operator_accepts_the_database() {
     assert_eq!(sr(d, &["get", "k", "a"]).ok().out(), "1");
     let log = sr(d, &["audit", "log"]).ok().out();
     assert!(log.contains("store.accept-rollback"), "{log}");
+}
+
+/// The schemas in JSON.md: for each section (a command, or `errors`), the documented keys of
+/// its object (`Fields:`), of each element of its array (`Each element:`), and of the objects
+/// in its array fields (`` `name[]`: ``).
+#[derive(Default, Debug)]
+struct Schema {
+    fields: Option<Vec<String>>,
+    elements: Option<Vec<String>>,
+    nested: Vec<(String, Vec<String>)>,
+}
+
+fn schemas() -> std::collections::BTreeMap<String, Schema> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/JSON.md")).unwrap();
+    let ticked =
+        |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(str::to_owned).collect() };
+    let mut all = std::collections::BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(h) = line.strip_prefix("### ") {
+            current = Some(ticked(h).concat());
+        } else if line == "## Errors" {
+            current = Some("errors".into());
+        } else if line.starts_with("## ") {
+            current = None;
+        }
+        let Some(name) = &current else { continue };
+        let s: &mut Schema = all.entry(name.clone()).or_default();
+        if let Some(f) = line.strip_prefix("Fields: ") {
+            s.fields = Some(ticked(f));
+        } else if let Some(f) = line.strip_prefix("Each element: ") {
+            s.elements = Some(ticked(f));
+        } else if line.starts_with('`')
+            && let Some((field, f)) = line.split_once("[]`: ")
+        {
+            s.nested
+                .push((field.trim_start_matches('`').to_owned(), ticked(f)));
+        }
+    }
+    all
+}
+
+fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn set(v: &[String]) -> std::collections::BTreeSet<String> {
+    v.iter().cloned().collect()
+}
+
+/// Checks `doc` against the schema of `name`; returns `name` (to count what was checked).
+fn conforms(all: &std::collections::BTreeMap<String, Schema>, name: &str, doc: &serde_json::Value) {
+    let s = all
+        .get(name)
+        .unwrap_or_else(|| panic!("JSON.md has no schema for `{name}`"));
+    let objects: Vec<&serde_json::Value> = match (&s.fields, &s.elements) {
+        (Some(f), None) => {
+            assert_eq!(keys(doc), set(f), "`{name}`: {doc}");
+            vec![doc]
+        }
+        (None, Some(f)) => {
+            let items = doc
+                .as_array()
+                .unwrap_or_else(|| panic!("`{name}`: not an array: {doc}"));
+            assert!(!items.is_empty(), "`{name}`: check it on a non-empty array");
+            for item in items {
+                assert_eq!(keys(item), set(f), "`{name}`: {item}");
+            }
+            items.iter().collect()
+        }
+        other => panic!("`{name}`: JSON.md must give Fields or Each element: {other:?}"),
+    };
+    for (field, f) in &s.nested {
+        for o in &objects {
+            let inner = o[field.as_str()]
+                .as_array()
+                .unwrap_or_else(|| panic!("`{name}`.{field}: not an array: {o}"));
+            assert!(!inner.is_empty(), "`{name}`.{field}: check it non-empty");
+            for item in inner {
+                assert_eq!(keys(item), set(f), "`{name}`.{field}: {item}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_command_s_json_has_exactly_its_documented_fields() {
+    let all = schemas();
+    let checked = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let dir = tempfile::tempdir().unwrap();
+    let d = &dir.path().join("data");
+    let check = |name: &str, args: &[&str]| {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let doc = sr(d, &a).ok().json();
+        conforms(&all, name, &doc);
+        checked.borrow_mut().insert(name.to_owned());
+    };
+    check("init", &["init"]);
+    check("keyring create", &["keyring", "create", "k"]);
+    check("root create", &["root", "create", "r2"]);
+    check("root rotate", &["root", "rotate", "r2"]);
+    check("root retire", &["root", "retire", "r2", "1", "--yes"]);
+    check("root list", &["root", "list"]);
+    check("root disable", &["root", "disable", "r2"]);
+    check("root enable", &["root", "enable", "r2"]);
+    check("root destroy", &["root", "destroy", "r2", "--after", "7d"]);
+    check("root cancel-destroy", &["root", "cancel-destroy", "r2"]);
+    sr(d, &["root", "enable", "r2"]).ok();
+    check("put", &["put", "k", "a", "v"]);
+    check("get", &["get", "k", "a"]);
+    check("list", &["list", "k"]);
+    check("keyring list", &["keyring", "list"]);
+    check("keyring show", &["keyring", "show", "k"]);
+    check("keyring rotate", &["keyring", "rotate", "k"]);
+    check("keyring rotate --dek", &["keyring", "rotate", "k", "--dek"]);
+    check("reencrypt", &["reencrypt", "k"]);
+    check("keyring move", &["keyring", "move", "k", "--root", "r2"]);
+    check("keyring disable", &["keyring", "disable", "k"]);
+    check("keyring enable", &["keyring", "enable", "k"]);
+    check(
+        "keyring destroy",
+        &["keyring", "destroy", "k", "--after", "7d"],
+    );
+    check(
+        "keyring cancel-destroy",
+        &["keyring", "cancel-destroy", "k"],
+    );
+    sr(d, &["keyring", "enable", "k"]).ok();
+    check("delete", &["delete", "k", "a"]);
+    check("compact", &["compact"]);
+    check("audit verify", &["audit", "verify"]);
+    check("audit log", &["audit", "log"]);
+    check(
+        "audit accept-rollback",
+        &["audit", "accept-rollback", "--yes"],
+    );
+    check("doctor", &["doctor"]);
+    let backup = dir.path().join("backup");
+    check("backup", &["backup", backup.to_str().unwrap()]);
+    let conf = d.join("strongroom.conf");
+    let restored = dir.path().join("restored");
+    let r = sr(
+        &restored,
+        &[
+            "--json",
+            "restore",
+            backup.to_str().unwrap(),
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    )
+    .ok()
+    .json();
+    conforms(&all, "restore", &r);
+    checked.borrow_mut().insert("restore".into());
+    sr(d, &["keyring", "create", "k2"]).ok();
+    check(
+        "keyring destroy --now",
+        &["keyring", "destroy", "k2", "--now", "--yes"],
+    );
+    sr(d, &["root", "create", "r3"]).ok();
+    sr(d, &["keyring", "create", "k3", "--root", "r3"]).ok();
+    check(
+        "root destroy --now",
+        &["root", "destroy", "r3", "--now", "--yes"],
+    );
+    check("bench", &["bench", "--records", "200"]);
+    check("tour", &["tour"]);
+    // Unfinished work: a destruction that is due while its root is disabled.
+    sr(d, &["keyring", "create", "kj"]).ok();
+    sr(d, &["keyring", "destroy", "kj", "--after", "1s"]).ok();
+    sr(d, &["root", "disable", "service"]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    check("jobs", &["jobs"]);
+    let r = sr(d, &["--json", "resume"]);
+    assert_ne!(r.code, 0);
+    let e = r.json();
+    assert_eq!(
+        keys(&e),
+        set(&["error", "kind", "exit_code", "result"].map(String::from)),
+        "{e}"
+    );
+    conforms(&all, "resume", &e["result"]);
+    checked.borrow_mut().insert("resume".into());
+    // Every schema on the page was checked.
+    let documented: std::collections::BTreeSet<String> =
+        all.keys().filter(|k| *k != "errors").cloned().collect();
+    assert_eq!(documented, checked.into_inner());
+}
+
+#[test]
+fn json_errors_carry_a_stable_kind_for_each_exit_code() {
+    let all = schemas();
+    let err = |d: &Path, args: &[&str], code: i32, kind: &str| {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let r = sr(d, &a);
+        assert_eq!(r.code, code, "{args:?}: {}{}", r.out(), r.stderr);
+        let e = r.json();
+        assert_eq!(e["kind"], kind, "{e}");
+        assert_eq!(e["exit_code"], code, "{e}");
+        assert!(e["error"].is_string(), "{e}");
+        let documented = all["errors"].fields.as_ref().unwrap();
+        let mut want = set(documented);
+        if e.get("result").is_some() {
+            want.insert("result".into());
+        }
+        assert_eq!(keys(&e), want, "{e}");
+    };
+    let (_dir, data) = new_store();
+    let d = data.as_path();
+    sr(d, &["keyring", "create", "k"]).ok();
+    sr(d, &["put", "k", "a", "v"]).ok();
+    err(d, &["get", "k", "zz", "--key-hex"], 2, "usage");
+    err(d, &["get", "k", "missing"], 3, "not_found");
+    err(d, &["keyring", "destroy", "k", "--now"], 7, "aborted");
+    sr(d, &["keyring", "disable", "k"]).ok();
+    err(d, &["get", "k", "a"], 4, "access_refused");
+    sr(d, &["keyring", "enable", "k"]).ok();
+    let key_file = d.join("soft-root-keys");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    err(d, &["keyring", "list"], 6, "backend");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut bytes = std::fs::read(&key_file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&key_file, bytes).unwrap();
+    err(d, &["keyring", "list"], 5, "integrity");
+    std::fs::remove_file(&key_file).unwrap();
+    err(d, &["doctor"], 1, "other");
+}
+
+#[test]
+fn listed_keys_feed_back_to_get_whatever_bytes_they_hold() {
+    let (_dir, data) = new_store();
+    let d = data.as_path();
+    sr(d, &["keyring", "create", "k"]).ok();
+    let keys: [&[u8]; 5] = [
+        "ключ/ü 😀".as_bytes(),
+        b"line\nbreak\x1b[2J",
+        "rtl\u{202e}txt".as_bytes(),
+        b"\xff\x00binary\x80",
+        b"plain",
+    ];
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    for (i, k) in keys.iter().enumerate() {
+        let v = format!("value {i}");
+        let put = sr(d, &["--json", "put", "k", &hex(k), &v, "--key-hex"])
+            .ok()
+            .json();
+        assert_eq!(put["key_hex"], hex(k));
+    }
+    // A text key is given as text too.
+    sr(d, &["put", "k", "ключ/ü 😀", "value 0"]).ok();
+    let listed = sr(d, &["--json", "list", "k"]).ok().json();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), keys.len());
+    for item in listed {
+        let h = item["key_hex"].as_str().unwrap();
+        let i = keys.iter().position(|k| hex(k) == h).unwrap();
+        // Text when the key is valid UTF-8, null otherwise.
+        match std::str::from_utf8(keys[i]) {
+            Ok(text) => assert_eq!(item["key"], text),
+            Err(_) => assert!(item["key"].is_null(), "{item}"),
+        }
+        // Round trip: by hex, and by text where there is text.
+        let got = sr(d, &["get", "k", "--key-hex", h]).ok();
+        assert_eq!(got.stdout, format!("value {i}").as_bytes());
+        if let Some(text) = item["key"].as_str() {
+            let got = sr(d, &["--json", "get", "k", text]).ok().json();
+            assert_eq!(got["value"], format!("value {i}"));
+            assert_eq!(got["key_hex"], h);
+        }
+    }
+    // The text view shows Unicode as itself and escapes only control and bidi characters,
+    // and bytes that are not UTF-8.
+    let text = sr(d, &["list", "k"]).ok().out();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    let mut want = vec![
+        "ключ/ü 😀",
+        "line\\nbreak\\u{1b}[2J",
+        "rtl\\u{202e}txt",
+        "\\xff\\u{0}binary\\x80",
+        "plain",
+    ];
+    want.sort_unstable();
+    assert_eq!(lines, want);
+    // delete takes hex too; a missing key says which, escaped.
+    let bin = hex(keys[3]);
+    sr(d, &["delete", "k", "--key-hex", &bin]).ok();
+    sr(d, &["get", "k", "--key-hex", &bin]).fails(3, "no record \"\\xff\\u{0}binary\\x80\"");
+    sr(d, &["get", "k", "--key-hex", "abc"]).fails(2, "odd number of hex digits");
+}
+
+#[test]
+fn init_writes_toml_and_old_config_files_still_open() {
+    let (_dir, data) = new_store();
+    let d = data.as_path();
+    let conf = d.join("strongroom.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(
+        text.contains("format = 2\n") && text.contains("backend = \"soft\"\n"),
+        "{text}"
+    );
+    sr(d, &["keyring", "create", "k"]).ok();
+    sr(d, &["put", "k", "a", "v"]).ok();
+    // The file a store made before the TOML format has: read as it was.
+    std::fs::write(
+        &conf,
+        "# strongroom configuration, written by `strongroom init`.\n# It never holds a PIN, only where to find one.\nformat = 1\nbackend = soft\nprimary-root = service\ncache-ttl-secs = 300\ndestruction-delay-secs = 604800\naudit-data-access = false\n",
+    )
+    .unwrap();
+    assert_eq!(sr(d, &["get", "k", "a"]).ok().out(), "v");
+    sr(d, &["doctor"]).ok();
+    // Hand-written TOML with trailing comments; unknown keys are refused.
+    std::fs::write(
+        &conf,
+        "format = 2 # TOML\nbackend = \"soft\" # embedded\nprimary-root = \"service\"\n",
+    )
+    .unwrap();
+    assert_eq!(sr(d, &["get", "k", "a"]).ok().out(), "v");
+    std::fs::write(
+        &conf,
+        "format = 2\nbackend = \"soft\"\nprimary-root = \"service\"\ncache-ttl = 5\n",
+    )
+    .unwrap();
+    sr(d, &["get", "k", "a"]).fails(1, "unknown field `cache-ttl`");
+}
+
+#[test]
+fn completions_generate_for_bash_zsh_and_fish() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = sr(dir.path(), &["completions", shell]).ok().out();
+        for must in ["keyring", "cancel-destroy", "key-hex", "completions"] {
+            assert!(script.contains(must), "{shell} completions lack {must:?}");
+        }
+    }
+    sr(dir.path(), &["completions", "tcsh"])
+        .code
+        .eq(&2)
+        .then_some(())
+        .unwrap();
+}
+
+#[test]
+fn the_checked_in_man_page_is_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cmd(dir.path(), &["man"]);
+    c.env_remove("STRONGROOM_ACTOR");
+    let page = run_with(c, None).ok().out();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/man/strongroom.1");
+    let checked_in = std::fs::read_to_string(path).unwrap();
+    assert!(
+        page == checked_in,
+        "man/strongroom.1 is not current: run `strongroom man > crates/strongroom-cli/man/strongroom.1`"
+    );
+    for must in ["Exit codes:", "STRONGROOM_DATA", "keyring"] {
+        assert!(page.contains(must), "the man page lacks {must:?}");
+    }
+}
+
+/// `strongroom ARGS` with no `--data`, in `cwd`, with this environment.
+fn sr_env(cwd: &Path, env: &[(&str, &Path)], args: &[&str]) -> Run {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    c.args(args)
+        .current_dir(cwd)
+        .env_remove("STRONGROOM_DATA")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("HOME")
+        .env("STRONGROOM_ACTOR", "tester");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run_with(c, None)
+}
+
+#[test]
+fn the_data_directory_comes_from_flag_env_or_a_default_under_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, elsewhere) = (dir.path(), dir.path().join("cwd"));
+    std::fs::create_dir(&elsewhere).unwrap();
+    let home = root.join("home");
+    // The default: under $HOME, whatever the current directory.
+    sr_env(&elsewhere, &[("HOME", &home)], &["init"]).ok();
+    assert!(
+        home.join(".local/share/strongroom/strongroom.conf")
+            .exists()
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    sr_env(root, &[("HOME", &home)], &["keyring", "create", "k"]).ok();
+    // $XDG_DATA_HOME comes first (a relative one is ignored, as the XDG spec says).
+    let xdg = root.join("xdg");
+    let both = [("HOME", home.as_path()), ("XDG_DATA_HOME", xdg.as_path())];
+    sr_env(&elsewhere, &both, &["keyring", "list"]).fails(3, "strongroom init");
+    sr_env(&elsewhere, &both, &["init"]).ok();
+    assert!(xdg.join("strongroom/strongroom.conf").exists());
+    let relative = [
+        ("HOME", home.as_path()),
+        ("XDG_DATA_HOME", Path::new("xdg")),
+    ];
+    let listed = sr_env(&elsewhere, &relative, &["keyring", "list"])
+        .ok()
+        .out();
+    assert!(listed.contains('k'), "{listed}");
+    // STRONGROOM_DATA beats the default, and --data beats STRONGROOM_DATA.
+    let env_dir = root.join("env-data");
+    let with_env = [
+        ("HOME", home.as_path()),
+        ("STRONGROOM_DATA", env_dir.as_path()),
+    ];
+    sr_env(&elsewhere, &with_env, &["init"]).ok();
+    assert!(env_dir.join("strongroom.conf").exists());
+    let flag_dir = root.join("flag-data");
+    sr_env(
+        &elsewhere,
+        &with_env,
+        &["--data", flag_dir.to_str().unwrap(), "init"],
+    )
+    .ok();
+    assert!(flag_dir.join("strongroom.conf").exists());
+    // No home and no flag: a clear usage error, nothing created here.
+    sr_env(&elsewhere, &[], &["init"]).fails(2, "give --data DIR or set STRONGROOM_DATA");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }

@@ -166,17 +166,20 @@ pub fn store_meta(data: &[u8]) {
 
 /// Whether `to_text` can write `v` so that `parse` reads back the same string: one line, no
 /// surrounding whitespace (values are trimmed), not empty.
+/// Whether a value can be in `strongroom.conf`: TOML quotes anything, so only an empty one
+/// (refused as missing) cannot.
 fn config_value_ok(v: &str) -> bool {
-    !v.is_empty() && v.trim() == v && !v.contains('\n')
+    !v.is_empty()
 }
 
 fn config_path_ok(p: &std::path::Path) -> bool {
     p.to_str().is_some_and(config_value_ok)
 }
 
-/// `strongroom.conf` parser: never panics; whatever parses is written back by `to_text` as a
-/// text that parses to an equal value (and `to_text` is then a fixed point). The format is not
-/// canonical (comments, spacing, key order, defaults), so the bytes are not compared.
+/// `strongroom.conf` parser (TOML, and the format-1 line format it still reads): never panics;
+/// whatever parses is written back by `to_text` (always TOML) as a text that parses to an equal
+/// value (and `to_text` is then a fixed point). The format is not canonical (comments, spacing,
+/// key order, defaults), so the bytes are not compared.
 ///
 /// The other direction too: a configuration built from the input (as `strongroom init` builds
 /// one from its flags) reads back equal whenever its values are representable.
@@ -1646,6 +1649,35 @@ mod tests {
         assert!(records >= 2 && selectors >= 2);
         read("key_wrap_diff");
         read("store_model");
+    }
+
+    #[test]
+    fn cli_config_reads_toml_and_the_old_line_format() {
+        let toml = "format = 2\nbackend = \"pkcs11\"\nprimary-root = \"service\"\n[pkcs11]\nmodule = \"/m.so\"\ntoken = \" odd \\\"label\\\"\\n\"\npin-env = \"P\"\n";
+        let c = Config::parse(toml).unwrap();
+        cli_config(toml.as_bytes());
+        // A seed of the old format and its TOML rewrite both run through the check.
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/cli_config");
+        let mut n = 0;
+        for e in std::fs::read_dir(seeds).unwrap() {
+            let p = e.unwrap().path();
+            let (name, b) = (p.display().to_string(), std::fs::read(&p).unwrap());
+            n += 1;
+            let c = Config::parse(std::str::from_utf8(&b).unwrap()).unwrap();
+            let t = c.to_text();
+            assert!(t.contains("format = 2"), "cli_config/{name}");
+            cli_config(&b);
+            cli_config(t.as_bytes());
+        }
+        assert!(n > 0);
+        // The inputs that once found bugs still pass (as the replay test runs them).
+        let found = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/cli_config");
+        for e in std::fs::read_dir(found).unwrap() {
+            cli_config(&std::fs::read(e.unwrap().path()).unwrap());
+        }
+        assert!(matches!(c.backend, BackendConfig::Pkcs11 { .. }));
+        // Unknown keys are refused in TOML too.
+        assert!(Config::parse(&format!("{toml}colour = \"red\"\n")).is_err());
     }
 
     #[test]

@@ -335,15 +335,26 @@ impl Store {
         claim_backend(&*backend, &store_id, &dir)?;
         let claimed = || -> Result<(), StoreError> {
             // Two inits on one namespace at once: the last claim wins, the other gives up.
+            // Anything but our own claim read back (another one, several, none, an error) is
+            // refused: of two creates racing, at most one goes on (possibly neither; retry).
             match backend.store_claim() {
-                Ok(Some(c)) if c.store_id != store_id => Err(StoreError::KeysOfAnotherStore {
+                Ok(Some(c)) if c.store_id == store_id => Ok(()),
+                Err(BackendError::NotSupported { .. }) => Ok(()),
+                Ok(Some(c)) => Err(StoreError::KeysOfAnotherStore {
                     what: format!(
                         "another store ({} at {}) claimed the backend's keys while this one was being created",
                         hex(&c.store_id),
                         c.location
                     ),
                 }),
-                _ => Ok(()),
+                Ok(None) => Err(StoreError::KeysOfAnotherStore {
+                    what: "this store's claim on the backend's keys vanished while it was being created".into(),
+                }),
+                Err(e) => Err(StoreError::KeysOfAnotherStore {
+                    what: format!(
+                        "this store's claim on the backend's keys could not be confirmed ({e})"
+                    ),
+                }),
             }
         };
         let root = RootKeyId::new(primary_root.clone(), RootVersion::FIRST);

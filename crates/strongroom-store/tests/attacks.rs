@@ -553,101 +553,18 @@ fn a_compaction_whose_shredding_fails_keeps_its_job() {
     );
 }
 
-// ===================== what a destruction leaves in the audit log =====================
 // ===================== a compaction racing a destruction =====================
 
 mod race {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex, mpsc};
-    use std::time::{Duration, Instant};
+    use std::sync::Arc;
+    use std::time::Duration;
 
-    use strongroom_core::backend::{BackendInfo, HealthCheck, ImportKey, RootKeyInfo};
-    use strongroom_core::{
-        Backend, BackendError, Key256, RootKeyId, SoftBackend, StoreClaim, WrappedKey,
-    };
+    use strongroom_core::{Backend, SoftBackend};
     use strongroom_store::{Store, StoreOptions};
     use strongroom_test_support::wrappers::TestBackend;
 
     use super::common::Fixture;
     use super::{kr, needles_of, rn};
-
-    /// Forwards to a backend; once armed, `destroy_root` says it was entered and waits to be
-    /// released (a slow HSM call in the middle of a root's destruction).
-    struct Hook {
-        inner: Arc<dyn Backend>,
-        armed: AtomicBool,
-        entered: Mutex<mpsc::Sender<()>>,
-        release: Mutex<mpsc::Receiver<()>>,
-    }
-
-    impl Backend for Hook {
-        fn describe(&self) -> BackendInfo {
-            self.inner.describe()
-        }
-        fn health(&self) -> Result<Vec<HealthCheck>, BackendError> {
-            self.inner.health()
-        }
-        fn list_roots(&self) -> Result<Vec<RootKeyInfo>, BackendError> {
-            self.inner.list_roots()
-        }
-        fn find_root(&self, id: &RootKeyId) -> Result<Option<RootKeyInfo>, BackendError> {
-            self.inner.find_root(id)
-        }
-        fn wrap(
-            &self,
-            root: &RootKeyId,
-            key: &Key256,
-            context: &[u8],
-        ) -> Result<WrappedKey, BackendError> {
-            self.inner.wrap(root, key, context)
-        }
-        fn unwrap(&self, blob: &WrappedKey, context: &[u8]) -> Result<Key256, BackendError> {
-            self.inner.unwrap(blob, context)
-        }
-        fn generate_root(&self, id: &RootKeyId) -> Result<RootKeyInfo, BackendError> {
-            self.inner.generate_root(id)
-        }
-        fn import_root(
-            &self,
-            id: &RootKeyId,
-            material: &Key256,
-        ) -> Result<RootKeyInfo, BackendError> {
-            self.inner.import_root(id, material)
-        }
-        fn import_key(&self) -> Result<ImportKey, BackendError> {
-            self.inner.import_key()
-        }
-        fn import_wrapped_root(
-            &self,
-            id: &RootKeyId,
-            wrapped: &[u8],
-            check_value: &[u8; 3],
-        ) -> Result<RootKeyInfo, BackendError> {
-            self.inner.import_wrapped_root(id, wrapped, check_value)
-        }
-        fn adopt_root(&self, id: &RootKeyId, selector: &str) -> Result<RootKeyInfo, BackendError> {
-            self.inner.adopt_root(id, selector)
-        }
-        fn disable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
-            self.inner.disable_root(id)
-        }
-        fn enable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
-            self.inner.enable_root(id)
-        }
-        fn destroy_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
-            if self.armed.swap(false, Ordering::SeqCst) {
-                self.entered.lock().unwrap().send(()).unwrap();
-                self.release.lock().unwrap().recv().unwrap();
-            }
-            self.inner.destroy_root(id)
-        }
-        fn store_claim(&self) -> Result<Option<StoreClaim>, BackendError> {
-            self.inner.store_claim()
-        }
-        fn set_store_claim(&self, claim: &StoreClaim) -> Result<(), BackendError> {
-            self.inner.set_store_claim(claim)
-        }
-    }
 
     /// FINDING (low): a compaction computes the set of destroyed keyrings whose entries it leaves
     /// behind when it starts, but drops the `compact` job key when it copies, possibly much
@@ -657,9 +574,8 @@ mod race {
     /// *new* generation (sled keeps the bytes in its log) and finds no `compact` job, so it
     /// never compacts. The destroyed keyring's sealed records stay in the current generation's
     /// files, and `pending_jobs` is empty. (Two lifecycle calls from two threads of a service:
-    /// `compact` or any destruction or move, and a root's destruction. Made deterministic here
-    /// with an audit iterator that holds the compaction off and a backend that holds the
-    /// destruction in `destroy_root`.)
+    /// `compact` or any destruction or move, and a root's destruction. Here an audit iterator
+    /// holds the compaction off while the destruction starts.)
     ///
     /// Correct: the copy filter decides from the catalog as it is when the copy starts (under
     /// the slot's write lock), and a `compact` job written after the filter's decision is kept
@@ -668,15 +584,7 @@ mod race {
     fn a_destruction_during_a_compaction_still_leaves_nothing_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let soft: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir.path()).unwrap());
-        let (entered_tx, entered) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel();
-        let hook = Arc::new(Hook {
-            inner: soft,
-            armed: AtomicBool::new(false),
-            entered: Mutex::new(entered_tx),
-            release: Mutex::new(release_rx),
-        });
-        let backend = TestBackend::new(hook.clone());
+        let backend = TestBackend::new(soft);
         let options = StoreOptions::default();
         let store =
             Store::create(dir.path(), backend.clone(), &rn("service"), options.clone()).unwrap();
@@ -718,7 +626,6 @@ mod race {
         compaction.join().unwrap().unwrap();
         let destroyed = destruction.join().unwrap().unwrap();
         assert_eq!(destroyed.len(), 1);
-        let _ = (&hook, &entered, &release, Instant::now());
 
         let pending = s.pending_jobs().unwrap();
         let left = needles.find_in_dir(fx.dir.path());

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Fixture, kr, rn};
+use common::{Fixture, copy_dir, kr, rn};
 use strongroom_store::{AuditOp, Outcome, StoreOptions};
 
 fn populated() -> Fixture {
@@ -241,19 +241,6 @@ fn an_older_copy_of_the_database_is_refused_unless_accepted() {
     assert_eq!(last.op, AuditOp::RollbackAccepted);
     drop(s);
     fx.reopen();
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]

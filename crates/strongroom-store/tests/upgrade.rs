@@ -4,10 +4,13 @@
 //! catalog like any new store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use common::{copy_dir, raw_sled};
 use strongroom_core::{Backend, KeyState, KeyringName, RootKeyName, SoftBackend};
 use strongroom_store::{AuditOp, Store, StoreError, StoreOptions};
 
@@ -17,19 +20,6 @@ fn kr(s: &str) -> KeyringName {
 
 fn rn(s: &str) -> RootKeyName {
     RootKeyName::new(s).unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
 }
 
 /// A fresh copy of the legacy store (the key file with the mode the soft backend requires).
@@ -42,21 +32,6 @@ fn legacy_copy() -> tempfile::TempDir {
     let key_file = d.path().join(strongroom_core::soft::KEY_FILE_NAME);
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     d
-}
-
-fn raw_sled(db_dir: &Path) -> sled::Db {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match sled::open(db_dir) {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            r => return r.unwrap(),
-        }
-    }
 }
 
 fn open(dir: &Path) -> Result<Store, StoreError> {

@@ -85,3 +85,17 @@ pub fn get_string(store: &Store, k: &KeyringName, key: &str) -> Option<String> {
         .unwrap()
         .map(|p| String::from_utf8(p.expose().to_vec()).unwrap())
 }
+
+/// Copies a directory tree (for older copies of a store, and fixtures).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}

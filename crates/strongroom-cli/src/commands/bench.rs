@@ -7,17 +7,40 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strongroom_cli::json::Json;
+use serde::Serialize;
 use strongroom_core::{
     Backend, Key256, KeyringName, RootKeyId, RootKeyName, RootVersion, SoftBackend,
 };
 use strongroom_store::{Store, StoreOptions};
 
 use crate::cli::BenchArgs;
+use crate::common::{record_cipher, temp_dir};
+use crate::context::Context;
 use crate::error::CliError;
-use crate::output::Out;
 
 const ROUNDS: u64 = 5;
+
+/// `bench --json`.
+#[derive(Serialize)]
+struct BenchJson {
+    records: u64,
+    value_size: usize,
+    threads: usize,
+    aead: &'static str,
+    ops: Vec<OpJson>,
+    backend_wrap_per_sec: f64,
+    backend_unwrap_per_sec: f64,
+    backend_calls_per_1000_reads: u64,
+}
+
+/// One operation's rates in `bench --json`.
+#[derive(Serialize)]
+struct OpJson {
+    op: &'static str,
+    plain_per_sec: f64,
+    strongroom_per_sec: f64,
+    ratio: f64,
+}
 
 fn other(e: impl std::fmt::Display) -> CliError {
     CliError::Other(format!("bench: {e}"))
@@ -52,8 +75,9 @@ fn rate(ops: u64, d: Duration) -> f64 {
     ops as f64 / d.as_secs_f64().max(1e-9)
 }
 
-pub fn run(out: &Out, a: &BenchArgs) -> Result<(), CliError> {
-    let dir = tempfile_dir()?;
+pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
+    let out = ctx.out;
+    let dir = temp_dir()?;
     let plain = sled::Config::new()
         .path(dir.join("plain"))
         .flush_every_ms(Some(500))
@@ -152,7 +176,7 @@ pub fn run(out: &Out, a: &BenchArgs) -> Result<(), CliError> {
                 "strongroom bench: {total} records of {} bytes, {} thread(s), {ROUNDS} alternating rounds, soft backend\nrecords sealed with {}\n\n",
                 a.value_size,
                 a.threads,
-                crate::doctor::record_cipher()
+                record_cipher()
             );
             t.push_str(&format!("{:<6} {:>14} {:>18} {:>22}\n", "op", "plain sled/s", "strongroom/s", "strongroom / plain"));
             for (op, p, s) in rows {
@@ -162,38 +186,28 @@ pub fn run(out: &Out, a: &BenchArgs) -> Result<(), CliError> {
             t
         },
         || {
-            Json::obj([
-                ("records", Json::Num(total)),
-                ("value_size", Json::Num(a.value_size as u64)),
-                ("threads", Json::Num(a.threads as u64)),
-                ("aead", Json::str(strongroom_core::crypto::GCM_ENGINE)),
-                (
-                    "ops",
-                    Json::Arr(
-                        rows.iter()
-                            .map(|(op, p, s)| Json::obj([("op", Json::str(op)), ("plain_per_sec", Json::Float(*p)), ("strongroom_per_sec", Json::Float(*s)), ("ratio", Json::Float(s / p))]))
-                            .collect(),
-                    ),
-                ),
-                ("backend_wrap_per_sec", Json::Float(wrap_rate)),
-                ("backend_unwrap_per_sec", Json::Float(unwrap_rate)),
-                ("backend_calls_per_1000_reads", Json::Num(calls_per_1000)),
-            ])
+            BenchJson {
+                records: total,
+                value_size: a.value_size,
+                threads: a.threads,
+                aead: strongroom_core::crypto::GCM_ENGINE,
+                ops: rows
+                    .iter()
+                    .map(|&(op, p, s)| OpJson {
+                        op,
+                        plain_per_sec: p,
+                        strongroom_per_sec: s,
+                        ratio: s / p,
+                    })
+                    .collect(),
+                backend_wrap_per_sec: wrap_rate,
+                backend_unwrap_per_sec: unwrap_rate,
+                backend_calls_per_1000_reads: calls_per_1000,
+            }
         },
     );
     // The temporary store goes even when the result could not be written.
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     written
-}
-
-/// A fresh private directory under the system temp dir.
-pub(crate) fn tempfile_dir() -> Result<std::path::PathBuf, CliError> {
-    let mut r = [0u8; 8];
-    strongroom_core::rng::os_fill(&mut r).map_err(other)?;
-    let dir = std::env::temp_dir().join(format!("strongroom-{}", crate::ops::hex(&r)));
-    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-        .create(&dir)
-        .map_err(|e| CliError::Other(format!("creating {}: {e}", dir.display())))?;
-    Ok(dir)
 }

@@ -3,16 +3,33 @@
 
 use std::sync::Arc;
 
-use strongroom_cli::json::Json;
+use serde::Serialize;
 use strongroom_core::{Backend, KeyringName, RootKeyName, SoftBackend};
 use strongroom_store::{Store, StoreError, StoreOptions};
 
+use crate::common::{hex, temp_dir};
+use crate::context::Context;
 use crate::error::CliError;
 use crate::output::Out;
 
+/// One step in `tour --json`.
+#[derive(Clone, Serialize)]
+struct Step {
+    step: usize,
+    title: String,
+    result: Vec<String>,
+}
+
+/// `tour --json`.
+#[derive(Serialize)]
+struct TourJson {
+    ok: bool,
+    steps: Vec<Step>,
+}
+
 struct Tour<'a> {
     out: &'a Out,
-    steps: Vec<Json>,
+    steps: Vec<Step>,
     n: usize,
 }
 
@@ -28,11 +45,11 @@ impl Tour<'_> {
                 self.out.line(&format!("    {:<22} {l}", ""))?;
             }
         }
-        self.steps.push(Json::obj([
-            ("step", Json::Num(self.n as u64)),
-            ("title", Json::str(title)),
-            ("result", Json::Arr(lines.iter().map(Json::str).collect())),
-        ]));
+        self.steps.push(Step {
+            step: self.n,
+            title: title.to_owned(),
+            result: lines.to_vec(),
+        });
         Ok(())
     }
 }
@@ -58,9 +75,9 @@ fn refused(
     }
 }
 
-pub fn run(out: &Out) -> Result<(), CliError> {
-    let dir = crate::bench::tempfile_dir()?;
-    let r = tour(out, &dir);
+pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
+    let dir = temp_dir()?;
+    let r = tour(ctx.out, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
@@ -93,7 +110,7 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
         "init",
         &[format!(
             "store {} created; primary root key service/v1 in {}",
-            crate::ops::hex(&s.meta().store_id[..4]),
+            hex(&s.meta().store_id[..4]),
             backend.describe().description
         )],
     )?;
@@ -242,11 +259,9 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
 
     out.result(
         || "\ntour complete: every step behaved as it must.".into(),
-        || {
-            Json::obj([
-                ("ok", Json::Bool(true)),
-                ("steps", Json::Arr(t.steps.clone())),
-            ])
+        || TourJson {
+            ok: true,
+            steps: t.steps.clone(),
         },
     )
 }

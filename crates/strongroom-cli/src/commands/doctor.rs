@@ -1,12 +1,12 @@
 //! `strongroom doctor`: each line OK, WARN or FAIL, with the fix for anything not OK.
 
-use strongroom_cli::json::Json;
+use serde::Serialize;
 use strongroom_core::{Backend, KeyState, RootKeyId, RootStatus};
 use strongroom_store::Store;
 
-use crate::cli::Cli;
+use crate::common::{describe_job, hex, record_cipher};
+use crate::context::Context;
 use crate::error::CliError;
-use crate::ops;
 use crate::output::Out;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,16 @@ impl Status {
             Self::Fail => "FAIL",
         }
     }
+}
+
+/// One check in `doctor --json`.
+#[derive(Serialize)]
+struct CheckJson<'a> {
+    /// `OK`, `WARN` or `FAIL`.
+    status: &'static str,
+    /// What was checked (without the text view's indentation).
+    check: &'a str,
+    detail: &'a str,
 }
 
 struct Line {
@@ -54,18 +64,14 @@ impl Report {
                     .join("\n")
             },
             || {
-                Json::Arr(
-                    self.0
-                        .iter()
-                        .map(|l| {
-                            Json::obj([
-                                ("status", Json::str(l.status.as_str())),
-                                ("check", Json::str(&l.name)),
-                                ("detail", Json::str(&l.detail)),
-                            ])
-                        })
-                        .collect(),
-                )
+                self.0
+                    .iter()
+                    .map(|l| CheckJson {
+                        status: l.status.as_str(),
+                        check: l.name.trim(),
+                        detail: &l.detail,
+                    })
+                    .collect::<Vec<_>>()
             },
         )?;
         let fails = self.0.iter().filter(|l| l.status == Status::Fail).count();
@@ -79,28 +85,18 @@ impl Report {
     }
 }
 
-/// Which AES-256-GCM implementation this build seals records with, and what that means.
-pub(crate) fn record_cipher() -> String {
-    let engine = strongroom_core::crypto::GCM_ENGINE;
-    if engine == "ring" {
-        format!(
-            "AES-256-GCM by {engine} (built with the `ring` feature: faster, but DEK key schedules are not zeroized when dropped)"
-        )
-    } else {
-        format!("AES-256-GCM by {engine}")
-    }
-}
-
-pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
+pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
+    let data = ctx.data()?;
+    let out = ctx.out;
     let mut r = Report::default();
-    let config = match ops::read_config(&cli.data) {
+    let config = match ctx.config() {
         Ok(c) => {
             r.add(
                 Status::Ok,
                 "configuration",
                 format!(
                     "{}",
-                    cli.data.join(strongroom_cli::config::CONFIG_FILE).display()
+                    data.join(strongroom_cli::config::CONFIG_FILE).display()
                 ),
             );
             c
@@ -111,7 +107,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
         }
     };
     r.add(Status::Ok, "record cipher", record_cipher());
-    let backend = match ops::backend(&config, &cli.data, ops::Overrides::of(cli)) {
+    let backend = match ctx.backend(&config, ctx.overrides()) {
         Ok(b) => b,
         Err(e) => {
             r.add(Status::Fail, "backend", e.to_string());
@@ -151,11 +147,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
             }
         ),
     );
-    let store = match Store::open(
-        &cli.data,
-        std::sync::Arc::clone(&backend),
-        ops::options(cli, &config),
-    ) {
+    let store = match Store::open(data, std::sync::Arc::clone(&backend), ctx.options(&config)) {
         Ok(s) => s,
         Err(e) => {
             r.add(Status::Fail, "store", e.to_string());
@@ -169,7 +161,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
         format!(
             "format {}, id {}, created {}, {} bytes on disk",
             strongroom_store::format::STORE_FORMAT_VERSION,
-            ops::hex(&m.store_id),
+            hex(&m.store_id),
             m.created,
             store.size_on_disk().unwrap_or(0)
         ),
@@ -226,7 +218,7 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), CliError> {
         Ok(jobs) if jobs.is_empty() => r.add(Status::Ok, "unfinished work", "none"),
         Ok(jobs) => {
             for j in jobs {
-                r.add(Status::Warn, "unfinished work", ops::describe_job(&j));
+                r.add(Status::Warn, "unfinished work", describe_job(&j));
             }
         }
         Err(e) => r.add(Status::Fail, "unfinished work", e.to_string()),
