@@ -3,7 +3,8 @@
 //!
 //! This facade re-exports the public API of strongroom's crates: the store ([`Store`]), the key
 //! hierarchy's types and the embedded soft backend ([`core`]), and, with the `pkcs11` feature,
-//! the PKCS#11 backend ([`pkcs11`]). See the README for the security model and its limits.
+//! the PKCS#11 backend ([`pkcs11`]); with the `tokio` feature, the async API (`AsyncStore`);
+//! metrics through the `metrics` facade ([`telemetry`]: names and labels). See the README for the security model and its limits.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,7 +30,10 @@ pub use strongroom_core::{
     Timestamp, WrapAlg, WrappedKey,
 };
 pub use strongroom_store as store;
-pub use strongroom_store::{DownPolicy, Store, StoreError, StoreOptions};
+/// The async API (feature `tokio`).
+#[cfg(feature = "tokio")]
+pub use strongroom_store::{AsyncOptions, AsyncStore};
+pub use strongroom_store::{DownPolicy, Store, StoreError, StoreOptions, telemetry};
 
 /// The PKCS#11 backend (feature `pkcs11`).
 #[cfg(feature = "pkcs11")]

@@ -21,6 +21,8 @@
 //! - No unsafe code here: what `cryptoki` 0.12 cannot call (the whole mechanism list, KWP as
 //!   0x210B) goes through `strongroom-pkcs11-raw`, which holds the backend's only unsafe code.
 //! - BYOK: root key material wrapped under an RSA-OAEP import key made in the token.
+//! - Metrics (recoveries, reconnects, retries, sessions) through the `metrics` facade: see
+//!   [`telemetry`].
 #![forbid(unsafe_code)]
 
 mod backend;
@@ -32,6 +34,7 @@ mod mechanisms;
 pub mod objects;
 mod pin_state;
 pub mod session;
+pub mod telemetry;
 
 pub use backend::{Pkcs11Backend, PoolStats};
 pub use config::{PinSource, Pkcs11Config, TokenSelector};

@@ -38,6 +38,7 @@ use strongroom_pkcs11_raw::RawModule;
 
 use crate::config::TokenSelector;
 use crate::error::device;
+use crate::telemetry;
 
 /// Where a library is in its life: which initialization, and whether it is usable.
 #[derive(Clone, Copy, Debug)]
@@ -187,13 +188,17 @@ impl Library {
                 }
                 st.lost = None;
                 self.reinitializations.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::REINITIALIZATIONS).increment(1);
                 Ok(())
             }
-            Err(e) => Err(device(
-                "re-initialize the PKCS#11 library",
-                e,
-                "check the HSM connection; strongroom retries on the next call",
-            )),
+            Err(e) => {
+                metrics::counter!(telemetry::RECOVERY_FAILURES).increment(1);
+                Err(device(
+                    "re-initialize the PKCS#11 library",
+                    e,
+                    "check the HSM connection; strongroom retries on the next call",
+                ))
+            }
         }
     }
 }

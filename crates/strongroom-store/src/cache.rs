@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use strongroom_core::Key256;
 use strongroom_core::record::RecordCipher;
 
+use crate::telemetry;
+
 /// What to do when a cached key's TTL has run out and the backend cannot be reached to refresh
 /// it (a device error; a disabled, destroyed or missing root key always purges at once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +116,7 @@ impl KeyCache {
                 last_used: AtomicU64::new(self.stamp()),
             },
         );
+        let before = map.len();
         while map.len() > self.capacity {
             let Some(oldest) = map
                 .iter()
@@ -124,14 +127,20 @@ impl KeyCache {
             };
             map.remove(&oldest);
         }
+        telemetry::cache_evicted(true, before - map.len());
     }
 
     pub(crate) fn purge_keyring(&self, keyring: u64) {
-        self.write().retain(|(k, _), _| *k != keyring);
+        let mut map = self.write();
+        let before = map.len();
+        map.retain(|(k, _), _| *k != keyring);
+        telemetry::cache_evicted(false, before - map.len());
     }
 
     pub(crate) fn purge_all(&self) {
-        self.write().clear();
+        let mut map = self.write();
+        telemetry::cache_evicted(false, map.len());
+        map.clear();
     }
 
     pub(crate) fn len(&self) -> usize {

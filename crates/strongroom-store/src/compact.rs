@@ -23,6 +23,7 @@ use crate::lifecycle::PURGE_PREFIX;
 use crate::records::COUNTER_PREFIX;
 use crate::storage::TreeId;
 use crate::store::Store;
+use crate::telemetry;
 
 /// The job key of a pending compaction (in the jobs tree; never copied into a new generation).
 pub(crate) const COMPACT_JOB: &[u8] = b"compact";
@@ -83,6 +84,15 @@ impl Store {
     /// time; the compaction job then stays pending ([`Store::pending_jobs`]).
     pub fn compact(&self) -> Result<CompactReport, StoreError> {
         let started = Instant::now();
+        let r = self.compact_inner(started);
+        telemetry::operation("store.compact", started, &r);
+        if let Ok(report) = &r {
+            telemetry::compacted(report.entries, report.shredded_bytes);
+        }
+        r
+    }
+
+    fn compact_inner(&self, started: Instant) -> Result<CompactReport, StoreError> {
         // Held throughout: no key change (a destruction committing after the set of destroyed
         // keyrings below was taken, with its own compaction job) can fall into the copy.
         let _w = self.write_lifecycle();

@@ -11,6 +11,7 @@ use crate::lifecycle::{BACKEND_DESTROY_PREFIX, PURGE_PREFIX, Progress};
 use crate::records::show_key;
 use crate::storage::TreeId;
 use crate::store::Store;
+use crate::telemetry;
 
 pub(crate) const REENCRYPT_PREFIX: &[u8] = b"reencrypt/";
 const BATCH: usize = 256;
@@ -87,8 +88,9 @@ impl Store {
         keyring: &KeyringName,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<ReencryptReport, StoreError> {
+        let mut progress = telemetry::job_progress("reencrypt", progress);
         self.audited(AuditOp::Reencrypted, format!("keyring {keyring}"), || {
-            self.reencrypt_inner(keyring, progress)
+            self.reencrypt_inner(keyring, &mut progress)
         })
     }
 

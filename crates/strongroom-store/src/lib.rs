@@ -12,7 +12,10 @@
 //!   remain);
 //! - an authenticated catalog (key states MACed and bound to the audit chain);
 //! - records: put, get, delete, list, atomic batch;
-//! - resumable re-encryption, a bounded key cache, a tamper-evident audit log, online backup.
+//! - resumable re-encryption, a bounded key cache, a tamper-evident audit log, online backup;
+//! - with the `tokio` feature, `AsyncStore`: the same operations for async
+//!   services, on a bounded blocking pool;
+//! - metrics through the `metrics` facade (names and labels: [`telemetry`]).
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,6 +47,8 @@
 //! loses at most the unflushed puts of the last ~500 ms, never a key or a flushed record.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "tokio")]
+mod async_store;
 mod audit;
 mod backup;
 mod cache;
@@ -57,8 +62,11 @@ mod moves;
 mod records;
 mod storage;
 mod store;
+pub mod telemetry;
 mod verify;
 
+#[cfg(feature = "tokio")]
+pub use async_store::{AsyncOptions, AsyncStore};
 pub use audit::{AuditBreak, AuditEntry, AuditHead, AuditOp, AuditReport, Outcome};
 pub use backup::BackupReport;
 pub use cache::DownPolicy;

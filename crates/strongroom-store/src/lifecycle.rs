@@ -21,6 +21,7 @@ use crate::storage::{TreeId, WriteBatch};
 use crate::store::{
     Catalog, NEXT_ID_KEY, Store, audit_key_context, dek_context, ensure_backend_root,
 };
+use crate::telemetry;
 
 /// A root key as the store sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -359,6 +360,7 @@ impl Store {
         name: &RootKeyName,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<u64, StoreError> {
+        let mut progress = telemetry::job_progress("rewrap", progress);
         let target = self.read_catalog().usable_root(name)?;
         let todo = self.keks_under(name, Some(target))?;
         let total = todo.len() as u64;

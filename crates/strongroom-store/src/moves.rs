@@ -32,6 +32,7 @@ use crate::format::{self, KeyringEntry, MAX_FORMER_ROOTS};
 use crate::lifecycle::{Progress, dek_blob};
 use crate::storage::TreeId;
 use crate::store::{Store, dek_context};
+use crate::telemetry;
 
 pub(crate) const MOVE_PREFIX: &[u8] = b"move/";
 
@@ -84,8 +85,9 @@ impl Store {
         root: &RootKeyName,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<MoveReport, StoreError> {
+        let mut progress = telemetry::job_progress("move", progress);
         let started = self.start_move(name, root)?;
-        let mut report = self.finish_move(name, progress)?;
+        let mut report = self.finish_move(name, &mut progress)?;
         report.resumed &= !started;
         Ok(report)
     }

@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::Instant;
 
 use strongroom_core::record::{RecordCipher, RecordHeader};
 use strongroom_core::{DekVersion, FormatError, KeyringName, Plaintext};
@@ -21,6 +22,7 @@ use crate::format;
 use crate::format::KeyringEntry;
 use crate::storage::{TreeId, WriteBatch};
 use crate::store::{Counter, Store};
+use crate::telemetry::record_op;
 
 /// Longest record key, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -451,8 +453,12 @@ impl Store {
     /// # Errors
     /// A keyring that is not usable, a key or value over the limits, or a storage error.
     pub fn put(&self, keyring: &KeyringName, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.write_records(keyring, &[(key, Some(value))])
-            .map(|_| ())
+        let started = Instant::now();
+        let r = self
+            .write_records(keyring, &[(key, Some(value))])
+            .map(|_| ());
+        record_op!("record.put", started, &r);
+        r
     }
 
     /// [`Store::put`], then flush: durable when it returns.
@@ -465,8 +471,12 @@ impl Store {
         key: &[u8],
         value: &[u8],
     ) -> Result<(), StoreError> {
-        self.put(keyring, key, value)?;
-        self.flush()
+        let started = Instant::now();
+        let r = self
+            .write_records(keyring, &[(key, Some(value))])
+            .and_then(|_| self.flush());
+        record_op!("record.put-durable", started, &r);
+        r
     }
 
     /// The value under `key` in `keyring`, or `None`.
@@ -475,6 +485,17 @@ impl Store {
     /// A keyring that is not usable, [`StoreError::RecordIntegrity`] for a record that fails to
     /// open, or a backend or storage error.
     pub fn get(&self, keyring: &KeyringName, key: &[u8]) -> Result<Option<Plaintext>, StoreError> {
+        let started = Instant::now();
+        let r = self.get_audited(keyring, key);
+        record_op!("record.get", started, &r);
+        r
+    }
+
+    fn get_audited(
+        &self,
+        keyring: &KeyringName,
+        key: &[u8],
+    ) -> Result<Option<Plaintext>, StoreError> {
         check_key(key)?;
         let r = self.get_inner(keyring, key);
         if self.inner.options.audit_data_access {
@@ -522,7 +543,10 @@ impl Store {
     /// # Errors
     /// A keyring that is not usable, or a storage error.
     pub fn delete(&self, keyring: &KeyringName, key: &[u8]) -> Result<bool, StoreError> {
-        self.write_records(keyring, &[(key, None)])
+        let started = Instant::now();
+        let r = self.write_records(keyring, &[(key, None)]);
+        record_op!("record.delete", started, &r);
+        r
     }
 
     /// Keys in `keyring` that start with `prefix`, in order (values are not opened).
@@ -530,13 +554,18 @@ impl Store {
     /// # Errors
     /// A keyring that is not usable, or a storage error.
     pub fn list(&self, keyring: &KeyringName, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-        let _r = self.read_lifecycle();
-        let kr = self.usable_keyring(keyring)?;
-        self.inner
-            .storage
-            .scan_prefix(TreeId::Records, format::record_key(kr.id, prefix))
-            .map(|r| r.map(|(k, _)| k[8..].to_vec()))
-            .collect()
+        let started = Instant::now();
+        let r = (|| {
+            let _r = self.read_lifecycle();
+            let kr = self.usable_keyring(keyring)?;
+            self.inner
+                .storage
+                .scan_prefix(TreeId::Records, format::record_key(kr.id, prefix))
+                .map(|r| r.map(|(k, _)| k[8..].to_vec()))
+                .collect()
+        })();
+        record_op!("record.list", started, &r);
+        r
     }
 
     /// Applies `ops` to `keyring` atomically: all of them or none.
@@ -545,6 +574,13 @@ impl Store {
     /// A keyring that is not usable, a key or value over the limits, more puts than one DEK may
     /// seal (`dek_rollover_after`), or a storage error (then nothing was applied).
     pub fn batch(&self, keyring: &KeyringName, ops: &[BatchOp]) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let r = self.batch_inner(keyring, ops);
+        record_op!("record.batch", started, &r);
+        r
+    }
+
+    fn batch_inner(&self, keyring: &KeyringName, ops: &[BatchOp]) -> Result<(), StoreError> {
         // A batch is sealed under one DEK, so it can hold at most one DEK's quota of puts
         // (found by fuzzing: a larger one rolled the DEK over without end).
         let puts = ops

@@ -21,6 +21,7 @@ use crate::catalog::{self, CommitTx};
 use crate::error::StoreError;
 use crate::format::{self, KeyringEntry, RootEntry, STORE_FORMAT_VERSION, StoreMeta};
 use crate::storage::{self, Storage, TreeId, TxResult, abort};
+use crate::telemetry;
 
 /// Meta key of the store identity.
 pub(crate) const META_KEY: &[u8] = b"store";
@@ -1061,7 +1062,9 @@ impl Store {
         target: String,
         f: impl FnOnce() -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let started = Instant::now();
         let r = f();
+        telemetry::operation(op.as_str(), started, &r);
         if let Err(e) = &r {
             self.audit_failure(op, target, e);
         }
@@ -1082,7 +1085,7 @@ impl Store {
         context: &[u8],
     ) -> Result<WrappedKey, BackendError> {
         self.inner.backend_calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.backend.wrap(root, key, context)
+        telemetry::backend_call(true, || self.inner.backend.wrap(root, key, context))
     }
 
     /// Wraps KEK version `v` of keyring `name` (id `id`) under root version `root`, bound to
@@ -1112,7 +1115,7 @@ impl Store {
         context: &[u8],
     ) -> Result<Key256, BackendError> {
         self.inner.backend_calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.backend.unwrap(blob, context)
+        telemetry::backend_call(false, || self.inner.backend.unwrap(blob, context))
     }
 
     // ----- key resolution -----
@@ -1141,12 +1144,16 @@ impl Store {
     ) -> Result<(Arc<Key256>, Instant), StoreError> {
         let stale = match self.inner.cache.get(kr.id, Slot::Kek(v.get())) {
             Some(hit) => match hit.value {
-                Cached::Kek(k) if self.fresh(hit.age) => return Ok((k, Instant::now() - hit.age)),
+                Cached::Kek(k) if self.fresh(hit.age) => {
+                    telemetry::cache_lookup(true, true);
+                    return Ok((k, Instant::now() - hit.age));
+                }
                 Cached::Kek(k) => Some((k, hit.age)),
                 Cached::Dek(_) => None,
             },
             None => None,
         };
+        telemetry::cache_lookup(true, false);
         let what = || format!("KEK {v} of keyring {name}");
         let raw = self
             .inner
@@ -1218,12 +1225,16 @@ impl Store {
     ) -> Result<Arc<RecordCipher>, StoreError> {
         let stale = match self.inner.cache.get(kr.id, Slot::Dek(v.get())) {
             Some(hit) => match hit.value {
-                Cached::Dek(c) if self.fresh(hit.age) => return Ok(c),
+                Cached::Dek(c) if self.fresh(hit.age) => {
+                    telemetry::cache_lookup(false, true);
+                    return Ok(c);
+                }
                 Cached::Dek(c) => Some((c, hit.age)),
                 Cached::Kek(_) => None,
             },
             None => None,
         };
+        telemetry::cache_lookup(false, false);
         let what = || format!("DEK {v} of keyring {name}");
         let (blob, kek_v) = self.dek_blob(name, kr, v)?;
         let (kek, fetched) = match self.kek(name, kr, kek_v) {

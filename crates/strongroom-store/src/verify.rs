@@ -15,6 +15,13 @@ impl Store {
     /// [`StoreError::CatalogIntegrity`] for a catalog changed outside strongroom, or a storage
     /// error.
     pub fn verify_audit(&self) -> Result<Result<AuditReport, AuditBreak>, StoreError> {
+        let started = std::time::Instant::now();
+        let r = self.verify_audit_inner();
+        crate::telemetry::operation("audit.verify", started, &r);
+        r
+    }
+
+    fn verify_audit_inner(&self) -> Result<Result<AuditReport, AuditBreak>, StoreError> {
         let key = self.audit_key()?;
         let report = match audit::verify(&self.inner.storage, &key, &self.inner.meta.store_id)? {
             Ok(r) => r,

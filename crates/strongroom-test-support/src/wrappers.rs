@@ -1,4 +1,5 @@
-//! Backend wrappers for tests: one that counts calls, one whose failures a test switches on.
+//! Backend wrappers for tests: one that counts calls and whose failures a test switches on, one
+//! that is slow.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -148,5 +149,109 @@ impl Backend for TestBackend {
     ) -> Result<(), BackendError> {
         self.admin_gate()?;
         self.inner.set_store_claim(claim, replacing)
+    }
+}
+
+/// Forwards to a backend, sleeping `delay` in every `wrap` and `unwrap` (an HSM far away or
+/// busy), and counting those calls and the most that ran at once.
+pub struct SlowBackend {
+    inner: Arc<dyn Backend>,
+    delay: std::time::Duration,
+    calls: AtomicU64,
+    running: AtomicU64,
+    most_at_once: AtomicU64,
+}
+
+impl SlowBackend {
+    /// Wraps `inner`, each wrap and unwrap taking `delay` longer.
+    pub fn new(inner: Arc<dyn Backend>, delay: std::time::Duration) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            delay,
+            calls: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            most_at_once: AtomicU64::new(0),
+        })
+    }
+
+    /// Calls of `wrap` and `unwrap` so far.
+    pub fn crypto_calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// The most `wrap` and `unwrap` calls that were running at the same moment.
+    pub fn most_at_once(&self) -> u64 {
+        self.most_at_once.load(Ordering::SeqCst)
+    }
+
+    fn slowly<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_at_once.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        let r = f();
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+}
+
+impl Backend for SlowBackend {
+    fn describe(&self) -> BackendInfo {
+        self.inner.describe()
+    }
+    fn health(&self) -> Result<Vec<HealthCheck>, BackendError> {
+        self.inner.health()
+    }
+    fn list_roots(&self) -> Result<Vec<RootKeyInfo>, BackendError> {
+        self.inner.list_roots()
+    }
+    fn find_root(&self, id: &RootKeyId) -> Result<Option<RootKeyInfo>, BackendError> {
+        self.inner.find_root(id)
+    }
+    fn wrap(
+        &self,
+        root: &RootKeyId,
+        key: &Key256,
+        context: &[u8],
+    ) -> Result<WrappedKey, BackendError> {
+        self.slowly(|| self.inner.wrap(root, key, context))
+    }
+    fn unwrap(&self, blob: &WrappedKey, context: &[u8]) -> Result<Key256, BackendError> {
+        self.slowly(|| self.inner.unwrap(blob, context))
+    }
+    fn generate_root(&self, id: &RootKeyId) -> Result<RootKeyInfo, BackendError> {
+        self.inner.generate_root(id)
+    }
+    fn import_root(&self, id: &RootKeyId, material: &Key256) -> Result<RootKeyInfo, BackendError> {
+        self.inner.import_root(id, material)
+    }
+    fn import_key(&self) -> Result<ImportKey, BackendError> {
+        self.inner.import_key()
+    }
+    fn import_wrapped_root(
+        &self,
+        id: &RootKeyId,
+        wrapped: &[u8],
+        check_value: &[u8; 3],
+    ) -> Result<RootKeyInfo, BackendError> {
+        self.inner.import_wrapped_root(id, wrapped, check_value)
+    }
+    fn adopt_root(&self, id: &RootKeyId, selector: &str) -> Result<RootKeyInfo, BackendError> {
+        self.inner.adopt_root(id, selector)
+    }
+    fn disable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        self.inner.disable_root(id)
+    }
+    fn enable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        self.inner.enable_root(id)
+    }
+    fn destroy_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
+        self.inner.destroy_root(id)
+    }
+    fn store_claim(&self) -> Result<Option<strongroom_core::StoreClaim>, BackendError> {
+        self.inner.store_claim()
+    }
+    fn set_store_claim(&self, claim: &strongroom_core::StoreClaim) -> Result<(), BackendError> {
+        self.inner.set_store_claim(claim)
     }
 }

@@ -58,6 +58,7 @@ impl Pkcs11Backend {
         let g = Arc::new(Generation::new(st.id, ctx.clone(), slot, self.inner.cap));
         *local = Some(Arc::clone(&g));
         self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::RECONNECTS).increment(1);
         Ok(g)
     }
 
@@ -72,6 +73,7 @@ impl Pkcs11Backend {
         )?;
         if lease.fresh {
             self.inner.sessions_opened.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::telemetry::SESSIONS_OPENED).increment(1);
         }
         Ok(lease)
     }
@@ -123,7 +125,27 @@ impl Pkcs11Backend {
                 Err(OpError::Final(e)) => return Err(e),
                 Err(OpError::Ck(e)) => e,
             };
-            match classify(&e) {
+            let failure = classify(&e);
+            match failure {
+                Failure::SessionLost => {
+                    metrics::counter!(crate::telemetry::FAILED_ATTEMPTS, "failure" => "session_lost")
+                        .increment(1);
+                }
+                Failure::DeviceLost => {
+                    metrics::counter!(crate::telemetry::FAILED_ATTEMPTS, "failure" => "device_lost")
+                        .increment(1);
+                }
+                Failure::LoggedOut => {
+                    metrics::counter!(crate::telemetry::FAILED_ATTEMPTS, "failure" => "logged_out")
+                        .increment(1);
+                }
+                Failure::StaleHandle => {
+                    metrics::counter!(crate::telemetry::FAILED_ATTEMPTS, "failure" => "stale_handle")
+                        .increment(1);
+                }
+                Failure::BadData | Failure::NotPermitted | Failure::Other => {}
+            }
+            match failure {
                 // A lost session: another session may be fine; if they are all gone, the next
                 // attempt's checkout or call fails the same way and the one after
                 // re-initializes. A lost device: back off and re-initialize.
