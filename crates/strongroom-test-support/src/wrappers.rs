@@ -251,7 +251,11 @@ impl Backend for SlowBackend {
     fn store_claim(&self) -> Result<Option<strongroom_core::StoreClaim>, BackendError> {
         self.inner.store_claim()
     }
-    fn set_store_claim(&self, claim: &strongroom_core::StoreClaim) -> Result<(), BackendError> {
-        self.inner.set_store_claim(claim)
+    fn set_store_claim(
+        &self,
+        claim: &strongroom_core::StoreClaim,
+        replacing: Option<&strongroom_core::StoreClaim>,
+    ) -> Result<(), BackendError> {
+        self.inner.set_store_claim(claim, replacing)
     }
 }
