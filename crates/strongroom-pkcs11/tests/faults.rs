@@ -689,6 +689,33 @@ softhsm_tests! {
         }
     }
 
+    fn a_passing_general_error_on_a_token_change_is_tried_again_and_a_lasting_one_reported(token) {
+        // SoftHSM2 itself answers CKR_GENERAL_ERROR now and then when two sessions create token
+        // objects at the same moment; token changes read the token first on every attempt, so
+        // one passing CKR_GENERAL_ERROR is tried again (no reconnect), whether the object was
+        // made (a lost reply) or not.
+        let b = open(token);
+        let control = faults(token);
+        control.set(&FaultPlan::new().fail(CKR_GENERAL_ERROR).on(&["C_GenerateKey"]).times(1)).unwrap();
+        b.generate_root(&rid("passing", 1)).unwrap();
+        assert_eq!(control.status().count_in("fail", "C_GenerateKey"), 1);
+        control.set(&FaultPlan::new().lose_reply(CKR_GENERAL_ERROR).on(&["C_GenerateKey"]).times(1)).unwrap();
+        b.generate_root(&rid("lost-general", 1)).unwrap();
+        control.set(&FaultPlan::new().fail(CKR_GENERAL_ERROR).on(&["C_CreateObject"]).times(1)).unwrap();
+        b.destroy_root(&rid("passing", 1)).unwrap();
+        control.clear().unwrap();
+        assert_eq!(count_keys_labelled(token, "strongroom/passing/v1"), 0);
+        assert_eq!(count_keys_labelled(token, "strongroom/lost-general/v1"), 1);
+        assert_eq!(count_records_labelled(token, "strongroom/lost-general/v1"), 1);
+        // A lasting one is reported, typed, after the bounded attempts; nothing is left.
+        control.set(&FaultPlan::new().fail(CKR_GENERAL_ERROR).on(&["C_GenerateKey"])).unwrap();
+        let e = b.generate_root(&rid("lasting", 1)).unwrap_err();
+        assert!(matches!(e, BackendError::Device { .. }) && e.to_string().contains("CKR_GENERAL_ERROR"), "{e}");
+        control.clear().unwrap();
+        assert_eq!(count_keys_labelled(token, "strongroom/lasting/v1"), 0);
+        assert_eq!(b.stats().reinitializations, 0, "no reconnect for a refused call");
+    }
+
     fn a_failed_record_write_leaves_no_orphan_key(token) {
         let b = open(token);
         let control = faults(token);

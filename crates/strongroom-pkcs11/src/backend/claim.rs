@@ -80,7 +80,7 @@ impl Pkcs11Backend {
             store_id: r.store_id,
             location: r.location.clone(),
         });
-        self.run("record which store the keys belong to", |_, s, _| {
+        self.run_admin("record which store the keys belong to", |_, s, _| {
             let _admin = lock(&self.inner.admin);
             let old = Self::find(s, &self.claim_template())?;
             for h in &old {

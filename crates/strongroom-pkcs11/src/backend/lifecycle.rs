@@ -100,7 +100,7 @@ impl Pkcs11Backend {
         id: &RootKeyId,
         mut make: impl FnMut(&Session) -> OpResult<ObjectHandle>,
     ) -> Result<RootKeyInfo, BackendError> {
-        self.run(operation, |generation, s, retry| {
+        self.run_admin(operation, |generation, s, retry| {
             let _admin = lock(&self.inner.admin);
             let found = self.locate(s, id)?;
             if let Some(record) = &found.record {
@@ -176,7 +176,7 @@ impl Pkcs11Backend {
         id: &RootKeyId,
         mut change: impl FnMut(&Generation, &Session, Located) -> OpResult<()>,
     ) -> Result<(), BackendError> {
-        self.run(operation, |generation, s, _| {
+        self.run_admin(operation, |generation, s, _| {
             let _admin = lock(&self.inner.admin);
             let _ = generation;
             self.forget_key(id);

@@ -93,6 +93,29 @@ impl Pkcs11Backend {
     pub(super) fn run<T>(
         &self,
         operation: &'static str,
+        op: impl FnMut(&Generation, &Lease<'_>, bool) -> OpResult<T>,
+    ) -> Result<T, BackendError> {
+        self.run_with(operation, false, op)
+    }
+
+    /// [`Self::run`] for an operation that changes the token and reads it first on every
+    /// attempt (so it is safe to repeat): a `CKR_GENERAL_ERROR` is also tried again, after a
+    /// backoff and without a re-initialize. SoftHSM2 answers `CKR_GENERAL_ERROR` now and then
+    /// when two sessions create token objects at the same moment (seen with two stores on one
+    /// token generating keys together); a token that means it by a lasting failure gives the
+    /// same answer every attempt, and the caller gets it.
+    pub(super) fn run_admin<T>(
+        &self,
+        operation: &'static str,
+        op: impl FnMut(&Generation, &Lease<'_>, bool) -> OpResult<T>,
+    ) -> Result<T, BackendError> {
+        self.run_with(operation, true, op)
+    }
+
+    fn run_with<T>(
+        &self,
+        operation: &'static str,
+        repeat_general_errors: bool,
         mut op: impl FnMut(&Generation, &Lease<'_>, bool) -> OpResult<T>,
     ) -> Result<T, BackendError> {
         let attempts = self.inner.config.attempts.max(1);
@@ -180,6 +203,13 @@ impl Pkcs11Backend {
                     // The next checkout sees the logged-out state and logs in again.
                 }
                 Failure::StaleHandle => self.forget_all_keys(),
+                Failure::BadData
+                    if repeat_general_errors
+                        && rv(&e) == Some(RvError::GeneralError)
+                        && attempt + 1 < attempts =>
+                {
+                    self.backoff(attempt);
+                }
                 Failure::BadData | Failure::NotPermitted | Failure::Other => {
                     return Err(device(operation, e, "the HSM refused the call"));
                 }
