@@ -260,7 +260,7 @@ impl Pkcs11Backend {
                 "cannot adopt {selector:?}: {why}; give a label, `label:LABEL` or `id:HEX`"
             ))
         })?;
-        self.run("adopt a root key", |generation, s, retry| {
+        self.run_admin("adopt a root key", |generation, s, retry| {
             let _admin = lock(&self.inner.admin);
             let found = self.locate(s, id)?;
             // A retry of this call that finds its own record (the first attempt wrote it, then
