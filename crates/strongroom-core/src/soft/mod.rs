@@ -349,10 +349,21 @@ fn take_lock(dir: &Path) -> Result<File, BackendError> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| BackendError::io("open lock file", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(BackendError::Locked { path }),
-        Err(TryLockError::Error(e)) => Err(BackendError::io("lock", &path, e)),
+    // Waits a moment before calling the directory taken, as the store's own lock does: a
+    // process that spawns children shares, between a child's fork and its exec, every open file
+    // description it holds (flock locks belong to those), so a backend closed a moment ago can
+    // still look held for that moment. (CI saw it: a crash test's child refused while another
+    // test thread in the same process was spawning its own child.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(TryLockError::WouldBlock) => return Err(BackendError::Locked { path }),
+            Err(TryLockError::Error(e)) => return Err(BackendError::io("lock", &path, e)),
+        }
     }
 }
 
