@@ -328,12 +328,11 @@ fn needles_of(fx: &mut Fixture, name: &str) -> Needles {
 mod pkcs11 {
     use std::sync::{Arc, Barrier};
 
-    use strongroom_core::backend::{BackendInfo, HealthCheck, ImportKey, RootKeyInfo};
-    use strongroom_core::{Backend, BackendError, Key256, RootKeyId, StoreClaim, WrappedKey};
     use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
     use strongroom_store::{Store, StoreError, StoreOptions};
     use strongroom_test_support::softhsm::Token;
     use strongroom_test_support::softhsm_tests;
+    use strongroom_test_support::wrappers::TestBackend;
 
     use super::{kr, rn};
 
@@ -346,83 +345,6 @@ mod pkcs11 {
             ))
             .unwrap(),
         )
-    }
-
-    /// Forwards to a backend; `set_store_claim` first waits until both inits reach it (two
-    /// `strongroom init` runs started at the same moment).
-    struct Gate {
-        inner: Arc<Pkcs11Backend>,
-        both: Arc<Barrier>,
-    }
-
-    impl Backend for Gate {
-        fn describe(&self) -> BackendInfo {
-            self.inner.describe()
-        }
-        fn health(&self) -> Result<Vec<HealthCheck>, BackendError> {
-            self.inner.health()
-        }
-        fn list_roots(&self) -> Result<Vec<RootKeyInfo>, BackendError> {
-            self.inner.list_roots()
-        }
-        fn find_root(&self, id: &RootKeyId) -> Result<Option<RootKeyInfo>, BackendError> {
-            self.inner.find_root(id)
-        }
-        fn wrap(
-            &self,
-            root: &RootKeyId,
-            key: &Key256,
-            context: &[u8],
-        ) -> Result<WrappedKey, BackendError> {
-            self.inner.wrap(root, key, context)
-        }
-        fn unwrap(&self, blob: &WrappedKey, context: &[u8]) -> Result<Key256, BackendError> {
-            self.inner.unwrap(blob, context)
-        }
-        fn generate_root(&self, id: &RootKeyId) -> Result<RootKeyInfo, BackendError> {
-            self.inner.generate_root(id)
-        }
-        fn import_root(
-            &self,
-            id: &RootKeyId,
-            material: &Key256,
-        ) -> Result<RootKeyInfo, BackendError> {
-            self.inner.import_root(id, material)
-        }
-        fn import_key(&self) -> Result<ImportKey, BackendError> {
-            self.inner.import_key()
-        }
-        fn import_wrapped_root(
-            &self,
-            id: &RootKeyId,
-            wrapped: &[u8],
-            check_value: &[u8; 3],
-        ) -> Result<RootKeyInfo, BackendError> {
-            self.inner.import_wrapped_root(id, wrapped, check_value)
-        }
-        fn adopt_root(&self, id: &RootKeyId, selector: &str) -> Result<RootKeyInfo, BackendError> {
-            self.inner.adopt_root(id, selector)
-        }
-        fn disable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
-            self.inner.disable_root(id)
-        }
-        fn enable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
-            self.inner.enable_root(id)
-        }
-        fn destroy_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
-            self.inner.destroy_root(id)
-        }
-        fn store_claim(&self) -> Result<Option<StoreClaim>, BackendError> {
-            self.inner.store_claim()
-        }
-        fn set_store_claim(
-            &self,
-            claim: &StoreClaim,
-            replacing: Option<&StoreClaim>,
-        ) -> Result<(), BackendError> {
-            self.both.wait();
-            self.inner.set_store_claim(claim, replacing)
-        }
     }
 
     softhsm_tests! {
@@ -479,7 +401,11 @@ mod pkcs11 {
             let b = backend(token);
             let both = Arc::new(Barrier::new(2));
             let run = |name: &str| {
-                let gate = Arc::new(Gate { inner: b.clone(), both: both.clone() });
+                let gate = TestBackend::new(b.clone());
+                let both = both.clone();
+                gate.before_claim(move || {
+                    both.wait();
+                });
                 let path = dir.path().join(name);
                 std::thread::spawn(move || {
                     Store::create(&path, gate, &rn("service"), StoreOptions::default())

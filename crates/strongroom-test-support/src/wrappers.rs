@@ -1,8 +1,8 @@
 //! Backend wrappers for tests: one that counts calls and whose failures a test switches on, one
 //! that is slow.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use strongroom_core::backend::{BackendInfo, HealthCheck, ImportKey, RootKeyInfo};
 use strongroom_core::{Backend, BackendError, Key256, RootKeyId, WrappedKey};
@@ -15,7 +15,11 @@ pub struct TestBackend {
     unwraps: AtomicU64,
     down: AtomicBool,
     admin_down: AtomicBool,
+    before_claim: Mutex<Option<ClaimHook>>,
 }
+
+/// What runs before every `set_store_claim`.
+type ClaimHook = Arc<dyn Fn() + Send + Sync>;
 
 impl TestBackend {
     /// Wraps `inner`.
@@ -26,7 +30,17 @@ impl TestBackend {
             unwraps: AtomicU64::new(0),
             down: AtomicBool::new(false),
             admin_down: AtomicBool::new(false),
+            before_claim: Mutex::new(None),
         })
+    }
+
+    /// Runs `hook` at the start of every `set_store_claim` (for example a barrier that holds two
+    /// concurrent inits at the claim).
+    pub fn before_claim(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self
+            .before_claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(hook));
     }
 
     /// Calls of `wrap` and `unwrap` so far.
@@ -147,6 +161,14 @@ impl Backend for TestBackend {
         claim: &strongroom_core::StoreClaim,
         replacing: Option<&strongroom_core::StoreClaim>,
     ) -> Result<(), BackendError> {
+        let hook = self
+            .before_claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(hook) = hook {
+            hook();
+        }
         self.admin_gate()?;
         self.inner.set_store_claim(claim, replacing)
     }
