@@ -595,7 +595,7 @@ pub(crate) fn append(
         mac: [0; 32],
     };
     e.mac = key.mac(&[&e.body()]);
-    tx.insert(TreeId::Audit, seq.to_be_bytes().to_vec(), e.to_bytes())?;
+    tx.insert(TreeId::Audit, seq.to_be_bytes(), e.to_bytes())?;
     let head = AuditHead {
         seq,
         hash: e.hash(),

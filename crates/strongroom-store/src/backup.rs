@@ -22,9 +22,11 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::audit::{self, AuditOp};
+use crate::engine::SledEngine;
+use crate::engine::sled::current_db_dir;
 use crate::error::StoreError;
 use crate::format::StoreMeta;
-use crate::storage::{ALL_TREES, Storage, TreeId, WriteBatch, current_db_dir};
+use crate::storage::{ALL_TREES, Storage, TreeId, WriteBatch};
 use crate::store::Store;
 
 const MAGIC: &[u8; 4] = b"SRBK";
@@ -123,7 +125,7 @@ impl Store {
                 // The count as written: a tree that changes while it is copied (a purge or a
                 // job cursor does not wait for the lifecycle lock) must not leave a header that
                 // disagrees with the entries after it.
-                let count = self.inner.storage.len(t) as u64;
+                let count = self.inner.storage.len(t)?;
                 w.put(&count.to_be_bytes()).map_err(io("write"))?;
                 let mut n = 0u64;
                 for item in self.inner.storage.iter(t) {
@@ -237,7 +239,7 @@ impl Store {
             source,
         })?;
         let outcome = (|| {
-            let storage = Storage::create(dir)?;
+            let storage = Storage::new(Box::new(SledEngine::create(dir)?));
             let mut seen = Vec::new();
             for _ in 0..trees {
                 let n = usize::from(read(1)?[0]);

@@ -25,7 +25,6 @@
 
 use std::cell::Cell;
 
-use sled::IVec;
 use subtle::ConstantTimeEq;
 
 use crate::audit::{AuditKey, StoredHead, xor};
@@ -100,7 +99,7 @@ impl<'a> CommitTx<'a> {
         Ok(())
     }
 
-    pub(crate) fn get(&self, t: TreeId, k: impl AsRef<[u8]>) -> TxResult<Option<IVec>> {
+    pub(crate) fn get(&self, t: TreeId, k: impl AsRef<[u8]>) -> TxResult<Option<Vec<u8>>> {
         self.tx.get(t, k)
     }
 
@@ -108,25 +107,25 @@ impl<'a> CommitTx<'a> {
     pub(crate) fn insert(
         &self,
         t: TreeId,
-        k: impl AsRef<[u8]> + Into<IVec>,
-        v: impl Into<IVec>,
+        k: impl AsRef<[u8]>,
+        v: impl AsRef<[u8]>,
     ) -> TxResult<()> {
         if !is_catalog(t) {
             return self.tx.insert(t, k, v);
         }
         let k = k.as_ref();
-        let body: IVec = v.into();
+        let body = v.as_ref();
         self.forget(t, k)?;
         let mut stored = body.to_vec();
-        stored.extend_from_slice(&seal_mac(self.key, self.store_id, t, k, &body));
+        stored.extend_from_slice(&seal_mac(self.key, self.store_id, t, k, body));
         self.delta.set(xor(
             &self.delta.get(),
             &digest_part(self.key, t, k, &stored),
         ));
-        self.tx.insert(t, k.to_vec(), stored)
+        self.tx.insert(t, k, stored)
     }
 
-    pub(crate) fn remove(&self, t: TreeId, k: impl AsRef<[u8]> + Into<IVec>) -> TxResult<()> {
+    pub(crate) fn remove(&self, t: TreeId, k: impl AsRef<[u8]>) -> TxResult<()> {
         if is_catalog(t) {
             self.forget(t, k.as_ref())?;
         }

@@ -253,17 +253,17 @@ pub enum StoreError {
     Damaged {
         /// The database directory.
         path: PathBuf,
-        /// What sled reported.
+        /// What the engine reported.
         why: String,
     },
-    /// The embedded database failed.
-    #[error("storage error while {while_doing}: {}{}", storage_text(.source), storage_hint(.source))]
+    /// The storage engine failed.
+    #[error("storage error while {while_doing}: {source}")]
     Storage {
         /// What the store was doing.
         while_doing: &'static str,
-        /// sled's error.
+        /// The engine's error (its kind says what the caller can do).
         #[source]
-        source: sled::Error,
+        source: crate::engine::EngineError,
     },
     /// A file operation failed (backup, restore).
     #[error("{op} {path}: {source}")]
@@ -289,54 +289,7 @@ pub enum StoreError {
     Random(#[from] strongroom_core::RandomError),
 }
 
-/// sled's error in plain words (its own Display shows the `Debug` form of I/O errors).
-fn storage_text(e: &sled::Error) -> String {
-    match e {
-        // sled re-wraps I/O errors so that their Display shows their Debug form.
-        sled::Error::Io(io) => match io.kind() {
-            std::io::ErrorKind::StorageFull => "no space left on device".into(),
-            std::io::ErrorKind::QuotaExceeded => "disk quota exceeded".into(),
-            std::io::ErrorKind::FileTooLarge => "file too large".into(),
-            std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-            std::io::ErrorKind::NotFound => "a file is missing".into(),
-            _ => io.to_string(),
-        },
-        sled::Error::Corruption { at, .. } => match at {
-            Some(at) => format!("the database's files are corrupt (at {at:?})"),
-            None => "the database's files are corrupt".into(),
-        },
-        other => other.to_string(),
-    }
-}
-
-fn storage_hint(e: &sled::Error) -> &'static str {
-    match e {
-        sled::Error::Io(io) => match io.kind() {
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-                "; the disk is full: free space, then open the store again (restart the process); everything acknowledged before is intact"
-            }
-            std::io::ErrorKind::FileTooLarge => {
-                "; the file size limit was hit: raise it, then open the store again (restart the process); everything acknowledged before is intact"
-            }
-            std::io::ErrorKind::NotFound => {
-                "; a database file is missing: restore the store from a backup"
-            }
-            std::io::ErrorKind::PermissionDenied => "; check the data directory's permissions",
-            _ => "",
-        },
-        sled::Error::Corruption { .. } => ": restore the store from a backup",
-        _ => "",
-    }
-}
-
 impl StoreError {
-    pub(crate) fn storage(while_doing: &'static str) -> impl FnOnce(sled::Error) -> Self {
-        move |source| Self::Storage {
-            while_doing,
-            source,
-        }
-    }
-
     pub(crate) fn backend(while_doing: impl Into<String>) -> impl FnOnce(BackendError) -> Self {
         let while_doing = while_doing.into();
         move |source| Self::Backend {

@@ -121,7 +121,7 @@ impl Store {
                 .inner
                 .storage
                 .scan_prefix(TreeId::Records, prefix)
-                .filter(|r| r.as_ref().is_ok_and(|(k, _)| k.as_ref() <= c.as_slice()))
+                .filter(|r| r.as_ref().is_ok_and(|(k, _)| k.as_slice() <= c.as_slice()))
                 .count() as u64,
             None => 0,
         };
@@ -198,7 +198,7 @@ impl Store {
                             replaced.set(0);
                             for (k, old, new) in &resealed {
                                 if tx.get(TreeId::Records, k)?.as_deref() == Some(*old) {
-                                    tx.insert(TreeId::Records, k.to_vec(), new.clone())?;
+                                    tx.insert(TreeId::Records, k, new.clone())?;
                                     replaced.set(replaced.get() + 1);
                                 }
                             }
@@ -302,7 +302,7 @@ impl Store {
             list,
             |tx| {
                 for v in &retire {
-                    tx.remove(TreeId::Deks, format::versioned_key(kr.id, v.get()).to_vec())?;
+                    tx.remove(TreeId::Deks, format::versioned_key(kr.id, v.get()))?;
                 }
                 Ok(())
             },

@@ -54,6 +54,7 @@ mod backup;
 mod cache;
 mod catalog;
 mod compact;
+pub mod engine;
 mod error;
 pub mod format;
 mod jobs;
@@ -71,6 +72,7 @@ pub use audit::{AuditBreak, AuditEntry, AuditHead, AuditOp, AuditReport, Outcome
 pub use backup::BackupReport;
 pub use cache::DownPolicy;
 pub use compact::CompactReport;
+pub use engine::{Engine, EngineError, EngineErrorKind, SledEngine, TreeId};
 pub use error::StoreError;
 pub use jobs::{PendingJob, ReencryptReport};
 pub use lifecycle::{Destroyed, KeyringInfo, Progress, RootInfo};

@@ -912,15 +912,15 @@ impl Store {
                     tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())?;
                     tx.insert(
                         TreeId::Keks,
-                        format::versioned_key(id, 1).to_vec(),
+                        format::versioned_key(id, 1),
                         kek_blob.to_bytes(),
                     )?;
                     tx.insert(
                         TreeId::Deks,
-                        format::versioned_key(id, 1).to_vec(),
+                        format::versioned_key(id, 1),
                         dek_blob.to_bytes(),
                     )?;
-                    tx.insert(TreeId::Meta, NEXT_ID_KEY, (id + 1).to_be_bytes().to_vec())
+                    tx.insert(TreeId::Meta, NEXT_ID_KEY, (id + 1).to_be_bytes())
                 },
             )?;
             let now = Instant::now();
@@ -1003,7 +1003,7 @@ impl Store {
                 }
                 tx.insert(
                     TreeId::Keks,
-                    format::versioned_key(kr.id, next.get()).to_vec(),
+                    format::versioned_key(kr.id, next.get()),
                     kek_blob.to_bytes(),
                 )?;
                 for (k, v) in &rewrapped {
@@ -1085,7 +1085,7 @@ impl Store {
             |tx| {
                 tx.insert(
                     TreeId::Deks,
-                    format::versioned_key(kr.id, next.get()).to_vec(),
+                    format::versioned_key(kr.id, next.get()),
                     blob.to_bytes(),
                 )?;
                 tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())

@@ -156,12 +156,12 @@ impl Store {
                 |tx| {
                     tx.insert(
                         TreeId::Keks,
-                        format::versioned_key(kr.id, kek_v.get()).to_vec(),
+                        format::versioned_key(kr.id, kek_v.get()),
                         kek_blob.to_bytes(),
                     )?;
                     tx.insert(
                         TreeId::Deks,
-                        format::versioned_key(kr.id, dek_v.get()).to_vec(),
+                        format::versioned_key(kr.id, dek_v.get()),
                         dek_blob.to_bytes(),
                     )?;
                     tx.insert(TreeId::Jobs, move_job_key(kr.id), job.clone())?;
@@ -253,7 +253,7 @@ impl Store {
                     ),
                     |tx| {
                         for v in &old_keks {
-                            tx.remove(TreeId::Keks, format::versioned_key(kr.id, *v).to_vec())?;
+                            tx.remove(TreeId::Keks, format::versioned_key(kr.id, *v))?;
                         }
                         tx.remove(TreeId::Jobs, job.clone())?;
                         tx.insert(TreeId::Jobs, crate::compact::COMPACT_JOB, Vec::new())?;

@@ -139,7 +139,7 @@ impl Store {
             self.inner.storage.insert(
                 TreeId::Jobs,
                 counter_key(id, v.get()),
-                c.reserved.to_be_bytes().to_vec(),
+                c.reserved.to_be_bytes(),
             )?;
         }
         c.used += 1;
@@ -423,8 +423,7 @@ impl Store {
                         [(k, None)] => Ok(self
                             .inner
                             .storage
-                            .remove(TreeId::Records, format::record_key(kr.id, k))?
-                            .is_some()),
+                            .remove(TreeId::Records, format::record_key(kr.id, k))?),
                         _ => written(self.write_many(keyring, &kr, items)?),
                     }
                 };

@@ -18,9 +18,11 @@ use strongroom_core::{
 use crate::audit::{self, AuditKey, AuditOp, Event, Outcome};
 use crate::cache::{Cached, DownPolicy, KeyCache, Slot};
 use crate::catalog::{self, CommitTx};
+use crate::engine::sled as sled_engine;
+use crate::engine::{Engine, SledEngine};
 use crate::error::StoreError;
 use crate::format::{self, KeyringEntry, RootEntry, STORE_FORMAT_VERSION, StoreMeta};
-use crate::storage::{self, Storage, TreeId, TxResult, abort};
+use crate::storage::{Storage, TreeId, TxResult, abort};
 use crate::telemetry;
 
 /// Meta key of the store identity.
@@ -32,12 +34,12 @@ pub(crate) const NEXT_ID_KEY: &[u8] = b"next_keyring_id";
 /// Directory (inside the store directory) that holds the database when the store is created.
 /// A compaction moves it to a new directory (`db.<N>`, named by the file `db-current`):
 /// [`database_dir`] says which one is current.
-pub const DB_DIR: &str = storage::FIRST_GENERATION;
+pub const DB_DIR: &str = sled_engine::FIRST_GENERATION;
 /// File (inside the store directory) that names the current database directory once a
 /// compaction has moved it.
-pub const CURRENT_DB_FILE: &str = storage::CURRENT_FILE;
+pub const CURRENT_DB_FILE: &str = sled_engine::CURRENT_FILE;
 /// The store directory's lock file (held while the store is open).
-pub const LOCK_FILE: &str = storage::LOCK_FILE;
+pub const LOCK_FILE: &str = sled_engine::LOCK_FILE;
 
 /// The directory that holds the database of the store in `dir` now (for tools and tests that
 /// read the raw files; the store itself finds it on open).
@@ -45,7 +47,7 @@ pub const LOCK_FILE: &str = storage::LOCK_FILE;
 /// # Errors
 /// An I/O error, or a damaged `db-current` file.
 pub fn database_dir(dir: impl AsRef<Path>) -> Result<PathBuf, StoreError> {
-    storage::current_db_dir(dir.as_ref())
+    sled_engine::current_db_dir(dir.as_ref())
 }
 /// File (inside the store directory) that records the audit log's head after every key
 /// operation, outside the database: if the database later ends before it (a damaged log that
@@ -285,7 +287,31 @@ impl Store {
         primary_root: &RootKeyName,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
-        Self::create_inner(dir.as_ref(), backend, primary_root, None, options)
+        Self::create_inner(dir.as_ref(), None, backend, primary_root, None, options)
+    }
+
+    /// [`Store::create`] on another storage engine (a PostgreSQL database, from
+    /// `strongroom-postgres`), which must hold no store ([`StoreError::AlreadyExists`]). `dir`
+    /// is the store's local directory: the audit anchor lives there (and the software
+    /// backend's key file, if that is the backend).
+    ///
+    /// # Errors
+    /// As [`Store::create`].
+    pub fn create_on(
+        dir: impl AsRef<Path>,
+        engine: Box<dyn Engine>,
+        backend: Arc<dyn Backend>,
+        primary_root: &RootKeyName,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        Self::create_inner(
+            dir.as_ref(),
+            Some(engine),
+            backend,
+            primary_root,
+            None,
+            options,
+        )
     }
 
     /// [`Store::create`] with a primary root adopted from a key the backend already holds
@@ -300,21 +326,46 @@ impl Store {
         selector: &str,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
-        Self::create_inner(dir.as_ref(), backend, primary_root, Some(selector), options)
+        Self::create_inner(
+            dir.as_ref(),
+            None,
+            backend,
+            primary_root,
+            Some(selector),
+            options,
+        )
     }
 
     fn create_inner(
         dir: &Path,
+        engine: Option<Box<dyn Engine>>,
         backend: Arc<dyn Backend>,
         primary_root: &RootKeyName,
         adopt: Option<&str>,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
         let dir = dir.to_path_buf();
-        if storage::current_db_dir(&dir)?.exists()
-            || std::fs::symlink_metadata(dir.join(CURRENT_DB_FILE)).is_ok()
-        {
-            return Err(StoreError::AlreadyExists { path: dir });
+        match &engine {
+            None => {
+                if sled_engine::current_db_dir(&dir)?.exists()
+                    || std::fs::symlink_metadata(dir.join(CURRENT_DB_FILE)).is_ok()
+                {
+                    return Err(StoreError::AlreadyExists { path: dir });
+                }
+            }
+            Some(e) => {
+                let found =
+                    e.get(TreeId::Meta, META_KEY)
+                        .map_err(|source| StoreError::Storage {
+                            while_doing: "looking for a store",
+                            source,
+                        })?;
+                if found.is_some() {
+                    return Err(StoreError::AlreadyExists {
+                        path: PathBuf::from(e.info().location),
+                    });
+                }
+            }
         }
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
             op: "create directory",
@@ -377,7 +428,10 @@ impl Store {
             .map_err(StoreError::backend(format!(
                 "wrapping the audit key under root key {root}"
             )))?;
-        let storage = Storage::create(&dir)?;
+        let storage = Storage::new(match engine {
+            Some(e) => e,
+            None => Box::new(SledEngine::create(&dir)?),
+        });
         let store = Self::assemble(dir, storage, backend, meta.clone(), options);
         *store
             .inner
@@ -399,7 +453,7 @@ impl Store {
             |tx| {
                 tx.insert(TreeId::Meta, META_KEY, meta.to_bytes())?;
                 tx.insert(TreeId::Meta, AUDIT_KEY_KEY, audit_blob.to_bytes())?;
-                tx.insert(TreeId::Meta, NEXT_ID_KEY, 1u64.to_be_bytes().to_vec())?;
+                tx.insert(TreeId::Meta, NEXT_ID_KEY, 1u64.to_be_bytes())?;
                 tx.insert(
                     TreeId::Roots,
                     format::root_key(primary_root, RootVersion::FIRST),
@@ -429,7 +483,20 @@ impl Store {
         backend: Arc<dyn Backend>,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
-        Self::open_inner(dir.as_ref(), backend, options, false)
+        Self::open_inner(dir.as_ref(), None, backend, options, false)
+    }
+
+    /// [`Store::open`] on another storage engine (see [`Store::create_on`]).
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_on(
+        dir: impl AsRef<Path>,
+        engine: Box<dyn Engine>,
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        Self::open_inner(dir.as_ref(), Some(engine), backend, options, false)
     }
 
     /// [`Store::open`] for a database that the audit anchor outside it says is older than it
@@ -445,7 +512,7 @@ impl Store {
         backend: Arc<dyn Backend>,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
-        let store = Self::open_inner(dir.as_ref(), backend, options, true)?;
+        let store = Self::open_inner(dir.as_ref(), None, backend, options, true)?;
         let found = audit::stored_head(&store.inner.storage)?.map_or(0, |h| h.seq);
         let anchored = store
             .anchor_file()?
@@ -467,12 +534,16 @@ impl Store {
 
     fn open_inner(
         dir: &Path,
+        engine: Option<Box<dyn Engine>>,
         backend: Arc<dyn Backend>,
         options: StoreOptions,
         accept_rollback: bool,
     ) -> Result<Self, StoreError> {
         let dir = dir.to_path_buf();
-        let storage = Storage::open(&dir)?;
+        let storage = Storage::new(match engine {
+            Some(e) => e,
+            None => Box::new(SledEngine::open(&dir)?),
+        });
         let raw = storage
             .get(TreeId::Meta, META_KEY)?
             .ok_or_else(|| StoreError::NotAStore { path: dir.clone() })?;
@@ -643,10 +714,16 @@ impl Store {
         self.inner.cache.len()
     }
 
-    /// Bytes the database uses on disk.
+    /// The storage engine the store runs on, and where.
+    #[must_use]
+    pub fn engine_info(&self) -> crate::engine::EngineInfo {
+        self.inner.storage.engine().info()
+    }
+
+    /// Bytes the store's database takes on disk.
     ///
     /// # Errors
-    /// A storage error.
+    /// The engine's.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.storage.size_on_disk()
     }

@@ -45,11 +45,6 @@ fn rn(s: &str) -> RootKeyName {
     RootKeyName::new(s).unwrap()
 }
 
-/// sled's "could not acquire lock on .../db/db" (an `ErrorKind::Other` wrapping `EWOULDBLOCK`).
-fn lock_taken(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
-}
-
 /// Opens the store. sled releases its lock on `db/db` when the last of its background I/O tasks
 /// ends, which can be a moment after the database was dropped, so an open right after a close
 /// (here, or in the parent of a child) retries for a while on that error only.
@@ -58,10 +53,12 @@ fn open(dir: &Path) -> Store {
     let mut tries = 0;
     loop {
         match Store::open(dir, Arc::clone(&backend), StoreOptions::default()) {
-            Err(StoreError::Storage {
-                source: sled::Error::Io(io),
-                ..
-            }) if lock_taken(&io) && tries < 300 => {
+            Err(StoreError::Storage { source, .. })
+                if source.io_kind().is_some()
+                    && (source.io_kind() == Some(std::io::ErrorKind::WouldBlock)
+                        || source.to_string().contains("could not acquire lock"))
+                    && tries < 300 =>
+            {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
@@ -97,10 +94,9 @@ fn key(i: u64) -> Vec<u8> {
 /// The store error's variant and, for storage errors, the kind of the I/O error under it.
 fn describe(e: &StoreError) -> String {
     match e {
-        StoreError::Storage {
-            source: sled::Error::Io(io),
-            ..
-        } => format!("Storage/Io/{:?}", io.kind()),
+        StoreError::Storage { source, .. } if source.io_kind().is_some() => {
+            format!("Storage/Io/{:?}", source.io_kind().unwrap())
+        }
         StoreError::Storage { source, .. } => format!("Storage/{source:?}"),
         StoreError::Backend {
             source: BackendError::Io { source, .. },
@@ -446,7 +442,7 @@ fn a_full_file_system_fails_writes_cleanly_and_loses_nothing_acknowledged() {
         describe(&failure)
     );
     assert!(
-        matches!(&failure, StoreError::Storage { source: sled::Error::Io(io), .. } if io.kind() == std::io::ErrorKind::StorageFull),
+        matches!(&failure, StoreError::Storage { source, .. } if source.io_kind() == Some(std::io::ErrorKind::StorageFull)),
         "{failure:?}"
     );
     assert!(
@@ -489,7 +485,7 @@ fn a_full_file_system_fails_writes_cleanly_and_loses_nothing_acknowledged() {
             .map_or_else(|e| format!("{} ({e})", describe(e)), |()| "ok".into())
     );
     assert!(
-        matches!(&sticky, Err(StoreError::Storage { source: sled::Error::Io(io), .. }) if io.kind() == std::io::ErrorKind::StorageFull),
+        matches!(&sticky, Err(StoreError::Storage { source, .. }) if source.io_kind() == Some(std::io::ErrorKind::StorageFull)),
         "{sticky:?}"
     );
     drop(s);

@@ -259,10 +259,12 @@ fn open_retrying(
     let mut tries = 0;
     loop {
         match Store::open(dir, Arc::clone(backend), options.clone()) {
-            Err(StoreError::Storage {
-                source: sled::Error::Io(io),
-                ..
-            }) if lock_taken(&io) && tries < 300 => {
+            Err(StoreError::Storage { source, .. })
+                if source.io_kind().is_some()
+                    && (source.io_kind() == Some(std::io::ErrorKind::WouldBlock)
+                        || source.to_string().contains("could not acquire lock"))
+                    && tries < 300 =>
+            {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -1434,10 +1436,8 @@ fn damage_before_the_last_open_is_reported_as_corruption() {
     assert!(
         matches!(
             &e,
-            StoreError::Storage {
-                source: sled::Error::Corruption { .. },
-                ..
-            }
+            StoreError::Storage { source, .. }
+                if source.kind() == strongroom_store::EngineErrorKind::Corruption
         ),
         "{e:?}"
     );
