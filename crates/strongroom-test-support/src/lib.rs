@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod conformance;
 pub mod disk;
+pub mod pg;
 pub mod softhsm;
 pub mod wrappers;
 
