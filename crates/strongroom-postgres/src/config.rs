@@ -107,6 +107,11 @@ pub struct PgConfig {
     /// (SQLSTATE 40001, 40P01) is run again, with a growing random backoff, before the
     /// conflict is returned.
     pub max_retries: u32,
+    /// One process at a time on the store (default): the engine holds a session advisory lock
+    /// on a connection of its own while it is open (and takes it again after a server restart)
+    /// and refuses to work without it. A store's in-memory state (its verified catalog, its
+    /// key cache, its DEK counters) assumes no other process changes the database under it.
+    pub exclusive: bool,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -148,6 +153,7 @@ impl PgConfig {
             timeout: Duration::from_secs(30),
             checkout_timeout: Duration::from_secs(30),
             max_retries: 30,
+            exclusive: true,
         })
     }
 

@@ -54,6 +54,9 @@ struct Inner {
     pool: Mutex<PoolState>,
     freed: Condvar,
     location: String,
+    /// The connection holding the store's session advisory lock (one process per store; see
+    /// [`PgConfig::exclusive`]); `None` when not exclusive.
+    lock: Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl Drop for Inner {
@@ -199,7 +202,56 @@ impl Inner {
         .map_err(|f| f.into_engine("connecting", self.config.timeout))
     }
 
+    /// Takes (or, after a server restart broke its connection, takes again) the store's
+    /// session advisory lock.
+    fn hold_lock(&self) -> Result<(), EngineError> {
+        if !self.config.exclusive {
+            return Ok(());
+        }
+        let mut lock = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lock.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        *lock = None;
+        let cfg = self.client_config.clone();
+        let tls = self.tls.clone();
+        let handle = self.handle.clone();
+        let schema = self.config.schema.clone();
+        let (client, got) = self
+            .run(async move {
+                let (client, connection) = cfg.connect(tls).await?;
+                handle.spawn(async move {
+                    let _ = connection.await;
+                });
+                let got: bool = client
+                    .query_one(
+                        "SELECT pg_try_advisory_lock(hashtext('strongroom-store'), hashtext($1))",
+                        &[&schema],
+                    )
+                    .await?
+                    .try_get(0)?;
+                Ok((client, got))
+            })
+            .map_err(|f| f.into_engine("locking the store", self.config.timeout))?;
+        if !got {
+            return Err(EngineError::new(
+                EngineErrorKind::Refused,
+                format!(
+                    "another process has the store in PostgreSQL schema {} open",
+                    self.config.schema
+                ),
+            )
+            .with_hint("; one process at a time opens a store: close the other one (a service, another command) and retry"));
+        }
+        *lock = Some(client);
+        Ok(())
+    }
+
     fn checkout(&self) -> Result<Lease<'_>, EngineError> {
+        self.hold_lock()?;
         let deadline = Instant::now() + self.config.checkout_timeout;
         let mut st = self
             .pool
@@ -255,30 +307,55 @@ impl Inner {
         }
     }
 
-    /// One statement on a pooled connection, retried once on a fresh connection when the
-    /// pooled one turns out to be dead (the server restarted since it was last used): nothing
-    /// was executed on a dead connection.
-    fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, EngineError>
+    /// One read on a pooled connection, run again once on a fresh connection when the pooled
+    /// one turns out to be dead (the server restarted since it was last used): a read has no
+    /// effect to duplicate.
+    fn read<T, F, Fut>(&self, what: &str, f: F) -> Result<T, EngineError>
     where
         T: Send + 'static,
         F: Fn(Arc<Conn>) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
     {
-        let mut tried_fresh = false;
+        let mut again = true;
         loop {
             let lease = self.checkout()?;
-            let was_idle_before = !tried_fresh;
             match self.on(&lease, &f) {
                 Ok(v) => return Ok(v),
-                Err(Fail::Pg(e))
-                    if e.is_closed() && was_idle_before && e.as_db_error().is_none() =>
-                {
-                    // The socket was found closed before the statement reached the server.
-                    tried_fresh = true;
+                Err(Fail::Pg(e)) if again && e.is_closed() && e.as_db_error().is_none() => {
+                    again = false;
                 }
                 Err(f) => return Err(f.into_engine(what, self.config.timeout)),
             }
         }
+    }
+
+    /// One write (a statement that commits by itself). A connection that breaks, or a server
+    /// that does not answer, after the statement may have been sent leaves its outcome unknown:
+    /// [`EngineErrorKind::Indeterminate`], never retried here.
+    fn write<T, F, Fut>(&self, what: &str, f: F) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Conn>) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
+    {
+        let lease = self.checkout()?;
+        self.on(&lease, f).map_err(|f| {
+            let broke = match &f {
+                Fail::Pg(e) => e.as_db_error().is_none() && !is_retryable(e),
+                Fail::Timeout => true,
+                Fail::Closed => false,
+            };
+            let e = f.into_engine(what, self.config.timeout);
+            if broke {
+                EngineError::new(
+                    EngineErrorKind::Indeterminate,
+                    format!("the outcome of a write is unknown: {e}"),
+                )
+                .with_hint("; the write may or may not have been applied: read it back, or write it again (writes are idempotent)")
+            } else {
+                e
+            }
+        })
     }
 }
 
@@ -326,6 +403,7 @@ impl PgEngine {
             pool: Mutex::new(PoolState::default()),
             freed: Condvar::new(),
             location: config.location(),
+            lock: Mutex::new(None),
         });
         let engine = Self { inner };
         engine.ensure_schema()?;
@@ -360,7 +438,7 @@ impl PgEngine {
     /// The server's.
     pub fn server_version(&self) -> Result<String, EngineError> {
         self.inner
-            .call("reading the server version", |c| async move {
+            .read("reading the server version", |c| async move {
                 let row = c.client.query_one("SHOW server_version", &[]).await?;
                 row.try_get::<_, String>(0)
             })
@@ -372,7 +450,7 @@ impl PgEngine {
     /// The server's.
     pub fn schema_version(&self) -> Result<i32, EngineError> {
         let q = self.inner.sql.schema_version.clone();
-        self.inner.call("reading the schema version", move |c| {
+        self.inner.read("reading the schema version", move |c| {
             let q = q.clone();
             async move {
                 let row = c.client.query_one(q.as_str(), &[]).await?;
@@ -388,7 +466,7 @@ impl PgEngine {
     /// The server's.
     pub fn tls_in_use(&self) -> Result<Option<String>, EngineError> {
         self.inner
-            .call("reading the connection's TLS state", |c| async move {
+            .read("reading the connection's TLS state", |c| async move {
                 let row = c
                     .client
                     .query_one(
@@ -445,7 +523,7 @@ impl Iterator for PgScan {
                 self.end.clone(),
                 self.inclusive,
             );
-            let r = self.engine.call("scanning", move |c| {
+            let r = self.engine.read("scanning", move |c| {
                 let (from, end) = (from.clone(), end.clone());
                 async move {
                     let st = match (inclusive, end.is_some()) {
@@ -555,7 +633,7 @@ impl Engine for PgEngine {
 
     fn get(&self, t: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
         let (tree, key) = (tree_id(t), key.to_vec());
-        self.inner.call("reading", move |c| {
+        self.inner.read("reading", move |c| {
             let key = key.clone();
             async move {
                 let row = c.client.query_opt(&c.st.get, &[&tree, &key]).await?;
@@ -566,20 +644,16 @@ impl Engine for PgEngine {
 
     fn insert(&self, t: TreeId, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
         let (tree, key, value) = (tree_id(t), key.to_vec(), value.to_vec());
-        self.inner.call("writing", move |c| {
-            let (key, value) = (key.clone(), value.clone());
-            async move {
-                c.client.execute(&c.st.put, &[&tree, &key, &value]).await?;
-                Ok(())
-            }
+        self.inner.write("writing", move |c| async move {
+            c.client.execute(&c.st.put, &[&tree, &key, &value]).await?;
+            Ok(())
         })
     }
 
     fn remove(&self, t: TreeId, key: &[u8]) -> Result<bool, EngineError> {
         let (tree, key) = (tree_id(t), key.to_vec());
-        self.inner.call("deleting", move |c| {
-            let key = key.clone();
-            async move { Ok(c.client.execute(&c.st.del, &[&tree, &key]).await? > 0) }
+        self.inner.write("deleting", move |c| async move {
+            Ok(c.client.execute(&c.st.del, &[&tree, &key]).await? > 0)
         })
     }
 
@@ -604,14 +678,10 @@ impl Engine for PgEngine {
             }
         }
         let tree = tree_id(t);
-        let (keys, values, gone) = (Arc::new(keys), Arc::new(values), Arc::new(gone));
-        self.inner.call("applying a batch", move |c| {
-            let (keys, values, gone) = (Arc::clone(&keys), Arc::clone(&values), Arc::clone(&gone));
-            async move {
-                let params: [&(dyn ToSql + Sync); 4] = [&tree, &*keys, &*values, &*gone];
-                c.client.execute(&c.st.batch, &params).await?;
-                Ok(())
-            }
+        self.inner.write("applying a batch", move |c| async move {
+            let params: [&(dyn ToSql + Sync); 4] = [&tree, &keys, &values, &gone];
+            c.client.execute(&c.st.batch, &params).await?;
+            Ok(())
         })
     }
 
@@ -709,7 +779,7 @@ impl Engine for PgEngine {
 
     fn count(&self, t: TreeId) -> Result<u64, EngineError> {
         let tree = tree_id(t);
-        self.inner.call("counting", move |c| async move {
+        self.inner.read("counting", move |c| async move {
             let n: i64 = c
                 .client
                 .query_one(&c.st.count, &[&tree])
@@ -721,7 +791,7 @@ impl Engine for PgEngine {
 
     fn size_on_disk(&self) -> Result<u64, EngineError> {
         let q = self.inner.sql.size.clone();
-        self.inner.call("measuring", move |c| {
+        self.inner.read("measuring", move |c| {
             let q = q.clone();
             async move {
                 let n: i64 = c.client.query_one(q.as_str(), &[]).await?.try_get(0)?;
@@ -752,19 +822,18 @@ impl Engine for PgEngine {
         // deleted rows' bytes were; it waits for (and blocks) every reader and writer of the
         // table, so the wait for its lock is bounded.
         let sql = self.inner.sql.vacuum_full(wait);
-        let r = self.inner.call("compacting (VACUUM FULL)", move |c| {
-            let sql = sql.clone();
-            async move {
+        let r = self
+            .inner
+            .write("compacting (VACUUM FULL)", move |c| async move {
                 for statement in &sql {
                     c.client.batch_execute(statement).await?;
                 }
                 Ok(())
-            }
-        });
+            });
         r?;
         // A checkpoint lets the server recycle WAL segments that still hold the deleted rows;
         // it needs the pg_checkpoint role (or superuser) and is skipped without it.
-        let checkpoint = self.inner.call("checkpointing", |c| async move {
+        let checkpoint = self.inner.write("checkpointing", |c| async move {
             c.client.batch_execute("CHECKPOINT").await
         });
         report.shredded_bytes = before;

@@ -2,7 +2,12 @@
 //! PostgreSQL (a throwaway server the tests start). Each property runs against a model (a
 //! `BTreeMap` per tree) or a counted invariant, so a wrong order, a lost write or a half-applied
 //! batch fails it.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -315,4 +320,75 @@ fn engine_errors_never_show_stored_values() {
     assert_eq!(err.kind(), EngineErrorKind::Unavailable, "{err}");
     assert!(!format!("{err} {err:?}").contains("SECRET-VALUE-BYTES"));
     assert!(err.to_string().contains("retry"), "{err}");
+}
+
+#[test]
+fn a_second_process_is_refused_while_one_has_the_store_open() {
+    let cfg = PgConfig::from_url(&pg::shared().url())
+        .unwrap()
+        .with_schema(&pg::unique_schema())
+        .unwrap();
+    let first = PgEngine::connect(&cfg).unwrap();
+    let e = PgEngine::connect(&cfg).unwrap_err();
+    assert_eq!(e.kind(), EngineErrorKind::Refused, "{e}");
+    assert!(e.to_string().contains("another process"), "{e}");
+    drop(first);
+    // The server releases the lock when it sees the connection close.
+    assert!(pg::wait_until(Duration::from_secs(10), || {
+        PgEngine::connect(&cfg).is_ok()
+    }));
+}
+
+#[test]
+fn the_engine_recovers_by_itself_when_the_server_restarts_under_a_workload() {
+    let mut server = pg::PgServer::start();
+    let cfg = PgConfig::from_url(&server.url()).unwrap();
+    let mut cfg = cfg;
+    cfg.timeout = Duration::from_secs(5);
+    let e = PgEngine::connect(&cfg).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (acked, kinds) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut acked = Vec::new();
+            let mut kinds = std::collections::BTreeSet::new();
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                match e.insert(TreeId::Records, &i.to_be_bytes(), b"v") {
+                    Ok(()) => acked.push(i),
+                    Err(err) => {
+                        assert!(!err.to_string().is_empty());
+                        kinds.insert(format!("{:?}", err.kind()));
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                i += 1;
+            }
+            (acked, kinds)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        server.stop(true);
+        std::thread::sleep(Duration::from_millis(700));
+        server.restart_same_port();
+        // Writes succeed again without a new engine.
+        let before = e.count(TreeId::Records);
+        assert!(pg::wait_until(Duration::from_secs(20), || {
+            e.count(TreeId::Records)
+                .is_ok_and(|n| before.as_ref().map_or(true, |b| n > *b))
+        }));
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        writer.join().unwrap()
+    });
+    assert!(!kinds.is_empty(), "the restart was seen by the writer");
+    for k in &kinds {
+        assert!(k == "Unavailable" || k == "Indeterminate", "{kinds:?}");
+    }
+    let n = acked.len();
+    assert!(n > 10, "{n}");
+    for i in acked {
+        assert!(
+            e.get(TreeId::Records, &i.to_be_bytes()).unwrap().is_some(),
+            "acknowledged write {i} lost"
+        );
+    }
 }

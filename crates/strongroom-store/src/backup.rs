@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::audit::{self, AuditOp};
-use crate::engine::SledEngine;
 use crate::engine::sled::current_db_dir;
+use crate::engine::{Engine, SledEngine};
 use crate::error::StoreError;
 use crate::format::StoreMeta;
 use crate::storage::{ALL_TREES, Storage, TreeId, WriteBatch};
@@ -190,10 +190,51 @@ impl Store {
         backup: impl AsRef<Path>,
         dir: impl AsRef<Path>,
     ) -> Result<StoreMeta, StoreError> {
-        let backup = backup.as_ref();
-        let dir = dir.as_ref();
+        Self::restore_inner(backup.as_ref(), dir.as_ref(), None)
+    }
+
+    /// [`Store::restore`] into another engine (a backup made on either engine restores into
+    /// either), which must be empty; `dir` is the store's local directory (the audit anchor is
+    /// written there). Open the result with [`Store::open_on`].
+    ///
+    /// # Errors
+    /// As [`Store::restore`]; a failed restore leaves the engine empty again.
+    pub fn restore_into(
+        backup: impl AsRef<Path>,
+        dir: impl AsRef<Path>,
+        engine: Box<dyn Engine>,
+    ) -> Result<StoreMeta, StoreError> {
+        Self::restore_inner(backup.as_ref(), dir.as_ref(), Some(engine))
+    }
+
+    fn restore_inner(
+        backup: &Path,
+        dir: &Path,
+        engine: Option<Box<dyn Engine>>,
+    ) -> Result<StoreMeta, StoreError> {
         let db_dir = current_db_dir(dir)?;
-        if db_dir.exists() {
+        match &engine {
+            None if db_dir.exists() => {
+                return Err(StoreError::AlreadyExists {
+                    path: dir.to_path_buf(),
+                });
+            }
+            Some(e) => {
+                for t in ALL_TREES {
+                    if e.count(t).map_err(|source| StoreError::Storage {
+                        while_doing: "looking for a store",
+                        source,
+                    })? > 0
+                    {
+                        return Err(StoreError::AlreadyExists {
+                            path: PathBuf::from(e.info().location),
+                        });
+                    }
+                }
+            }
+            None => {}
+        }
+        if dir.join(crate::store::ANCHOR_FILE).exists() {
             return Err(StoreError::AlreadyExists {
                 path: dir.to_path_buf(),
             });
@@ -238,8 +279,12 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         })?;
+        let sled = engine.is_none();
+        let storage = Storage::new(match engine {
+            Some(e) => e,
+            None => Box::new(SledEngine::create(dir)?),
+        });
         let outcome = (|| {
-            let storage = Storage::new(Box::new(SledEngine::create(dir)?));
             let mut seen = Vec::new();
             for _ in 0..trees {
                 let n = usize::from(read(1)?[0]);
@@ -306,7 +351,21 @@ impl Store {
             Ok(())
         })();
         if let Err(e) = outcome {
-            let _ = fs::remove_dir_all(&db_dir);
+            if sled {
+                drop(storage);
+                let _ = fs::remove_dir_all(&db_dir);
+            } else {
+                // The engine was empty: emptied again.
+                for t in ALL_TREES {
+                    let keys: Vec<Vec<u8>> = storage
+                        .iter(t)
+                        .filter_map(|r| r.ok().map(|(k, _)| k))
+                        .collect();
+                    for k in keys {
+                        let _ = storage.remove(t, k);
+                    }
+                }
+            }
             return Err(e);
         }
         Ok(meta)

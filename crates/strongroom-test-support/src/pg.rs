@@ -372,7 +372,9 @@ impl PgServer {
             stop_command(&self.bin, &self.root.join("data")),
             self.root.display()
         );
-        Command::new("sh")
+        // Never waited for: it outlives this process on purpose (its job is to notice the end).
+        #[allow(clippy::zombie_processes)]
+        let _watchdog = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
