@@ -138,6 +138,9 @@ pub enum Cmd {
     },
     /// Print the manual page (roff; e.g. `strongroom man | man -l -`).
     Man,
+    /// Copy the store into the other storage engine (sled <-> PostgreSQL), verify every entry,
+    /// and switch strongroom.conf to it.
+    Migrate(MigrateArgs),
     /// Restore a backup into the data directory (which must not hold a store).
     Restore {
         /// The backup file.
@@ -215,6 +218,51 @@ pub struct InitArgs {
     /// (recorded in the audit log). Without it such a key is refused.
     #[arg(long, requires = "adopt_root")]
     pub allow_weak_adoption: bool,
+    /// Where the records live: sled in the data directory, or a PostgreSQL database that many
+    /// processes and machines can reach.
+    #[arg(long, value_enum, default_value_t = StorageKind::Sled)]
+    pub storage: StorageKind,
+    /// PostgreSQL: the environment variable holding the URL
+    /// (`postgres://user:password@host/db?sslmode=verify-full&sslrootcert=/path/ca.pem`);
+    /// only the variable's name is written to strongroom.conf.
+    #[arg(long, value_name = "VAR", conflicts_with = "pg_url_file")]
+    pub pg_url_env: Option<String>,
+    /// PostgreSQL: a file whose first line is the URL (mode o-rwx).
+    #[arg(long, value_name = "FILE")]
+    pub pg_url_file: Option<PathBuf>,
+    /// PostgreSQL: the schema holding the store's tables (one store per schema).
+    #[arg(long, value_name = "NAME")]
+    pub pg_schema: Option<String>,
+}
+
+/// `migrate`.
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The engine to move to.
+    #[arg(long, value_enum)]
+    pub to: StorageKind,
+    /// PostgreSQL: the environment variable holding the URL.
+    #[arg(long, value_name = "VAR", conflicts_with = "pg_url_file")]
+    pub pg_url_env: Option<String>,
+    /// PostgreSQL: a file whose first line is the URL.
+    #[arg(long, value_name = "FILE")]
+    pub pg_url_file: Option<PathBuf>,
+    /// PostgreSQL: the schema to hold the store's tables.
+    #[arg(long, value_name = "NAME")]
+    pub pg_schema: Option<String>,
+    /// Once the copy is verified and in use, shred the old one (sled: its files overwritten
+    /// and removed; PostgreSQL: its rows deleted and the table rewritten).
+    #[arg(long)]
+    pub shred_source: bool,
+}
+
+/// Where a store keeps its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    /// sled, embedded in the data directory (one process on one machine).
+    Sled,
+    /// A PostgreSQL database.
+    Postgres,
 }
 
 #[derive(Subcommand, Debug)]

@@ -16,6 +16,12 @@
 //! token = "my-token"                 # or slot = 3
 //! pin-env = "STRONGROOM_PIN"         # or pin-file = "/run/secrets/pin"
 //! namespace = "strongroom-3f9a01bc"  # labels in the token; default "strongroom"
+//!
+//! [storage]                          # absent: sled in the data directory
+//! engine = "postgres"                # or "sled"
+//! url-env = "STRONGROOM_PG_URL"      # or url-file = "/run/secrets/pg-url" (never the URL)
+//! schema = "strongroom"              # the PostgreSQL schema holding the store's tables
+//! pool-size = 8                      # connections
 //! ```
 //!
 //! `format`, `backend` and `primary-root` are required; the rest have the defaults shown. Files
@@ -60,11 +66,44 @@ pub enum BackendConfig {
     },
 }
 
+/// Where the PostgreSQL URL comes from (it may hold a password: never the file itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UrlSource {
+    /// An environment variable.
+    Env(String),
+    /// The first line of a file.
+    File(PathBuf),
+}
+
+/// Which storage engine a store uses.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum StorageConfig {
+    /// sled in the data directory (the embedded default).
+    #[default]
+    Sled,
+    /// A PostgreSQL database.
+    Postgres {
+        /// Where the URL comes from.
+        url: UrlSource,
+        /// The PostgreSQL schema holding the store's tables.
+        schema: String,
+        /// Connections in the pool.
+        pool_size: usize,
+    },
+}
+
+/// The default PostgreSQL schema.
+pub const DEFAULT_PG_SCHEMA: &str = "strongroom";
+/// The default connection pool size.
+pub const DEFAULT_PG_POOL: usize = 8;
+
 /// The whole configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// The backend.
     pub backend: BackendConfig,
+    /// The storage engine.
+    pub storage: StorageConfig,
     /// The store's primary root key.
     pub primary_root: RootKeyName,
     /// Cache TTL.
@@ -111,6 +150,23 @@ struct File {
     audit_data_access: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pkcs11: Option<Pkcs11Table>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    storage: Option<StorageTable>,
+}
+
+/// The `[storage]` table.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct StorageTable {
+    engine: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schema: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pool_size: Option<usize>,
 }
 
 /// The `[pkcs11]` table.
@@ -194,6 +250,26 @@ impl Config {
             destruction_delay_secs: Some(self.destruction_delay.as_secs()),
             audit_data_access: Some(self.audit_data_access),
             pkcs11,
+            storage: match &self.storage {
+                StorageConfig::Sled => None,
+                StorageConfig::Postgres {
+                    url,
+                    schema,
+                    pool_size,
+                } => Some(StorageTable {
+                    engine: "postgres".into(),
+                    url_env: match url {
+                        UrlSource::Env(v) => Some(v.clone()),
+                        UrlSource::File(_) => None,
+                    },
+                    url_file: match url {
+                        UrlSource::File(p) => Some(p.to_string_lossy().into_owned()),
+                        UrlSource::Env(_) => None,
+                    },
+                    schema: Some(schema.clone()),
+                    pool_size: Some(*pool_size),
+                }),
+            },
         };
         let body = toml::to_string(&file).unwrap_or_else(|e| {
             // Only a number past TOML's range (2^63 - 1 seconds) gets here; `parse` refuses
@@ -326,8 +402,92 @@ impl Config {
         };
         let primary_root =
             RootKeyName::new(f.primary_root).map_err(|e| err("primary-root", e.to_string()))?;
+        let storage = match f.storage {
+            None => StorageConfig::Sled,
+            Some(t) if t.engine == "sled" => {
+                if t.url_env.is_some()
+                    || t.url_file.is_some()
+                    || t.schema.is_some()
+                    || t.pool_size.is_some()
+                {
+                    return Err(err(
+                        "engine",
+                        "storage.url-env, url-file, schema and pool-size apply to engine = \"postgres\" only".into(),
+                    ));
+                }
+                StorageConfig::Sled
+            }
+            Some(t) if t.engine == "postgres" => {
+                let url = match (t.url_env, t.url_file) {
+                    (Some(v), None) if !v.is_empty() => UrlSource::Env(v),
+                    (None, Some(f)) if !f.is_empty() => {
+                        let p = PathBuf::from(f);
+                        if !p.is_absolute() {
+                            return Err(err(
+                                "url-file",
+                                "storage.url-file must be an absolute path".into(),
+                            ));
+                        }
+                        UrlSource::File(p)
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(err(
+                            "url-file",
+                            "set storage url-env or url-file, not both".into(),
+                        ));
+                    }
+                    _ => {
+                        return Err(err(
+                            "engine",
+                            "engine = \"postgres\" needs storage.url-env (the variable holding the URL) or storage.url-file (a file holding it); the URL itself never goes in this file".into(),
+                        ));
+                    }
+                };
+                let schema = t.schema.unwrap_or_else(|| DEFAULT_PG_SCHEMA.to_owned());
+                let ok = !schema.is_empty()
+                    && schema.len() <= 63
+                    && !schema.starts_with("pg_")
+                    && schema
+                        .bytes()
+                        .next()
+                        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                    && schema
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                if !ok {
+                    return Err(err(
+                        "schema",
+                        format!(
+                            "storage.schema {schema:?} is not allowed: lower-case letters, digits and _, starting with a letter or _ (not pg_)"
+                        ),
+                    ));
+                }
+                let pool_size = t.pool_size.unwrap_or(DEFAULT_PG_POOL);
+                if pool_size == 0 || pool_size > 1000 {
+                    return Err(err(
+                        "pool-size",
+                        format!("storage.pool-size must be 1 to 1000, found {pool_size}"),
+                    ));
+                }
+                StorageConfig::Postgres {
+                    url,
+                    schema,
+                    pool_size,
+                }
+            }
+            Some(t) => {
+                return Err(err(
+                    "engine",
+                    format!(
+                        "storage.engine must be \"sled\" or \"postgres\", found {:?}",
+                        t.engine
+                    ),
+                ));
+            }
+        };
         Ok(Self {
             backend,
+            storage,
             primary_root,
             cache_ttl: Duration::from_secs(f.cache_ttl_secs.unwrap_or(DEFAULT_CACHE_TTL_SECS)),
             destruction_delay: Duration::from_secs(
@@ -413,6 +573,7 @@ mod tests {
                 pin: PinSource::Env("STRONGROOM_PIN".into()),
                 namespace: "strongroom-0123abcd".into(),
             },
+            storage: StorageConfig::Sled,
             primary_root: RootKeyName::new("service").unwrap(),
             cache_ttl: Duration::from_secs(60),
             destruction_delay: Duration::from_secs(3600),

@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use strongroom_cli::config::{BackendConfig, CONFIG_FILE, Config};
+use strongroom_cli::config::{BackendConfig, CONFIG_FILE, Config, StorageConfig, UrlSource};
 use strongroom_core::{Backend, SoftBackend};
 use strongroom_pkcs11::Pkcs11Backend;
-use strongroom_store::{Store, StoreOptions};
+use strongroom_postgres::{PgConfig, PgEngine};
+use strongroom_store::{Engine, EngineError, Store, StoreError, StoreOptions};
 
 use crate::cli::Cli;
 use crate::error::CliError;
@@ -136,6 +137,18 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// The storage engine a configuration names: `None` for sled in the data directory, else
+    /// the engine, connected.
+    pub fn engine(&self, config: &Config) -> Result<Option<Box<dyn Engine>>, CliError> {
+        match &config.storage {
+            StorageConfig::Sled => Ok(None),
+            StorageConfig::Postgres { .. } => {
+                let pg = pg_config(&config.storage)?;
+                Ok(Some(Box::new(PgEngine::connect(&pg).map_err(connecting)?)))
+            }
+        }
+    }
+
     /// Opens the store in the data directory with its configured backend.
     pub fn open(&self) -> Result<Store, CliError> {
         self.open_with(self.overrides())
@@ -145,8 +158,40 @@ impl<'a> Context<'a> {
     pub fn open_with(&self, overrides: Overrides) -> Result<Store, CliError> {
         let config = self.config()?;
         let backend = self.backend(&config, overrides)?;
-        Ok(Store::open(self.data()?, backend, self.options(&config))?)
+        let options = self.options(&config);
+        Ok(match self.engine(&config)? {
+            None => Store::open(self.data()?, backend, options)?,
+            Some(engine) => Store::open_on(self.data()?, engine, backend, options)?,
+        })
     }
+}
+
+/// A PostgreSQL engine's connection error as the CLI reports it.
+pub fn connecting(source: EngineError) -> CliError {
+    CliError::Store(StoreError::Storage {
+        while_doing: "connecting to PostgreSQL",
+        source,
+    })
+}
+
+/// The PostgreSQL configuration of a `[storage]` section (the URL read from where it says).
+pub fn pg_config(storage: &StorageConfig) -> Result<PgConfig, CliError> {
+    let StorageConfig::Postgres {
+        url,
+        schema,
+        pool_size,
+    } = storage
+    else {
+        return Err(CliError::Other("internal: not a PostgreSQL store".into()));
+    };
+    let mut c = match url {
+        UrlSource::Env(var) => PgConfig::from_env(var),
+        UrlSource::File(path) => PgConfig::from_file(path),
+    }
+    .and_then(|c| c.with_schema(schema))
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    c.pool_size = *pool_size;
+    Ok(c)
 }
 
 #[cfg(test)]

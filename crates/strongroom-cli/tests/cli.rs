@@ -1155,6 +1155,31 @@ fn every_command_s_json_has_exactly_its_documented_fields() {
     );
     conforms(&all, "resume", &e["result"]);
     checked.borrow_mut().insert("resume".into());
+    sr(d, &["root", "enable", "service"]).ok();
+    sr(d, &["resume"]).ok();
+    // `migrate` to PostgreSQL (the test server) and back.
+    let server = strongroom_test_support::pg::shared();
+    let schema = strongroom_test_support::pg::unique_schema();
+    let migrate = |args: &[&str]| {
+        let mut c = cmd(d, args);
+        c.env("STRONGROOM_TEST_PG_URL", server.url());
+        run_with(c, None).ok().json()
+    };
+    let doc = migrate(&[
+        "--json",
+        "migrate",
+        "--to",
+        "postgres",
+        "--pg-url-env",
+        "STRONGROOM_TEST_PG_URL",
+        "--pg-schema",
+        &schema,
+        "--shred-source",
+    ]);
+    conforms(&all, "migrate", &doc);
+    let doc = migrate(&["--json", "migrate", "--to", "sled", "--shred-source"]);
+    assert_eq!(doc["source_shredded"], true);
+    checked.borrow_mut().insert("migrate".into());
     // Every schema on the page was checked.
     let documented: std::collections::BTreeSet<String> =
         all.keys().filter(|k| *k != "errors").cloned().collect();

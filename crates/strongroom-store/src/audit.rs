@@ -135,6 +135,8 @@ ops! {
     CatalogUpgraded = 52 => "store.upgrade-catalog",
     /// The database was compacted into a new generation and the old one shredded.
     Compacted = 51 => "store.compact",
+    /// The store was copied into another storage engine (`strongroom migrate`).
+    Migrated = 54 => "store.migrate",
 }
 
 impl fmt::Display for AuditOp {

@@ -59,6 +59,7 @@ mod error;
 pub mod format;
 mod jobs;
 mod lifecycle;
+mod migrate;
 mod moves;
 mod records;
 mod storage;
@@ -76,6 +77,7 @@ pub use engine::{Engine, EngineError, EngineErrorKind, SledEngine, TreeId};
 pub use error::StoreError;
 pub use jobs::{PendingJob, ReencryptReport};
 pub use lifecycle::{Destroyed, KeyringInfo, Progress, RootInfo};
+pub use migrate::MigrateReport;
 pub use moves::MoveReport;
 pub use records::{BatchOp, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use store::{

@@ -336,6 +336,28 @@ impl Store {
         )
     }
 
+    /// [`Store::create_adopting`] on another storage engine (see [`Store::create_on`]).
+    ///
+    /// # Errors
+    /// As [`Store::create_adopting`].
+    pub fn create_adopting_on(
+        dir: impl AsRef<Path>,
+        engine: Box<dyn Engine>,
+        backend: Arc<dyn Backend>,
+        primary_root: &RootKeyName,
+        selector: &str,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        Self::create_inner(
+            dir.as_ref(),
+            Some(engine),
+            backend,
+            primary_root,
+            Some(selector),
+            options,
+        )
+    }
+
     fn create_inner(
         dir: &Path,
         engine: Option<Box<dyn Engine>>,

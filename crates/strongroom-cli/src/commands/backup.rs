@@ -49,14 +49,22 @@ pub fn restore(ctx: &Context<'_>, file: &Path, config: &Path) -> Result<(), CliE
     let data = ctx.data()?;
     let text = std::fs::read_to_string(config)
         .map_err(|e| CliError::Other(format!("reading {}: {e}", config.display())))?;
-    Config::parse(&text).map_err(|e| CliError::Usage(e.to_string()))?;
+    let parsed = Config::parse(&text).map_err(|e| CliError::Usage(e.to_string()))?;
     if data.join(CONFIG_FILE).exists() {
         return Err(CliError::Usage(format!(
             "{} already holds a store configuration; restore into an empty directory",
             data.display()
         )));
     }
-    let meta = Store::restore(file, data)?;
+    // Into the engine the configuration names (a backup restores into either engine).
+    let meta = match ctx.engine(&parsed)? {
+        None => Store::restore(file, data)?,
+        Some(engine) => {
+            std::fs::create_dir_all(data)
+                .map_err(|e| CliError::Other(format!("creating {}: {e}", data.display())))?;
+            Store::restore_into(file, data, engine)?
+        }
+    };
     write_private(&data.join(CONFIG_FILE), text.as_bytes())?;
     ctx.out.result(
         || format!("store {} restored into {}; open it with its own backend (for soft: copy its key file here)", hex(&meta.store_id), data.display()),

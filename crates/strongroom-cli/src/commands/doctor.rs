@@ -147,7 +147,85 @@ pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
             }
         ),
     );
-    let store = match Store::open(data, std::sync::Arc::clone(&backend), ctx.options(&config)) {
+    let engine: Option<Box<dyn strongroom_store::Engine>> = match &config.storage {
+        strongroom_cli::config::StorageConfig::Sled => {
+            r.add(Status::Ok, "storage", format!("sled in {}", data.display()));
+            None
+        }
+        storage @ strongroom_cli::config::StorageConfig::Postgres { .. } => {
+            match crate::context::pg_config(storage).and_then(|c| {
+                strongroom_postgres::PgEngine::connect(&c).map_err(crate::context::connecting)
+            }) {
+                Ok(pg) => {
+                    r.add(
+                        Status::Ok,
+                        "storage",
+                        format!("PostgreSQL, {}", pg.config().location()),
+                    );
+                    match pg.server_version() {
+                        Ok(v) => r.add(Status::Ok, "  server version", v),
+                        Err(e) => r.add(Status::Fail, "  server version", e.to_string()),
+                    }
+                    match pg.tls_in_use() {
+                        Ok(Some(v)) => r.add(
+                            Status::Ok,
+                            "  TLS",
+                            format!("{v}, sslmode={}", pg.config().tls.mode.as_str()),
+                        ),
+                        Ok(None) => r.add(
+                            Status::Warn,
+                            "  TLS",
+                            "the connection is not encrypted: add sslmode=verify-full&sslrootcert=<CA file> to the URL (the store's values are sealed, but the database password and the access pattern are not)",
+                        ),
+                        Err(e) => r.add(Status::Fail, "  TLS", e.to_string()),
+                    }
+                    if pg.config().tls.mode != strongroom_postgres::SslMode::VerifyFull
+                        && pg.config().tls.mode != strongroom_postgres::SslMode::Disable
+                    {
+                        r.add(
+                            Status::Warn,
+                            "  TLS verification",
+                            format!(
+                                "sslmode={} encrypts but does not check the server's certificate: use sslmode=verify-full with sslrootcert",
+                                pg.config().tls.mode.as_str()
+                            ),
+                        );
+                    }
+                    match pg.schema_version() {
+                        Ok(v) if v == strongroom_postgres::SCHEMA_VERSION => r.add(
+                            Status::Ok,
+                            "  schema version",
+                            format!("{v} (this build's)"),
+                        ),
+                        Ok(v) => r.add(
+                            Status::Fail,
+                            "  schema version",
+                            format!(
+                                "{v}, this build reads {}",
+                                strongroom_postgres::SCHEMA_VERSION
+                            ),
+                        ),
+                        Err(e) => r.add(Status::Fail, "  schema version", e.to_string()),
+                    }
+                    Some(Box::new(pg))
+                }
+                Err(e) => {
+                    r.add(Status::Fail, "storage", e.to_string());
+                    return r.print(out);
+                }
+            }
+        }
+    };
+    let opened = match engine {
+        None => Store::open(data, std::sync::Arc::clone(&backend), ctx.options(&config)),
+        Some(e) => Store::open_on(
+            data,
+            e,
+            std::sync::Arc::clone(&backend),
+            ctx.options(&config),
+        ),
+    };
+    let store = match opened {
         Ok(s) => s,
         Err(e) => {
             r.add(Status::Fail, "store", e.to_string());

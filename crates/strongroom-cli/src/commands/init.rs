@@ -5,13 +5,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
-use strongroom_cli::config::{BackendConfig, CONFIG_FILE, Config};
+use strongroom_cli::config::{
+    BackendConfig, CONFIG_FILE, Config, DEFAULT_PG_POOL, DEFAULT_PG_SCHEMA, StorageConfig,
+    UrlSource,
+};
 use strongroom_core::{Backend, RootKeyName, SoftBackend};
 use strongroom_pkcs11::objects::check_namespace;
 use strongroom_pkcs11::{PinSource, TokenSelector};
 use strongroom_store::{Store, StoreOptions};
 
-use crate::cli::{BackendKind, InitArgs};
+use crate::cli::{BackendKind, InitArgs, StorageKind};
 use crate::common::{hex, rn, write_private};
 
 /// `init --json`.
@@ -22,6 +25,8 @@ struct Init {
     backend: String,
     backend_instance: String,
     primary_root: String,
+    storage: String,
+    storage_location: String,
 }
 use crate::context::Context;
 use crate::context::Overrides;
@@ -192,7 +197,43 @@ fn init_config(a: &InitArgs, root: &RootKeyName) -> Result<Config, CliError> {
             }
         }
     };
+    let storage = match a.storage {
+        StorageKind::Sled => {
+            let pg_only: Vec<&str> = [
+                ("--pg-url-env", a.pg_url_env.is_some()),
+                ("--pg-url-file", a.pg_url_file.is_some()),
+                ("--pg-schema", a.pg_schema.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, given)| given.then_some(flag))
+            .collect();
+            if !pg_only.is_empty() {
+                return Err(CliError::Usage(format!(
+                    "{} only apply to --storage postgres",
+                    pg_only.join(", ")
+                )));
+            }
+            StorageConfig::Sled
+        }
+        StorageKind::Postgres => StorageConfig::Postgres {
+            url: match (&a.pg_url_env, &a.pg_url_file) {
+                (Some(v), _) if !v.is_empty() => UrlSource::Env(v.clone()),
+                (None, Some(f)) => UrlSource::File(absolute(f)?),
+                _ => {
+                    return Err(CliError::Usage(
+                        "say where the PostgreSQL URL comes from: --pg-url-env VAR or --pg-url-file FILE (never on the command line: it may hold a password)".into(),
+                    ));
+                }
+            },
+            schema: a
+                .pg_schema
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PG_SCHEMA.to_owned()),
+            pool_size: DEFAULT_PG_POOL,
+        },
+    };
     let config = Config {
+        storage,
         backend,
         primary_root: root.clone(),
         cache_ttl: StoreOptions::default().cache_ttl,
@@ -206,6 +247,9 @@ fn init_config(a: &InitArgs, root: &RootKeyName) -> Result<Config, CliError> {
         a.token.as_deref(),
         a.pin_env.as_deref(),
         a.pin_file.as_deref().and_then(Path::to_str),
+        a.pg_url_env.as_deref(),
+        a.pg_url_file.as_deref().and_then(Path::to_str),
+        a.pg_schema.as_deref(),
     ]
     .into_iter()
     .flatten()
@@ -215,7 +259,11 @@ fn init_config(a: &InitArgs, root: &RootKeyName) -> Result<Config, CliError> {
             "a value given to init (module path, token label, PIN variable or file) has leading or trailing spaces or a line break; give it without them".into(),
         ));
     }
-    // Whatever is written must read back the same (a path that is not UTF-8 would not).
+    // Whatever is written must read back the same (a path that is not UTF-8 would not, nor a
+    // schema name PostgreSQL would need quoted).
+    if let Err(e) = Config::parse(&config.to_text()) {
+        return Err(CliError::Usage(e.problem));
+    }
     if Config::parse(&config.to_text()).as_ref() != Ok(&config) {
         return Err(CliError::Usage(
             "a path given to init (module or PIN file) is not valid UTF-8, which strongroom.conf cannot hold".into(),
@@ -257,15 +305,16 @@ pub fn run(ctx: &Context<'_>, a: &InitArgs) -> Result<(), CliError> {
                 },
             )?,
         };
-        let store = match &a.adopt_root {
-            Some(sel) => Store::create_adopting(
-                data,
-                Arc::clone(&backend),
-                &root,
-                sel,
-                ctx.options(&config),
-            )?,
-            None => Store::create(data, Arc::clone(&backend), &root, ctx.options(&config))?,
+        let options = ctx.options(&config);
+        let store = match (ctx.engine(&config)?, &a.adopt_root) {
+            (None, Some(sel)) => {
+                Store::create_adopting(data, Arc::clone(&backend), &root, sel, options)?
+            }
+            (None, None) => Store::create(data, Arc::clone(&backend), &root, options)?,
+            (Some(e), Some(sel)) => {
+                Store::create_adopting_on(data, e, Arc::clone(&backend), &root, sel, options)?
+            }
+            (Some(e), None) => Store::create_on(data, e, Arc::clone(&backend), &root, options)?,
         };
         if let Some(sel) = &a.adopt_root {
             store.record_adoption(&root, sel, a.allow_weak_adoption)?;
@@ -289,11 +338,17 @@ pub fn run(ctx: &Context<'_>, a: &InitArgs) -> Result<(), CliError> {
     let info = backend.describe();
     ctx.out.result(
         || {
+            let e = store.engine_info();
             format!(
-                "created store {} in {} on {}; primary root key {root}/v1",
+                "created store {} in {} on {}; primary root key {root}/v1; records in {}",
                 hex(&store.meta().store_id),
                 data.display(),
-                info.description
+                info.description,
+                if e.kind == "sled" {
+                    "sled (embedded)".to_owned()
+                } else {
+                    format!("{} ({})", e.kind, e.location)
+                }
             )
         },
         || Init {
@@ -302,6 +357,8 @@ pub fn run(ctx: &Context<'_>, a: &InitArgs) -> Result<(), CliError> {
             backend: info.kind.to_string(),
             backend_instance: info.instance_id.clone(),
             primary_root: root.to_string(),
+            storage: store.engine_info().kind.to_owned(),
+            storage_location: store.engine_info().location,
         },
     )?;
     Ok(())

@@ -9,6 +9,7 @@ mod doctor;
 mod init;
 mod jobs;
 mod keyring;
+mod migrate;
 mod records;
 mod root;
 mod tour;
@@ -52,5 +53,6 @@ pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
         Cmd::Completions { shell } => docs::completions(ctx, *shell),
         Cmd::Man => docs::man(ctx),
         Cmd::Restore { file, config } => backup::restore(ctx, file, config),
+        Cmd::Migrate(args) => migrate::run(ctx, args),
     }
 }

@@ -180,6 +180,7 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
         }
     };
     Ok(Config {
+        storage: super::StorageConfig::Sled,
         backend,
         primary_root,
         cache_ttl: Duration::from_secs(num("cache-ttl-secs", 300)?),

@@ -651,6 +651,30 @@ impl Engine for SledEngine {
     }
 }
 
+/// Shreds the sled database of the store in `store_dir` (every generation, `db-current`, the
+/// lock file): what `strongroom migrate --shred-source` does to the copy a migration left
+/// behind. The caller must have closed it. Returns the bytes overwritten.
+///
+/// # Errors
+/// [`StoreError::Locked`] while it is open; an I/O error.
+pub fn shred_database(store_dir: &Path) -> Result<u64, StoreError> {
+    let lock = lock_store_dir(store_dir)?;
+    let mut bytes = 0;
+    for (_, path) in generations(store_dir) {
+        if !wait_unlocked(&path) {
+            return Err(StoreError::Locked {
+                path: store_dir.to_path_buf(),
+            });
+        }
+        bytes += shred_dir(&path)?;
+    }
+    let _ = std::fs::remove_file(store_dir.join(CURRENT_FILE));
+    let _ = std::fs::remove_file(store_dir.join(format!("{CURRENT_FILE}.tmp")));
+    drop(lock);
+    let _ = std::fs::remove_file(store_dir.join(LOCK_FILE));
+    Ok(bytes)
+}
+
 /// Writes `db-current` naming generation `g`: a temporary file, synced, renamed over the old
 /// one, and the directory synced.
 fn write_current(store_dir: &Path, g: Generation) -> Result<(), StoreError> {

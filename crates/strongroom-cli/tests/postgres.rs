@@ -1,0 +1,345 @@
+//! The `strongroom` binary on a PostgreSQL store (a throwaway server the tests start): `init
+//! --storage postgres`, the lifecycle on it, `doctor`, backup and restore across engines, and
+//! `migrate` both ways.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use strongroom_test_support::pg;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    fn fails(self, code: i32, says: &str) -> Self {
+        assert_eq!(
+            self.code, code,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(says),
+            "stderr should say {says:?}: {}",
+            self.stderr
+        );
+        self
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+const URL_VAR: &str = "STRONGROOM_TEST_PG_URL";
+
+fn sr(data: &Path, url: &str, args: &[&str]) -> Run {
+    sr_in(data, url, args, None)
+}
+
+fn sr_in(data: &Path, url: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    use std::io::Write as _;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    c.arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("STRONGROOM_DATA")
+        .env("STRONGROOM_ACTOR", "tester")
+        .env(URL_VAR, url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        let mut i = child.stdin.take().unwrap();
+        if let Some(b) = stdin {
+            i.write_all(b).unwrap();
+        }
+    }
+    let o = child.wait_with_output().unwrap();
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn init_pg(data: &Path, url: &str, schema: &str) -> Run {
+    sr(
+        data,
+        url,
+        &[
+            "--json",
+            "init",
+            "--storage",
+            "postgres",
+            "--pg-url-env",
+            URL_VAR,
+            "--pg-schema",
+            schema,
+        ],
+    )
+}
+
+#[test]
+fn init_the_lifecycle_and_doctor_on_postgres() {
+    let server = pg::shared();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let schema = pg::unique_schema();
+    let init = init_pg(&data, &url, &schema).ok().json();
+    assert_eq!(init["storage"], "postgres");
+    // The URL (and its password) never lands in the configuration.
+    let conf = std::fs::read_to_string(data.join("strongroom.conf")).unwrap();
+    assert!(conf.contains("engine = \"postgres\""), "{conf}");
+    assert!(conf.contains(URL_VAR), "{conf}");
+    assert!(!conf.contains(server.password()), "{conf}");
+    // No sled database in the data directory: the records are in the server.
+    assert!(!data.join("db").exists());
+
+    sr(&data, &url, &["keyring", "create", "payroll"]).ok();
+    sr(&data, &url, &["put", "payroll", "alice", "salary=100000"]).ok();
+    assert_eq!(
+        sr(&data, &url, &["get", "payroll", "alice"]).ok().stdout,
+        "salary=100000"
+    );
+    let rows = server.psql(&format!(
+        "SELECT count(*) FROM {schema}.entries WHERE tree = 5"
+    ));
+    assert_eq!(rows.trim(), "1");
+    // Sealed in the table: the plaintext is nowhere in it.
+    let hit = server.psql(&format!(
+        "SELECT count(*) FROM {schema}.entries WHERE position('salary=100000'::bytea in v) > 0"
+    ));
+    assert_eq!(hit.trim(), "0");
+    sr(&data, &url, &["keyring", "rotate", "payroll"]).ok();
+    sr(&data, &url, &["keyring", "disable", "payroll"]).ok();
+    sr(&data, &url, &["get", "payroll", "alice"]).fails(4, "disabled");
+    sr(&data, &url, &["keyring", "enable", "payroll"]).ok();
+    assert_eq!(
+        sr(&data, &url, &["get", "payroll", "alice"]).ok().stdout,
+        "salary=100000"
+    );
+    sr(&data, &url, &["keyring", "create", "gone"]).ok();
+    sr(&data, &url, &["put", "gone", "k", "v"]).ok();
+    sr(
+        &data,
+        &url,
+        &["keyring", "destroy", "gone", "--now", "--yes"],
+    )
+    .ok();
+    sr(&data, &url, &["get", "gone", "k"]).fails(4, "destroyed");
+    sr(&data, &url, &["audit", "verify"]).ok();
+
+    let doctor = sr(&data, &url, &["--json", "doctor"]).ok().json();
+    let checks: Vec<String> = doctor
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}: {}",
+                c["status"].as_str().unwrap(),
+                c["check"].as_str().unwrap(),
+                c["detail"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let find = |name: &str| {
+        checks
+            .iter()
+            .find(|c| {
+                c.split_once(": ")
+                    .is_some_and(|(head, _)| head.ends_with(&format!(" {name}")))
+            })
+            .unwrap_or_else(|| panic!("no {name} check in {checks:#?}"))
+            .clone()
+    };
+    assert!(find("storage").contains("PostgreSQL"), "{checks:#?}");
+    assert!(find("server version").starts_with("OK"), "{checks:#?}");
+    assert!(find("schema version").starts_with("OK"), "{checks:#?}");
+    // The test server has no TLS: doctor says so, with the fix.
+    assert!(find("TLS").contains("sslmode=verify-full"), "{checks:#?}");
+
+    // A wrong URL variable: a clear error, no password in it.
+    let bad = sr_in(
+        &data,
+        "postgres://strongroom:wrongpw@127.0.0.1:1/postgres?sslmode=disable",
+        &["get", "payroll", "alice"],
+        None,
+    );
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("PostgreSQL"), "{}", bad.stderr);
+    assert!(!bad.stderr.contains("wrongpw"), "{}", bad.stderr);
+}
+
+#[test]
+fn init_refuses_a_url_on_the_command_line_and_flags_for_the_other_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    sr(&data, "", &["init", "--storage", "postgres"]).fails(2, "--pg-url-env");
+    sr(&data, "", &["init", "--pg-url-env", URL_VAR]).fails(2, "--storage postgres");
+    assert!(!data.join("strongroom.conf").exists());
+}
+
+#[test]
+fn migrate_sled_to_postgres_and_back_keeps_every_record_and_the_audit_chain() {
+    let server = pg::shared();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    sr(&data, &url, &["init"]).ok();
+    sr(&data, &url, &["keyring", "create", "payroll"]).ok();
+    for i in 0..50 {
+        sr_in(
+            &data,
+            &url,
+            &["put", "payroll", &format!("k{i}")],
+            Some(format!("v{i}").as_bytes()),
+        )
+        .ok();
+    }
+    let before = sr(&data, &url, &["--json", "audit", "verify"]).ok().json();
+    let schema = pg::unique_schema();
+    let m = sr(
+        &data,
+        &url,
+        &[
+            "--json",
+            "migrate",
+            "--to",
+            "postgres",
+            "--pg-url-env",
+            URL_VAR,
+            "--pg-schema",
+            &schema,
+            "--shred-source",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(m["to"], "postgres");
+    assert!(m["entries"].as_u64().unwrap() > 50);
+    assert!(!data.join("db").exists(), "the sled copy was shredded");
+    for i in [0, 17, 49] {
+        assert_eq!(
+            sr(&data, &url, &["get", "payroll", &format!("k{i}")])
+                .ok()
+                .stdout,
+            format!("v{i}")
+        );
+    }
+    // The chain carried over, with the migration's own entry in it; the anchor still agrees.
+    let after = sr(&data, &url, &["--json", "audit", "verify"]).ok().json();
+    assert!(
+        after["entries"].as_u64().unwrap() > before["entries"].as_u64().unwrap(),
+        "{after}"
+    );
+    sr(&data, &url, &["put", "payroll", "new", "on-postgres"]).ok();
+
+    // And back to sled (the PostgreSQL copy emptied).
+    sr(
+        &data,
+        &url,
+        &["--json", "migrate", "--to", "sled", "--shred-source"],
+    )
+    .ok();
+    assert!(data.join("db").exists());
+    assert_eq!(
+        sr(&data, &url, &["get", "payroll", "new"]).ok().stdout,
+        "on-postgres"
+    );
+    assert_eq!(sr(&data, &url, &["get", "payroll", "k3"]).ok().stdout, "v3");
+    sr(&data, &url, &["audit", "verify"]).ok();
+    let left = server.psql(&format!("SELECT count(*) FROM {schema}.entries"));
+    assert_eq!(left.trim(), "0", "the PostgreSQL copy was emptied");
+    // Migrating to the engine the store is on is a usage error.
+    sr(&data, &url, &["migrate", "--to", "sled"]).fails(2, "already");
+}
+
+#[test]
+fn a_backup_made_on_sled_restores_into_postgres_and_back() {
+    let server = pg::shared();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    sr(&data, &url, &["init"]).ok();
+    sr(&data, &url, &["keyring", "create", "payroll"]).ok();
+    sr(&data, &url, &["put", "payroll", "alice", "100"]).ok();
+    let backup = dir.path().join("sled.backup");
+    sr(&data, &url, &["backup", backup.to_str().unwrap()]).ok();
+
+    // Restored into PostgreSQL: a configuration naming the engine, the key file beside it.
+    let schema = pg::unique_schema();
+    let restored = dir.path().join("restored");
+    let conf = std::fs::read_to_string(data.join("strongroom.conf")).unwrap()
+        + &format!(
+            "\n[storage]\nengine = \"postgres\"\nurl-env = \"{URL_VAR}\"\nschema = \"{schema}\"\n"
+        );
+    let conf_path = dir.path().join("pg.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    sr(
+        &restored,
+        &url,
+        &[
+            "restore",
+            backup.to_str().unwrap(),
+            "--config",
+            conf_path.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    std::fs::copy(
+        data.join(strongroom_core::soft::KEY_FILE_NAME),
+        restored.join(strongroom_core::soft::KEY_FILE_NAME),
+    )
+    .unwrap();
+    assert!(!restored.join("db").exists());
+    assert_eq!(
+        sr(&restored, &url, &["get", "payroll", "alice"])
+            .ok()
+            .stdout,
+        "100"
+    );
+    sr(&restored, &url, &["put", "payroll", "bob", "200"]).ok();
+
+    // A backup of the PostgreSQL store restores into sled.
+    let backup2 = dir.path().join("pg.backup");
+    sr(&restored, &url, &["backup", backup2.to_str().unwrap()]).ok();
+    let again = dir.path().join("again");
+    sr(
+        &again,
+        &url,
+        &[
+            "restore",
+            backup2.to_str().unwrap(),
+            "--config",
+            data.join("strongroom.conf").to_str().unwrap(),
+        ],
+    )
+    .ok();
+    std::fs::copy(
+        data.join(strongroom_core::soft::KEY_FILE_NAME),
+        again.join(strongroom_core::soft::KEY_FILE_NAME),
+    )
+    .unwrap();
+    assert_eq!(
+        sr(&again, &url, &["get", "payroll", "bob"]).ok().stdout,
+        "200"
+    );
+    sr(&again, &url, &["audit", "verify"]).ok();
+}
