@@ -68,7 +68,11 @@ struct Journal {
 
 impl Journal {
     fn line(&mut self, s: &str) {
-        writeln!(self.file, "{s}").unwrap();
+        // One write of the whole line: `writeln!` on a file writes the text and the line break
+        // in two system calls, and a kill between them glued the next process's first line
+        // onto this one, hiding that line's operation from `expectations` (what looked like an
+        // acknowledged put lost, about once in 500 kills, was this).
+        self.file.write_all(format!("{s}\n").as_bytes()).unwrap();
         self.file.sync_data().unwrap();
     }
 
@@ -441,14 +445,8 @@ fn killed_at_random_moments_nothing_acknowledged_is_lost() {
     );
 }
 
-/// The same, with moves between roots and explicit compactions in the child's work. OPEN
-/// (issue 10): about once in 500 kills an acknowledged durable put reads back absent or as an
-/// older value (an unacknowledged write from an earlier round surfacing later); not seen in 900
-/// kills without moves and compactions, nor in 900 kills of the code before them. Run it with
-/// `cargo test -p strongroom-store --test crash -- --ignored` and
-/// `STRONGROOM_CRASH_ROUNDS=150`.
+/// The same, with moves between roots and explicit compactions in the child's work.
 #[test]
-#[ignore = "open bug (issue 10): an acknowledged put lost about once in 500 kills when moves and compactions run"]
 fn killed_at_random_moments_with_moves_and_compactions_nothing_acknowledged_is_lost() {
     kill_rounds(
         "killed_at_random_moments_with_moves_and_compactions_nothing_acknowledged_is_lost",
