@@ -78,17 +78,41 @@ pub(crate) fn pg_error(what: &str, e: &tokio_postgres::Error) -> EngineError {
         )
         .with_hint(hint);
     }
+    let chain = causes(e);
+    if e.to_string().contains("TLS handshake") {
+        return EngineError::new(
+            EngineErrorKind::Refused,
+            format!("the TLS handshake with PostgreSQL failed while {what}: {chain}"),
+        )
+        .with_hint("; check sslrootcert (the CA that signed the server's certificate), the host name in the URL (it must be in the certificate), and sslcert/sslkey if the server asks for a client certificate");
+    }
     if e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()) {
         return EngineError::new(
             EngineErrorKind::Unavailable,
-            format!("the connection to PostgreSQL broke while {what}: {e}"),
+            format!("the connection to PostgreSQL broke while {what}: {chain}"),
         )
         .with_hint("; the database server is restarting or unreachable: retry in a moment (the engine reconnects by itself)");
     }
     EngineError::new(
         EngineErrorKind::Other,
-        format!("PostgreSQL client error while {what}: {e}"),
+        format!("PostgreSQL client error while {what}: {chain}"),
     )
+}
+
+/// The error and its causes, each once (the client's own Display omits them: "error
+/// performing TLS handshake" says nothing of the certificate it did not like).
+fn causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(s) = next {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        next = s.source();
+    }
+    text
 }
 
 /// A call that did not finish in time.
