@@ -432,6 +432,17 @@ pub struct BenchArgs {
     /// Threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Measure the PostgreSQL engine against a plain table on the same server instead (with 1
+    /// and 4 client threads; needs --pg-url-env or --pg-url-file).
+    #[arg(long, value_enum, default_value_t = StorageKind::Sled)]
+    pub storage: StorageKind,
+    /// PostgreSQL: the environment variable holding the URL of a database the benchmark may
+    /// create two schemas in (`<schema>_bench_store`, `<schema>_bench_plain`).
+    #[arg(long, value_name = "VAR", conflicts_with = "pg_url_file")]
+    pub pg_url_env: Option<String>,
+    /// PostgreSQL: a file whose first line is the URL.
+    #[arg(long, value_name = "FILE")]
+    pub pg_url_file: Option<PathBuf>,
 }
 
 #[cfg(test)]

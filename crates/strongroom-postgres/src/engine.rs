@@ -28,6 +28,10 @@ use crate::schema;
 /// Rows fetched per page of a scan.
 const PAGE: i64 = 512;
 
+/// How long a connection sits in the pool before a checkout first lets it notice a server
+/// that went away ([`Conn::refresh`]).
+const REFRESH_AFTER: Duration = Duration::from_millis(20);
+
 /// The PostgreSQL engine. Cheap to clone (one pool shared by the clones).
 #[derive(Clone)]
 pub struct PgEngine {
@@ -79,12 +83,79 @@ struct PoolState {
     open: usize,
 }
 
-/// One connection and its prepared statements.
+/// One connection, its prepared statements, and the current-thread runtime its socket is
+/// registered with: the calling thread drives it (see [`drive`]), so a statement costs one
+/// round trip and no hand-over between threads.
 struct Conn {
     client: tokio_postgres::Client,
     st: schema::Statements,
     /// Set when the connection must not be reused (a timeout left it mid-statement).
     broken: AtomicBool,
+    /// Taken out on drop: shut down without blocking (a runtime dropped inside another
+    /// runtime's worker would panic).
+    rt: Option<tokio::runtime::Runtime>,
+    /// When it went back to the pool.
+    idle_since: Mutex<Instant>,
+}
+
+impl Conn {
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        // Always Some until drop.
+        self.rt.as_ref().unwrap_or_else(|| unreachable!())
+    }
+
+    /// Lets the connection's task see what arrived while it sat idle (the server closing it
+    /// at a restart), so that a dead connection is found before a statement is sent on it.
+    /// Skipped for a connection back in the pool for less than [`REFRESH_AFTER`]: a busy pool
+    /// pays nothing, and a server that died that recently left the calls that were using it
+    /// in doubt anyway.
+    fn refresh(&self) {
+        let idle = self
+            .idle_since
+            .lock()
+            .map_or(REFRESH_AFTER, |t| t.elapsed());
+        if idle < REFRESH_AFTER {
+            return;
+        }
+        drive(self.rt(), async {
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Runs `fut` to completion on `rt` (a connection's current-thread runtime) from whatever
+/// thread calls:
+/// - outside any runtime (a plain thread, a `spawn_blocking` thread of a multi-thread runtime):
+///   directly, on this thread;
+/// - on a worker of a multi-thread runtime: inside `block_in_place`, which hands the worker's
+///   other tasks to another thread while this one blocks;
+/// - inside a current-thread runtime (which cannot block in place): on a short-lived thread of
+///   its own.
+fn drive<F>(rt: &tokio::runtime::Runtime, fut: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Err(_) => rt.block_on(fut),
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| rt.block_on(fut)),
+        Ok(_) => std::thread::scope(|s| {
+            s.spawn(|| rt.block_on(fut))
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        }),
+    }
 }
 
 /// Why a call on the runtime failed, before it becomes an [`EngineError`].
@@ -132,6 +203,9 @@ impl Drop for Lease<'_> {
         if conn.broken.load(Ordering::Acquire) || conn.client.is_closed() {
             st.open = st.open.saturating_sub(1);
         } else {
+            if let Ok(mut t) = conn.idle_since.lock() {
+                *t = Instant::now();
+            }
             st.idle.push(conn);
         }
         drop(st);
@@ -169,7 +243,15 @@ impl Inner {
         Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
     {
         let conn = Arc::clone(lease.conn());
-        let r = self.run(f(Arc::clone(&conn)));
+        let timeout = self.config.timeout;
+        let fut = f(Arc::clone(&conn));
+        let r = match drive(conn.rt(), async move {
+            tokio::time::timeout(timeout, fut).await
+        }) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Fail::Pg(e)),
+            Err(_elapsed) => Err(Fail::Timeout),
+        };
         if let Err(Fail::Timeout | Fail::Closed) = &r {
             conn.broken.store(true, Ordering::Release);
         }
@@ -182,24 +264,44 @@ impl Inner {
     }
 
     fn connect(&self) -> Result<Conn, EngineError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(EngineError::io)?;
         let cfg = self.client_config.clone();
         let tls = self.tls.clone();
         let sql = self.sql.clone();
-        let handle = self.handle.clone();
-        self.run(async move {
-            let (client, connection) = cfg.connect(tls).await?;
-            // The connection task ends when the client is dropped or the socket breaks.
-            handle.spawn(async move {
-                let _ = connection.await;
-            });
-            let st = schema::Statements::prepare(&client, &sql).await?;
-            Ok(Conn {
+        let timeout = self.config.timeout;
+        let r = drive(&rt, async move {
+            tokio::time::timeout(timeout, async move {
+                let (client, connection) = cfg.connect(tls).await?;
+                // On this connection's runtime: it runs whenever a caller drives it. The task
+                // ends when the client is dropped or the socket breaks.
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                let st = schema::Statements::prepare(&client, &sql).await?;
+                Ok::<_, tokio_postgres::Error>((client, st))
+            })
+            .await
+        });
+        match r {
+            Ok(Ok((client, st))) => Ok(Conn {
                 client,
                 st,
                 broken: AtomicBool::new(false),
-            })
-        })
-        .map_err(|f| f.into_engine("connecting", self.config.timeout))
+                rt: Some(rt),
+                idle_since: Mutex::new(Instant::now()),
+            }),
+            Ok(Err(e)) => {
+                rt.shutdown_background();
+                Err(pg_error("connecting", &e))
+            }
+            Err(_) => {
+                rt.shutdown_background();
+                Err(timed_out("connecting", timeout))
+            }
+        }
     }
 
     /// Takes (or, after a server restart broke its connection, takes again) the store's
@@ -258,8 +360,15 @@ impl Inner {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
-            while let Some(c) = st.idle.pop() {
+            if let Some(c) = st.idle.pop() {
+                // Checked outside the pool's lock (it may drive the connection for a moment).
+                drop(st);
+                c.refresh();
                 if c.client.is_closed() || c.broken.load(Ordering::Acquire) {
+                    st = self
+                        .pool
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     st.open = st.open.saturating_sub(1);
                     continue;
                 }
@@ -387,7 +496,7 @@ impl PgEngine {
     pub fn connect(config: &PgConfig) -> Result<Self, EngineError> {
         crate::config::check_schema(&config.schema)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("strongroom-pg")
             .enable_all()
             .build()

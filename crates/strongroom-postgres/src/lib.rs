@@ -36,6 +36,7 @@
 //!   until they replay it, and backups (README, security model).
 #![forbid(unsafe_code)]
 
+pub mod bench;
 mod config;
 mod engine;
 mod error;

@@ -392,3 +392,29 @@ fn the_engine_recovers_by_itself_when_the_server_restarts_under_a_workload() {
         );
     }
 }
+
+#[test]
+fn after_a_server_restart_an_idle_engine_writes_again_without_an_error() {
+    // The pool's idle connections died with the server; they are found dead before a
+    // statement is sent on them, so the first write after the restart simply succeeds (a write
+    // sent on a dead connection could only be reported as of unknown outcome).
+    let mut server = pg::PgServer::start();
+    let e = PgEngine::connect(&PgConfig::from_url(&server.url()).unwrap()).unwrap();
+    std::thread::scope(|s| {
+        for t in 0u8..4 {
+            let e = &e;
+            s.spawn(move || e.insert(TreeId::Records, &[t], b"before").unwrap());
+        }
+    });
+    server.stop(false);
+    server.restart_same_port();
+    std::thread::sleep(Duration::from_millis(100));
+    for t in 0u8..4 {
+        e.insert(TreeId::Records, &[t], b"after")
+            .unwrap_or_else(|err| panic!("write {t}: {err}"));
+    }
+    assert_eq!(
+        e.get(TreeId::Records, &[3]).unwrap().as_deref(),
+        Some(&b"after"[..])
+    );
+}

@@ -30,7 +30,10 @@ fn options() -> StoreOptions {
 }
 
 fn config(url: &str, schema: &str) -> PgConfig {
-    PgConfig::from_url(url).unwrap().with_schema(schema).unwrap()
+    PgConfig::from_url(url)
+        .unwrap()
+        .with_schema(schema)
+        .unwrap()
 }
 
 /// Opens the store, waiting for the server to notice that the killed child's connections (and
@@ -54,10 +57,12 @@ fn ring() -> KeyringName {
 
 fn child(dir: &Path, url: &str, schema: &str) -> ! {
     let s = open(dir, url, schema);
-    let mut seq: u64 = s
-        .get(&ring(), b"k0")
-        .unwrap()
-        .map_or(0, |v| String::from_utf8(v.expose().to_vec()).unwrap().parse().unwrap());
+    let mut seq: u64 = s.get(&ring(), b"k0").unwrap().map_or(0, |v| {
+        String::from_utf8(v.expose().to_vec())
+            .unwrap()
+            .parse()
+            .unwrap()
+    });
     loop {
         seq += 1;
         let ops: Vec<BatchOp> = (0..KEYS)
@@ -106,7 +111,11 @@ fn a_client_killed_mid_transaction_leaves_nothing_half_applied() {
     let mut last_seq = 0u64;
     for round in 0..6u64 {
         let mut c = Command::new(&exe)
-            .args(["a_client_killed_mid_transaction_leaves_nothing_half_applied", "--exact", "--nocapture"])
+            .args([
+                "a_client_killed_mid_transaction_leaves_nothing_half_applied",
+                "--exact",
+                "--nocapture",
+            ])
             .env(CHILD_DIR, dir.path())
             .env(CHILD_URL, &url)
             .env(CHILD_SCHEMA, &schema)
@@ -125,14 +134,32 @@ fn a_client_killed_mid_transaction_leaves_nothing_half_applied() {
         let values: Vec<u64> = (0..KEYS)
             .map(|i| {
                 let v = s.get(&ring(), format!("k{i}").as_bytes()).unwrap().unwrap();
-                String::from_utf8(v.expose().to_vec()).unwrap().parse().unwrap()
+                String::from_utf8(v.expose().to_vec())
+                    .unwrap()
+                    .parse()
+                    .unwrap()
             })
             .collect();
-        assert!(values.iter().all(|v| *v == values[0]), "round {round}: a batch half applied: {values:?}");
-        assert!(values[0] > last_seq, "round {round}: the child made progress ({} then {})", last_seq, values[0]);
+        assert!(
+            values.iter().all(|v| *v == values[0]),
+            "round {round}: a batch half applied: {values:?}"
+        );
+        assert!(
+            values[0] > last_seq,
+            "round {round}: the child made progress ({} then {})",
+            last_seq,
+            values[0]
+        );
         last_seq = values[0];
-        let report = s.verify_audit().unwrap().unwrap_or_else(|b| panic!("round {round}: audit: {b}"));
+        let report = s
+            .verify_audit()
+            .unwrap()
+            .unwrap_or_else(|b| panic!("round {round}: audit: {b}"));
         assert!(report.entries > 0);
-        assert!(s.pending_jobs().unwrap().is_empty(), "{:?}", s.pending_jobs());
+        assert!(
+            s.pending_jobs().unwrap().is_empty(),
+            "{:?}",
+            s.pending_jobs()
+        );
     }
 }

@@ -75,7 +75,110 @@ fn rate(ops: u64, d: Duration) -> f64 {
     ops as f64 / d.as_secs_f64().max(1e-9)
 }
 
+/// `bench --storage postgres --json`.
+#[derive(Serialize)]
+struct PgBenchJson {
+    storage: &'static str,
+    records: u64,
+    value_size: usize,
+    aead: &'static str,
+    ops: Vec<PgOpJson>,
+}
+
+/// One operation at one thread count in `bench --storage postgres --json`.
+#[derive(Serialize)]
+struct PgOpJson {
+    op: &'static str,
+    threads: usize,
+    plain_per_sec: f64,
+    strongroom_per_sec: f64,
+    ratio: f64,
+    /// Gets only: the engine's raw get of the same sealed row (no opening).
+    engine_only_per_sec: Option<f64>,
+}
+
+fn run_postgres(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
+    let config = match (&a.pg_url_env, &a.pg_url_file) {
+        (Some(v), _) => strongroom_postgres::PgConfig::from_env(v),
+        (None, Some(f)) => strongroom_postgres::PgConfig::from_file(f),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "bench --storage postgres needs the database: --pg-url-env VAR or --pg-url-file FILE".into(),
+            ));
+        }
+    }
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    let dir = temp_dir()?;
+    let pb = ctx
+        .out
+        .progress("measuring (interleaved: plain table, strongroom)");
+    let spec = strongroom_postgres::bench::PgBenchSpec {
+        records: usize::try_from(a.records).unwrap_or(usize::MAX),
+        value_size: a.value_size,
+        threads: vec![1, 4],
+    };
+    let rows = strongroom_postgres::bench::run(&config, &dir, &spec);
+    pb.finish_and_clear();
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows = rows?;
+    ctx.out.result(
+        || {
+            let mut t = format!(
+                "PostgreSQL ({}): {} records of {} bytes per phase, {}\n{:<12} {:>8} {:>14} {:>14} {:>8} {:>14}\n",
+                config.location(),
+                a.records,
+                a.value_size,
+                record_cipher(),
+                "op",
+                "threads",
+                "plain/s",
+                "strongroom/s",
+                "ratio",
+                "engine only/s"
+            );
+            for r in &rows {
+                t.push_str(&format!(
+                    "{:<12} {:>8} {:>14.0} {:>14.0} {:>8.2} {:>14}\n",
+                    r.op,
+                    r.threads,
+                    r.plain,
+                    r.strongroom,
+                    r.ratio,
+                    r.engine_only.map_or("-".to_owned(), |e| format!("{e:.0}"))
+                ));
+            }
+            t.trim_end().to_owned()
+        },
+        || PgBenchJson {
+            storage: "postgres",
+            records: a.records,
+            value_size: a.value_size,
+            aead: strongroom_core::crypto::GCM_ENGINE,
+            ops: rows
+                .iter()
+                .map(|r| PgOpJson {
+                    op: r.op,
+                    threads: r.threads,
+                    plain_per_sec: r.plain,
+                    strongroom_per_sec: r.strongroom,
+                    ratio: r.ratio,
+                    engine_only_per_sec: r.engine_only,
+                })
+                .collect(),
+        },
+    )?;
+    Ok(())
+}
+
 pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
+    if a.storage == crate::cli::StorageKind::Postgres {
+        return run_postgres(ctx, a);
+    }
+    if a.pg_url_env.is_some() || a.pg_url_file.is_some() {
+        return Err(CliError::Usage(
+            "--pg-url-env and --pg-url-file apply to bench --storage postgres".into(),
+        ));
+    }
     let out = ctx.out;
     let dir = temp_dir()?;
     let plain = sled::Config::new()
