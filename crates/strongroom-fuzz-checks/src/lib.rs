@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strongroom_cli::config::{BackendConfig, Config};
+use strongroom_cli::config::{BackendConfig, Config, StorageConfig, UrlSource};
 use strongroom_core::blob::{WrapAlg, WrappedKey};
 use strongroom_core::crypto::{self, hazmat};
 use strongroom_core::id::MAX_NAME_LEN;
@@ -216,7 +216,31 @@ pub fn cli_config(data: &[u8]) {
                     }
             }
         };
-        if representable {
+        let storage_ok = match &c.storage {
+            StorageConfig::Sled => true,
+            StorageConfig::Postgres {
+                url,
+                schema,
+                pool_size,
+            } => {
+                (1..=1000).contains(pool_size)
+                    && !schema.is_empty()
+                    && schema.len() <= 63
+                    && !schema.starts_with("pg_")
+                    && schema
+                        .bytes()
+                        .next()
+                        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                    && schema
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    && match url {
+                        UrlSource::Env(v) => config_value_ok(v),
+                        UrlSource::File(p) => p.is_absolute() && config_path_ok(p),
+                    }
+            }
+        };
+        if representable && storage_ok {
             assert_eq!(Config::parse(&c.to_text()).as_ref(), Ok(&c));
         }
     }
@@ -258,8 +282,23 @@ fn config_from_bytes(data: &[u8]) -> Option<Config> {
             namespace,
         }
     };
+    // Bit 5: a PostgreSQL storage section (URL from a variable or a file, a schema, a pool).
+    let storage = if flags & 32 == 0 {
+        StorageConfig::Sled
+    } else {
+        StorageConfig::Postgres {
+            url: if flags & 64 == 0 {
+                UrlSource::Env(next())
+            } else {
+                UrlSource::File(PathBuf::from(next()))
+            },
+            schema: next(),
+            pool_size: usize::from(a),
+        }
+    };
     Some(Config {
         backend,
+        storage,
         primary_root,
         cache_ttl: Duration::from_secs(u64::from(a) * 1000),
         destruction_delay: Duration::from_secs(u64::from(b) << 40),

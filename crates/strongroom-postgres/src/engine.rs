@@ -93,13 +93,13 @@ struct Conn {
     broken: AtomicBool,
     /// Taken out on drop: shut down without blocking (a runtime dropped inside another
     /// runtime's worker would panic).
-    rt: Option<tokio::runtime::Runtime>,
+    rt: Option<Arc<tokio::runtime::Runtime>>,
     /// When it went back to the pool.
     idle_since: Mutex<Instant>,
 }
 
 impl Conn {
-    fn rt(&self) -> &tokio::runtime::Runtime {
+    fn rt(&self) -> &Arc<tokio::runtime::Runtime> {
         // Always Some until drop.
         self.rt.as_ref().unwrap_or_else(|| unreachable!())
     }
@@ -127,7 +127,7 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
+        if let Some(rt) = self.rt.take().and_then(|rt| Arc::try_unwrap(rt).ok()) {
             rt.shutdown_background();
         }
     }
@@ -139,22 +139,24 @@ impl Drop for Conn {
 ///   directly, on this thread;
 /// - on a worker of a multi-thread runtime: inside `block_in_place`, which hands the worker's
 ///   other tasks to another thread while this one blocks;
-/// - inside a current-thread runtime (which cannot block in place): on a short-lived thread of
-///   its own.
-fn drive<F>(rt: &tokio::runtime::Runtime, fut: F) -> F::Output
+/// - inside a current-thread runtime (which cannot block in place), or while this thread's
+///   thread-locals are being destroyed (a store used from a thread-local's destructor, where
+///   tokio cannot enter a runtime): on a short-lived thread of its own.
+fn drive<F>(rt: &Arc<tokio::runtime::Runtime>, fut: F) -> F::Output
 where
-    F: Future + Send,
-    F::Output: Send,
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
 {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Err(_) => rt.block_on(fut),
+        Err(e) if !e.is_thread_local_destroyed() => rt.block_on(fut),
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| rt.block_on(fut)),
-        Ok(_) => std::thread::scope(|s| {
-            s.spawn(|| rt.block_on(fut))
+        _ => {
+            let rt = Arc::clone(rt);
+            std::thread::spawn(move || rt.block_on(fut))
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        }),
+        }
     }
 }
 
@@ -264,10 +266,12 @@ impl Inner {
     }
 
     fn connect(&self) -> Result<Conn, EngineError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(EngineError::io)?;
+        let rt = Arc::new(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(EngineError::io)?,
+        );
         let cfg = self.client_config.clone();
         let tls = self.tls.clone();
         let sql = self.sql.clone();
@@ -294,11 +298,15 @@ impl Inner {
                 idle_since: Mutex::new(Instant::now()),
             }),
             Ok(Err(e)) => {
-                rt.shutdown_background();
+                if let Ok(rt) = Arc::try_unwrap(rt) {
+                    rt.shutdown_background();
+                }
                 Err(pg_error("connecting", &e))
             }
             Err(_) => {
-                rt.shutdown_background();
+                if let Ok(rt) = Arc::try_unwrap(rt) {
+                    rt.shutdown_background();
+                }
                 Err(timed_out("connecting", timeout))
             }
         }

@@ -534,7 +534,36 @@ impl Store {
         backend: Arc<dyn Backend>,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
-        let store = Self::open_inner(dir.as_ref(), None, backend, options, true)?;
+        Self::accept_rollback(Self::open_inner(
+            dir.as_ref(),
+            None,
+            backend,
+            options,
+            true,
+        )?)
+    }
+
+    /// [`Store::open_accepting_rollback`] on another storage engine (see [`Store::create_on`]).
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_on_accepting_rollback(
+        dir: impl AsRef<Path>,
+        engine: Box<dyn Engine>,
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        Self::accept_rollback(Self::open_inner(
+            dir.as_ref(),
+            Some(engine),
+            backend,
+            options,
+            true,
+        )?)
+    }
+
+    /// Records the acceptance of a rolled-back (or anchorless) database and anchors it anew.
+    fn accept_rollback(store: Self) -> Result<Self, StoreError> {
         let found = audit::stored_head(&store.inner.storage)?.map_or(0, |h| h.seq);
         let anchored = store
             .anchor_file()?

@@ -1,7 +1,8 @@
 //! The async API (feature `tokio`) on a multi-threaded tokio runtime: concurrent gets and puts
 //! from many tasks, every operation once, and the executor's threads never blocked by a store
-//! call (a latency probe keeps ticking while 1,000 slow backend calls run). The store has one
-//! engine (sled); these run on it.
+//! call (a latency probe keeps ticking while 1,000 slow backend calls run). These run on the
+//! engine `STRONGROOM_TEST_ENGINE` names; and the synchronous store on PostgreSQL is called
+//! straight from async tasks (its engine runs its own runtime: no nested-runtime panic).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{kr, rn};
+use common::{EngineKind, kr, rn};
 use strongroom_core::{Backend, SoftBackend};
 use strongroom_store::{AsyncOptions, AsyncStore, BatchOp, PendingJob, StoreOptions};
 use strongroom_test_support::wrappers::SlowBackend;
@@ -22,15 +23,14 @@ async fn store_on(
     options: StoreOptions,
     max_in_flight: usize,
 ) -> AsyncStore {
-    AsyncStore::create(
-        dir,
-        backend,
-        &rn("service"),
-        options,
-        AsyncOptions { max_in_flight },
-    )
-    .await
-    .unwrap()
+    // What `AsyncStore::create` does (the store made on the blocking pool), on the run's engine.
+    let dir = dir.to_path_buf();
+    let store =
+        tokio::task::spawn_blocking(move || common::create(&dir, backend, &rn("service"), options))
+            .await
+            .unwrap()
+            .unwrap();
+    AsyncStore::new(store, AsyncOptions { max_in_flight })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -141,15 +141,15 @@ async fn executor_threads_are_never_blocked_by_store_calls() {
         "the probe was {worst:?} late: an executor thread was blocked"
     );
 
-    // The control: the same slow calls made synchronously on the executor's threads starve the
-    // probe, so the probe does see a blocked executor.
-    let sync_store = store.store().clone();
+    // The control: calls as slow as the backend's, made synchronously on the executor's
+    // threads, starve the probe, so the probe does see a blocked executor. (Not through the
+    // synchronous store: on PostgreSQL its engine steps off a worker thread with
+    // `block_in_place` for each round trip, which lets the probe run.)
     let worst_blocking = worst_probe_lateness(async move {
         let mut tasks = JoinSet::new();
         for _ in 0..600 {
-            let store = sync_store.clone();
             tasks.spawn(async move {
-                store.get(&kr("payroll"), b"alice").unwrap().unwrap();
+                std::thread::sleep(Duration::from_millis(3));
             });
         }
         while let Some(r) = tasks.join_next().await {
@@ -264,4 +264,80 @@ async fn every_operation_through_the_async_api() {
         matches!(err, strongroom_store::StoreError::KeyringExists { .. }),
         "{err}"
     );
+}
+
+/// The synchronous store on PostgreSQL, called directly from an async task (no
+/// `spawn_blocking`, no `AsyncStore`): created, written, read, a key operation, dropped and
+/// opened again, all on the test's runtime threads. The engine drives its connections on a
+/// runtime of its own, so none of this may panic ("cannot start a runtime from within a
+/// runtime", "cannot drop a runtime in a context where blocking is not allowed").
+async fn the_store_on_postgres_inside_a_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let soft: Arc<dyn Backend> = Arc::new(SoftBackend::create(tmp.path()).unwrap());
+    let options = StoreOptions::default();
+    let store = common::create_on(
+        EngineKind::Postgres,
+        tmp.path(),
+        soft.clone(),
+        &rn("service"),
+        options.clone(),
+    )
+    .unwrap();
+    assert_eq!(store.engine_info().kind, "postgres");
+    let payroll = kr("payroll");
+    store.create_keyring(&payroll, None).unwrap();
+    store.put(&payroll, b"alice", b"salary=100000").unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(
+        store.get(&payroll, b"alice").unwrap().unwrap().expose(),
+        b"salary=100000"
+    );
+    // Key operations: rotations, a re-encryption, a disable and an enable.
+    store.rotate_kek(&payroll).unwrap();
+    store.rotate_dek(&payroll).unwrap();
+    let report = store.reencrypt(&payroll, &mut |_| {}).unwrap();
+    assert_eq!(report.reencrypted, 1);
+    store.disable_keyring(&payroll).unwrap();
+    assert!(
+        store
+            .get(&payroll, b"alice")
+            .unwrap_err()
+            .is_access_refused()
+    );
+    store.enable_keyring(&payroll).unwrap();
+    tokio::task::yield_now().await;
+    store
+        .put_durable(&payroll, b"bob", b"salary=90000")
+        .unwrap();
+    assert!(store.verify_audit().unwrap().is_ok());
+    // Dropped on a runtime thread; then opened again there.
+    drop(store);
+    let store = common::open_on(EngineKind::Postgres, tmp.path(), soft, options).unwrap();
+    assert_eq!(
+        store.get(&payroll, b"alice").unwrap().unwrap().expose(),
+        b"salary=100000"
+    );
+    assert_eq!(
+        store.get(&payroll, b"bob").unwrap().unwrap().expose(),
+        b"salary=90000"
+    );
+    // A clone used from another task, the last handle dropped there.
+    let clone = store.clone();
+    drop(store);
+    tokio::spawn(async move {
+        clone.put(&kr("payroll"), b"carol", b"1").unwrap();
+        drop(clone);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_on_postgres_called_from_a_multi_threaded_runtime() {
+    the_store_on_postgres_inside_a_runtime().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_store_on_postgres_called_from_a_current_thread_runtime() {
+    the_store_on_postgres_inside_a_runtime().await;
 }

@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Fixture, kr, rn};
+use common::{Fixture, RawDb, kr, rn};
 use strongroom_core::{KeyState, WrappedKey};
 use strongroom_store::format::KeyringEntry;
 use strongroom_store::{PendingJob, Store, StoreError, StoreOptions};
@@ -23,19 +23,14 @@ fn db_dir(fx: &Fixture) -> PathBuf {
     strongroom_store::database_dir(fx.dir.path()).unwrap()
 }
 
-/// Closes the store, applies `edit` to the raw sled database (what someone who can write the
-/// data directory but holds no key can do), and opens the store again.
-fn edit_and_open(fx: &mut Fixture, edit: impl FnOnce(&sled::Db)) -> Result<Store, StoreError> {
-    fx.store = None;
-    {
-        let db = common::raw_sled(&db_dir(fx));
-        edit(&db);
-        db.flush().unwrap();
-    }
-    // sled releases its file lock a moment after the last handle drops.
+/// Closes the store, applies `edit` to the raw database (what someone who can write the data
+/// directory or the database but holds no key can do), and opens the store again.
+fn edit_and_open(fx: &mut Fixture, edit: impl FnOnce(&RawDb)) -> Result<Store, StoreError> {
+    fx.with_raw_db_unchecked(edit);
+    // The engine's lock is released a moment after the last handle drops.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match Store::open(fx.dir.path(), fx.backend.clone(), fx.options.clone()) {
+        match fx.open() {
             Err(StoreError::Storage { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -98,27 +93,21 @@ fn a_catalog_downgraded_with_the_anchor_as_its_head_is_refused() {
         "a version-2 anchor, with a MAC domain of its own"
     );
     let r = edit_and_open(&mut fx, |db| {
-        let meta = db.open_tree("meta").unwrap();
-        assert_eq!(
-            meta.get("audit_head").unwrap().unwrap().len(),
-            104,
-            "a v2 head"
-        );
-        meta.insert("audit_head", anchor.clone()).unwrap();
-        let roots = db.open_tree("roots").unwrap();
-        for item in roots.iter() {
-            let (k, v) = item.unwrap();
+        let meta = db.tree("meta");
+        assert_eq!(meta.get("audit_head").unwrap().len(), 104, "a v2 head");
+        meta.insert("audit_head", &anchor);
+        let roots = db.tree("roots");
+        for (k, v) in roots.iter() {
             let (mut body, _) = unseal(&v);
             body[0] = 1;
-            roots.insert(k, body).unwrap();
+            roots.insert(k, body);
         }
-        let keyrings = db.open_tree("keyrings").unwrap();
-        for item in keyrings.iter() {
-            let (k, v) = item.unwrap();
+        let keyrings = db.tree("keyrings");
+        for (k, v) in keyrings.iter() {
             let (body, _) = unseal(&v);
             let mut e = KeyringEntry::parse(&body).unwrap();
             e.state = KeyState::Enabled;
-            keyrings.insert(k, as_v1_keyring(&e)).unwrap();
+            keyrings.insert(k, as_v1_keyring(&e));
         }
     });
     match r {
@@ -152,18 +141,16 @@ fn a_catalog_downgraded_with_the_anchor_as_its_head_is_refused() {
 fn a_damaged_audit_key_is_refused_at_open_and_never_skips_the_catalog_check() {
     let mut fx = store_with_disabled_keyring();
     let r = edit_and_open(&mut fx, |db| {
-        let meta = db.open_tree("meta").unwrap();
-        let mut blob = meta.get("audit_key").unwrap().unwrap().to_vec();
+        let meta = db.tree("meta");
+        let mut blob = meta.get("audit_key").unwrap();
         let last = blob.len() - 1;
         blob[last] ^= 0x01;
-        meta.insert("audit_key", blob).unwrap();
-        let keyrings = db.open_tree("keyrings").unwrap();
-        let (body, mac) = unseal(&keyrings.get("off").unwrap().unwrap());
+        meta.insert("audit_key", blob);
+        let keyrings = db.tree("keyrings");
+        let (body, mac) = unseal(&keyrings.get("off").unwrap());
         let mut e = KeyringEntry::parse(&body).unwrap();
         e.state = KeyState::Enabled;
-        keyrings
-            .insert("off", [e.to_bytes(), mac].concat())
-            .unwrap();
+        keyrings.insert("off", [e.to_bytes(), mac].concat());
     });
     match r {
         Err(e) => assert!(
@@ -202,10 +189,7 @@ fn a_forged_backend_destroy_job_never_destroys_a_live_root() {
     fx.store().put(&kr("t"), b"doc", b"contract").unwrap();
     fx.store().flush().unwrap();
     let s = edit_and_open(&mut fx, |db| {
-        db.open_tree("jobs")
-            .unwrap()
-            .insert(b"backend-destroy/tenant", Vec::<u8>::new())
-            .unwrap();
+        db.tree("jobs").insert(b"backend-destroy/tenant", b"");
     })
     .expect("opens");
     let jobs = s.pending_jobs().unwrap();
@@ -245,37 +229,21 @@ fn deleting_the_anchor_does_not_hide_an_old_catalog_put_back() {
     // What a reader of the database keeps while `live` is enabled.
     let mut old: Option<(Vec<u8>, Vec<u8>, u64)> = None;
     fx.with_raw_db(|db| {
-        let head = db
-            .open_tree("meta")
-            .unwrap()
-            .get("audit_head")
-            .unwrap()
-            .unwrap();
-        let entry = db
-            .open_tree("keyrings")
-            .unwrap()
-            .get("live")
-            .unwrap()
-            .unwrap();
+        let head = db.tree("meta").get("audit_head").unwrap();
+        let entry = db.tree("keyrings").get("live").unwrap();
         let seq = u64::from_be_bytes(head[..8].try_into().unwrap());
-        old = Some((head.to_vec(), entry.to_vec(), seq));
+        old = Some((head, entry, seq));
     });
     let (old_head, old_entry, old_seq) = old.unwrap();
     fx.store().disable_keyring(&kr("live")).unwrap();
     fx.store().flush().unwrap();
     std::fs::remove_file(fx.dir.path().join(strongroom_store::ANCHOR_FILE)).unwrap();
     let r = edit_and_open(&mut fx, |db| {
-        db.open_tree("meta")
-            .unwrap()
-            .insert("audit_head", old_head.clone())
-            .unwrap();
-        db.open_tree("keyrings")
-            .unwrap()
-            .insert("live", old_entry.clone())
-            .unwrap();
-        let audit = db.open_tree("audit").unwrap();
-        for item in audit.range((old_seq + 1).to_be_bytes()..) {
-            audit.remove(item.unwrap().0).unwrap();
+        db.tree("meta").insert("audit_head", &old_head);
+        db.tree("keyrings").insert("live", &old_entry);
+        let audit = db.tree("audit");
+        for (k, _) in audit.range_from((old_seq + 1).to_be_bytes()) {
+            audit.remove(k);
         }
     });
     match r {
@@ -300,21 +268,18 @@ fn deleting_the_anchor_does_not_hide_an_old_catalog_put_back() {
 fn needles_of(fx: &mut Fixture, name: &str) -> Needles {
     let mut needles = Needles::new();
     fx.with_raw_db(|db| {
-        let keyrings = db.open_tree("keyrings").unwrap();
         let entry =
-            KeyringEntry::parse_stored(&keyrings.get(name.as_bytes()).unwrap().unwrap()).unwrap();
+            KeyringEntry::parse_stored(&db.tree("keyrings").get(name.as_bytes()).unwrap()).unwrap();
         let prefix = entry.id.to_be_bytes();
         for tree in ["keks", "deks"] {
-            for item in db.open_tree(tree).unwrap().scan_prefix(prefix) {
-                let (k, v) = item.unwrap();
+            for (k, v) in db.tree(tree).scan_prefix(prefix) {
                 needles.add(
                     format!("{name} {tree} {k:?}"),
                     WrappedKey::parse(&v).unwrap().payload(),
                 );
             }
         }
-        for item in db.open_tree("records").unwrap().scan_prefix(prefix) {
-            let (k, v) = item.unwrap();
+        for (k, v) in db.tree("records").scan_prefix(prefix) {
             needles.add(
                 format!("{name} record {:?}", String::from_utf8_lossy(&k[8..])),
                 &v[5..],
@@ -329,12 +294,12 @@ mod pkcs11 {
     use std::sync::{Arc, Barrier};
 
     use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
-    use strongroom_store::{Store, StoreError, StoreOptions};
+    use strongroom_store::{StoreError, StoreOptions};
     use strongroom_test_support::softhsm::Token;
     use strongroom_test_support::softhsm_tests;
     use strongroom_test_support::wrappers::TestBackend;
 
-    use super::{kr, rn};
+    use super::{common, kr, rn};
 
     fn backend(token: &Token) -> Arc<Pkcs11Backend> {
         Arc::new(
@@ -364,20 +329,20 @@ mod pkcs11 {
             let dir = tempfile::tempdir().unwrap();
             let (a, moved) = (dir.path().join("a"), dir.path().join("moved"));
             let b = backend(token);
-            let sa = Store::create(&a, b.clone(), &rn("service"), StoreOptions::default()).unwrap();
+            let sa = common::create(&a, b.clone(), &rn("service"), StoreOptions::default()).unwrap();
             sa.create_keyring(&kr("k"), None).unwrap();
             sa.put(&kr("k"), b"alice", b"salary=100000").unwrap();
             sa.flush().unwrap();
             drop(sa);
             std::fs::rename(&a, &moved).unwrap();
             // The first store, moved, still opens before anything else happens.
-            drop(Store::open(&moved, b.clone(), StoreOptions::default()).unwrap());
+            drop(common::open(&moved, b.clone(), StoreOptions::default()).unwrap());
 
-            let r = Store::create(&a, b.clone(), &rn("service"), StoreOptions::default());
+            let r = common::create(&a, b.clone(), &rn("service"), StoreOptions::default());
             match r {
                 Err(e) => assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }), "{e}"),
                 Ok(sb) => {
-                    let first = Store::open(&moved, b.clone(), StoreOptions::default()).map(|_| ());
+                    let first = common::open(&moved, b.clone(), StoreOptions::default()).map(|_| ());
                     panic!(
                         "a second store was created on the first store's namespace, sharing its primary root {:?}; the first store now opens as: {first:?}",
                         sb.roots().iter().map(|r| r.name.to_string()).collect::<Vec<_>>()
@@ -408,7 +373,7 @@ mod pkcs11 {
                 });
                 let path = dir.path().join(name);
                 std::thread::spawn(move || {
-                    Store::create(&path, gate, &rn("service"), StoreOptions::default())
+                    common::create(&path, gate, &rn("service"), StoreOptions::default())
                         .map(|s| hex(&s.meta().store_id))
                 })
             };
@@ -453,7 +418,8 @@ fn chattr(flag: &str, path: &Path) {
 /// compaction (and `finish_compaction`) shreds every generation other than the current one.
 #[test]
 fn a_compaction_whose_shredding_fails_keeps_its_job() {
-    let mut fx = Fixture::new(StoreOptions::default());
+    // sled's generation files (an immutable file in the old one): on sled in both modes.
+    let mut fx = Fixture::on_sled(StoreOptions::default());
     let gone = kr("payroll");
     fx.store().create_keyring(&gone, None).unwrap();
     for i in 0..20 {
@@ -493,7 +459,7 @@ mod race {
     use strongroom_store::{Store, StoreOptions};
     use strongroom_test_support::wrappers::TestBackend;
 
-    use super::common::Fixture;
+    use super::common::{self, Fixture};
     use super::{kr, needles_of, rn};
 
     /// FINDING (low): a compaction computes the set of destroyed keyrings whose entries it leaves
@@ -518,11 +484,13 @@ mod race {
         let options = StoreOptions::default();
         let store =
             Store::create(dir.path(), backend.clone(), &rn("service"), options.clone()).unwrap();
+        // What is left in sled's files: on sled in both modes.
         let mut fx = Fixture {
             dir,
             backend,
             store: Some(store),
             options,
+            engine: common::EngineKind::Sled,
         };
         fx.store().create_root(&rn("acme")).unwrap();
         fx.store()
@@ -588,11 +556,10 @@ fn metadata_naming_another_primary_root_is_refused() {
     fx.store().create_root(&rn("tenant")).unwrap();
     fx.store().flush().unwrap();
     let r = edit_and_open(&mut fx, |db| {
-        let t = db.open_tree("meta").unwrap();
-        let mut m =
-            strongroom_store::format::StoreMeta::parse(&t.get("store").unwrap().unwrap()).unwrap();
+        let t = db.tree("meta");
+        let mut m = strongroom_store::format::StoreMeta::parse(&t.get("store").unwrap()).unwrap();
         m.primary_root = rn("tenant");
-        t.insert("store", m.to_bytes()).unwrap();
+        t.insert("store", m.to_bytes());
     });
     let s = match r {
         Err(e) => {
@@ -632,7 +599,8 @@ fn metadata_naming_another_primary_root_is_refused() {
 /// never "not a store"; nothing is ever shredded unless `db-current` names another generation.
 #[test]
 fn create_never_shreds_a_database_whose_db_current_is_missing() {
-    let mut fx = Fixture::new(StoreOptions::default());
+    // sled's generation directories and `db-current`: on sled in both modes.
+    let mut fx = Fixture::on_sled(StoreOptions::default());
     fx.store().create_keyring(&kr("k"), None).unwrap();
     fx.store()
         .put(&kr("k"), b"alice", b"salary=100000")
@@ -674,7 +642,8 @@ fn create_never_shreds_a_database_whose_db_current_is_missing() {
 /// generation), and never a directory whose sled lock someone holds.
 #[test]
 fn a_second_open_during_a_compaction_is_refused_and_shreds_nothing() {
-    let mut fx = Fixture::new(StoreOptions::default());
+    // sled's generation directories: on sled in both modes.
+    let mut fx = Fixture::on_sled(StoreOptions::default());
     let k = kr("k");
     fx.store().create_keyring(&k, None).unwrap();
     for b in 0..40 {

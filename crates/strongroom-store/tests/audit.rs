@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Fixture, copy_dir, kr, rn};
+use common::{DbCopy, Fixture, RawDb, kr, rn};
 use strongroom_store::{AuditOp, Outcome, StoreOptions};
 
 fn populated() -> Fixture {
@@ -76,12 +76,12 @@ fn broken_at(fx: &Fixture) -> (u64, String) {
 fn a_changed_entry_is_found() {
     let mut fx = populated();
     fx.with_raw_db(|db| {
-        let t = db.open_tree("audit").unwrap();
-        let mut v = t.get(audit_key(4)).unwrap().unwrap().to_vec();
+        let t = db.tree("audit");
+        let mut v = t.get(audit_key(4)).unwrap();
         // Change one byte of the actor ("ops:alice" -> "ops:alicf").
         let at = v.windows(9).position(|w| w == b"ops:alice").unwrap() + 8;
         v[at] ^= 0x07;
-        t.insert(audit_key(4), v).unwrap();
+        t.insert(audit_key(4), v);
     });
     let (seq, why) = broken_at(&fx);
     assert_eq!(seq, 4);
@@ -92,7 +92,7 @@ fn a_changed_entry_is_found() {
 fn a_removed_entry_is_found() {
     let mut fx = populated();
     fx.with_raw_db(|db| {
-        db.open_tree("audit").unwrap().remove(audit_key(5)).unwrap();
+        assert!(db.tree("audit").remove(audit_key(5)));
     });
     let (seq, why) = broken_at(&fx);
     assert_eq!(seq, 5);
@@ -103,11 +103,11 @@ fn a_removed_entry_is_found() {
 fn reordered_entries_are_found() {
     let mut fx = populated();
     fx.with_raw_db(|db| {
-        let t = db.open_tree("audit").unwrap();
-        let a = t.get(audit_key(2)).unwrap().unwrap();
-        let b = t.get(audit_key(3)).unwrap().unwrap();
-        t.insert(audit_key(2), b).unwrap();
-        t.insert(audit_key(3), a).unwrap();
+        let t = db.tree("audit");
+        let a = t.get(audit_key(2)).unwrap();
+        let b = t.get(audit_key(3)).unwrap();
+        t.insert(audit_key(2), b);
+        t.insert(audit_key(3), a);
     });
     assert_eq!(broken_at(&fx).0, 2);
 }
@@ -117,9 +117,9 @@ fn a_genuine_entry_moved_to_another_place_is_found() {
     // Entry 8's genuine bytes (a valid MAC) stored in place of entry 7.
     let mut fx = populated();
     fx.with_raw_db(|db| {
-        let t = db.open_tree("audit").unwrap();
-        let e8 = t.get(audit_key(8)).unwrap().unwrap();
-        t.insert(audit_key(7), e8).unwrap();
+        let t = db.tree("audit");
+        let e8 = t.get(audit_key(8)).unwrap();
+        t.insert(audit_key(7), e8);
     });
     let (seq, why) = broken_at(&fx);
     assert_eq!(seq, 7);
@@ -133,9 +133,9 @@ fn a_genuine_entry_moved_to_another_place_is_found() {
 fn a_truncated_tail_is_found() {
     let mut fx = populated();
     fx.with_raw_db(|db| {
-        let t = db.open_tree("audit").unwrap();
-        t.remove(audit_key(9)).unwrap();
-        t.remove(audit_key(8)).unwrap();
+        let t = db.tree("audit");
+        assert!(t.remove(audit_key(9)));
+        assert!(t.remove(audit_key(8)));
     });
     let (seq, why) = broken_at(&fx);
     assert_eq!(seq, 8);
@@ -148,10 +148,10 @@ fn an_altered_head_is_found_at_open() {
     // the store refuses to open rather than trust a catalog it cannot check.
     let mut fx = populated();
     let e = reopen_after(&mut fx, |db| {
-        let meta = db.open_tree("meta").unwrap();
-        let mut h = meta.get(b"audit_head").unwrap().unwrap().to_vec();
+        let meta = db.tree("meta");
+        let mut h = meta.get(b"audit_head").unwrap();
         h[20] ^= 1;
-        meta.insert(b"audit_head", h).unwrap();
+        meta.insert(b"audit_head", h);
     })
     .unwrap_err();
     assert!(
@@ -166,18 +166,13 @@ fn a_head_moved_back_is_refused_at_open_by_the_anchor() {
     // The head claims the log ends at entry 7 (as if the last two operations never happened):
     // the anchor kept outside the database says 9, so the store refuses to open.
     let mut fx = populated();
-    fx.store = None;
-    {
-        let db = common::raw_sled(&strongroom_store::database_dir(fx.dir.path()).unwrap());
-        let meta = db.open_tree("meta").unwrap();
-        let mut h = meta.get(b"audit_head").unwrap().unwrap().to_vec();
+    let e = reopen_after(&mut fx, |db| {
+        let meta = db.tree("meta");
+        let mut h = meta.get(b"audit_head").unwrap();
         h[..8].copy_from_slice(&7u64.to_be_bytes());
-        meta.insert(b"audit_head", h).unwrap();
-        db.flush().unwrap();
-    }
-    let e =
-        strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
-            .unwrap_err();
+        meta.insert(b"audit_head", h);
+    })
+    .unwrap_err();
     assert!(
         matches!(
             e,
@@ -196,22 +191,14 @@ fn a_head_moved_back_is_refused_at_open_by_the_anchor() {
 #[test]
 fn an_older_copy_of_the_database_is_refused_unless_accepted() {
     let mut fx = populated();
-    let old = tempfile::tempdir().unwrap();
     fx.store = None;
-    copy_dir(
-        &strongroom_store::database_dir(fx.dir.path()).unwrap(),
-        old.path(),
-    );
+    let old = DbCopy::take(fx.dir.path());
     let s = fx.reopen();
     // The keyring is destroyed; then the old copy of the database (with its keys) is put back.
     s.destroy_keyring_now(&kr("hr")).unwrap();
     fx.store = None;
-    let db = strongroom_store::database_dir(fx.dir.path()).unwrap();
-    std::fs::remove_dir_all(&db).unwrap();
-    copy_dir(old.path(), &db);
-    let e =
-        strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
-            .unwrap_err();
+    old.put_back(fx.dir.path());
+    let e = fx.open().unwrap_err();
     assert!(
         matches!(e, strongroom_store::StoreError::RolledBack { .. }),
         "{e:?}"
@@ -221,21 +208,16 @@ fn an_older_copy_of_the_database_is_refused_unless_accepted() {
     let anchor = fx.dir.path().join(strongroom_store::ANCHOR_FILE);
     let kept = std::fs::read(&anchor).unwrap();
     std::fs::remove_file(&anchor).unwrap();
-    let e =
-        strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
-            .unwrap_err();
+    let e = fx.open().unwrap_err();
     assert!(
         matches!(e, strongroom_store::StoreError::AnchorMissing { .. }) && e.is_integrity(),
         "{e:?}"
     );
     std::fs::write(&anchor, kept).unwrap();
     // An operator who put the copy back on purpose accepts it, and that is recorded.
-    let s = strongroom_store::Store::open_accepting_rollback(
-        fx.dir.path(),
-        fx.backend.clone(),
-        StoreOptions::default(),
-    )
-    .unwrap();
+    let s =
+        common::open_accepting_rollback(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
+            .unwrap();
     assert!(s.verify_audit().unwrap().is_ok());
     let last = s.audit_entries(1).last().unwrap().unwrap();
     assert_eq!(last.op, AuditOp::RollbackAccepted);
@@ -254,21 +236,16 @@ fn an_untouched_log_keeps_verifying_across_reopen_and_new_entries() {
 /// Closes the store, lets `f` change its database, and tries to open it again.
 fn reopen_after(
     fx: &mut Fixture,
-    f: impl FnOnce(&sled::Db),
+    f: impl FnOnce(&RawDb),
 ) -> Result<strongroom_store::Store, strongroom_store::StoreError> {
-    fx.store = None;
-    {
-        let db = common::raw_sled(&strongroom_store::database_dir(fx.dir.path()).unwrap());
-        f(&db);
-        db.flush().unwrap();
-    }
-    strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
+    fx.with_raw_db_unchecked(f);
+    fx.open()
 }
 
-fn cut_head(db: &sled::Db) {
-    let meta = db.open_tree("meta").unwrap();
-    let h = meta.get(b"audit_head").unwrap().unwrap().to_vec();
-    meta.insert(b"audit_head", &h[..20]).unwrap();
+fn cut_head(db: &RawDb) {
+    let meta = db.tree("meta");
+    let h = meta.get(b"audit_head").unwrap();
+    meta.insert(b"audit_head", &h[..20]);
 }
 
 #[test]
@@ -281,16 +258,14 @@ fn a_damaged_head_is_an_integrity_failure_not_a_fresh_log() {
     // Without the anchor too: the head vouches for the catalog, so a store whose head is
     // damaged is refused at open (never a fresh chain, never an unchecked catalog).
     std::fs::remove_file(fx.dir.path().join(strongroom_store::ANCHOR_FILE)).unwrap();
-    let e =
-        strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
-            .unwrap_err();
+    let e = fx.open().unwrap_err();
     assert!(
         e.is_integrity() && e.to_string().contains("audit log's head"),
         "{e}"
     );
     // The damaged head is still there, unchanged, for whoever looks at it.
-    let db = common::raw_sled(&strongroom_store::database_dir(fx.dir.path()).unwrap());
-    let head = db.open_tree("meta").unwrap().get(b"audit_head").unwrap();
+    let db = RawDb::open(fx.dir.path());
+    let head = db.tree("meta").get(b"audit_head");
     assert_eq!(head.map(|h| h.len()), Some(20));
 }
 
@@ -310,9 +285,7 @@ fn a_forged_anchor_fails_verification() {
     anchor[72] ^= 1;
     std::fs::write(&path, &anchor).unwrap();
     fx.store = None;
-    let e =
-        strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
-            .unwrap_err();
+    let e = fx.open().unwrap_err();
     assert!(
         matches!(e, strongroom_store::StoreError::CatalogIntegrity { .. })
             && e.to_string().contains("fails its MAC"),
@@ -327,9 +300,7 @@ fn an_unreadable_anchor_is_an_error_not_a_missing_one() {
     fx.store = None;
     std::fs::remove_file(&path).unwrap();
     std::fs::create_dir(&path).unwrap(); // reading it fails with EISDIR
-    let e =
-        strongroom_store::Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default())
-            .unwrap_err();
+    let e = fx.open().unwrap_err();
     assert!(
         matches!(&e, strongroom_store::StoreError::Io { op, .. } if op.contains("anchor")),
         "{e:?}"

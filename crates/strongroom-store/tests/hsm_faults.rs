@@ -7,6 +7,8 @@
 //! restart) serves everything again, key operations included, and its audit log verifies.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +31,7 @@ fn store(token: &Token, dir: &std::path::Path) -> Store {
     c.attempts = 3;
     c.backoff = Duration::from_millis(5);
     let backend: Arc<dyn Backend> = Arc::new(Pkcs11Backend::open(c).unwrap());
-    Store::create(
+    common::create(
         dir,
         backend,
         &RootKeyName::new("service").unwrap(),

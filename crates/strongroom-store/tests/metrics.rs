@@ -14,7 +14,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use strongroom_p11_testkit::sys::CKR_DEVICE_ERROR;
 use strongroom_p11_testkit::{FaultControl, FaultPlan};
 use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
-use strongroom_store::{BatchOp, Store, StoreOptions, telemetry};
+use strongroom_store::{BatchOp, StoreOptions, telemetry};
 use strongroom_test_support::softhsm_tests;
 
 /// The metrics recorded since the last snapshot: counters as `name{label=value,...}` => count,
@@ -262,7 +262,7 @@ softhsm_tests! {
         let backend = Arc::new(Pkcs11Backend::open(config).unwrap());
         let dir = tempfile::tempdir().unwrap();
         let store =
-            Store::create(dir.path(), backend.clone(), &rn("service"), StoreOptions::default())
+            common::create(dir.path(), backend.clone(), &rn("service"), StoreOptions::default())
                 .unwrap();
         let control = FaultControl::new(token.fault_control());
         let payroll = kr("payroll");

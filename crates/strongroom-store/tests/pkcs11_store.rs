@@ -3,11 +3,13 @@
 //! rotation, crypto-shredding and the audit, with root keys that never leave the token.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use strongroom_core::{Backend, KeyringName, RootKeyId, RootKeyName, RootStatus, RootVersion};
 use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
-use strongroom_store::{Store, StoreError, StoreOptions};
+use strongroom_store::{StoreError, StoreOptions};
 use strongroom_test_support::softhsm::Token;
 use strongroom_test_support::softhsm_tests;
 
@@ -34,7 +36,7 @@ softhsm_tests! {
     fn the_hierarchy_on_an_hsm(token) {
         let dir = tempfile::tempdir().unwrap();
         let b = backend(token);
-        let s = Store::create(dir.path(), b.clone(), &rn("service"), StoreOptions::default()).unwrap();
+        let s = common::create(dir.path(), b.clone(), &rn("service"), StoreOptions::default()).unwrap();
         s.create_keyring(&kr("payroll"), None).unwrap();
         s.put(&kr("payroll"), b"alice", b"100").unwrap();
         s.create_root(&rn("tenant")).unwrap();
@@ -63,7 +65,7 @@ softhsm_tests! {
 
         // Reopen (the store checks it is the same token).
         drop(s);
-        let s = Store::open(dir.path(), b.clone(), StoreOptions::default()).unwrap();
+        let s = common::open(dir.path(), b.clone(), StoreOptions::default()).unwrap();
         assert_eq!(s.get(&kr("payroll"), b"alice").unwrap().unwrap().expose(), b"100");
 
         // Crypto-shredding the tenant: its root is destroyed in the token.
@@ -77,7 +79,7 @@ softhsm_tests! {
         let dir = tempfile::tempdir().unwrap();
         let b = backend(token);
         let options = StoreOptions { cache_ttl: std::time::Duration::from_millis(200), ..StoreOptions::default() };
-        let s = Store::create(dir.path(), b.clone(), &rn("service"), options).unwrap();
+        let s = common::create(dir.path(), b.clone(), &rn("service"), options).unwrap();
         s.create_root(&rn("customer")).unwrap();
         s.create_keyring(&kr("c"), Some(&rn("customer"))).unwrap();
         s.put(&kr("c"), b"k", b"v").unwrap();
@@ -95,20 +97,20 @@ softhsm_tests! {
         let dir = tempfile::tempdir().unwrap();
         let (a, c, d) = (dir.path().join("a"), dir.path().join("c"), dir.path().join("d"));
         let b = backend(token);
-        let sa = Store::create(&a, b.clone(), &rn("service"), StoreOptions::default()).unwrap();
+        let sa = common::create(&a, b.clone(), &rn("service"), StoreOptions::default()).unwrap();
         sa.create_keyring(&kr("k"), None).unwrap();
         let claim = b.store_claim().unwrap().unwrap();
         assert_eq!(claim.store_id, sa.meta().store_id);
         drop(sa);
         // A second store on the same namespace is refused, naming the first; nothing is made.
-        let e = Store::create(&d, b.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
+        let e = common::create(&d, b.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
         assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }), "{e}");
         assert!(e.to_string().contains(&claim.location), "{e}");
         assert!(e.to_string().contains("--namespace"), "{e}");
-        assert!(!strongroom_store::database_dir(&d).unwrap().exists());
+        assert!(!common::holds_data(&d));
         assert_eq!(b.store_claim().unwrap().unwrap(), claim, "the claim is untouched");
         // The first store still opens and works.
-        let sa = Store::open(&a, b.clone(), StoreOptions::default()).unwrap();
+        let sa = common::open(&a, b.clone(), StoreOptions::default()).unwrap();
         sa.put(&kr("k"), b"x", b"y").unwrap();
         drop(sa);
 
@@ -121,7 +123,7 @@ softhsm_tests! {
             Arc::new(Pkcs11Backend::open(c).unwrap())
         };
         let b2 = other("second");
-        drop(Store::create(&c, b2.clone(), &rn("service"), StoreOptions::default()).unwrap());
+        drop(common::create(&c, b2.clone(), &rn("service"), StoreOptions::default()).unwrap());
         // What a create that died after its claim leaves: the store-id file naming the claim.
         for e in std::fs::read_dir(&c).unwrap() {
             let e = e.unwrap();
@@ -129,23 +131,23 @@ softhsm_tests! {
                 let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
             }
         }
-        let e = Store::create(&d, b2.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
+        let e = common::create(&d, b2.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
         assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }), "{e}");
-        let sc = Store::create(&c, b2.clone(), &rn("service"), StoreOptions::default()).unwrap();
+        let sc = common::create(&c, b2.clone(), &rn("service"), StoreOptions::default()).unwrap();
         sc.create_keyring(&kr("k"), None).unwrap();
         drop(sc);
         // A store moved elsewhere takes its store-id with it: a create at its old path is
         // refused, not handed its keys.
         let moved = dir.path().join("c-moved");
         std::fs::rename(&c, &moved).unwrap();
-        let e = Store::create(&c, b2.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
+        let e = common::create(&c, b2.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
         assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }), "{e}");
-        Store::open(&moved, b2.clone(), StoreOptions::default()).unwrap();
+        common::open(&moved, b2.clone(), StoreOptions::default()).unwrap();
 
         // Keys from before stores claimed their namespace count as another store's.
         let b3 = other("legacy");
         b3.generate_root(&RootKeyId::new(rn("service"), RootVersion::FIRST)).unwrap();
-        let e = Store::create(&d, b3.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
+        let e = common::create(&d, b3.clone(), &rn("service"), StoreOptions::default()).unwrap_err();
         assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }) && e.to_string().contains("service/v1"), "{e}");
 
         // A store whose keys another store has claimed meanwhile is refused at open.
@@ -154,7 +156,7 @@ softhsm_tests! {
         let other = strongroom_core::StoreClaim { store_id: [9; 16], location: "/elsewhere".into() };
         assert!(matches!(b.set_store_claim(&other, None), Err(strongroom_core::BackendError::ClaimedByAnother { .. })));
         b.set_store_claim(&other, mine.as_ref()).unwrap();
-        let e = Store::open(&a, b.clone(), StoreOptions::default()).unwrap_err();
+        let e = common::open(&a, b.clone(), StoreOptions::default()).unwrap_err();
         assert!(matches!(e, StoreError::KeysOfAnotherStore { .. }) && e.to_string().contains("/elsewhere"), "{e}");
     }
 }

@@ -5,13 +5,15 @@
 //! a re-initialize gets out); every record stays readable, through its own store only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use strongroom_core::{KeyringName, RootKeyName, RootVersion};
 use strongroom_p11_testkit::{FaultControl, FaultPlan};
 use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
-use strongroom_store::{Store, StoreOptions};
+use strongroom_store::StoreOptions;
 use strongroom_test_support::softhsm::Token;
 use strongroom_test_support::softhsm_tests;
 
@@ -44,7 +46,7 @@ fn lifecycle(
     start: &Barrier,
     finalized: &Barrier,
 ) {
-    let s = Store::create(dir, b.clone(), &rn("service"), StoreOptions::default()).unwrap();
+    let s = common::create(dir, b.clone(), &rn("service"), StoreOptions::default()).unwrap();
     s.create_root(&rn("tenant")).unwrap();
     s.create_keyring(&kr("main"), None).unwrap();
     s.create_keyring(&kr("t"), Some(&rn("tenant"))).unwrap();
@@ -80,7 +82,7 @@ fn lifecycle(
         );
     }
     drop(s);
-    let s = Store::open(dir, b.clone(), StoreOptions::default()).unwrap();
+    let s = common::open(dir, b.clone(), StoreOptions::default()).unwrap();
     for i in 0..20 {
         let key = format!("k{i}");
         assert_eq!(
@@ -122,7 +124,7 @@ softhsm_tests! {
         }
         // Each store's data opens only with its own backend: a store opened on the other
         // namespace is refused (its instance id differs).
-        assert!(Store::open(dirs[0].path(), backends[1].clone(), StoreOptions::default()).is_err());
-        assert!(Store::open(dirs[1].path(), backends[0].clone(), StoreOptions::default()).is_err());
+        assert!(common::open(dirs[0].path(), backends[1].clone(), StoreOptions::default()).is_err());
+        assert!(common::open(dirs[1].path(), backends[0].clone(), StoreOptions::default()).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! Crypto-shredding, checked on the disk: after a destruction, no byte sequence of the destroyed
 //! keyring's wrapped KEKs, wrapped DEKs or sealed records is left in any file under the store
 //! directory (read raw, not through the store). Each test first checks that the same scan finds
-//! every needle before the destruction, so a scan that cannot see is caught.
+//! every needle before the destruction, so a scan that cannot see is caught. These are about
+//! sled's files: they run on sled whatever `STRONGROOM_TEST_ENGINE` says.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -26,21 +27,18 @@ fn value(tag: &str, i: usize, len: usize) -> Vec<u8> {
 fn needles_of(fx: &mut Fixture, names: &[&str]) -> Needles {
     let mut needles = Needles::new();
     fx.with_raw_db(|db| {
-        let keyrings = db.open_tree("keyrings").unwrap();
+        let keyrings = db.tree("keyrings");
         for name in names {
             let entry =
-                KeyringEntry::parse_stored(&keyrings.get(name.as_bytes()).unwrap().unwrap())
-                    .unwrap();
+                KeyringEntry::parse_stored(&keyrings.get(name.as_bytes()).unwrap()).unwrap();
             let prefix = entry.id.to_be_bytes();
             for tree in ["keks", "deks"] {
-                for item in db.open_tree(tree).unwrap().scan_prefix(prefix) {
-                    let (k, v) = item.unwrap();
+                for (k, v) in db.tree(tree).scan_prefix(prefix) {
                     let blob = WrappedKey::parse(&v).unwrap();
                     needles.add(format!("{name} {tree} {k:?}"), blob.payload());
                 }
             }
-            for item in db.open_tree("records").unwrap().scan_prefix(prefix) {
-                let (k, v) = item.unwrap();
+            for (k, v) in db.tree("records").scan_prefix(prefix) {
                 needles.add(
                     format!("{name} record {:?}", String::from_utf8_lossy(&k[8..])),
                     &v[5..],
@@ -85,7 +83,7 @@ fn assert_none_left(fx: &Fixture, needles: &Needles, when: &str) {
 
 #[test]
 fn destroying_a_keyring_now_leaves_none_of_its_bytes_in_any_file() {
-    let mut fx = Fixture::new(StoreOptions::default());
+    let mut fx = Fixture::on_sled(StoreOptions::default());
     let (gone, kept) = (kr("payroll"), kr("kept"));
     // Under the primary root, which can never be destroyed: the store's own shred must hold.
     fx.store().create_keyring(&gone, None).unwrap();
@@ -132,7 +130,7 @@ fn destroying_a_keyring_now_leaves_none_of_its_bytes_in_any_file() {
 
 #[test]
 fn a_scheduled_destruction_falling_due_leaves_none_of_its_bytes_in_any_file() {
-    let mut fx = Fixture::new(StoreOptions::default());
+    let mut fx = Fixture::on_sled(StoreOptions::default());
     let gone = kr("later");
     fx.store().create_keyring(&gone, None).unwrap();
     fx.store().create_keyring(&kr("kept"), None).unwrap();
@@ -161,7 +159,7 @@ fn a_scheduled_destruction_falling_due_leaves_none_of_its_bytes_in_any_file() {
 
 #[test]
 fn destroying_a_root_leaves_none_of_its_keyrings_bytes_in_any_file() {
-    let mut fx = Fixture::new(StoreOptions::default());
+    let mut fx = Fixture::on_sled(StoreOptions::default());
     fx.store().create_root(&rn("acme")).unwrap();
     for name in ["acme-a", "acme-b"] {
         fx.store()
@@ -202,7 +200,7 @@ fn restore_now(
 
 #[test]
 fn a_move_cuts_the_old_root_and_destroying_the_new_root_leaves_nothing_on_disk() {
-    let mut fx = Fixture::new(StoreOptions::default());
+    let mut fx = Fixture::on_sled(StoreOptions::default());
     let k = kr("payroll");
     fx.store().create_keyring(&k, None).unwrap();
     fill(&fx, &k, 20);

@@ -41,8 +41,17 @@ fn create_open_and_refusals() {
         Some("100")
     );
 
-    // Another store cannot be created over it.
-    let e = Store::create(
+    // Another store cannot be created over it. While it is open on PostgreSQL, a second
+    // engine on its schema is refused outright (one process per store)...
+    if common::on_postgres() {
+        let schema = common::pg_schema_of(fx.dir.path()).unwrap();
+        let e = strongroom_postgres::PgEngine::connect(&common::pg_config(&schema)).unwrap_err();
+        assert_eq!(e.kind(), strongroom_store::EngineErrorKind::Refused, "{e}");
+        assert!(e.to_string().contains("another process"), "{e}");
+        fx.store = None;
+    }
+    // ...and once closed (or on sled, at any time) the store that is there is named.
+    let e = common::create(
         fx.dir.path(),
         fx.backend.clone(),
         &rn("x"),
@@ -55,12 +64,12 @@ fn create_open_and_refusals() {
     let other_dir = tempfile::tempdir().unwrap();
     let other: Arc<dyn Backend> = Arc::new(SoftBackend::create(other_dir.path()).unwrap());
     fx.store = None;
-    let e = Store::open(fx.dir.path(), other, StoreOptions::default()).unwrap_err();
+    let e = common::open(fx.dir.path(), other, StoreOptions::default()).unwrap_err();
     assert!(matches!(e, StoreError::WrongBackend { .. }), "{e}");
     assert!(e.to_string().contains("its own backend"), "{e}");
 
     // No store here.
-    let e = Store::open(
+    let e = common::open(
         other_dir.path(),
         fx.backend.clone(),
         StoreOptions::default(),
@@ -71,12 +80,12 @@ fn create_open_and_refusals() {
 
     // A newer format is refused, not misread.
     fx.with_raw_db_unchecked(|db| {
-        let meta = db.open_tree("meta").unwrap();
-        let mut m = meta.get(b"store").unwrap().unwrap().to_vec();
+        let meta = db.tree("meta");
+        let mut m = meta.get(b"store").unwrap();
         m[4] = 9;
-        meta.insert(b"store", m).unwrap();
+        meta.insert(b"store", m);
     });
-    let e = Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default()).unwrap_err();
+    let e = fx.open().unwrap_err();
     assert!(
         matches!(
             e,
@@ -88,19 +97,6 @@ fn create_open_and_refusals() {
         ),
         "{e}"
     );
-}
-
-trait RawDb {
-    fn with_raw_db_unchecked(&mut self, f: impl FnOnce(&sled::Db));
-}
-
-impl RawDb for Fixture {
-    fn with_raw_db_unchecked(&mut self, f: impl FnOnce(&sled::Db)) {
-        self.store = None;
-        let db = common::raw_sled(&strongroom_store::database_dir(self.dir.path()).unwrap());
-        f(&db);
-        db.flush().unwrap();
-    }
 }
 
 #[test]
@@ -219,11 +215,13 @@ fn a_damaged_keyring_id_counter_is_refused_and_loses_nothing() {
     s.flush().unwrap();
     for damage in [None, Some(&[0u8, 1][..]), Some(&1u64.to_be_bytes()[..])] {
         let s = fx.with_raw_db(|db| {
-            let meta = db.open_tree("meta").unwrap();
+            let meta = db.tree("meta");
             match damage {
-                None => meta.remove("next_keyring_id").unwrap(),
-                Some(v) => meta.insert("next_keyring_id", v).unwrap(),
-            };
+                None => {
+                    meta.remove("next_keyring_id");
+                }
+                Some(v) => meta.insert("next_keyring_id", v),
+            }
         });
         let e = s.create_keyring(&kr("c"), None).unwrap_err();
         assert!(
@@ -240,12 +238,9 @@ fn a_damaged_keyring_id_counter_is_refused_and_loses_nothing() {
         let mut key = b"uses/".to_vec();
         key.extend_from_slice(&1u64.to_be_bytes());
         key.extend_from_slice(&1u32.to_be_bytes());
-        let jobs = db.open_tree("jobs").unwrap();
-        assert!(
-            jobs.get(&key).unwrap().is_some(),
-            "keyring a's DEK 1 counter"
-        );
-        jobs.insert(key, &[0u8, 0, 7][..]).unwrap();
+        let jobs = db.tree("jobs");
+        assert!(jobs.get(&key).is_some(), "keyring a's DEK 1 counter");
+        jobs.insert(key, [0u8, 0, 7]);
     });
     for e in [
         s.put(&kr("a"), b"k2", b"v").unwrap_err(),
@@ -260,11 +255,11 @@ fn a_damaged_keyring_id_counter_is_refused_and_loses_nothing() {
     // Two keyring entries under one id (a copied entry) are refused at open: the copy's seal
     // names `a`, not `z`.
     fx.with_raw_db_unchecked(|db| {
-        let keyrings = db.open_tree("keyrings").unwrap();
-        let a = keyrings.get("a").unwrap().unwrap();
-        keyrings.insert("z", a).unwrap();
+        let keyrings = db.tree("keyrings");
+        let a = keyrings.get("a").unwrap();
+        keyrings.insert("z", a);
     });
-    let e = Store::open(fx.dir.path(), fx.backend.clone(), StoreOptions::default()).unwrap_err();
+    let e = fx.open().unwrap_err();
     assert!(
         matches!(&e, StoreError::CatalogIntegrity { what } if what == "keyring entry z"),
         "{e}"
@@ -312,21 +307,20 @@ fn values_moved_truncated_or_altered_fail_with_an_integrity_error_naming_the_rec
     s.put(&kr("a"), b"bob", b"secret-b").unwrap();
     s.put(&kr("b"), b"alice", b"other").unwrap();
     let s = fx.with_raw_db(|db| {
-        let rec = db.open_tree("records").unwrap();
+        let rec = db.tree("records");
         let key = |id: u64, k: &[u8]| [&id.to_be_bytes()[..], k].concat();
-        let alice = rec.get(key(1, b"alice")).unwrap().unwrap();
+        let alice = rec.get(key(1, b"alice")).unwrap();
         // a/alice's value copied over a/bob (moved to another key) and b/alice (another keyring).
-        rec.insert(key(1, b"bob"), alice.clone()).unwrap();
-        rec.insert(key(2, b"alice"), alice.clone()).unwrap();
+        rec.insert(key(1, b"bob"), &alice);
+        rec.insert(key(2, b"alice"), &alice);
         // a/carol: truncated; a/dave: one bit flipped in the ciphertext; a/erin: header bit.
-        rec.insert(key(1, b"carol"), &alice[..alice.len() - 1])
-            .unwrap();
-        let mut flipped = alice.to_vec();
+        rec.insert(key(1, b"carol"), &alice[..alice.len() - 1]);
+        let mut flipped = alice.clone();
         flipped[20] ^= 0x10;
-        rec.insert(key(1, b"dave"), flipped).unwrap();
-        let mut header = alice.to_vec();
+        rec.insert(key(1, b"dave"), flipped);
+        let mut header = alice.clone();
         header[3] ^= 0x01;
-        rec.insert(key(1, b"erin"), header).unwrap();
+        rec.insert(key(1, b"erin"), header);
     });
     assert_eq!(
         get_string(s, &kr("a"), "alice").as_deref(),
@@ -448,10 +442,10 @@ fn kek_rotation_touches_no_record() {
         let mut out = Vec::new();
         fx.with_raw_db_unchecked(|db| {
             out = db
-                .open_tree("records")
-                .unwrap()
+                .tree("records")
                 .iter()
-                .map(|r| r.unwrap().1.to_vec())
+                .into_iter()
+                .map(|(_, v)| v)
                 .collect();
         });
         out
@@ -787,18 +781,14 @@ fn destroy_now_erases_every_wrapped_key_and_record_of_the_keyring() {
     fx.with_raw_db_unchecked(|db| {
         let prefix = 1u64.to_be_bytes();
         for tree in ["records", "keks", "deks"] {
-            assert_eq!(
-                db.open_tree(tree).unwrap().scan_prefix(prefix).count(),
-                0,
-                "{tree}"
-            );
+            assert_eq!(db.tree(tree).scan_prefix(prefix).len(), 0, "{tree}");
         }
         // No bookkeeping of it either: use counters, jobs.
         let leftovers: Vec<Vec<u8>> = db
-            .open_tree("jobs")
-            .unwrap()
+            .tree("jobs")
             .iter()
-            .map(|r| r.unwrap().0.to_vec())
+            .into_iter()
+            .map(|(k, _)| k)
             .filter(|k| {
                 [&b"uses/"[..], b"reencrypt/", b"purge/"]
                     .iter()
@@ -807,10 +797,10 @@ fn destroy_now_erases_every_wrapped_key_and_record_of_the_keyring() {
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         let all: Vec<u8> = db
-            .open_tree("records")
-            .unwrap()
+            .tree("records")
             .iter()
-            .flat_map(|r| r.unwrap().1.to_vec())
+            .into_iter()
+            .flat_map(|(_, v)| v)
             .collect();
         assert!(!all.windows(9).any(|w| w == b"sensitive"));
     });
@@ -1252,7 +1242,7 @@ fn backup_and_restore_keep_everything_sealed() {
 
     // Restore next to a copy of the soft key file (which the backup does not hold).
     let restored = tempfile::tempdir().unwrap();
-    let meta = Store::restore(&file, restored.path()).unwrap();
+    let meta = common::restore(&file, restored.path()).unwrap();
     assert_eq!(&meta, s.meta());
     drop(fx.store);
     let key_file = fx.dir.path().join(strongroom_core::soft::KEY_FILE_NAME);
@@ -1263,7 +1253,7 @@ fn backup_and_restore_keep_everything_sealed() {
     .unwrap();
     drop(fx.backend);
     let backend: Arc<dyn Backend> = Arc::new(SoftBackend::open(restored.path()).unwrap());
-    let r = Store::open(
+    let r = common::open(
         restored.path(),
         TestBackend::new(backend),
         StoreOptions::default(),
@@ -1286,13 +1276,9 @@ fn backup_and_restore_keep_everything_sealed() {
     let bad = out.path().join("bad.backup");
     std::fs::write(&bad, damaged).unwrap();
     let target = tempfile::tempdir().unwrap();
-    let e = Store::restore(&bad, target.path()).unwrap_err();
+    let e = common::restore(&bad, target.path()).unwrap_err();
     assert!(matches!(e, StoreError::BadBackup { .. }), "{e}");
-    assert!(
-        !strongroom_store::database_dir(target.path())
-            .unwrap()
-            .exists()
-    );
+    assert!(!common::holds_data(target.path()));
 
     // Well-formed checksums over bad contents (the checksum is no MAC: anyone can write one):
     // refused by the parser with what is wrong, and nothing left behind.
@@ -1314,16 +1300,12 @@ fn backup_and_restore_keep_everything_sealed() {
     ] {
         std::fs::write(&bad, resum(&crafted)).unwrap();
         let target = tempfile::tempdir().unwrap();
-        let e = Store::restore(&bad, target.path()).unwrap_err();
+        let e = common::restore(&bad, target.path()).unwrap_err();
         assert!(
             matches!(&e, StoreError::BadBackup { why: w, .. } if w == why),
             "{why}: {e}"
         );
-        assert!(
-            !strongroom_store::database_dir(target.path())
-                .unwrap()
-                .exists()
-        );
+        assert!(!common::holds_data(target.path()));
     }
 }
 
@@ -1344,14 +1326,14 @@ fn only_destroying_the_root_shreds_what_an_older_backup_holds() {
     // The backup restored beside the backend as it is now (same root keys).
     let restore_now = || {
         let dir = tempfile::tempdir().unwrap();
-        Store::restore(&file, dir.path()).unwrap();
+        common::restore(&file, dir.path()).unwrap();
         std::fs::copy(
             &key_file,
             dir.path().join(strongroom_core::soft::KEY_FILE_NAME),
         )
         .unwrap();
         let backend: Arc<dyn Backend> = Arc::new(SoftBackend::open(dir.path()).unwrap());
-        let r = Store::open(
+        let r = common::open(
             dir.path(),
             TestBackend::new(backend),
             StoreOptions::default(),
