@@ -444,17 +444,7 @@ impl Config {
                     }
                 };
                 let schema = t.schema.unwrap_or_else(|| DEFAULT_PG_SCHEMA.to_owned());
-                let ok = !schema.is_empty()
-                    && schema.len() <= 63
-                    && !schema.starts_with("pg_")
-                    && schema
-                        .bytes()
-                        .next()
-                        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-                    && schema
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-                if !ok {
+                if strongroom_postgres::check_schema(&schema).is_err() {
                     return Err(err(
                         "schema",
                         format!(

@@ -224,16 +224,7 @@ pub fn cli_config(data: &[u8]) {
                 pool_size,
             } => {
                 (1..=1000).contains(pool_size)
-                    && !schema.is_empty()
-                    && schema.len() <= 63
-                    && !schema.starts_with("pg_")
-                    && schema
-                        .bytes()
-                        .next()
-                        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-                    && schema
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    && strongroom_postgres::check_schema(schema).is_ok()
                     && match url {
                         UrlSource::Env(v) => config_value_ok(v),
                         UrlSource::File(p) => p.is_absolute() && config_path_ok(p),

@@ -192,7 +192,7 @@ pub fn run(
     let base = &config.schema;
     let store_schema = format!("{base}_bench_store");
     let plain_schema = format!("{base}_bench_plain");
-    let table = format!("{plain_schema}.plain");
+    let table = format!("\"{plain_schema}\".plain");
     let max_threads = spec.threads.iter().copied().max().unwrap_or(1);
     let mut store_cfg = config
         .clone()
@@ -203,8 +203,8 @@ pub fn run(
     {
         let (rt, client) = connect_raw(config)?;
         rt.block_on(client.batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {store_schema} CASCADE; DROP SCHEMA IF EXISTS {plain_schema} CASCADE;
-                 CREATE SCHEMA {plain_schema};
+                "DROP SCHEMA IF EXISTS \"{store_schema}\" CASCADE; DROP SCHEMA IF EXISTS \"{plain_schema}\" CASCADE;
+                 CREATE SCHEMA \"{plain_schema}\";
                  CREATE TABLE {table} (tree smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (tree, k));"
             )))
             .map_err(|e| failed("setup", e))?;

@@ -243,18 +243,37 @@ impl PgConfig {
             .map(u16::to_string)
             .collect::<Vec<_>>()
             .join(",");
+        // Shown in errors, `doctor`, and the audit log: a part that looks like anything but a
+        // host, a database or a user name (a password with an unencoded `@` or `:` in it ends
+        // up in the host or the user) is not shown.
+        let plain = |s: &str| {
+            if s.bytes().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'.' | b'-' | b'_' | b'/' | b',' | b'[' | b']')
+            }) {
+                s.to_owned()
+            } else {
+                "(not shown)".to_owned()
+            }
+        };
         format!(
-            "{host}:{}/{} as {} (schema {})",
+            "{}:{}/{} as {} (schema {})",
+            plain(&host),
             if port.is_empty() { "5432".into() } else { port },
-            c.get_dbname().unwrap_or("(default database)"),
-            c.get_user().unwrap_or("(default user)"),
+            plain(c.get_dbname().unwrap_or("(default database)")),
+            plain(c.get_user().unwrap_or("(default user)")),
             self.schema
         )
     }
 }
 
-/// Checks a schema name: a plain identifier that needs no quoting.
-pub(crate) fn check_schema(s: &str) -> Result<(), EngineError> {
+/// Checks a schema name: lower-case letters, digits and `_`, starting with a letter or `_`, not
+/// `pg_...`, at most 63 bytes (strongroom quotes it in every statement, so reserved words are
+/// fine).
+///
+/// # Errors
+/// A name outside those rules, saying them.
+pub fn check_schema(s: &str) -> Result<(), EngineError> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -388,6 +407,14 @@ mod tests {
         let e = PgConfig::from_url("postgres://app:hunter2pw@h/db?sslmode=verify-ca").unwrap_err();
         assert!(e.to_string().contains("verify-full"), "{e}");
         assert!(!e.to_string().contains("hunter2pw"), "{e}");
+    }
+
+    #[test]
+    fn a_password_with_an_unencoded_at_sign_never_shows_in_the_location() {
+        let c = PgConfig::from_url("postgres://app:hunter2@pw@h/db").unwrap();
+        assert!(!c.location().contains("pw"), "{}", c.location());
+        let c = PgConfig::from_url("postgres://app:p:w@h/db").unwrap();
+        assert!(!c.location().contains("p:w"), "{}", c.location());
     }
 
     #[test]

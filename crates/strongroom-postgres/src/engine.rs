@@ -28,6 +28,9 @@ use crate::schema;
 /// Rows fetched per page of a scan.
 const PAGE: i64 = 512;
 
+/// The time limit of a compaction's `VACUUM FULL` once it runs.
+const COMPACTION_LIMIT: Duration = Duration::from_secs(24 * 3600);
+
 /// How long a connection sits in the pool before a checkout first lets it notice a server
 /// that went away ([`Conn::refresh`]).
 const REFRESH_AFTER: Duration = Duration::from_millis(20);
@@ -61,6 +64,12 @@ struct Inner {
     /// The connection holding the store's session advisory lock (one process per store; see
     /// [`PgConfig::exclusive`]); `None` when not exclusive.
     lock: Mutex<Option<tokio_postgres::Client>>,
+    /// Whether the lock was held once: taking it again means it was lost in between.
+    locked_once: AtomicBool,
+    /// Set when the lock was lost and taken again (another process may have changed the
+    /// database in between): the store drops what it keeps in memory
+    /// ([`Engine::take_invalidation`]).
+    invalidated: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -148,15 +157,44 @@ where
     F::Output: Send + 'static,
 {
     use tokio::runtime::{Handle, RuntimeFlavor};
+    thread_local! {
+        /// Set on a thread where `block_in_place` refused (a `LocalSet` inside a multi-thread
+        /// runtime): its calls go to a short-lived thread from then on.
+        static NO_BLOCK_IN_PLACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    let on_thread = |fut: F| {
+        let rt = Arc::clone(rt);
+        std::thread::spawn(move || rt.block_on(fut))
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    };
     match Handle::try_current().map(|h| h.runtime_flavor()) {
         Err(e) if !e.is_thread_local_destroyed() => rt.block_on(fut),
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| rt.block_on(fut)),
-        _ => {
-            let rt = Arc::clone(rt);
-            std::thread::spawn(move || rt.block_on(fut))
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        Ok(RuntimeFlavor::MultiThread)
+            if !NO_BLOCK_IN_PLACE
+                .try_with(std::cell::Cell::get)
+                .unwrap_or(true) =>
+        {
+            // tokio offers no way to ask whether `block_in_place` is allowed here; it refuses
+            // (with a panic, before running anything) inside a `LocalSet`. The future is
+            // handed back out of the closure so that it can go elsewhere then.
+            let mut slot = Some(fut);
+            let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tokio::task::block_in_place(|| slot.take().map(|f| rt.block_on(f)))
+            }));
+            match tried {
+                Ok(Some(out)) => out,
+                Ok(None) => unreachable!("the future is taken once"),
+                Err(panic) => match slot.take() {
+                    Some(fut) => {
+                        let _ = NO_BLOCK_IN_PLACE.try_with(|c| c.set(true));
+                        on_thread(fut)
+                    }
+                    None => std::panic::resume_unwind(panic),
+                },
+            }
         }
+        _ => on_thread(fut),
     }
 }
 
@@ -244,8 +282,17 @@ impl Inner {
         F: FnOnce(Arc<Conn>) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
     {
+        self.on_for(lease, self.config.timeout, f)
+    }
+
+    /// [`Inner::on`] with its own time limit.
+    fn on_for<T, F, Fut>(&self, lease: &Lease<'_>, timeout: Duration, f: F) -> Result<T, Fail>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Conn>) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
+    {
         let conn = Arc::clone(lease.conn());
-        let timeout = self.config.timeout;
         let fut = f(Arc::clone(&conn));
         let r = match drive(conn.rt(), async move {
             tokio::time::timeout(timeout, fut).await
@@ -357,6 +404,12 @@ impl Inner {
             .with_hint("; one process at a time opens a store: close the other one (a service, another command) and retry"));
         }
         *lock = Some(client);
+        if self.locked_once.swap(true, Ordering::AcqRel) {
+            // Lost (a server restart, the connection dropped or terminated) and taken again:
+            // for a moment another process could have had the store. What the store keeps in
+            // memory is refreshed before it is used again.
+            self.invalidated.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -521,6 +574,8 @@ impl PgEngine {
             freed: Condvar::new(),
             location: config.location(),
             lock: Mutex::new(None),
+            locked_once: AtomicBool::new(false),
+            invalidated: AtomicBool::new(false),
         });
         let engine = Self { inner };
         engine.ensure_schema()?;
@@ -681,10 +736,15 @@ impl Iterator for PgScan {
 struct PgTx<'a> {
     inner: &'a Inner,
     lease: &'a Lease<'a>,
+    /// Set by the first statement that failed: PostgreSQL has aborted the transaction, and a
+    /// `COMMIT` would roll it back without an error, so it is never sent (a body that ignored
+    /// the error must not see its other writes reported as committed).
+    poisoned: std::cell::Cell<bool>,
 }
 
 impl PgTx<'_> {
     fn fail(&self, f: Fail, what: &str) -> EngineError {
+        self.poisoned.set(true);
         if f.retryable() {
             EngineError::new(EngineErrorKind::Conflict, "a serialization conflict")
         } else {
@@ -833,8 +893,16 @@ impl Engine for PgEngine {
             let tx = PgTx {
                 inner,
                 lease: &lease,
+                poisoned: std::cell::Cell::new(false),
             };
-            let retry = match body(&tx) {
+            let outcome = match body(&tx) {
+                Ok(()) if tx.poisoned.get() => Err(TxStop::Engine(EngineError::new(
+                    EngineErrorKind::Other,
+                    "a statement of the transaction failed and the transaction went on as if it had not: nothing was committed",
+                ))),
+                other => other,
+            };
+            let retry = match outcome {
                 Ok(()) => match simple(inner, &lease, "COMMIT") {
                     Ok(()) => return Ok(()),
                     Err(f) if f.retryable() => true,
@@ -894,6 +962,14 @@ impl Engine for PgEngine {
         true
     }
 
+    fn take_invalidation(&self) -> bool {
+        // Checked (and the lock taken back if it was lost) before the store uses what it keeps
+        // in memory, not only when the next statement needs a connection. If another process
+        // holds it now, the statement that follows is refused at checkout.
+        let _ = self.inner.hold_lock();
+        self.inner.invalidated.swap(false, Ordering::AcqRel)
+    }
+
     fn count(&self, t: TreeId) -> Result<u64, EngineError> {
         let tree = tree_id(t);
         self.inner.read("counting", move |c| async move {
@@ -939,15 +1015,19 @@ impl Engine for PgEngine {
         // deleted rows' bytes were; it waits for (and blocks) every reader and writer of the
         // table, so the wait for its lock is bounded.
         let sql = self.inner.sql.vacuum_full(wait);
-        let r = self
-            .inner
-            .write("compacting (VACUUM FULL)", move |c| async move {
+        // However long the rewrite takes once it has its lock (the wait for the lock is bounded
+        // by `lock_timeout` above): a timeout here would report a compaction that the server
+        // goes on to finish.
+        let lease = self.inner.checkout()?;
+        self.inner
+            .on_for(&lease, COMPACTION_LIMIT, move |c| async move {
                 for statement in &sql {
                     c.client.batch_execute(statement).await?;
                 }
                 Ok(())
-            });
-        r?;
+            })
+            .map_err(|f| f.into_engine("compacting (VACUUM FULL)", COMPACTION_LIMIT))?;
+        drop(lease);
         // A checkpoint lets the server recycle WAL segments that still hold the deleted rows;
         // it needs the pg_checkpoint role (or superuser) and is skipped without it.
         let checkpoint = self.inner.write("checkpointing", |c| async move {

@@ -43,6 +43,6 @@ mod error;
 mod schema;
 mod tls;
 
-pub use config::{DEFAULT_SCHEMA, PgConfig, SslMode, TlsSettings};
+pub use config::{DEFAULT_SCHEMA, PgConfig, SslMode, TlsSettings, check_schema};
 pub use engine::PgEngine;
 pub use schema::SCHEMA_VERSION;

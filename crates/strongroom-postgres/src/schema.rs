@@ -28,11 +28,15 @@ pub(crate) struct Sql {
 }
 
 impl Sql {
+    /// Statements for `schema`: a name of lower-case letters, digits and `_` (checked by
+    /// `config::check_schema`), always written quoted, so that a reserved word (`user`,
+    /// `select`) is a name like any other.
     pub(crate) fn new(schema: &str) -> Self {
+        let q = format!("\"{schema}\"");
         Self {
-            schema: schema.to_owned(),
-            schema_version: format!("SELECT max(version) FROM {schema}.schema_version"),
-            size: format!("SELECT pg_total_relation_size('{schema}.entries'::regclass)"),
+            schema_version: format!("SELECT max(version) FROM {q}.schema_version"),
+            size: format!("SELECT pg_total_relation_size('{q}.entries'::regclass)"),
+            schema: q,
         }
     }
 
@@ -127,11 +131,12 @@ pub(crate) async fn ensure(
     sql: &Sql,
 ) -> Result<Result<(), EngineError>, tokio_postgres::Error> {
     let s = &sql.schema;
+    let name = s.trim_matches('"').to_owned();
     let t = sql.t();
     // Two keys: strongroom's, and the schema's name.
     c.execute(
         "SELECT pg_advisory_lock(hashtext('strongroom'), hashtext($1))",
-        &[s],
+        &[&name],
     )
     .await?;
     let r = async {
@@ -183,7 +188,7 @@ pub(crate) async fn ensure(
     let unlocked = c
         .execute(
             "SELECT pg_advisory_unlock(hashtext('strongroom'), hashtext($1))",
-            &[s],
+            &[&name],
         )
         .await;
     let r = r?;

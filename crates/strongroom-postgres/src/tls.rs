@@ -81,6 +81,26 @@ pub(crate) fn connector(tls: &TlsSettings) -> Result<MakeRustlsConnect, EngineEr
                         cert.display()
                     ))
                 })?;
+            // As libpq: a key that its group or other users can read is refused.
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(key)
+                    .map_err(|e| {
+                        config_error(format!(
+                            "the client key {} could not be read: {e}",
+                            key.display()
+                        ))
+                    })?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(config_error(format!(
+                        "the client key {} has mode {:o}: other users can read it; `chmod 600` it (and replace the key if it was exposed)",
+                        key.display(),
+                        mode & 0o777
+                    )));
+                }
+            }
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                 // Never the key's bytes: the file name and the parser's reason only.
                 config_error(format!(

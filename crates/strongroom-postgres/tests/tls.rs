@@ -86,6 +86,12 @@ fn certificates(dir: &Path) {
         a.extend(["-extfile".to_owned(), format!("{name}.ext")]);
         openssl(dir, &a.iter().map(String::as_str).collect::<Vec<_>>());
     }
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        dir.join("client.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
 }
 
 struct TlsServer {
@@ -211,6 +217,20 @@ fn tls_modes_and_client_certificates_on_a_real_server() {
         s.cert("ca.crt")
     );
     assert!(PgEngine::connect(&schema(PgConfig::from_url(&url).unwrap(), "g")).is_err());
+    // A client key other users can read is refused, as libpq refuses it.
+    use std::os::unix::fs::PermissionsExt as _;
+    let loose = s.certs.path().join("loose.key");
+    std::fs::copy(s.certs.path().join("client.key"), &loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let url = format!(
+        "postgres://certuser@127.0.0.1:{}/postgres?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        s.server.port(),
+        s.cert("ca.crt"),
+        s.cert("client.crt"),
+        loose.display()
+    );
+    let err = PgEngine::connect(&PgConfig::from_url(&url).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("chmod 600"), "{err}");
     // A key without its certificate is a configuration error.
     let url = format!(
         "{}&sslkey={}",

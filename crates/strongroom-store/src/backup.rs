@@ -286,6 +286,7 @@ impl Store {
         });
         let outcome = (|| {
             let mut seen = Vec::new();
+            let mut meta_batch = None;
             for _ in 0..trees {
                 let n = usize::from(read(1)?[0]);
                 let name =
@@ -306,11 +307,20 @@ impl Store {
                     let vl = u32::from_be_bytes(read(4)?.try_into().unwrap_or([0; 4])) as usize;
                     let v = read(vl)?;
                     batch.insert(k, v);
-                    if i % 4096 == 4095 {
+                    // The metadata (a few entries) goes in last, below.
+                    if i % 4096 == 4095 && t != TreeId::Meta {
                         storage.apply_batch(t, std::mem::take(&mut batch), "restoring")?;
                     }
                 }
-                storage.apply_batch(t, batch, "restoring")?;
+                if t == TreeId::Meta {
+                    meta_batch = Some(batch);
+                } else {
+                    storage.apply_batch(t, batch, "restoring")?;
+                }
+            }
+            // The metadata last: a restore that stops halfway leaves no store that opens.
+            if let Some(batch) = meta_batch.take() {
+                storage.apply_batch(TreeId::Meta, batch, "restoring")?;
             }
             let anchor = if v >= 2 {
                 let n = usize::from(read(1)?[0]);

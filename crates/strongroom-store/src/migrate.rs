@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::audit::AuditOp;
-use crate::engine::{ALL_TREES, BatchChange, Engine, EngineInfo};
+use crate::engine::{ALL_TREES, BatchChange, Engine, EngineInfo, TreeId};
 use crate::error::StoreError;
 use crate::lifecycle::Progress;
 use crate::store::Store;
@@ -72,7 +72,7 @@ impl Store {
             AuditOp::Migrated,
             "store".into(),
             format!(
-                "copied from {} at {} into {} at {}",
+                "copying from {} at {} into {} at {} (verified entry by entry before it is used)",
                 self.engine_info().kind,
                 self.engine_info().location,
                 to.kind,
@@ -85,31 +85,46 @@ impl Store {
             .iter()
             .map(|t| storage_.len(*t))
             .sum::<Result<u64, _>>()?;
-        let (mut entries, mut bytes) = (0u64, 0u64);
-        for t in ALL_TREES {
-            let mut batch = Vec::with_capacity(BATCH);
-            for item in storage_.iter(t) {
-                let (k, v) = item?;
-                bytes += (k.len() + v.len()) as u64;
-                batch.push(BatchChange::Insert(k, v));
-                if batch.len() == BATCH {
-                    entries += batch.len() as u64;
+        // The metadata last: until it is there, a copy that stops halfway (a full disk, a lost
+        // connection) is no store at all (`NotAStore` at open), never a store missing records.
+        let order: Vec<TreeId> = ALL_TREES
+            .iter()
+            .copied()
+            .filter(|t| *t != TreeId::Meta)
+            .chain([TreeId::Meta])
+            .collect();
+        let copied = (|| {
+            let (mut entries, mut bytes) = (0u64, 0u64);
+            for &t in &order {
+                let mut batch = Vec::with_capacity(BATCH);
+                for item in storage_.iter(t) {
+                    let (k, v) = item?;
+                    bytes += (k.len() + v.len()) as u64;
+                    batch.push(BatchChange::Insert(k, v));
+                    if batch.len() == BATCH {
+                        entries += batch.len() as u64;
+                        target
+                            .apply_batch(t, std::mem::take(&mut batch))
+                            .map_err(storage("writing into the target"))?;
+                        progress(Progress {
+                            done: entries,
+                            total: total * 2,
+                        });
+                    }
+                }
+                entries += batch.len() as u64;
+                if !batch.is_empty() {
                     target
-                        .apply_batch(t, std::mem::take(&mut batch))
+                        .apply_batch(t, batch)
                         .map_err(storage("writing into the target"))?;
-                    progress(Progress {
-                        done: entries,
-                        total: total * 2,
-                    });
                 }
             }
-            entries += batch.len() as u64;
-            if !batch.is_empty() {
-                target
-                    .apply_batch(t, batch)
-                    .map_err(storage("writing into the target"))?;
-            }
-        }
+            Ok::<_, StoreError>((entries, bytes))
+        })();
+        let (entries, bytes) = match copied {
+            Ok(x) => x,
+            Err(e) => return Err(self.undo_partial_copy(target, e)),
+        };
         target.flush().map_err(storage("flushing the target"))?;
         // Verification: both sides, in key order, entry by entry.
         let mut verified = 0u64;
@@ -123,10 +138,13 @@ impl Store {
                     None => false,
                 };
                 if !same {
-                    return Err(StoreError::InUse(format!(
-                        "the copy differs from the store in tree {} (at entry {verified}): the store changed during the migration, or the target was written by someone else; empty the target and migrate again",
-                        t.name()
-                    )));
+                    return Err(self.undo_partial_copy(
+                        target,
+                        StoreError::InUse(format!(
+                            "the copy differs from the store in tree {} (at entry {verified}): the store changed during the migration, or the target was written by someone else; migrate again",
+                            t.name()
+                        )),
+                    ));
                 }
                 verified += 1;
                 if verified.is_multiple_of(BATCH as u64) {
@@ -136,12 +154,14 @@ impl Store {
                     });
                 }
             }
-            if let Some(extra) = theirs.next() {
-                let _ = extra;
-                return Err(StoreError::InUse(format!(
-                    "the copy holds more entries than the store in tree {}: empty the target and migrate again",
-                    t.name()
-                )));
+            if theirs.next().is_some() {
+                return Err(self.undo_partial_copy(
+                    target,
+                    StoreError::InUse(format!(
+                        "the copy holds more entries than the store in tree {}: migrate again",
+                        t.name()
+                    )),
+                ));
             }
         }
         progress(Progress {
@@ -154,5 +174,31 @@ impl Store {
             to,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// Empties `target` after a copy into it failed with `e` (it was empty before): `e` as it
+    /// was when that worked; when it did not, an error saying what is left there and how to
+    /// remove it.
+    fn undo_partial_copy(&self, target: &dyn Engine, e: StoreError) -> StoreError {
+        let mut left = 0u64;
+        for t in ALL_TREES {
+            let keys: Vec<Vec<u8>> = target
+                .scan(t, b"", b"")
+                .filter_map(|r| r.ok().map(|(k, _)| k))
+                .collect();
+            for k in keys {
+                if target.remove(t, &k).is_err() {
+                    left += 1;
+                }
+            }
+            left += target.count(t).unwrap_or(1).min(1);
+        }
+        if left == 0 {
+            return e;
+        }
+        StoreError::InUse(format!(
+            "the migration failed ({e}), and the partial copy could not be removed from {}: it holds no store metadata, so it never opens as a store; empty it (for PostgreSQL: DROP SCHEMA ... CASCADE) before migrating again",
+            target.info().location
+        ))
     }
 }

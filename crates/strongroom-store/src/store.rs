@@ -180,6 +180,9 @@ pub(crate) struct Inner {
     pub backend_calls: AtomicU64,
     /// Whether the catalog was verified against the audit key since open.
     pub catalog_verified: AtomicBool,
+    /// The engine reported a possible outside change and the catalog could not be reloaded
+    /// yet ([`Store::refresh_if_invalidated`]).
+    pub catalog_stale: AtomicBool,
     /// Whether the catalog is sealed (false: a store from before, until its first commit).
     pub catalog_sealed: AtomicBool,
     /// Opened with [`Store::open_accepting_rollback`].
@@ -712,6 +715,7 @@ impl Store {
                 counters: Mutex::new(HashMap::new()),
                 backend_calls: AtomicU64::new(0),
                 catalog_verified: AtomicBool::new(false),
+                catalog_stale: AtomicBool::new(false),
                 catalog_sealed: AtomicBool::new(false),
                 accepting_rollback: AtomicBool::new(false),
                 last_verify_attempt: Mutex::new(None),
@@ -834,6 +838,7 @@ impl Store {
     }
 
     pub(crate) fn read_lifecycle(&self) -> RwLockReadGuard<'_, ()> {
+        self.refresh_if_invalidated();
         self.inner
             .lifecycle
             .read()
@@ -841,10 +846,43 @@ impl Store {
     }
 
     pub(crate) fn write_lifecycle(&self) -> RwLockWriteGuard<'_, ()> {
+        self.refresh_if_invalidated();
         self.inner
             .lifecycle
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// When the engine says another process may have changed the database
+    /// ([`Engine::take_invalidation`]): cached keys and DEK counters are dropped, and the
+    /// catalog is verified and loaded again, before anything is served (a catalog that cannot
+    /// be loaded now is tried again at the next call; until then the old one stands, with
+    /// every key dropped from the cache, so nothing is served from a key the database no
+    /// longer has).
+    fn refresh_if_invalidated(&self) {
+        let engine_says = self.inner.storage.engine().take_invalidation();
+        if !engine_says && !self.inner.catalog_stale.load(Ordering::Acquire) {
+            return;
+        }
+        let _w = self
+            .inner
+            .lifecycle
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.inner.cache.purge_all();
+        self.inner
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.inner.catalog_verified.store(false, Ordering::Release);
+        let reloaded = self
+            .audit_key()
+            .and_then(|key| self.verify_catalog_once(&key))
+            .and_then(|_| self.load_catalog());
+        self.inner
+            .catalog_stale
+            .store(reloaded.is_err(), Ordering::Release);
     }
 
     pub(crate) fn read_catalog(&self) -> RwLockReadGuard<'_, Catalog> {

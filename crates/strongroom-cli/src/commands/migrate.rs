@@ -99,6 +99,11 @@ pub fn run(ctx: &Context<'_>, a: &MigrateArgs) -> Result<(), CliError> {
     write_private(&tmp, config.to_text().as_bytes())?;
     std::fs::rename(&tmp, &conf)
         .map_err(|e| CliError::Other(format!("switching {}: {e}", conf.display())))?;
+    // On the disk before anything of the old copy is shredded: a crash must never leave a
+    // configuration naming a copy that is gone.
+    std::fs::File::open(data)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| CliError::Other(format!("syncing {}: {e}", data.display())))?;
     let shredded = if a.shred_source {
         shred_source(data, &from)?;
         true

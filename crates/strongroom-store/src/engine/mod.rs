@@ -368,6 +368,14 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// server committing synchronously); false when durability waits for [`Engine::flush`].
     fn durable_commits(&self) -> bool;
 
+    /// True (once) when another process may have changed the database since the store last
+    /// looked (an engine that keeps a store to one process lost that guarantee for a moment and
+    /// has it again): the store then drops its cached keys and counters and reloads its catalog
+    /// before serving anything. Engines that cannot lose it return false.
+    fn take_invalidation(&self) -> bool {
+        false
+    }
+
     /// The number of entries in `t`.
     ///
     /// # Errors
