@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::audit::{self, AuditOp};
+use crate::commit::Effects;
 use crate::engine::sled::current_db_dir;
 use crate::engine::{Engine, SledEngine};
 use crate::error::StoreError;
@@ -69,17 +70,19 @@ impl Store {
     /// A storage or I/O error (a partial backup is removed).
     pub fn backup(&self, path: impl AsRef<Path>) -> Result<BackupReport, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         self.audited(
             AuditOp::BackupTaken,
             format!("backup {}", path.display()),
             || {
                 let report = self.write_backup(&path)?;
                 self.commit(
+                    &w,
                     AuditOp::BackupTaken,
                     format!("backup {}", path.display()),
                     format!("{} entries, {} bytes", report.entries, report.bytes),
                     |_| Ok(()),
+                    Effects::none(),
                 )?;
                 Ok(report)
             },

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use strongroom_core::Key256;
 use strongroom_core::record::RecordCipher;
 
+use crate::commit::KeyChange;
 use crate::telemetry;
 
 /// What to do when a cached key's TTL has run out and the backend cannot be reached to refresh
@@ -130,17 +131,29 @@ impl KeyCache {
         telemetry::cache_evicted(true, before - map.len());
     }
 
-    pub(crate) fn purge_keyring(&self, keyring: u64) {
+    /// Drops keyring `keyring`'s keys, as a key change requires: under the lifecycle lock
+    /// held for writing (the [`KeyChange`] says so), so that no reader still holding the old
+    /// state can put an old key back afterwards.
+    pub(crate) fn purge_keyring(&self, _held: &KeyChange<'_>, keyring: u64) {
+        self.evict_keyring(keyring);
+    }
+
+    /// Drops every key, as a change of the whole store requires (see
+    /// [`KeyCache::purge_keyring`]).
+    pub(crate) fn purge_all(&self, _held: &KeyChange<'_>) {
+        let mut map = self.write();
+        telemetry::cache_evicted(false, map.len());
+        map.clear();
+    }
+
+    /// Drops keyring `keyring`'s keys without a key change: on a read path that found the
+    /// backend refusing one of them. Only ever removes; it is not what makes a revocation take
+    /// effect (that is a commit's purge).
+    pub(crate) fn evict_keyring(&self, keyring: u64) {
         let mut map = self.write();
         let before = map.len();
         map.retain(|(k, _), _| *k != keyring);
         telemetry::cache_evicted(false, before - map.len());
-    }
-
-    pub(crate) fn purge_all(&self) {
-        let mut map = self.write();
-        telemetry::cache_evicted(false, map.len());
-        map.clear();
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -181,9 +194,11 @@ mod tests {
             Cached::Kek(Arc::new(Key256::generate().unwrap())),
             now,
         );
-        c.purge_keyring(0);
+        let lock = RwLock::new(());
+        let held = KeyChange::new(lock.write().unwrap());
+        c.purge_keyring(&held, 0);
         assert!(c.get(0, Slot::Dek(1)).is_none() && c.get(0, Slot::Kek(1)).is_none());
-        c.purge_all();
+        c.purge_all(&held);
         assert_eq!(c.len(), 0);
     }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use strongroom_core::KeyState;
 
 use crate::audit::AuditOp;
+use crate::commit::Effects;
 use crate::error::StoreError;
 use crate::lifecycle::PURGE_PREFIX;
 use crate::records::COUNTER_PREFIX;
@@ -95,7 +96,7 @@ impl Store {
     fn compact_inner(&self, started: Instant) -> Result<CompactReport, StoreError> {
         // Held throughout: no key change (a destruction committing after the set of destroyed
         // keyrings below was taken, with its own compaction job) can fall into the copy.
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         let gone: BTreeSet<u64> = self
             .read_catalog()
             .keyrings
@@ -140,6 +141,7 @@ impl Store {
         // The compaction is done whether or not its entry can be written (the primary root may
         // be disabled): the audit key is needed only to record it.
         let _ = self.commit(
+            &w,
             AuditOp::Compacted,
             "store".into(),
             format!(
@@ -147,6 +149,7 @@ impl Store {
                 report.entries, report.generation, report.dropped, report.shredded_bytes
             ),
             |_| Ok(()),
+            Effects::none(),
         );
         Ok(report)
     }

@@ -5,6 +5,7 @@ use strongroom_core::record::RecordHeader;
 use strongroom_core::{DekVersion, KeyringName, RootKeyName};
 
 use crate::audit::AuditOp;
+use crate::commit::Effects;
 use crate::error::StoreError;
 use crate::format;
 use crate::lifecycle::{BACKEND_DESTROY_PREFIX, PURGE_PREFIX, Progress};
@@ -185,7 +186,8 @@ impl Store {
                     // writer changed since it was read is left as the writer wrote it.
                     let last = batch[processed - 1].0.clone();
                     let replaced = std::cell::Cell::new(0u64);
-                    self.commit(
+                    self.commit_records(
+                        &_r,
                         AuditOp::Reencrypted,
                         format!("keyring {keyring}"),
                         format!(
@@ -217,10 +219,11 @@ impl Store {
                 roll_over
             };
             if let Some(rolled) = roll_over {
-                let _w = self.write_lifecycle();
+                let w = self.write_lifecycle();
                 if self.read_catalog().keyring(keyring)?.current_dek == rolled {
                     let limit = self.inner.options.dek_rollover_after;
                     self.rotate_dek_locked(
+                        &w,
                         keyring,
                         &format!("automatic rollover after {limit} encryptions"),
                     )?;
@@ -228,7 +231,7 @@ impl Store {
             }
         }
         report.retired = self.retire_unused_deks(keyring)?;
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         let detail = format!(
             "{} re-encrypted, {} skipped{}; DEK versions retired: {}",
             report.reencrypted,
@@ -246,10 +249,12 @@ impl Store {
             }
         );
         self.commit(
+            &w,
             AuditOp::Reencrypted,
             format!("keyring {keyring}"),
             detail,
             |tx| tx.remove(TreeId::Jobs, job.clone()),
+            Effects::none(),
         )?;
         Ok(report)
     }
@@ -259,7 +264,7 @@ impl Store {
     /// # Errors
     /// A storage error.
     pub fn retire_unused_deks(&self, keyring: &KeyringName) -> Result<Vec<DekVersion>, StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         let kr = self.read_catalog().keyring(keyring)?;
         let mut used = std::collections::BTreeSet::new();
         for item in self
@@ -297,6 +302,7 @@ impl Store {
             .collect::<Vec<_>>()
             .join(", ");
         self.commit(
+            &w,
             AuditOp::DeksRetired,
             format!("keyring {keyring}"),
             list,
@@ -306,8 +312,8 @@ impl Store {
                 }
                 Ok(())
             },
+            Effects::none().purge(kr.id),
         )?;
-        self.inner.cache.purge_keyring(kr.id);
         Ok(retire)
     }
 

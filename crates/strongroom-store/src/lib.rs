@@ -53,6 +53,7 @@ mod audit;
 mod backup;
 mod cache;
 mod catalog;
+mod commit;
 mod compact;
 pub mod engine;
 mod error;

@@ -4,7 +4,7 @@
 //! before the transaction (a transaction may be retried and must not have outside effects).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use strongroom_core::blob::{WrapAlg, WrappedKey, WrappingKeyRef};
 use strongroom_core::crypto::kwp_wrap_bound;
@@ -15,6 +15,7 @@ use strongroom_core::{
 
 use crate::audit::AuditOp;
 use crate::cache::{Cached, Slot};
+use crate::commit::{Effects, KeyChange};
 use crate::error::StoreError;
 use crate::format::{self, KeyringEntry, RootEntry};
 use crate::storage::{TreeId, WriteBatch};
@@ -150,7 +151,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::RootExists`] or a backend error.
     pub fn create_root(&self, name: &RootKeyName) -> Result<RootInfo, StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         self.audited(AuditOp::RootCreated, format!("root {name}"), || {
             if self.read_catalog().roots.contains_key(name) {
                 return Err(StoreError::RootExists { name: name.clone() });
@@ -162,6 +163,7 @@ impl Store {
                 created: Timestamp::now(),
             };
             self.commit(
+                &w,
                 AuditOp::RootCreated,
                 format!("root {id}"),
                 String::new(),
@@ -172,12 +174,8 @@ impl Store {
                         entry.to_bytes(),
                     )
                 },
+                Effects::none().root(name, RootVersion::FIRST, entry),
             )?;
-            self.write_catalog()
-                .roots
-                .entry(name.clone())
-                .or_default()
-                .insert(RootVersion::FIRST, entry);
             Ok(())
         })?;
         self.root(name)
@@ -195,12 +193,11 @@ impl Store {
         selector: &str,
         weak: bool,
     ) -> Result<(), StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         if !self.read_catalog().roots.contains_key(name) {
             return Err(StoreError::RootNotFound { name: name.clone() });
         }
-        self.commit(
-            AuditOp::RootAdopted,
+        self.commit(&w, AuditOp::RootAdopted,
             format!("root {name}/v1"),
             if weak {
                 format!(
@@ -209,7 +206,7 @@ impl Store {
             } else {
                 format!("adopted the backend's key {selector}")
             },
-            |_| Ok(()),
+            |_| Ok(()), Effects::none(),
         )
         .map(|_| ())
     }
@@ -226,7 +223,7 @@ impl Store {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RootVersion, StoreError> {
         let version = {
-            let _w = self.write_lifecycle();
+            let w = self.write_lifecycle();
             self.audited(AuditOp::RootRotated, format!("root {name}"), || {
                 let (current, next) = {
                     let cat = self.read_catalog();
@@ -263,6 +260,7 @@ impl Store {
                     created: Timestamp::now(),
                 };
                 self.commit(
+                    &w,
                     AuditOp::RootRotated,
                     format!("root {name}"),
                     format!("{current} -> {next}"),
@@ -277,12 +275,8 @@ impl Store {
                         }
                         Ok(())
                     },
+                    Effects::none().root(name, next, entry),
                 )?;
-                self.write_catalog()
-                    .roots
-                    .entry(name.clone())
-                    .or_default()
-                    .insert(next, entry);
                 Ok(next)
             })?
         };
@@ -374,7 +368,8 @@ impl Store {
             ..
         } in todo
         {
-            let _r = self.read_lifecycle();
+            // Each step is a key change of its own: under the lock held for writing.
+            let w = self.write_lifecycle();
             let Some(kr_name) = self.read_catalog().ids.get(&id).cloned() else {
                 continue;
             };
@@ -394,6 +389,7 @@ impl Store {
             let unchanged = |now: Option<&[u8]>| now == Some(&old_bytes[..]);
             if unchanged(self.inner.storage.get(TreeId::Keks, &tree_key)?.as_deref()) {
                 self.commit(
+                    &w,
                     AuditOp::RootRewrapped,
                     format!("root {name}"),
                     format!("KEK {v} of keyring {kr_name} rewrapped under {to}"),
@@ -405,6 +401,7 @@ impl Store {
                         }
                         Ok(())
                     },
+                    Effects::none(),
                 )?;
             }
             if replaced.get() {
@@ -426,7 +423,7 @@ impl Store {
         name: &RootKeyName,
         version: RootVersion,
     ) -> Result<(), StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         let id = RootKeyId::new(name.clone(), version);
         self.audited(AuditOp::RootVersionRetired, format!("root {id}"), || {
             let entry = {
@@ -451,10 +448,9 @@ impl Store {
             self.destroy_in_backend(&id)
                 .map_err(StoreError::backend(format!("destroying {id} in the backend")))?;
             let new = RootEntry { state, ..entry };
-            self.commit(AuditOp::RootVersionRetired, format!("root {id}"), String::new(), |tx| {
+            self.commit(&w, AuditOp::RootVersionRetired, format!("root {id}"), String::new(), |tx| {
                 tx.insert(TreeId::Roots, format::root_key(name, version), new.to_bytes())
-            })?;
-            self.write_catalog().roots.entry(name.clone()).or_default().insert(version, new);
+            }, Effects::none().root(name, version, new))?;
             Ok(())
         })
     }
@@ -463,6 +459,7 @@ impl Store {
     /// purges the cache of its keyrings. Returns the versions changed.
     fn root_transition(
         &self,
+        w: &KeyChange<'_>,
         name: &RootKeyName,
         op: AuditOp,
         t: Transition,
@@ -493,25 +490,26 @@ impl Store {
             }
             out
         };
-        self.commit(op, format!("root {name}"), detail, |tx| {
-            for (v, e) in &changes {
-                tx.insert(TreeId::Roots, format::root_key(name, *v), e.to_bytes())?;
-            }
-            if let Some(job) = &job {
-                tx.insert(TreeId::Jobs, job.clone(), Vec::new())?;
-            }
-            Ok(())
-        })?;
-        {
-            let mut cat = self.write_catalog();
-            let versions = cat.roots.entry(name.clone()).or_default();
-            for (v, e) in &changes {
-                versions.insert(*v, *e);
-            }
-        }
+        let mut effects = Effects::none().roots(name, changes.iter().copied());
         for (_, kr) in self.keyrings_under(name) {
-            self.inner.cache.purge_keyring(kr.id);
+            effects = effects.purge(kr.id);
         }
+        self.commit(
+            w,
+            op,
+            format!("root {name}"),
+            detail,
+            |tx| {
+                for (v, e) in &changes {
+                    tx.insert(TreeId::Roots, format::root_key(name, *v), e.to_bytes())?;
+                }
+                if let Some(job) = &job {
+                    tx.insert(TreeId::Jobs, job.clone(), Vec::new())?;
+                }
+                Ok(())
+            },
+            effects,
+        )?;
         Ok(changes.into_iter().map(|(v, _)| v).collect())
     }
 
@@ -522,7 +520,7 @@ impl Store {
     /// A state that does not allow it, or a backend error (the store stays disabled; run it
     /// again to finish in the backend).
     pub fn disable_root(&self, name: &RootKeyName) -> Result<(), StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         self.audited(AuditOp::RootDisabled, format!("root {name}"), || {
             // Disabled already (or pending destruction, which is disabled too): only the
             // backend's part is done again.
@@ -532,6 +530,7 @@ impl Store {
             );
             if !already {
                 self.root_transition(
+                    &w,
                     name,
                     AuditOp::RootDisabled,
                     Transition::Disable,
@@ -578,7 +577,7 @@ impl Store {
     /// # Errors
     /// A state that does not allow it, or a backend error.
     pub fn enable_root(&self, name: &RootKeyName) -> Result<(), StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         self.audited(AuditOp::RootEnabled, format!("root {name}"), || {
             let (_, state) = self.read_catalog().current_root(name)?;
             // Checked before the backend is touched: a pending destruction must be cancelled.
@@ -595,6 +594,7 @@ impl Store {
                 }
             }
             self.root_transition(
+                &w,
                 name,
                 AuditOp::RootEnabled,
                 Transition::Enable,
@@ -617,7 +617,7 @@ impl Store {
         name: &RootKeyName,
         after: Option<Duration>,
     ) -> Result<Timestamp, StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         let not_before =
             Timestamp::now().saturating_add(after.unwrap_or(self.inner.options.destruction_delay));
         self.audited(
@@ -627,6 +627,7 @@ impl Store {
                 self.refuse_primary(name)?;
                 self.refuse_if_moving_off(name)?;
                 self.root_transition(
+                    &w,
                     name,
                     AuditOp::RootDestructionScheduled,
                     Transition::ScheduleDestruction { not_before },
@@ -645,12 +646,13 @@ impl Store {
     /// # Errors
     /// A state error if none is scheduled.
     pub fn cancel_root_destruction(&self, name: &RootKeyName) -> Result<(), StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         self.audited(
             AuditOp::RootDestructionCancelled,
             format!("root {name}"),
             || {
                 self.root_transition(
+                    &w,
                     name,
                     AuditOp::RootDestructionCancelled,
                     Transition::CancelDestruction,
@@ -684,7 +686,7 @@ impl Store {
         let w = self.write_lifecycle();
         let r = self.audited(AuditOp::RootDestroyed, format!("root {name}"), || {
             self.refuse_primary(name)?;
-            self.destroy_root_locked(name, Transition::DestroyNow)
+            self.destroy_root_locked(&w, name, Transition::DestroyNow)
         });
         drop(w);
         let destroyed = r?;
@@ -728,6 +730,7 @@ impl Store {
 
     fn destroy_root_locked(
         &self,
+        w: &KeyChange<'_>,
         name: &RootKeyName,
         t: Transition,
     ) -> Result<Vec<Destroyed>, StoreError> {
@@ -745,7 +748,7 @@ impl Store {
         // The keyrings go first (each its own transaction): their keys are what the root protects.
         for (kr_name, kr) in self.keyrings_under(name) {
             if kr.state != KeyState::Destroyed {
-                self.destroy_keyring_locked(&kr_name, Transition::DestroyNow)?;
+                self.destroy_keyring_locked(w, &kr_name, Transition::DestroyNow)?;
                 destroyed.push(Destroyed {
                     keyring: kr_name,
                     records: 0,
@@ -755,6 +758,7 @@ impl Store {
         }
         if !versions.is_empty() {
             self.root_transition(
+                w,
                 name,
                 AuditOp::RootDestroyed,
                 t,
@@ -840,12 +844,6 @@ impl Store {
         })
     }
 
-    pub(crate) fn put_keyring(&self, name: &KeyringName, e: KeyringEntry) {
-        let mut cat = self.write_catalog();
-        cat.ids.insert(e.id, name.clone());
-        cat.keyrings.insert(name.clone(), Arc::new(e));
-    }
-
     /// Creates keyring `name` under root `root` (default: the primary root), with KEK v1 and
     /// DEK v1.
     ///
@@ -856,7 +854,7 @@ impl Store {
         name: &KeyringName,
         root: Option<&RootKeyName>,
     ) -> Result<KeyringInfo, StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         self.audited(AuditOp::KeyringCreated, format!("keyring {name}"), || {
             let root = root
                 .cloned()
@@ -898,6 +896,7 @@ impl Store {
                 former_roots: Vec::new(),
             };
             self.commit(
+                &w,
                 AuditOp::KeyringCreated,
                 format!("keyring {name}"),
                 format!("under root {root_id}"),
@@ -922,12 +921,12 @@ impl Store {
                     )?;
                     tx.insert(TreeId::Meta, NEXT_ID_KEY, (id + 1).to_be_bytes())
                 },
+                Effects::none().keyring(name, entry.clone()).cache(
+                    id,
+                    Slot::Kek(1),
+                    Cached::Kek(Arc::new(kek)),
+                ),
             )?;
-            let now = Instant::now();
-            self.inner
-                .cache
-                .insert(id, Slot::Kek(1), Cached::Kek(Arc::new(kek)), now);
-            self.put_keyring(name, entry);
             Ok(())
         })?;
         self.keyring(name)
@@ -939,13 +938,17 @@ impl Store {
     /// # Errors
     /// A keyring or root that is not usable, or a backend error.
     pub fn rotate_kek(&self, name: &KeyringName) -> Result<KekVersion, StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         self.audited(AuditOp::KekRotated, format!("keyring {name}"), || {
-            self.rotate_kek_locked(name)
+            self.rotate_kek_locked(&w, name)
         })
     }
 
-    fn rotate_kek_locked(&self, name: &KeyringName) -> Result<KekVersion, StoreError> {
+    fn rotate_kek_locked(
+        &self,
+        w: &KeyChange<'_>,
+        name: &KeyringName,
+    ) -> Result<KekVersion, StoreError> {
         let kr = self.usable_keyring(name)?;
         let store_id = self.inner.meta.store_id;
         let root_v = self.read_catalog().usable_root(&kr.root)?;
@@ -990,6 +993,7 @@ impl Store {
             ..(*kr).clone()
         };
         self.commit(
+            w,
             AuditOp::KekRotated,
             format!("keyring {name}"),
             format!(
@@ -1011,17 +1015,13 @@ impl Store {
                 }
                 tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())
             },
+            // The DEKs' material is unchanged, but the keyring's whole cache goes (a rotation
+            // is rare): the new KEK is cached now, the DEKs are unwrapped under it on first use.
+            Effects::none()
+                .keyring(name, entry.clone())
+                .purge(kr.id)
+                .cache(kr.id, Slot::Kek(next.get()), Cached::Kek(Arc::new(kek))),
         )?;
-        // The DEKs' material is unchanged, but the keyring's whole cache goes (a rotation is
-        // rare): the new KEK is cached now, the DEKs are unwrapped under it on first use.
-        self.inner.cache.purge_keyring(kr.id);
-        self.inner.cache.insert(
-            kr.id,
-            Slot::Kek(next.get()),
-            Cached::Kek(Arc::new(kek)),
-            Instant::now(),
-        );
-        self.put_keyring(name, entry);
         Ok(next)
     }
 
@@ -1049,14 +1049,15 @@ impl Store {
     /// # Errors
     /// A keyring or root that is not usable, or a backend error.
     pub fn rotate_dek(&self, name: &KeyringName) -> Result<DekVersion, StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         self.audited(AuditOp::DekRotated, format!("keyring {name}"), || {
-            self.rotate_dek_locked(name, "requested")
+            self.rotate_dek_locked(&w, name, "requested")
         })
     }
 
     pub(crate) fn rotate_dek_locked(
         &self,
+        w: &KeyChange<'_>,
         name: &KeyringName,
         why: &str,
     ) -> Result<DekVersion, StoreError> {
@@ -1079,6 +1080,7 @@ impl Store {
             ..(*kr).clone()
         };
         self.commit(
+            w,
             AuditOp::DekRotated,
             format!("keyring {name}"),
             format!("{} -> {next} ({why})", kr.current_dek),
@@ -1090,13 +1092,14 @@ impl Store {
                 )?;
                 tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())
             },
+            Effects::none().keyring(name, entry.clone()),
         )?;
-        self.put_keyring(name, entry);
         Ok(next)
     }
 
     fn keyring_transition(
         &self,
+        w: &KeyChange<'_>,
         name: &KeyringName,
         op: AuditOp,
         t: Transition,
@@ -1108,13 +1111,14 @@ impl Store {
             state,
             ..(*kr).clone()
         };
-        self.commit(op, format!("keyring {name}"), detail, |tx| {
-            tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())
-        })?;
-        // Purged after the commit and before the lock is released: no read in flight can put a
-        // key back.
-        self.inner.cache.purge_keyring(kr.id);
-        self.put_keyring(name, entry.clone());
+        self.commit(
+            w,
+            op,
+            format!("keyring {name}"),
+            detail,
+            |tx| tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes()),
+            Effects::none().keyring(name, entry.clone()).purge(kr.id),
+        )?;
         Ok(entry)
     }
 
@@ -1124,9 +1128,10 @@ impl Store {
     /// # Errors
     /// A state that does not allow it.
     pub fn disable_keyring(&self, name: &KeyringName) -> Result<(), StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         self.audited(AuditOp::KeyringDisabled, format!("keyring {name}"), || {
             self.keyring_transition(
+                &w,
                 name,
                 AuditOp::KeyringDisabled,
                 Transition::Disable,
@@ -1141,9 +1146,10 @@ impl Store {
     /// # Errors
     /// A state that does not allow it.
     pub fn enable_keyring(&self, name: &KeyringName) -> Result<(), StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         self.audited(AuditOp::KeyringEnabled, format!("keyring {name}"), || {
             self.keyring_transition(
+                &w,
                 name,
                 AuditOp::KeyringEnabled,
                 Transition::Enable,
@@ -1164,7 +1170,7 @@ impl Store {
         name: &KeyringName,
         after: Option<Duration>,
     ) -> Result<Timestamp, StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         let not_before =
             Timestamp::now().saturating_add(after.unwrap_or(self.inner.options.destruction_delay));
         self.audited(
@@ -1172,6 +1178,7 @@ impl Store {
             format!("keyring {name}"),
             || {
                 self.keyring_transition(
+                    &w,
                     name,
                     AuditOp::KeyringDestructionScheduled,
                     Transition::ScheduleDestruction { not_before },
@@ -1187,12 +1194,13 @@ impl Store {
     /// # Errors
     /// A state error if none is scheduled.
     pub fn cancel_keyring_destruction(&self, name: &KeyringName) -> Result<(), StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         self.audited(
             AuditOp::KeyringDestructionCancelled,
             format!("keyring {name}"),
             || {
                 self.keyring_transition(
+                    &w,
                     name,
                     AuditOp::KeyringDestructionCancelled,
                     Transition::CancelDestruction,
@@ -1214,9 +1222,9 @@ impl Store {
     /// A keyring already destroyed, or a storage error.
     pub fn destroy_keyring_now(&self, name: &KeyringName) -> Result<Destroyed, StoreError> {
         {
-            let _w = self.write_lifecycle();
+            let w = self.write_lifecycle();
             self.audited(AuditOp::KeyringDestroyed, format!("keyring {name}"), || {
-                self.destroy_keyring_locked(name, Transition::DestroyNow)
+                self.destroy_keyring_locked(&w, name, Transition::DestroyNow)
             })?;
         }
         let purged = self.finish_purges()?;
@@ -1231,6 +1239,7 @@ impl Store {
 
     pub(crate) fn destroy_keyring_locked(
         &self,
+        w: &KeyChange<'_>,
         name: &KeyringName,
         t: Transition,
     ) -> Result<(), StoreError> {
@@ -1262,6 +1271,7 @@ impl Store {
             ..(*kr).clone()
         };
         self.commit(
+            w,
             AuditOp::KeyringDestroyed,
             format!("keyring {name}"),
             format!("{} wrapped keys erased", keys.len()),
@@ -1278,9 +1288,8 @@ impl Store {
                 tx.insert(TreeId::Jobs, purge_job_key(kr.id), Vec::new())?;
                 tx.insert(TreeId::Jobs, crate::compact::COMPACT_JOB, Vec::new())
             },
+            Effects::none().keyring(name, entry.clone()).purge(kr.id),
         )?;
-        self.inner.cache.purge_keyring(kr.id);
-        self.put_keyring(name, entry);
         Ok(())
     }
 
@@ -1353,10 +1362,10 @@ impl Store {
             return Ok(out);
         }
         {
-            let _w = self.write_lifecycle();
+            let w = self.write_lifecycle();
             for name in due_keyrings {
                 self.audited(AuditOp::KeyringDestroyed, format!("keyring {name}"), || {
-                    self.destroy_keyring_locked(&name, Transition::DestroyDue { now })
+                    self.destroy_keyring_locked(&w, &name, Transition::DestroyDue { now })
                 })?;
                 let former_roots = self.read_catalog().keyring(&name)?.former_roots.clone();
                 out.push(Destroyed {
@@ -1367,7 +1376,7 @@ impl Store {
             }
             for name in due_roots {
                 let d = self.audited(AuditOp::RootDestroyed, format!("root {name}"), || {
-                    self.destroy_root_locked(&name, Transition::DestroyDue { now })
+                    self.destroy_root_locked(&w, &name, Transition::DestroyDue { now })
                 })?;
                 out.extend(d);
             }

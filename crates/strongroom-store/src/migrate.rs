@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::audit::AuditOp;
+use crate::commit::Effects;
 use crate::engine::{ALL_TREES, BatchChange, Engine, EngineInfo, TreeId};
 use crate::error::StoreError;
 use crate::lifecycle::Progress;
@@ -55,7 +56,7 @@ impl Store {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<MigrateReport, StoreError> {
         let started = Instant::now();
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         for t in ALL_TREES {
             if target
                 .count(t)
@@ -69,6 +70,7 @@ impl Store {
         }
         let to = target.info();
         self.commit(
+            &w,
             AuditOp::Migrated,
             "store".into(),
             format!(
@@ -79,6 +81,7 @@ impl Store {
                 to.location
             ),
             |_| Ok(()),
+            Effects::none(),
         )?;
         let storage_ = &self.inner.storage;
         let total: u64 = ALL_TREES

@@ -21,12 +21,12 @@
 //! ([`PendingJob::Move`](crate::PendingJob::Move)).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use strongroom_core::{Key256, KeyringName, RootKeyId, RootKeyName};
 
 use crate::audit::AuditOp;
 use crate::cache::{Cached, Slot};
+use crate::commit::Effects;
 use crate::error::StoreError;
 use crate::format::{self, KeyringEntry, MAX_FORMER_ROOTS};
 use crate::lifecycle::{Progress, dek_blob};
@@ -94,7 +94,7 @@ impl Store {
 
     /// Step 1; `true` if this call started a move (`false`: none needed, or one is underway).
     fn start_move(&self, name: &KeyringName, root: &RootKeyName) -> Result<bool, StoreError> {
-        let _w = self.write_lifecycle();
+        let w = self.write_lifecycle();
         self.audited(AuditOp::KeyringMoved, format!("keyring {name}"), || {
             let kr = self.read_catalog().keyring(name)?;
             if let Some(from) = &kr.moving_from {
@@ -146,8 +146,7 @@ impl Store {
             };
             let mut job = kek_v.get().to_be_bytes().to_vec();
             job.extend_from_slice(&dek_v.get().to_be_bytes());
-            self.commit(
-                AuditOp::KeyringMoved,
+            self.commit(&w, AuditOp::KeyringMoved,
                 format!("keyring {name}"),
                 format!(
                     "started: from root {} to {to}; fresh KEK {kek_v} and DEK {dek_v}, its records to be re-encrypted",
@@ -170,15 +169,11 @@ impl Store {
                     tx.remove(TreeId::Jobs, crate::jobs::reencrypt_job_key(kr.id))?;
                     tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())
                 },
+                Effects::none()
+                    .keyring(name, entry.clone())
+                    .purge(kr.id)
+                    .cache(kr.id, Slot::Kek(kek_v.get()), Cached::Kek(Arc::new(kek))),
             )?;
-            self.inner.cache.purge_keyring(kr.id);
-            self.inner.cache.insert(
-                kr.id,
-                Slot::Kek(kek_v.get()),
-                Cached::Kek(Arc::new(kek)),
-                Instant::now(),
-            );
-            self.put_keyring(name, entry);
             Ok(true)
         })
     }
@@ -200,7 +195,7 @@ impl Store {
             reencrypted += self.reencrypt(name, progress)?.reencrypted;
         }
         {
-            let _w = self.write_lifecycle();
+            let w = self.write_lifecycle();
             self.audited(AuditOp::KeyringMoved, format!("keyring {name}"), || {
                 let kr = self.usable_keyring(name)?;
                 let job = move_job_key(kr.id);
@@ -243,8 +238,7 @@ impl Store {
                     moving_from: None,
                     ..(*kr).clone()
                 };
-                self.commit(
-                    AuditOp::KeyringMoved,
+                self.commit(&w, AuditOp::KeyringMoved,
                     format!("keyring {name}"),
                     format!(
                         "finished: now under root {}; {reencrypted} records re-encrypted, {} KEKs from root {from} erased",
@@ -258,10 +252,8 @@ impl Store {
                         tx.remove(TreeId::Jobs, job.clone())?;
                         tx.insert(TreeId::Jobs, crate::compact::COMPACT_JOB, Vec::new())?;
                         tx.insert(TreeId::Keyrings, name.as_str().as_bytes(), entry.to_bytes())
-                    },
+                    }, Effects::none().keyring(name, entry.clone()).purge(kr.id),
                 )?;
-                self.inner.cache.purge_keyring(kr.id);
-                self.put_keyring(name, entry);
                 Ok(())
             })?;
         }

@@ -433,11 +433,12 @@ impl Store {
                 }
             };
             // Roll over under the write lock; another writer may have done it already.
-            let _w = self.write_lifecycle();
+            let w = self.write_lifecycle();
             if self.read_catalog().keyring(keyring)?.current_dek == rolled {
                 let limit = self.inner.options.dek_rollover_after;
                 self.audited(AuditOp::DekRotated, format!("keyring {keyring}"), || {
                     self.rotate_dek_locked(
+                        &w,
                         keyring,
                         &format!("automatic rollover after {limit} encryptions"),
                     )

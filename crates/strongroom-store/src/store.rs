@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use strongroom_core::blob::{WrapAlg, WrappedKey, WrappingKeyRef};
@@ -18,6 +18,8 @@ use strongroom_core::{
 use crate::audit::{self, AuditKey, AuditOp, Event, Outcome};
 use crate::cache::{Cached, DownPolicy, KeyCache, Slot};
 use crate::catalog::{self, CommitTx};
+use crate::commit::Effects;
+pub(crate) use crate::commit::KeyChange;
 use crate::engine::sled as sled_engine;
 use crate::engine::{Engine, SledEngine};
 use crate::error::StoreError;
@@ -468,7 +470,9 @@ impl Store {
             state: KeyState::Enabled,
             created: Timestamp::now(),
         };
+        let w = store.write_lifecycle();
         store.commit(
+            &w,
             AuditOp::StoreCreated,
             format!("store {}", hex(&store_id)),
             format!(
@@ -486,13 +490,9 @@ impl Store {
                 )?;
                 Ok(())
             },
+            Effects::none().root(primary_root, RootVersion::FIRST, root_entry),
         )?;
-        store
-            .write_catalog()
-            .roots
-            .entry(primary_root.clone())
-            .or_default()
-            .insert(RootVersion::FIRST, root_entry);
+        drop(w);
         Ok(store)
     }
 
@@ -572,8 +572,9 @@ impl Store {
             .anchor_file()?
             .and_then(|b| audit::parse_anchor(&b))
             .map(|a| a.head.seq);
-        let _w = store.write_lifecycle();
+        let w = store.write_lifecycle();
         store.commit(
+            &w,
             AuditOp::RollbackAccepted,
             "store".into(),
             match anchored {
@@ -581,8 +582,9 @@ impl Store {
                 None => format!("the database's log ends at entry {found}; there was no anchor"),
             },
             |_| Ok(()),
+            Effects::none(),
         )?;
-        drop(_w);
+        drop(w);
         Ok(store)
     }
 
@@ -672,12 +674,14 @@ impl Store {
         store.load_catalog()?;
         if sealed == Some(false) {
             // A store from before the sealed catalog: sealed once, now.
-            let _w = store.write_lifecycle();
+            let w = store.write_lifecycle();
             store.commit(
+                &w,
                 AuditOp::CatalogUpgraded,
                 "store".into(),
                 "root and keyring entries sealed, the catalog digest in the audit head".into(),
                 |_| Ok(()),
+                Effects::none(),
             )?;
         }
         drop(key);
@@ -760,7 +764,8 @@ impl Store {
     /// Drops every cached key now (they are zeroized as their last users finish); the next
     /// operations unwrap again through the backend.
     pub fn purge_key_cache(&self) {
-        self.inner.cache.purge_all();
+        let w = self.write_lifecycle();
+        self.inner.cache.purge_all(&w);
     }
 
     /// Entries in the key cache now.
@@ -845,12 +850,16 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn write_lifecycle(&self) -> RwLockWriteGuard<'_, ()> {
+    /// The lifecycle lock, held for writing: every key change, and the in-memory effects of
+    /// one (catalog, key cache), need it ([`KeyChange`]).
+    pub(crate) fn write_lifecycle(&self) -> KeyChange<'_> {
         self.refresh_if_invalidated();
-        self.inner
-            .lifecycle
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        KeyChange::new(
+            self.inner
+                .lifecycle
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// When the engine says another process may have changed the database
@@ -864,12 +873,13 @@ impl Store {
         if !engine_says && !self.inner.catalog_stale.load(Ordering::Acquire) {
             return;
         }
-        let _w = self
-            .inner
-            .lifecycle
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.inner.cache.purge_all();
+        let w = KeyChange::new(
+            self.inner
+                .lifecycle
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.inner.cache.purge_all(&w);
         self.inner
             .counters
             .lock()
@@ -890,60 +900,6 @@ impl Store {
             .catalog
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn write_catalog(&self) -> RwLockWriteGuard<'_, Catalog> {
-        self.inner
-            .catalog
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn load_catalog(&self) -> Result<(), StoreError> {
-        let mut cat = Catalog::default();
-        for item in self.inner.storage.scan_prefix(TreeId::Roots, []) {
-            let (k, v) = item?;
-            let (name, version) =
-                format::parse_root_key(&k).map_err(|source| StoreError::Corrupt {
-                    what: "a root key entry".into(),
-                    source,
-                })?;
-            let e = format::split_sealed("root key entry", &v)
-                .and_then(|s| RootEntry::parse(s.body))
-                .map_err(|source| StoreError::Corrupt {
-                    what: format!("root key entry {name}/{version}"),
-                    source,
-                })?;
-            cat.roots.entry(name).or_default().insert(version, e);
-        }
-        for item in self.inner.storage.scan_prefix(TreeId::Keyrings, []) {
-            let (k, v) = item?;
-            let name = format::keyring_name(&k).map_err(|source| StoreError::Corrupt {
-                what: "a keyring entry".into(),
-                source,
-            })?;
-            let e = format::split_sealed("keyring entry", &v)
-                .and_then(|s| KeyringEntry::parse(s.body))
-                .map_err(|source| StoreError::Corrupt {
-                    what: format!("keyring entry {name}"),
-                    source,
-                })?;
-            if let Some(other) = cat.ids.insert(e.id, name.clone()) {
-                // Two keyrings under one id would share records and keys: a destruction of one
-                // would purge the other's.
-                return Err(StoreError::Corrupt {
-                    what: format!("keyring entry {name}"),
-                    source: FormatError::Invalid {
-                        what: "keyring entry",
-                        field: "id",
-                        reason: format!("id {} is also keyring {other}'s", e.id),
-                    },
-                });
-            }
-            cat.keyrings.insert(name, Arc::new(e));
-        }
-        *self.write_catalog() = cat;
-        Ok(())
     }
 
     /// The audit key, unwrapped from the store on first use.
@@ -1073,7 +1029,7 @@ impl Store {
     /// Records the audit head outside the database (best effort: a missing or older anchor only
     /// weakens the rollback check, never causes a false alarm, because the database is flushed
     /// first).
-    fn write_anchor(&self, key: &AuditKey) {
+    pub(crate) fn write_anchor(&self, key: &AuditKey) {
         let Ok(Some(head)) = audit::stored_head(&self.inner.storage) else {
             return;
         };
@@ -1100,53 +1056,6 @@ impl Store {
         if write().is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-    }
-
-    /// Writes `change` and its audit entry in one transaction, then flushes: a change that must
-    /// hold together either happens whole, audited, and durable, or not at all.
-    pub(crate) fn commit(
-        &self,
-        op: AuditOp,
-        target: String,
-        detail: String,
-        change: impl Fn(&CommitTx<'_>) -> TxResult<()>,
-    ) -> Result<u64, StoreError> {
-        let key = self.audit_key()?;
-        // Nothing is written over a catalog that does not verify; a store from before the
-        // sealed catalog has all of it sealed by this commit.
-        let sealed = self.verify_catalog_once(&key)?;
-        let legacy = if sealed {
-            Vec::new()
-        } else {
-            catalog::legacy_entries(&self.inner.storage)?
-        };
-        let event = Event {
-            op,
-            outcome: Outcome::Ok,
-            actor: &self.actor,
-            target,
-            detail,
-        };
-        let store_id = self.inner.meta.store_id;
-        let seq = self.inner.storage.transaction(|tx| {
-            let ctx = CommitTx::new(tx, &key, &store_id);
-            for (t, k, entry) in &legacy {
-                ctx.insert(*t, k.clone(), entry.clone())?;
-            }
-            change(&ctx)?;
-            audit::append(ctx.raw(), &key, &store_id, &event, ctx.delta())
-        })?;
-        self.inner.catalog_sealed.store(true, Ordering::Release);
-        if let Err(e) = self.inner.storage.flush() {
-            // The transaction is in the database (and may or may not be on disk) but the caller
-            // will not update the in-memory state: bring that in line with the database now,
-            // so nothing acts on a catalog or a cached key the database no longer agrees with.
-            self.inner.cache.purge_all();
-            let _ = self.load_catalog();
-            return Err(e);
-        }
-        self.write_anchor(&key);
-        Ok(seq)
     }
 
     /// Verifies the catalog against the audit key if that has not been done since open (it
@@ -1372,7 +1281,7 @@ impl Store {
                     return Ok((k, Instant::now() - age));
                 }
                 if e.is_key_unavailable() {
-                    self.inner.cache.purge_keyring(kr.id);
+                    self.inner.cache.evict_keyring(kr.id);
                 }
                 Err(StoreError::Backend {
                     while_doing: format!("unwrapping {}", what()),
