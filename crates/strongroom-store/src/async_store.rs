@@ -52,11 +52,14 @@ use zeroize::Zeroizing;
 use crate::audit::{AuditBreak, AuditReport};
 use crate::backup::BackupReport;
 use crate::compact::CompactReport;
+use crate::destruction::Destroyed;
 use crate::error::StoreError;
 use crate::jobs::{PendingJob, ReencryptReport};
-use crate::lifecycle::{Destroyed, KeyringInfo, Progress, RootInfo};
+use crate::keyrings::KeyringInfo;
+use crate::lifecycle::Progress;
 use crate::moves::MoveReport;
 use crate::records::BatchOp;
+use crate::roots::RootInfo;
 use crate::store::{Store, StoreOptions};
 
 /// How an [`AsyncStore`] runs its calls.

@@ -19,8 +19,8 @@ use strongroom_core::KeyState;
 
 use crate::audit::AuditOp;
 use crate::commit::Effects;
+use crate::destruction::PURGE_PREFIX;
 use crate::error::StoreError;
-use crate::lifecycle::PURGE_PREFIX;
 use crate::records::COUNTER_PREFIX;
 use crate::storage::TreeId;
 use crate::store::Store;

@@ -6,9 +6,10 @@ use strongroom_core::{DekVersion, KeyringName, RootKeyName};
 
 use crate::audit::AuditOp;
 use crate::commit::Effects;
+use crate::destruction::{BACKEND_DESTROY_PREFIX, PURGE_PREFIX};
 use crate::error::StoreError;
 use crate::format;
-use crate::lifecycle::{BACKEND_DESTROY_PREFIX, PURGE_PREFIX, Progress};
+use crate::lifecycle::Progress;
 use crate::records::show_key;
 use crate::storage::TreeId;
 use crate::store::Store;

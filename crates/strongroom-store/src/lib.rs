@@ -1,4 +1,5 @@
-//! strongroom's encrypted record store on sled.
+//! strongroom's encrypted record store, on a storage engine: sled embedded (the default), or
+//! PostgreSQL (`strongroom-postgres`) through [`Store::create_on`] / [`Store::open_on`].
 //!
 //! Every value is sealed under the hierarchy root key → keyring KEK → DEK, and the customer's key
 //! decisions (rotate, revoke, destroy) take effect on the data:
@@ -39,7 +40,8 @@
 //! ```
 //!
 //! # Durability contract
-//! sled writes in the background and flushes every 500 ms (using `sync_file_range` and `fsync`
+//! On PostgreSQL every write commits synchronously: `put` is as durable as `put_durable`. On
+//! sled: sled writes in the background and flushes every 500 ms (using `sync_file_range` and `fsync`
 //! on Linux). Every key-management operation (create, rotate, move, disable, enable, schedule,
 //! cancel, destroy, re-encrypt batches) flushes before it returns: when it returns, it is
 //! durable. [`Store::put`] returns once the record is in sled's log, which reaches the disk
@@ -55,14 +57,17 @@ mod cache;
 mod catalog;
 mod commit;
 mod compact;
+mod destruction;
 pub mod engine;
 mod error;
 pub mod format;
 mod jobs;
+mod keyrings;
 mod lifecycle;
 mod migrate;
 mod moves;
 mod records;
+mod roots;
 mod storage;
 mod store;
 pub mod telemetry;
@@ -74,13 +79,16 @@ pub use audit::{AuditBreak, AuditEntry, AuditHead, AuditOp, AuditReport, Outcome
 pub use backup::BackupReport;
 pub use cache::DownPolicy;
 pub use compact::CompactReport;
+pub use destruction::Destroyed;
 pub use engine::{Engine, EngineError, EngineErrorKind, SledEngine, TreeId};
 pub use error::StoreError;
 pub use jobs::{PendingJob, ReencryptReport};
-pub use lifecycle::{Destroyed, KeyringInfo, Progress, RootInfo};
+pub use keyrings::KeyringInfo;
+pub use lifecycle::Progress;
 pub use migrate::MigrateReport;
 pub use moves::MoveReport;
 pub use records::{BatchOp, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use roots::RootInfo;
 pub use store::{
     ANCHOR_FILE, CURRENT_DB_FILE, DB_DIR, LOCK_FILE, STORE_ID_FILE, Store, StoreOptions,
     database_dir,
