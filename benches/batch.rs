@@ -1,0 +1,84 @@
+//! Batches against single puts, the way a service writes in bulk: chunks of `BATCH` records of
+//! 1 KiB either as `BATCH` calls to `put` then one `flush`, or as one `batch` then one `flush`;
+//! interleaved chunk by chunk (the order alternating), each into its own store, so both see the
+//! same machine. A batch should be the fastest way in: it amortizes the locks, the DEK counter
+//! reservations and the commit.
+//!
+//! `cargo bench --bench batch` (`STRONGROOM_BENCH_RECORDS`, default 200,000).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(clippy::cast_possible_truncation)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strongroom::{KeyringName, RootKeyName, SoftBackend};
+use strongroom_store::{BatchOp, Store, StoreOptions};
+
+const BATCH: usize = 1000;
+
+fn store(dir: &std::path::Path) -> Store {
+    let backend = Arc::new(SoftBackend::create(dir).unwrap());
+    let s = Store::create(
+        dir,
+        backend,
+        &RootKeyName::new("service").unwrap(),
+        StoreOptions::default(),
+    )
+    .unwrap();
+    s.create_keyring(&KeyringName::new("bulk").unwrap(), None)
+        .unwrap();
+    s
+}
+
+fn main() {
+    let n: usize = std::env::var("STRONGROOM_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (singles, batches) = (store(da.path()), store(db.path()));
+    let ring = KeyringName::new("bulk").unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let values: Vec<Vec<u8>> = (0..64)
+        .map(|_| {
+            (0..1024)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        })
+        .collect();
+    let key = |i: usize| format!("record-{i:09}").into_bytes();
+    let mut spent = [Duration::ZERO; 2];
+    for (c, start) in (0..n).step_by(BATCH).enumerate() {
+        let end = (start + BATCH).min(n);
+        for j in 0..2 {
+            let who = (c + j) % 2;
+            let t = Instant::now();
+            if who == 0 {
+                for i in start..end {
+                    singles.put(&ring, &key(i), &values[i % 64]).unwrap();
+                }
+                singles.flush().unwrap();
+            } else {
+                let ops: Vec<BatchOp> = (start..end)
+                    .map(|i| BatchOp::Put(key(i), values[i % 64].clone()))
+                    .collect();
+                batches.batch(&ring, &ops).unwrap();
+                batches.flush().unwrap();
+            }
+            spent[who] += t.elapsed();
+        }
+    }
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "{n} x 1 KiB in chunks of {BATCH} ({}): puts then flush {:.0}/s, batch then flush {:.0}/s, batch / puts {:.2}",
+        strongroom::core::crypto::GCM_ENGINE,
+        rate(spent[0]),
+        rate(spent[1]),
+        spent[0].as_secs_f64() / spent[1].as_secs_f64()
+    );
+}
