@@ -32,6 +32,26 @@ use crate::format::{self, KeyringEntry, RootEntry};
 use crate::storage::{TreeId, TxResult};
 use crate::store::{Catalog, Store};
 
+thread_local! {
+    /// Lifecycle guards this thread holds (a progress callback may call back into the store
+    /// while its caller holds one): a refresh that needs the lock for writing must not wait
+    /// for it then ([`Store::refresh_if_invalidated`]).
+    static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+fn enter() {
+    let _ = HELD.try_with(|h| h.set(h.get().saturating_add(1)));
+}
+
+fn leave() {
+    let _ = HELD.try_with(|h| h.set(h.get().saturating_sub(1)));
+}
+
+/// Whether this thread holds a lifecycle guard now.
+pub(crate) fn holding_lifecycle() -> bool {
+    HELD.try_with(std::cell::Cell::get).map_or(true, |n| n > 0)
+}
+
 /// The lifecycle lock, held for writing. Key changes and their in-memory effects require one.
 pub(crate) struct KeyChange<'a> {
     _held: RwLockWriteGuard<'a, ()>,
@@ -39,7 +59,32 @@ pub(crate) struct KeyChange<'a> {
 
 impl<'a> KeyChange<'a> {
     pub(crate) fn new(held: RwLockWriteGuard<'a, ()>) -> Self {
+        enter();
         Self { _held: held }
+    }
+}
+
+impl Drop for KeyChange<'_> {
+    fn drop(&mut self) {
+        leave();
+    }
+}
+
+/// The lifecycle lock, held shared: reads, writes, and changes that change no key.
+pub(crate) struct Shared<'a> {
+    _held: RwLockReadGuard<'a, ()>,
+}
+
+impl<'a> Shared<'a> {
+    pub(crate) fn new(held: RwLockReadGuard<'a, ()>) -> Self {
+        enter();
+        Self { _held: held }
+    }
+}
+
+impl Drop for Shared<'_> {
+    fn drop(&mut self) {
+        leave();
     }
 }
 
@@ -117,6 +162,7 @@ impl Store {
         change: impl Fn(&CommitTx<'_>) -> TxResult<()>,
         effects: Effects,
     ) -> Result<u64, StoreError> {
+        self.refuse_if_stale()?;
         let (seq, key) = match self.commit_transaction(op, target, detail, change) {
             Ok(x) => x,
             Err(Flush(e)) => {
@@ -131,12 +177,13 @@ impl Store {
         Ok(seq)
     }
 
-    /// [`Store::commit`] for a change of records only, with its audit entry (a re-encryption
-    /// batch): nothing in memory depends on it, so it needs the lifecycle lock only shared (the
-    /// caller's guard, `_shared`), and reads and writes go on beside it.
-    pub(crate) fn commit_records(
+    /// [`Store::commit`] for a change that changes no key and nothing in memory, with its
+    /// audit entry: a re-encryption batch (records only), a KEK rewrapped under a newer root
+    /// version (the same key). It needs the lifecycle lock only shared (the caller's guard,
+    /// `_shared`), so reads and writes go on beside it; key changes wait.
+    pub(crate) fn commit_shared(
         &self,
-        _shared: &RwLockReadGuard<'_, ()>,
+        _shared: &Shared<'_>,
         op: AuditOp,
         target: String,
         detail: String,

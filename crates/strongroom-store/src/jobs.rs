@@ -187,7 +187,7 @@ impl Store {
                     // writer changed since it was read is left as the writer wrote it.
                     let last = batch[processed - 1].0.clone();
                     let replaced = std::cell::Cell::new(0u64);
-                    self.commit_records(
+                    self.commit_shared(
                         &_r,
                         AuditOp::Reencrypted,
                         format!("keyring {keyring}"),
@@ -212,13 +212,14 @@ impl Store {
                     report.skipped += skipped + (resealed.len() as u64 - replaced.get());
                     done += processed as u64;
                     cursor = Some(last);
-                    progress(Progress {
-                        done,
-                        total: total.max(done),
-                    });
                 }
                 roll_over
             };
+            // With no lock held: the callback may call the store.
+            progress(Progress {
+                done,
+                total: total.max(done),
+            });
             if let Some(rolled) = roll_over {
                 let w = self.write_lifecycle();
                 if self.read_catalog().keyring(keyring)?.current_dek == rolled {

@@ -44,7 +44,8 @@ impl Store {
     /// (both sides scanned in key order and compared byte for byte) before returning. Key
     /// operations, reads and writes wait while it runs. The store itself is not changed but
     /// for the migration's audit entry; open the copy with [`Store::open_on`] and the same
-    /// directory and backend. `progress` gets entries copied, then entries verified.
+    /// directory and backend. `progress` gets entries copied, then entries verified; it runs
+    /// while the store is locked, so it must not call the store.
     ///
     /// # Errors
     /// [`StoreError::AlreadyExists`] when `target` holds anything; a storage error on either

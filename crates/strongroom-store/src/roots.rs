@@ -282,8 +282,9 @@ impl Store {
             ..
         } in todo
         {
-            // Each step is a key change of its own: under the lock held for writing.
-            let w = self.write_lifecycle();
+            // The lock held shared: a rewrap changes no key (the same KEK, wrapped under a newer
+            // root version), so reads and writes go on; key changes wait for the step.
+            let shared = self.read_lifecycle();
             let Some(kr_name) = self.read_catalog().ids.get(&id).cloned() else {
                 continue;
             };
@@ -302,8 +303,8 @@ impl Store {
             let replaced = std::cell::Cell::new(false);
             let unchanged = |now: Option<&[u8]>| now == Some(&old_bytes[..]);
             if unchanged(self.inner.storage.get(TreeId::Keks, &tree_key)?.as_deref()) {
-                self.commit(
-                    &w,
+                self.commit_shared(
+                    &shared,
                     AuditOp::RootRewrapped,
                     format!("root {name}"),
                     format!("KEK {v} of keyring {kr_name} rewrapped under {to}"),
@@ -315,13 +316,14 @@ impl Store {
                         }
                         Ok(())
                     },
-                    Effects::none(),
                 )?;
             }
+            drop(shared);
             if replaced.get() {
                 rewrapped += 1;
             }
             done += 1;
+            // With no lock held: the callback may call the store.
             progress(Progress { done, total });
         }
         Ok(rewrapped)

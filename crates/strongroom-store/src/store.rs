@@ -19,7 +19,7 @@ use crate::audit::{self, AuditKey, AuditOp, Event, Outcome};
 use crate::cache::{Cached, DownPolicy, KeyCache, Slot};
 use crate::catalog::{self, CommitTx};
 use crate::commit::Effects;
-pub(crate) use crate::commit::KeyChange;
+pub(crate) use crate::commit::{KeyChange, Shared, holding_lifecycle};
 use crate::engine::sled as sled_engine;
 use crate::engine::{Engine, SledEngine};
 use crate::error::StoreError;
@@ -185,6 +185,8 @@ pub(crate) struct Inner {
     /// The engine reported a possible outside change and the catalog could not be reloaded
     /// yet ([`Store::refresh_if_invalidated`]).
     pub catalog_stale: AtomicBool,
+    /// When a stale catalog's reload was last tried.
+    pub last_refresh_attempt: Mutex<Option<Instant>>,
     /// Whether the catalog is sealed (false: a store from before, until its first commit).
     pub catalog_sealed: AtomicBool,
     /// Opened with [`Store::open_accepting_rollback`].
@@ -720,6 +722,7 @@ impl Store {
                 backend_calls: AtomicU64::new(0),
                 catalog_verified: AtomicBool::new(false),
                 catalog_stale: AtomicBool::new(false),
+                last_refresh_attempt: Mutex::new(None),
                 catalog_sealed: AtomicBool::new(false),
                 accepting_rollback: AtomicBool::new(false),
                 last_verify_attempt: Mutex::new(None),
@@ -802,6 +805,7 @@ impl Store {
         &self,
         name: &KeyringName,
     ) -> Result<Arc<KeyringEntry>, StoreError> {
+        self.refuse_if_stale()?;
         if !self.inner.catalog_verified.load(Ordering::Acquire) {
             self.verify_for_data()?;
         }
@@ -842,12 +846,15 @@ impl Store {
         self.verify_catalog_once(&key).map(|_| ())
     }
 
-    pub(crate) fn read_lifecycle(&self) -> RwLockReadGuard<'_, ()> {
+    /// The lifecycle lock, held shared (see [`Shared`]).
+    pub(crate) fn read_lifecycle(&self) -> Shared<'_> {
         self.refresh_if_invalidated();
-        self.inner
-            .lifecycle
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        Shared::new(
+            self.inner
+                .lifecycle
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// The lifecycle lock, held for writing: every key change, and the in-memory effects of
@@ -864,14 +871,30 @@ impl Store {
 
     /// When the engine says another process may have changed the database
     /// ([`Engine::take_invalidation`]): cached keys and DEK counters are dropped, and the
-    /// catalog is verified and loaded again, before anything is served (a catalog that cannot
-    /// be loaded now is tried again at the next call; until then the old one stands, with
-    /// every key dropped from the cache, so nothing is served from a key the database no
-    /// longer has).
+    /// catalog is verified and loaded again, before anything is served. Until that has
+    /// succeeded the catalog is *stale*: data operations and key changes are refused
+    /// ([`Store::refuse_if_stale`]), and the reload is tried again at most every 200 ms. A
+    /// thread that holds a lifecycle guard already (a progress callback calling back into the
+    /// store) does not wait for the lock: its call is refused while the catalog is stale.
     fn refresh_if_invalidated(&self) {
-        let engine_says = self.inner.storage.engine().take_invalidation();
-        if !engine_says && !self.inner.catalog_stale.load(Ordering::Acquire) {
+        if self.inner.storage.engine().take_invalidation() {
+            // Stale from now on, for every thread, until the reload below succeeds.
+            self.inner.catalog_stale.store(true, Ordering::Release);
+            self.inner.catalog_verified.store(false, Ordering::Release);
+        }
+        if !self.inner.catalog_stale.load(Ordering::Acquire) || holding_lifecycle() {
             return;
+        }
+        {
+            let mut last = self
+                .inner
+                .last_refresh_attempt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+                return;
+            }
+            *last = Some(Instant::now());
         }
         let w = KeyChange::new(
             self.inner
@@ -879,6 +902,9 @@ impl Store {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
+        if !self.inner.catalog_stale.load(Ordering::Acquire) {
+            return; // another thread reloaded it meanwhile
+        }
         self.inner.cache.purge_all(&w);
         self.inner
             .counters
@@ -893,6 +919,17 @@ impl Store {
         self.inner
             .catalog_stale
             .store(reloaded.is_err(), Ordering::Release);
+        drop(w);
+    }
+
+    /// Refuses while the catalog must be reloaded ([`Store::refresh_if_invalidated`]).
+    pub(crate) fn refuse_if_stale(&self) -> Result<(), StoreError> {
+        if self.inner.catalog_stale.load(Ordering::Acquire) {
+            return Err(StoreError::InUse(
+                "the store's database may have been changed by another process while this one's lock on it was lost; its catalog is being reloaded: retry in a moment".into(),
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn read_catalog(&self) -> RwLockReadGuard<'_, Catalog> {
