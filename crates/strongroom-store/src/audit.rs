@@ -427,6 +427,11 @@ pub(crate) fn stored_head_full(storage: &Storage) -> Result<Option<StoredHead>, 
 ///
 /// # Errors
 /// [`StoreError::Corrupt`] for a head that is there but does not parse.
+/// The audit head in a stored head value (`None` if it is not one).
+pub(crate) fn head_of(raw: &[u8]) -> Option<AuditHead> {
+    parse_head(raw).map(|h| h.head)
+}
+
 pub(crate) fn stored_head(storage: &Storage) -> Result<Option<AuditHead>, StoreError> {
     let Some(raw) = storage.get(TreeId::Meta, HEAD_KEY)? else {
         return Ok(None);

@@ -1,19 +1,28 @@
 //! Online backup and restore.
 //!
-//! A backup is a consistent copy of every tree, taken while the lifecycle lock is held
-//! exclusively (reads, writes and key changes wait for it). Everything in it stays sealed:
+//! A backup is a consistent copy of every tree. Reads and writes go on while it runs: it holds
+//! the lifecycle lock shared, so key changes (and a DEK rollover a put would need) wait for it,
+//! while records keep changing. That is consistent because every record is sealed on its own
+//! under a DEK that cannot change meanwhile: the copy holds, for each record, its value from
+//! some moment of the run. The job tree (DEK use counters, job cursors) is copied before the
+//! records, so a restored re-encryption redoes a little rather than skips. With data-access
+//! auditing on, every write also appends to the audit log, and the log and the records must
+//! agree entry for entry: the backup then holds the lock exclusively, as before (reads and
+//! writes wait). Everything in it stays sealed:
 //! records are ciphertext, KEKs and DEKs are wrapped, the audit log is MACed. What it does not
 //! contain is any root key: restoring needs the same backend (the same HSM token, or a copy of
 //! the soft backend's key file, which must be backed up separately and kept secret).
 //!
 //! ```text
-//! "SRBK" | ver=2 | meta len u32 | store meta | tree count u8 |
-//!   per tree: name (u8 len) | entry count u64 | (key len u32 | key | value len u32 | value)* |
+//! "SRBK" | ver=3 | meta len u32 | store meta | tree count u8 |
+//!   per tree: name (u8 len) | (key len u32 | key | value len u32 | value)* | 0xFFFFFFFF |
 //!   anchor len u8 | anchor (the audit anchor for the head copied, MACed) |
 //! SHA-256 of every byte before it
 //! ```
-//! Version 1 had no anchor: a store restored from one opens once with
-//! `strongroom audit accept-rollback` ([`Store::open_accepting_rollback`]).
+//! Version 2 gave each tree's entry count before its entries (a tree that changed during the
+//! copy could not be written); version 3 ends each tree with a marker instead. Version 1 had
+//! no anchor: a store restored from one opens once with `strongroom audit accept-rollback`
+//! ([`Store::open_accepting_rollback`]). All three are read.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -31,7 +40,20 @@ use crate::storage::{ALL_TREES, Storage, TreeId, WriteBatch};
 use crate::store::Store;
 
 const MAGIC: &[u8; 4] = b"SRBK";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+/// Ends a tree's entries (version 3): no key is this long.
+const END_OF_TREE: u32 = u32::MAX;
+/// The order trees are copied in: the job tree before the records (see the module docs).
+const BACKUP_ORDER: [TreeId; 8] = [
+    TreeId::Meta,
+    TreeId::Roots,
+    TreeId::Keyrings,
+    TreeId::Keks,
+    TreeId::Deks,
+    TreeId::Audit,
+    TreeId::Jobs,
+    TreeId::Records,
+];
 
 /// What a backup holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,29 +86,51 @@ fn len32(n: usize) -> std::io::Result<[u8; 4]> {
 
 impl Store {
     /// Writes a consistent backup of the store to `path` (atomically: a temporary file renamed
-    /// into place). Reads, writes and key changes wait while it runs.
+    /// into place). Reads and writes go on while it runs (key changes wait); with data-access
+    /// auditing on, they wait too (see the module docs). The backup's audit entry is written
+    /// once it is complete.
     ///
     /// # Errors
     /// A storage or I/O error (a partial backup is removed).
     pub fn backup(&self, path: impl AsRef<Path>) -> Result<BackupReport, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let w = self.write_lifecycle();
         self.audited(
             AuditOp::BackupTaken,
             format!("backup {}", path.display()),
             || {
-                let report = self.write_backup(&path)?;
-                self.commit(
-                    &w,
-                    AuditOp::BackupTaken,
-                    format!("backup {}", path.display()),
-                    format!("{} entries, {} bytes", report.entries, report.bytes),
-                    |_| Ok(()),
-                    Effects::none(),
-                )?;
+                let report = if self.inner.options.audit_data_access {
+                    let w = self.write_lifecycle();
+                    let report = self.write_backup(&path)?;
+                    self.commit_backup(&w, &path, &report)?;
+                    report
+                } else {
+                    let shared = self.read_lifecycle();
+                    let report = self.write_backup(&path)?;
+                    drop(shared);
+                    let w = self.write_lifecycle();
+                    self.commit_backup(&w, &path, &report)?;
+                    report
+                };
                 Ok(report)
             },
         )
+    }
+
+    fn commit_backup(
+        &self,
+        w: &crate::commit::KeyChange<'_>,
+        path: &Path,
+        report: &BackupReport,
+    ) -> Result<(), StoreError> {
+        self.commit(
+            w,
+            AuditOp::BackupTaken,
+            format!("backup {}", path.display()),
+            format!("{} entries, {} bytes", report.entries, report.bytes),
+            |_| Ok(()),
+            Effects::none(),
+        )
+        .map(|_| ())
     }
 
     fn write_backup(&self, path: &Path) -> Result<BackupReport, StoreError> {
@@ -120,38 +164,40 @@ impl Store {
             w.put(&[u8::try_from(ALL_TREES.len()).unwrap_or(0)])
                 .map_err(io("write"))?;
             let mut entries = 0u64;
-            for t in ALL_TREES {
+            // The audit head as copied (the metadata goes first): the log is copied up to it
+            // and the anchor vouches for it, even if an entry is appended meanwhile (a key
+            // operation refused before it took the lock records its refusal).
+            let mut head: Option<audit::AuditHead> = None;
+            for t in BACKUP_ORDER {
                 let name = t.name().as_bytes();
                 w.put(&[u8::try_from(name.len()).unwrap_or(0)])
                     .map_err(io("write"))?;
                 w.put(name).map_err(io("write"))?;
-                // The count as written: a tree that changes while it is copied (a purge or a
-                // job cursor does not wait for the lifecycle lock) must not leave a header that
-                // disagrees with the entries after it.
-                let count = self.inner.storage.len(t)?;
-                w.put(&count.to_be_bytes()).map_err(io("write"))?;
-                let mut n = 0u64;
                 for item in self.inner.storage.iter(t) {
                     let (k, v) = item?;
+                    if t == TreeId::Meta && k == audit::HEAD_KEY {
+                        head = audit::head_of(&v);
+                    }
+                    if t == TreeId::Audit {
+                        let seq = <[u8; 8]>::try_from(k.as_slice()).map(u64::from_be_bytes);
+                        if seq.is_ok_and(|seq| head.is_none_or(|h| seq > h.seq)) {
+                            break;
+                        }
+                    }
                     w.put(&len32(k.len()).map_err(io("write"))?)
                         .map_err(io("write"))?;
                     w.put(&k).map_err(io("write"))?;
                     w.put(&len32(v.len()).map_err(io("write"))?)
                         .map_err(io("write"))?;
                     w.put(&v).map_err(io("write"))?;
-                    n += 1;
+                    entries += 1;
                 }
-                if n != count {
-                    return Err(StoreError::InUse(
-                        "a tree changed while the backup ran; retry it".into(),
-                    ));
-                }
-                entries += n;
+                w.put(&END_OF_TREE.to_be_bytes()).map_err(io("write"))?;
             }
             // The anchor of what was copied, so that a restore opens without taking it for a
             // rolled-back store (the key to MAC it is not available at restore time).
             let key = self.audit_key()?;
-            let anchor = audit::stored_head(&self.inner.storage)?
+            let anchor = head
                 .map(|h| {
                     audit::anchor_bytes(
                         &key,
@@ -302,11 +348,19 @@ impl Store {
                     return Err(bad(&format!("tree {name:?} appears twice")));
                 }
                 seen.push(t);
-                let count = u64::from_be_bytes(read(8)?.try_into().unwrap_or([0; 8]));
+                // Version 3 ends each tree with a marker; versions 1 and 2 count its entries.
+                let count = if v >= 3 {
+                    u64::MAX
+                } else {
+                    u64::from_be_bytes(read(8)?.try_into().unwrap_or([0; 8]))
+                };
                 let mut batch = WriteBatch::default();
                 for i in 0..count {
-                    let kl = u32::from_be_bytes(read(4)?.try_into().unwrap_or([0; 4])) as usize;
-                    let k = read(kl)?;
+                    let kl = u32::from_be_bytes(read(4)?.try_into().unwrap_or([0; 4]));
+                    if v >= 3 && kl == END_OF_TREE {
+                        break;
+                    }
+                    let k = read(kl as usize)?;
                     let vl = u32::from_be_bytes(read(4)?.try_into().unwrap_or([0; 4])) as usize;
                     let v = read(vl)?;
                     batch.insert(k, v);
