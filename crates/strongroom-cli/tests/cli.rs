@@ -1180,6 +1180,20 @@ fn every_command_s_json_has_exactly_its_documented_fields() {
     let doc = migrate(&["--json", "migrate", "--to", "sled", "--shred-source"]);
     assert_eq!(doc["source_shredded"], true);
     checked.borrow_mut().insert("migrate".into());
+    let doc = migrate(&[
+        "--json",
+        "bench",
+        "--storage",
+        "postgres",
+        "--pg-url-env",
+        "STRONGROOM_TEST_PG_URL",
+        "--records",
+        "200",
+    ]);
+    conforms(&all, "bench --storage postgres", &doc);
+    checked
+        .borrow_mut()
+        .insert("bench --storage postgres".into());
     // Every schema on the page was checked.
     let documented: std::collections::BTreeSet<String> =
         all.keys().filter(|k| *k != "errors").cloned().collect();

@@ -1,4 +1,5 @@
-//! `strongroom bench`: plain sled against strongroom, measured in the same run.
+//! `strongroom bench`: plain sled, the limit (plain sled plus the record cipher alone) and
+//! strongroom, measured in the same run.
 //!
 //! Both run in one temporary directory on the embedded soft backend, in alternating rounds
 //! (plain, strongroom, plain, ...), so that load from elsewhere on the machine hits both alike;
@@ -40,6 +41,10 @@ struct OpJson {
     plain_per_sec: f64,
     strongroom_per_sec: f64,
     ratio: f64,
+    /// Plain sled plus the record cipher alone: a store with no overhead of its own.
+    limit_per_sec: f64,
+    /// strongroom over the limit: what the store adds beyond the database and the cipher.
+    ratio_to_limit: f64,
 }
 
 fn other(e: impl std::fmt::Display) -> CliError {
@@ -188,6 +193,20 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
         .map_err(other)?
         .open_tree("records")
         .map_err(other)?;
+    // The limit: plain sled plus the record cipher alone (a put seals and inserts, a get reads
+    // the sealed value and opens it), in a database of its own: what a store with no overhead
+    // of its own would reach.
+    let limit = sled::Config::new()
+        .path(dir.join("limit"))
+        .flush_every_ms(Some(500))
+        .open()
+        .map_err(other)?
+        .open_tree("records")
+        .map_err(other)?;
+    let cipher = strongroom_core::record::RecordCipher::new(
+        strongroom_core::DekVersion::FIRST,
+        &Key256::generate().map_err(other)?,
+    );
     let soft: Arc<dyn Backend> = Arc::new(SoftBackend::create(&dir).map_err(other)?);
     let store = Store::create(
         &dir,
@@ -205,12 +224,11 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
     let n = a.records.max(ROUNDS);
     let chunk = n / ROUNDS;
 
-    let (mut plain_put, mut sr_put, mut plain_get, mut sr_get) = (
-        Duration::ZERO,
-        Duration::ZERO,
-        Duration::ZERO,
-        Duration::ZERO,
-    );
+    let (mut plain_put, mut sr_put, mut limit_put) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut plain_get, mut sr_get, mut limit_get) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let limit_ring = ring.clone();
     for r in 0..ROUNDS {
         let range = r * chunk..(r + 1) * chunk;
         plain_put += timed(a.threads, range.clone(), &|i| {
@@ -219,8 +237,18 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         })?;
-        sr_put += timed(a.threads, range, &|i| {
+        sr_put += timed(a.threads, range.clone(), &|i| {
             store.put(&ring, &key(i), &value).map_err(|e| e.to_string())
+        })?;
+        limit_put += timed(a.threads, range, &|i| {
+            let k = key(i);
+            let sealed = cipher
+                .seal(&limit_ring, &k, &value)
+                .map_err(|e| e.to_string())?;
+            limit
+                .insert(k, sealed)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })?;
     }
     for r in 0..ROUNDS {
@@ -229,10 +257,28 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
             Ok(Some(v)) if v.len() == value.len() => Ok(()),
             other => Err(format!("plain get {i}: {other:?}")),
         })?;
-        sr_get += timed(a.threads, range, &|i| match store.get(&ring, &key(i)) {
-            Ok(Some(v)) if v.len() == value.len() => Ok(()),
-            Ok(other) => Err(format!("get {i}: {:?}", other.map(|p| p.len()))),
-            Err(e) => Err(e.to_string()),
+        sr_get += timed(
+            a.threads,
+            range.clone(),
+            &|i| match store.get(&ring, &key(i)) {
+                Ok(Some(v)) if v.len() == value.len() => Ok(()),
+                Ok(other) => Err(format!("get {i}: {:?}", other.map(|p| p.len()))),
+                Err(e) => Err(e.to_string()),
+            },
+        )?;
+        limit_get += timed(a.threads, range, &|i| {
+            let k = key(i);
+            match limit.get(&k) {
+                Ok(Some(sealed)) => match cipher.open(&limit_ring, &k, &sealed) {
+                    Ok(v) if v.len() == value.len() => Ok(()),
+                    Ok(_) => Err(format!("limit get {i}: wrong length")),
+                    Err(e) => Err(e.to_string()),
+                },
+                other => Err(format!(
+                    "limit get {i}: {:?}",
+                    other.map(|v| v.map(|v| v.len()))
+                )),
+            }
         })?;
     }
     let total = chunk * ROUNDS;
@@ -270,8 +316,18 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
     let unwrap_rate = measure(&|| soft.unwrap(&blob, b"bench").is_ok());
 
     let rows = [
-        ("put", rate(total, plain_put), rate(total, sr_put)),
-        ("get", rate(total, plain_get), rate(total, sr_get)),
+        (
+            "put",
+            rate(total, plain_put),
+            rate(total, sr_put),
+            rate(total, limit_put),
+        ),
+        (
+            "get",
+            rate(total, plain_get),
+            rate(total, sr_get),
+            rate(total, limit_get),
+        ),
     ];
     let written = out.result(
         || {
@@ -281,9 +337,16 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
                 a.threads,
                 record_cipher()
             );
-            t.push_str(&format!("{:<6} {:>14} {:>18} {:>22}\n", "op", "plain sled/s", "strongroom/s", "strongroom / plain"));
-            for (op, p, s) in rows {
-                t.push_str(&format!("{op:<6} {p:>14.0} {s:>18.0} {:>22.2}\n", s / p));
+            t.push_str(&format!(
+                "{:<6} {:>14} {:>22} {:>14} {:>10} {:>16}\n",
+                "op", "plain sled/s", "limit (plain+cipher)/s", "strongroom/s", "/ plain", "/ limit"
+            ));
+            for (op, p, s, l) in rows {
+                t.push_str(&format!(
+                    "{op:<6} {p:>14.0} {l:>22.0} {s:>14.0} {:>10.2} {:>16.2}\n",
+                    s / p,
+                    s / l
+                ));
             }
             t.push_str(&format!("\nbackend wrap/s   {wrap_rate:>10.0}\nbackend unwrap/s {unwrap_rate:>10.0}\nbackend calls per 1000 reads after warm-up: {calls_per_1000}"));
             t
@@ -296,11 +359,13 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
                 aead: strongroom_core::crypto::GCM_ENGINE,
                 ops: rows
                     .iter()
-                    .map(|&(op, p, s)| OpJson {
+                    .map(|&(op, p, s, l)| OpJson {
                         op,
                         plain_per_sec: p,
                         strongroom_per_sec: s,
                         ratio: s / p,
+                        limit_per_sec: l,
+                        ratio_to_limit: s / l,
                     })
                     .collect(),
                 backend_wrap_per_sec: wrap_rate,
