@@ -7,8 +7,8 @@
 
 mod common;
 
-use std::sync::{Arc, Barrier};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use strongroom_core::{KeyringName, RootKeyName, RootVersion};
 use strongroom_p11_testkit::{FaultControl, FaultPlan};
@@ -26,6 +26,45 @@ fn backend(token: &Token, namespace: &str) -> Arc<Pkcs11Backend> {
     c.namespace = namespace.to_owned();
     c.backoff = Duration::from_millis(5);
     Arc::new(Pkcs11Backend::open(c).unwrap())
+}
+
+/// A barrier that gives up: a thread that failed before reaching it makes the others fail
+/// after two minutes (with the first thread's panic reported by the scope), not hang.
+struct Barrier {
+    parties: usize,
+    state: Mutex<(usize, u64)>,
+    cv: Condvar,
+}
+
+impl Barrier {
+    fn new(parties: usize) -> Self {
+        Self {
+            parties,
+            state: Mutex::new((0, 0)),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn wait(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut st = self.state.lock().unwrap();
+        let generation = st.1;
+        st.0 += 1;
+        if st.0 == self.parties {
+            st.0 = 0;
+            st.1 += 1;
+            self.cv.notify_all();
+            return;
+        }
+        while st.1 == generation {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "another thread never reached the barrier (it failed: see its panic)"
+            );
+            st = self.cv.wait_timeout(st, left).unwrap().0;
+        }
+    }
 }
 
 fn kr(s: &str) -> KeyringName {
