@@ -484,7 +484,12 @@ fn bench_reports_ratios_and_zero_backend_calls_once_warm() {
     )
     .ok()
     .out();
-    assert!(out.contains("strongroom / plain"), "{out}");
+    assert!(
+        out.contains("/ plain")
+            && out.contains("/ limit")
+            && out.contains("limit (plain+cipher)/s"),
+        "{out}"
+    );
     assert!(
         out.contains("backend calls per 1000 reads after warm-up: 0"),
         "{out}"
@@ -495,6 +500,8 @@ fn bench_reports_ratios_and_zero_backend_calls_once_warm() {
     assert_eq!(j["backend_calls_per_1000_reads"], 0);
     assert_eq!(j["aead"], strongroom_core::crypto::GCM_ENGINE);
     assert!(j["ops"][0]["ratio"].as_f64().unwrap() > 0.0);
+    assert!(j["ops"][0]["ratio_to_limit"].as_f64().unwrap() > 0.0);
+    assert!(j["ops"][1]["limit_per_sec"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
