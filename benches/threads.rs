@@ -33,7 +33,7 @@ fn rate(threads: usize, per_thread: usize, n: usize, get: &(dyn Fn(usize) + Sync
     std::thread::scope(|s| {
         for th in 0..threads {
             s.spawn(move || {
-                let mut g = Gen(0x9E37_79B9 ^ (th as u64 + 1) * 0x1000_0001);
+                let mut g = Gen(0x9E37_79B9 ^ ((th as u64 + 1) * 0x1000_0001));
                 for _ in 0..per_thread {
                     get((g.next() % n as u64) as usize);
                 }
@@ -48,24 +48,58 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
+    // sled's page cache, the same for all three (`STRONGROOM_BENCH_SLED_CACHE_MIB`; default the
+    // store's default).
+    let cache: u64 = std::env::var("STRONGROOM_BENCH_SLED_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(strongroom_store::SledEngine::DEFAULT_CACHE_BYTES, |m| {
+            m << 20
+        });
     let dir = tempfile::tempdir().unwrap();
     let backend = Arc::new(SoftBackend::create(dir.path()).unwrap());
-    let store = Store::create(dir.path(), backend, &RootKeyName::new("service").unwrap(), StoreOptions::default()).unwrap();
+    let store = Store::create(
+        dir.path(),
+        backend,
+        &RootKeyName::new("service").unwrap(),
+        StoreOptions {
+            sled_cache_bytes: cache,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
     let ring = KeyringName::new("bench").unwrap();
     store.create_keyring(&ring, None).unwrap();
-    let plain_db = sled::Config::new().path(dir.path().join("plain")).open().unwrap();
+    let plain_db = sled::Config::new()
+        .path(dir.path().join("plain"))
+        .cache_capacity(cache)
+        .open()
+        .unwrap();
     let plain = plain_db.open_tree("records").unwrap();
-    let limit_db = sled::Config::new().path(dir.path().join("limit")).open().unwrap();
+    let limit_db = sled::Config::new()
+        .path(dir.path().join("limit"))
+        .cache_capacity(cache)
+        .open()
+        .unwrap();
     let limit = limit_db.open_tree("records").unwrap();
     let cipher = RecordCipher::new(DekVersion::FIRST, &Key256::generate().unwrap());
     let mut g = Gen(0x5DEE_CE66);
     let values: Vec<Vec<u8>> = (0..64)
         .map(|_| (0..1024).map(|_| g.next() as u8).collect())
         .collect();
-    let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("record-{i:09}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("record-{i:09}").into_bytes())
+        .collect();
     for (i, k) in keys.iter().enumerate() {
-        plain.insert(k.as_slice(), values[i % 64].as_slice()).unwrap();
-        limit.insert(k.as_slice(), cipher.seal(&ring, k, &values[i % 64]).unwrap()).unwrap();
+        plain
+            .insert(k.as_slice(), values[i % 64].as_slice())
+            .unwrap();
+        limit
+            .insert(
+                k.as_slice(),
+                cipher.seal(&ring, k, &values[i % 64]).unwrap(),
+            )
+            .unwrap();
         store.put(&ring, k, &values[i % 64]).unwrap();
     }
     // Warm: every record read once everywhere.
@@ -88,8 +122,9 @@ fn main() {
         }),
     ];
     println!(
-        "random gets of {n} x 1 KiB records ({}), {per} gets per thread and run",
-        strongroom::core::crypto::GCM_ENGINE
+        "random gets of {n} x 1 KiB records ({}), {per} gets per thread and run, sled cache {} MiB",
+        strongroom::core::crypto::GCM_ENGINE,
+        cache >> 20
     );
     println!("| contender | 1 thread/s | 2 threads/s | scaling (2 threads / 1) |");
     println!("|---|---:|---:|---:|");
@@ -105,6 +140,11 @@ fn main() {
                 one += rate(1, per, n, get);
             }
         }
-        println!("| {name} | {:.0} | {:.0} | {:.2} |", one / 2.0, two / 2.0, two / one);
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.2} |",
+            one / 2.0,
+            two / 2.0,
+            two / one
+        );
     }
 }

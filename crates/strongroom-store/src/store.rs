@@ -76,6 +76,11 @@ pub struct StoreOptions {
     pub destruction_delay: Duration,
     /// Audit every record read, write and delete too (one extra write per operation). Default off.
     pub audit_data_access: bool,
+    /// sled's page cache in bytes, for a store on sled opened with [`Store::create`] /
+    /// [`Store::open`] (another engine is configured on its own): the bound on the store's
+    /// memory, and on its read speed once the records outgrow it. Default 1 GiB
+    /// ([`SledEngine::DEFAULT_CACHE_BYTES`], sled's own).
+    pub sled_cache_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -88,6 +93,7 @@ impl Default for StoreOptions {
             dek_rollover_after: 1 << 28,
             destruction_delay: Duration::from_secs(7 * 24 * 3600),
             audit_data_access: false,
+            sled_cache_bytes: SledEngine::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -459,7 +465,10 @@ impl Store {
             )))?;
         let storage = Storage::new(match engine {
             Some(e) => e,
-            None => Box::new(SledEngine::create(&dir)?),
+            None => Box::new(SledEngine::create_with_cache(
+                &dir,
+                options.sled_cache_bytes,
+            )?),
         });
         let store = Self::assemble(dir, storage, backend, meta.clone(), options);
         *store
@@ -600,7 +609,7 @@ impl Store {
         let dir = dir.to_path_buf();
         let storage = Storage::new(match engine {
             Some(e) => e,
-            None => Box::new(SledEngine::open(&dir)?),
+            None => Box::new(SledEngine::open_with_cache(&dir, options.sled_cache_bytes)?),
         });
         let raw = storage
             .get(TreeId::Meta, META_KEY)?
