@@ -155,7 +155,10 @@ fn main() {
             Some(row) => println!("{row}"),
             None => println!(
                 "| {n} | failed: {} |",
-                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
             ),
         }
     }
