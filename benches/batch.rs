@@ -4,6 +4,10 @@
 //! same machine. A batch should be the fastest way in: it amortizes the locks, the DEK counter
 //! reservations and the commit.
 //!
+//! Two more contenders show what sled itself does with the same shape of work: plain sled
+//! inserts of values of the sealed size then a flush, and a plain sled `Batch` of them then a
+//! flush: whatever a strongroom batch loses beyond sled's own batch is strongroom's.
+//!
 //! `cargo bench --bench batch` (`STRONGROOM_BENCH_RECORDS`, default 200,000).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 #![allow(clippy::cast_possible_truncation)]
@@ -37,6 +41,19 @@ fn main() {
         .unwrap_or(200_000);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (singles, batches) = (store(da.path()), store(db.path()));
+    let (dc, dd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let plain = |d: &std::path::Path| {
+        sled::Config::new()
+            .path(d)
+            .flush_every_ms(Some(500))
+            .open()
+            .unwrap()
+    };
+    let (plain_singles, plain_batches) = (plain(dc.path()), plain(dd.path()));
+    let (ts, tb) = (
+        plain_singles.open_tree("records").unwrap(),
+        plain_batches.open_tree("records").unwrap(),
+    );
     let ring = KeyringName::new("bulk").unwrap();
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let values: Vec<Vec<u8>> = (0..64)
@@ -52,33 +69,70 @@ fn main() {
         })
         .collect();
     let key = |i: usize| format!("record-{i:09}").into_bytes();
-    let mut spent = [Duration::ZERO; 2];
+    // Sealed-size values for the plain contenders (1 KiB + header + tag).
+    let sealed_size: Vec<Vec<u8>> = values
+        .iter()
+        .map(|v| {
+            let mut s = v.clone();
+            s.resize(1024 + 33, 0);
+            s
+        })
+        .collect();
+    let mut spent = [Duration::ZERO; 4];
     for (c, start) in (0..n).step_by(BATCH).enumerate() {
         let end = (start + BATCH).min(n);
-        for j in 0..2 {
-            let who = (c + j) % 2;
+        for j in 0..4 {
+            let who = (c + j) % 4;
             let t = Instant::now();
-            if who == 0 {
-                for i in start..end {
-                    singles.put(&ring, &key(i), &values[i % 64]).unwrap();
+            match who {
+                0 => {
+                    for i in start..end {
+                        singles.put(&ring, &key(i), &values[i % 64]).unwrap();
+                    }
+                    singles.flush().unwrap();
                 }
-                singles.flush().unwrap();
-            } else {
-                let ops: Vec<BatchOp> = (start..end)
-                    .map(|i| BatchOp::Put(key(i), values[i % 64].clone()))
-                    .collect();
-                batches.batch(&ring, &ops).unwrap();
-                batches.flush().unwrap();
+                1 => {
+                    let ops: Vec<BatchOp> = (start..end)
+                        .map(|i| BatchOp::Put(key(i), values[i % 64].clone()))
+                        .collect();
+                    batches.batch(&ring, &ops).unwrap();
+                    batches.flush().unwrap();
+                }
+                2 => {
+                    for i in start..end {
+                        ts.insert(key(i), sealed_size[i % 64].as_slice()).unwrap();
+                    }
+                    plain_singles.flush().unwrap();
+                }
+                _ => {
+                    let mut b = sled::Batch::default();
+                    for i in start..end {
+                        b.insert(key(i), sealed_size[i % 64].as_slice());
+                    }
+                    tb.apply_batch(b).unwrap();
+                    plain_batches.flush().unwrap();
+                }
             }
             spent[who] += t.elapsed();
         }
     }
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!(
-        "{n} x 1 KiB in chunks of {BATCH} ({}): puts then flush {:.0}/s, batch then flush {:.0}/s, batch / puts {:.2}",
-        strongroom::core::crypto::GCM_ENGINE,
+        "{n} x 1 KiB in chunks of {BATCH} ({}), each then flushed:",
+        strongroom::core::crypto::GCM_ENGINE
+    );
+    println!("| | one by one/s | as a batch/s | batch / one by one |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| strongroom (put, batch) | {:.0} | {:.0} | {:.2} |",
         rate(spent[0]),
         rate(spent[1]),
         spent[0].as_secs_f64() / spent[1].as_secs_f64()
+    );
+    println!(
+        "| plain sled (insert, Batch) | {:.0} | {:.0} | {:.2} |",
+        rate(spent[2]),
+        rate(spent[3]),
+        spent[2].as_secs_f64() / spent[3].as_secs_f64()
     );
 }
