@@ -222,6 +222,13 @@ pub struct InitArgs {
     /// processes and machines can reach.
     #[arg(long, value_enum, default_value_t = StorageKind::Sled)]
     pub storage: StorageKind,
+    #[command(flatten)]
+    pub pg: PgArgs,
+}
+
+/// Where a PostgreSQL store's URL comes from, and the schema that holds it (`init`, `migrate`).
+#[derive(Args, Debug)]
+pub struct PgArgs {
     /// PostgreSQL: the environment variable holding the URL
     /// (`postgres://user:password@host/db?sslmode=verify-full&sslrootcert=/path/ca.pem`);
     /// only the variable's name is written to strongroom.conf.
@@ -241,15 +248,8 @@ pub struct MigrateArgs {
     /// The engine to move to.
     #[arg(long, value_enum)]
     pub to: StorageKind,
-    /// PostgreSQL: the environment variable holding the URL.
-    #[arg(long, value_name = "VAR", conflicts_with = "pg_url_file")]
-    pub pg_url_env: Option<String>,
-    /// PostgreSQL: a file whose first line is the URL.
-    #[arg(long, value_name = "FILE")]
-    pub pg_url_file: Option<PathBuf>,
-    /// PostgreSQL: the schema to hold the store's tables.
-    #[arg(long, value_name = "NAME")]
-    pub pg_schema: Option<String>,
+    #[command(flatten)]
+    pub pg: PgArgs,
     /// Once the copy is verified and in use, shred the old one (sled: its files overwritten
     /// and removed; PostgreSQL: its rows deleted and the table rewritten).
     #[arg(long)]

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use strongroom_cli::config::{DEFAULT_PG_POOL, DEFAULT_PG_SCHEMA, StorageConfig, UrlSource};
 use strongroom_cli::parse_duration;
 use strongroom_core::{KeyState, KeyringName, RootKeyName};
 use strongroom_store::{PendingJob, Progress};
@@ -121,4 +122,52 @@ pub fn temp_dir() -> Result<std::path::PathBuf, CliError> {
         .create(&dir)
         .map_err(|e| CliError::Other(format!("creating {}: {e}", dir.display())))?;
     Ok(dir)
+}
+
+/// The `[storage]` section `--storage postgres` and its flags describe (`init`, `migrate`).
+///
+/// # Errors
+/// A usage error when neither (or an empty) `--pg-url-env` nor `--pg-url-file` says where the
+/// URL comes from.
+pub fn pg_storage(a: &crate::cli::PgArgs) -> Result<StorageConfig, CliError> {
+    let url = match (&a.pg_url_env, &a.pg_url_file) {
+        (Some(v), _) if !v.is_empty() => UrlSource::Env(v.clone()),
+        (None, Some(f)) => {
+            UrlSource::File(std::path::absolute(f).map_err(|e| {
+                CliError::Usage(format!("cannot make {} absolute: {e}", f.display()))
+            })?)
+        }
+        _ => {
+            return Err(CliError::Usage(
+                "say where the PostgreSQL URL comes from: --pg-url-env VAR or --pg-url-file FILE (never on the command line: it may hold a password)".into(),
+            ));
+        }
+    };
+    Ok(StorageConfig::Postgres {
+        url,
+        schema: a
+            .pg_schema
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PG_SCHEMA.to_owned()),
+        pool_size: DEFAULT_PG_POOL,
+    })
+}
+
+/// The PostgreSQL flags given, for a usage error where they do not apply.
+pub fn pg_flags_given(a: &crate::cli::PgArgs) -> Vec<&'static str> {
+    [
+        ("--pg-url-env", a.pg_url_env.is_some()),
+        ("--pg-url-file", a.pg_url_file.is_some()),
+        ("--pg-schema", a.pg_schema.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect()
+}
+
+/// `path` made absolute against the current directory (without resolving symlinks): the
+/// configuration must name the same file whichever directory later commands run in.
+pub fn absolute(path: &Path) -> Result<std::path::PathBuf, CliError> {
+    std::path::absolute(path)
+        .map_err(|e| CliError::Usage(format!("cannot make {} absolute: {e}", path.display())))
 }

@@ -194,6 +194,20 @@ fn init_refuses_a_url_on_the_command_line_and_flags_for_the_other_engine() {
     sr(&data, "", &["init", "--storage", "postgres"]).fails(2, "--pg-url-env");
     sr(&data, "", &["init", "--pg-url-env", URL_VAR]).fails(2, "--storage postgres");
     assert!(!data.join("strongroom.conf").exists());
+    // migrate reads the same flags the same way: an empty variable name is no URL source.
+    sr(&data, "", &["init"]).ok();
+    let conf = std::fs::read_to_string(data.join("strongroom.conf")).unwrap();
+    sr(
+        &data,
+        "",
+        &["migrate", "--to", "postgres", "--pg-url-env", ""],
+    )
+    .fails(2, "--pg-url-env");
+    sr(&data, "", &["migrate", "--to", "sled", "--pg-schema", "x"]).fails(2, "--to postgres");
+    assert_eq!(
+        std::fs::read_to_string(data.join("strongroom.conf")).unwrap(),
+        conf
+    );
 }
 
 #[test]

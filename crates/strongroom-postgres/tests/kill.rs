@@ -6,6 +6,8 @@
 //! that every record reads, and that the audit log verifies. Several rounds on one store.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -40,15 +42,8 @@ fn config(url: &str, schema: &str) -> PgConfig {
 /// its lock) are gone.
 fn open(dir: &Path, url: &str, schema: &str) -> Store {
     let backend: Arc<dyn Backend> = Arc::new(SoftBackend::open(dir).unwrap());
-    let mut last = None;
-    for _ in 0..300 {
-        match PgEngine::connect(&config(url, schema)) {
-            Ok(e) => return Store::open_on(dir, Box::new(e), backend, options()).unwrap(),
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{}", last.unwrap());
+    let engine = common::connect(&config(url, schema));
+    Store::open_on(dir, Box::new(engine), backend, options()).unwrap()
 }
 
 fn ring() -> KeyringName {

@@ -9,37 +9,16 @@
     missing_docs
 )]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use strongroom_core::{Backend, KeyringName, RootKeyName, SoftBackend};
-use strongroom_postgres::{PgConfig, PgEngine};
+use common::{config, connect, kr};
+use strongroom_core::{Backend, RootKeyName, SoftBackend};
 use strongroom_store::engine::{EngineTx, TxFailure, TxStop};
 use strongroom_store::{Engine, Store, StoreError, StoreOptions, TreeId};
 use strongroom_test_support::pg;
-
-fn config(schema: &str) -> PgConfig {
-    PgConfig::from_url(&pg::shared().url())
-        .unwrap()
-        .with_schema(schema)
-        .unwrap()
-}
-
-fn connect(cfg: &PgConfig) -> PgEngine {
-    let mut last = None;
-    for _ in 0..200 {
-        match PgEngine::connect(cfg) {
-            Ok(e) => return e,
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{}", last.unwrap());
-}
-
-fn kr(s: &str) -> KeyringName {
-    KeyringName::new(s).unwrap()
-}
 
 #[test]
 fn a_store_whose_lock_was_lost_sees_what_another_process_did_meanwhile() {

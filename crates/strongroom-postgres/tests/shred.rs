@@ -6,28 +6,17 @@
 //! overwrites its segments (README, security model).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
+use std::sync::Arc;
+
+use common::connect;
 use strongroom_core::{Backend, KeyringName, RootKeyName, SoftBackend, WrappedKey};
 use strongroom_postgres::{PgConfig, PgEngine};
 use strongroom_store::format::KeyringEntry;
 use strongroom_store::{Engine, Store, StoreOptions, TreeId};
 use strongroom_test_support::disk::Needles;
 use strongroom_test_support::pg::{self, PgServer};
-
-fn connect(cfg: &PgConfig) -> PgEngine {
-    // The lock of a store just closed is released when the server sees its connection end.
-    let mut last = None;
-    for _ in 0..200 {
-        match PgEngine::connect(cfg) {
-            Ok(e) => return e,
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{}", last.unwrap());
-}
 
 fn needles_of(engine: &PgEngine, name: &str) -> Needles {
     let mut needles = Needles::new();

@@ -5,34 +5,16 @@
 //! many more edits on the raw files.)
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use strongroom_core::{Backend, KeyState, KeyringName, RootKeyName, RootVersion, SoftBackend};
+use std::sync::Arc;
+
+use common::{connect, kr, rn};
+use strongroom_core::{Backend, KeyState, RootVersion, SoftBackend};
 use strongroom_postgres::{PgConfig, PgEngine};
 use strongroom_store::format::{KeyringEntry, root_key};
 use strongroom_store::{Engine, Store, StoreError, StoreOptions, TreeId};
 use strongroom_test_support::pg;
-
-fn connect(cfg: &PgConfig) -> PgEngine {
-    let mut last = None;
-    for _ in 0..200 {
-        match PgEngine::connect(cfg) {
-            Ok(e) => return e,
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{}", last.unwrap());
-}
-
-fn kr(s: &str) -> KeyringName {
-    KeyringName::new(s).unwrap()
-}
-
-fn rn(s: &str) -> RootKeyName {
-    RootKeyName::new(s).unwrap()
-}
 
 /// A store with a disabled keyring, a tenant keyring and a disabled root; its directory, its
 /// backend and its engine's configuration.

@@ -5,17 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
-use strongroom_cli::config::{
-    BackendConfig, CONFIG_FILE, Config, DEFAULT_PG_POOL, DEFAULT_PG_SCHEMA, StorageConfig,
-    UrlSource,
-};
+use strongroom_cli::config::{BackendConfig, CONFIG_FILE, Config, StorageConfig};
 use strongroom_core::{Backend, RootKeyName, SoftBackend};
 use strongroom_pkcs11::objects::check_namespace;
 use strongroom_pkcs11::{PinSource, TokenSelector};
 use strongroom_store::{Store, StoreOptions};
 
 use crate::cli::{BackendKind, InitArgs, StorageKind};
-use crate::common::{hex, rn, write_private};
+use crate::common::{absolute, hex, pg_flags_given, pg_storage, rn, write_private};
 
 /// `init --json`.
 #[derive(Serialize)]
@@ -98,13 +95,6 @@ fn undo_init(data: &Path, created_dir: bool, keep: &[&str]) {
             std::fs::remove_file(p)
         };
     }
-}
-
-/// `path` made absolute against the current directory (without resolving symlinks): the
-/// configuration must name the same file whichever directory later commands run in.
-fn absolute(path: &Path) -> Result<std::path::PathBuf, CliError> {
-    std::path::absolute(path)
-        .map_err(|e| CliError::Usage(format!("cannot make {} absolute: {e}", path.display())))
 }
 
 /// The configuration `init` writes, from its arguments: every mistake in them is found here,
@@ -199,14 +189,7 @@ fn init_config(a: &InitArgs, root: &RootKeyName) -> Result<Config, CliError> {
     };
     let storage = match a.storage {
         StorageKind::Sled => {
-            let pg_only: Vec<&str> = [
-                ("--pg-url-env", a.pg_url_env.is_some()),
-                ("--pg-url-file", a.pg_url_file.is_some()),
-                ("--pg-schema", a.pg_schema.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(flag, given)| given.then_some(flag))
-            .collect();
+            let pg_only = pg_flags_given(&a.pg);
             if !pg_only.is_empty() {
                 return Err(CliError::Usage(format!(
                     "{} only apply to --storage postgres",
@@ -215,22 +198,7 @@ fn init_config(a: &InitArgs, root: &RootKeyName) -> Result<Config, CliError> {
             }
             StorageConfig::Sled
         }
-        StorageKind::Postgres => StorageConfig::Postgres {
-            url: match (&a.pg_url_env, &a.pg_url_file) {
-                (Some(v), _) if !v.is_empty() => UrlSource::Env(v.clone()),
-                (None, Some(f)) => UrlSource::File(absolute(f)?),
-                _ => {
-                    return Err(CliError::Usage(
-                        "say where the PostgreSQL URL comes from: --pg-url-env VAR or --pg-url-file FILE (never on the command line: it may hold a password)".into(),
-                    ));
-                }
-            },
-            schema: a
-                .pg_schema
-                .clone()
-                .unwrap_or_else(|| DEFAULT_PG_SCHEMA.to_owned()),
-            pool_size: DEFAULT_PG_POOL,
-        },
+        StorageKind::Postgres => pg_storage(&a.pg)?,
     };
     let config = Config {
         storage,
@@ -247,9 +215,9 @@ fn init_config(a: &InitArgs, root: &RootKeyName) -> Result<Config, CliError> {
         a.token.as_deref(),
         a.pin_env.as_deref(),
         a.pin_file.as_deref().and_then(Path::to_str),
-        a.pg_url_env.as_deref(),
-        a.pg_url_file.as_deref().and_then(Path::to_str),
-        a.pg_schema.as_deref(),
+        a.pg.pg_url_env.as_deref(),
+        a.pg.pg_url_file.as_deref().and_then(Path::to_str),
+        a.pg.pg_schema.as_deref(),
     ]
     .into_iter()
     .flatten()

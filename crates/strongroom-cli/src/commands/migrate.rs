@@ -4,14 +4,12 @@
 use std::path::Path;
 
 use serde::Serialize;
-use strongroom_cli::config::{
-    CONFIG_FILE, DEFAULT_PG_POOL, DEFAULT_PG_SCHEMA, StorageConfig, UrlSource,
-};
+use strongroom_cli::config::{CONFIG_FILE, StorageConfig};
 use strongroom_postgres::PgEngine;
 use strongroom_store::{Engine, SledEngine};
 
 use crate::cli::{MigrateArgs, StorageKind};
-use crate::common::{progress_to, write_private};
+use crate::common::{pg_flags_given, pg_storage, progress_to, write_private};
 use crate::context::{Context, connecting, pg_config};
 use crate::error::CliError;
 
@@ -37,32 +35,14 @@ pub fn run(ctx: &Context<'_>, a: &MigrateArgs) -> Result<(), CliError> {
     let mut config = ctx.config()?;
     let target = match a.to {
         StorageKind::Sled => {
-            if a.pg_url_env.is_some() || a.pg_url_file.is_some() || a.pg_schema.is_some() {
+            if !pg_flags_given(&a.pg).is_empty() {
                 return Err(CliError::Usage(
                     "--pg-url-env, --pg-url-file and --pg-schema apply to --to postgres".into(),
                 ));
             }
             StorageConfig::Sled
         }
-        StorageKind::Postgres => StorageConfig::Postgres {
-            url: match (&a.pg_url_env, &a.pg_url_file) {
-                (Some(v), _) => UrlSource::Env(v.clone()),
-                (None, Some(f)) => UrlSource::File(
-                    std::path::absolute(f)
-                        .map_err(|e| CliError::Usage(format!("{}: {e}", f.display())))?,
-                ),
-                (None, None) => {
-                    return Err(CliError::Usage(
-                        "say where the PostgreSQL URL comes from: --pg-url-env VAR or --pg-url-file FILE".into(),
-                    ));
-                }
-            },
-            schema: a
-                .pg_schema
-                .clone()
-                .unwrap_or_else(|| DEFAULT_PG_SCHEMA.to_owned()),
-            pool_size: DEFAULT_PG_POOL,
-        },
+        StorageKind::Postgres => pg_storage(&a.pg)?,
     };
     if describe(&target) == describe(&config.storage) {
         return Err(CliError::Usage(format!(
