@@ -188,6 +188,9 @@ impl PgServer {
                 "-E",
                 "UTF8",
                 "--no-sync",
+                // The C locale: initdb refuses a LANG naming a locale the machine does not
+                // have generated (common on fresh machines and containers).
+                "--no-locale",
                 "--no-instructions",
             ])
             .arg(format!("--pwfile={}", pwfile.display()))
