@@ -21,7 +21,7 @@
 //! (header included) fails to open with an [`IntegrityError`], never yielding wrong plaintext.
 
 use crate::crypto::{Gcm, GcmLengthError, IntegrityError, NONCE_LEN, TAG_LEN};
-use crate::format::{FormatError, Reader, put_name};
+use crate::format::{FormatError, Reader};
 use crate::id::{DekVersion, KeyringName};
 use crate::rng::{self, RandomError};
 use crate::secret::{Key256, Plaintext};
@@ -89,6 +89,43 @@ impl RecordHeader {
     }
 }
 
+/// A sealed record split into its header and body, parsed once: the store reads the DEK version
+/// from it to pick the cipher, and the cipher opens it without parsing it again.
+#[derive(Clone, Copy, Debug)]
+pub struct SealedRecord<'a> {
+    /// The parsed header.
+    pub header: RecordHeader,
+    /// The header as stored: the AAD binds these bytes (a strict parse makes them the ones
+    /// [`RecordHeader::to_bytes`] would give).
+    raw_header: &'a [u8; RECORD_HEADER_LEN],
+    /// Ciphertext and tag.
+    body: &'a [u8],
+}
+
+impl<'a> SealedRecord<'a> {
+    /// Parses a sealed record ([`RecordHeader::parse`]).
+    ///
+    /// # Errors
+    /// [`FormatError`] naming the first field that is wrong.
+    pub fn parse(sealed: &'a [u8]) -> Result<Self, FormatError> {
+        let (header, body) = RecordHeader::parse(sealed)?;
+        let raw_header =
+            sealed
+                .first_chunk::<RECORD_HEADER_LEN>()
+                .ok_or(FormatError::Truncated {
+                    what: WHAT,
+                    field: "header",
+                    needed: RECORD_HEADER_LEN,
+                    left: sealed.len(),
+                })?;
+        Ok(Self {
+            header,
+            raw_header,
+            body,
+        })
+    }
+}
+
 /// The AAD of a record (see the module docs).
 #[must_use]
 pub fn record_aad(
@@ -96,19 +133,86 @@ pub fn record_aad(
     record_key: &[u8],
     header: &[u8; RECORD_HEADER_LEN],
 ) -> Vec<u8> {
-    let mut aad =
-        Vec::with_capacity(AAD_DOMAIN.len() + 1 + 64 + 4 + record_key.len() + RECORD_HEADER_LEN);
-    aad.extend_from_slice(AAD_DOMAIN);
-    put_name(&mut aad, keyring.as_str());
-    // Record keys are bounded by the store far below 4 GiB.
-    aad.extend_from_slice(
+    let mut aad = Vec::with_capacity(aad_len(keyring, record_key));
+    push_aad(&mut aad, keyring, record_key, header);
+    aad
+}
+
+fn aad_len(keyring: &KeyringName, record_key: &[u8]) -> usize {
+    AAD_DOMAIN.len() + 1 + keyring.as_str().len() + 4 + record_key.len() + RECORD_HEADER_LEN
+}
+
+fn push_aad(
+    aad: &mut impl Sink,
+    keyring: &KeyringName,
+    record_key: &[u8],
+    header: &[u8; RECORD_HEADER_LEN],
+) {
+    aad.put(AAD_DOMAIN);
+    let name = keyring.as_str().as_bytes();
+    // Names are at most 64 bytes (`MAX_NAME_LEN`), record keys far below 4 GiB.
+    aad.put(&[u8::try_from(name.len()).unwrap_or(u8::MAX)]);
+    aad.put(name);
+    aad.put(
         &u32::try_from(record_key.len())
             .unwrap_or(u32::MAX)
             .to_be_bytes(),
     );
-    aad.extend_from_slice(record_key);
-    aad.extend_from_slice(header);
-    aad
+    aad.put(record_key);
+    aad.put(header);
+}
+
+/// Where an AAD is built.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// AADs up to this length are built on the stack (a 64-byte keyring name and a record key of
+/// up to 150 bytes); longer ones in an allocation.
+const STACK_AAD: usize = 256;
+
+/// Calls `f` with the AAD of a record, built on the stack when it fits in [`STACK_AAD`].
+fn with_aad<R>(
+    keyring: &KeyringName,
+    record_key: &[u8],
+    header: &[u8; RECORD_HEADER_LEN],
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    let len = aad_len(keyring, record_key);
+    if len > STACK_AAD {
+        return f(&record_aad(keyring, record_key, header));
+    }
+    let mut buf = [0u8; STACK_AAD];
+    let mut w = StackWriter {
+        buf: &mut buf,
+        len: 0,
+    };
+    push_aad(&mut w, keyring, record_key, header);
+    let n = w.len;
+    debug_assert_eq!(n, len);
+    f(&buf[..n])
+}
+
+/// Appends into a fixed buffer that the caller has sized ([`aad_len`]).
+struct StackWriter<'b> {
+    buf: &'b mut [u8; STACK_AAD],
+    len: usize,
+}
+
+impl Sink for StackWriter<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        // In bounds: `with_aad` checked the total length first.
+        if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            dst.copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
 }
 
 /// Seals and opens records under one DEK version. Holds the expanded AES-GCM key schedule,
@@ -176,14 +280,30 @@ impl RecordCipher {
         out: &mut Vec<u8>,
     ) -> Result<(), SealError> {
         out.clear();
+        self.seal_append(keyring, record_key, plaintext, out)
+    }
+
+    /// Like [`RecordCipher::seal`], appending the sealed record to `out`, so that a batch can
+    /// seal all its values back to back into one buffer. On failure `out` is as it was.
+    ///
+    /// # Errors
+    /// As [`RecordCipher::seal`].
+    pub fn seal_append(
+        &self,
+        keyring: &KeyringName,
+        record_key: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        let start = out.len();
         let header = RecordHeader::fresh(self.version)?;
         let hb = header.to_bytes();
-        let aad = record_aad(keyring, record_key, &hb);
         out.reserve(RECORD_OVERHEAD + plaintext.len());
         out.extend_from_slice(&hb);
-        self.gcm
-            .seal_into(&header.nonce, &aad, plaintext, out)
-            .inspect_err(|_| out.clear())?;
+        with_aad(keyring, record_key, &hb, |aad| {
+            self.gcm.seal_into(&header.nonce, aad, plaintext, out)
+        })
+        .inspect_err(|_| out.truncate(start))?;
         Ok(())
     }
 
@@ -198,12 +318,26 @@ impl RecordCipher {
         record_key: &[u8],
         sealed: &[u8],
     ) -> Result<Plaintext, IntegrityError> {
-        let (header, body) = RecordHeader::parse(sealed).map_err(|_| IntegrityError)?;
-        if header.dek_version != self.version {
+        let record = SealedRecord::parse(sealed).map_err(|_| IntegrityError)?;
+        self.open_parsed(keyring, record_key, &record)
+    }
+
+    /// [`RecordCipher::open`] of a record parsed already.
+    ///
+    /// # Errors
+    /// As [`RecordCipher::open`].
+    pub fn open_parsed(
+        &self,
+        keyring: &KeyringName,
+        record_key: &[u8],
+        record: &SealedRecord<'_>,
+    ) -> Result<Plaintext, IntegrityError> {
+        if record.header.dek_version != self.version {
             return Err(IntegrityError);
         }
-        let aad = record_aad(keyring, record_key, &header.to_bytes());
-        self.gcm.open(&header.nonce, &aad, body)
+        with_aad(keyring, record_key, record.raw_header, |aad| {
+            self.gcm.open(&record.header.nonce, aad, record.body)
+        })
     }
 }
 
@@ -251,6 +385,43 @@ mod tests {
         assert_eq!(body.len(), 10 + TAG_LEN);
         let again = c.seal(&kr, b"alice", b"salary=100").unwrap();
         assert_ne!(again, sealed, "nonces must differ");
+    }
+
+    #[test]
+    fn stack_and_heap_aads_agree() {
+        let kr = KeyringName::new("k".repeat(crate::id::MAX_NAME_LEN)).unwrap();
+        let h = [7u8; RECORD_HEADER_LEN];
+        // Both sides of the stack limit, and far beyond it.
+        for key_len in [0, 1, 149, 150, 151, 152, 1024] {
+            let key = vec![0x33u8; key_len];
+            let heap = record_aad(&kr, &key, &h);
+            assert_eq!(heap.len(), aad_len(&kr, &key));
+            with_aad(&kr, &key, &h, |aad| assert_eq!(aad, &heap[..], "{key_len}"));
+            let c = cipher(1, 4);
+            let sealed = c.seal(&kr, &key, b"v").unwrap();
+            assert_eq!(c.open(&kr, &key, &sealed).unwrap().expose(), b"v");
+        }
+        // The layout, spelled out once.
+        let short = KeyringName::new("ab").unwrap();
+        let mut want = b"strongroom/record/v1\0".to_vec();
+        want.extend_from_slice(&[2, b'a', b'b', 0, 0, 0, 1, b'z']);
+        want.extend_from_slice(&h);
+        with_aad(&short, b"z", &h, |aad| assert_eq!(aad, &want[..]));
+    }
+
+    #[test]
+    fn seal_append_puts_records_back_to_back() {
+        let c = cipher(2, 9);
+        let kr = KeyringName::new("payroll").unwrap();
+        let mut buf = b"prefix".to_vec();
+        c.seal_append(&kr, b"a", b"first", &mut buf).unwrap();
+        c.seal_append(&kr, b"b", b"second value", &mut buf).unwrap();
+        assert_eq!(&buf[..6], b"prefix");
+        let first = &buf[6..6 + RECORD_OVERHEAD + 5];
+        let second = &buf[6 + RECORD_OVERHEAD + 5..];
+        assert_eq!(c.open(&kr, b"a", first).unwrap().expose(), b"first");
+        assert_eq!(c.open(&kr, b"b", second).unwrap().expose(), b"second value");
+        assert!(c.open(&kr, b"a", second).is_err());
     }
 
     #[test]

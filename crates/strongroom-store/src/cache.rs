@@ -8,10 +8,15 @@
 //! What happens when the refresh fails because the backend is *down* (not because the key was
 //! revoked) is the [`DownPolicy`].
 //!
-//! A hit takes only the read side of the lock: recency is an atomic stamp from a counter, so
-//! readers on many threads do not queue behind one another.
+//! A hit takes only the read side of the lock and writes nothing shared unless the entry's
+//! recency changed: recency is the cache's *epoch*, a counter that moves on each insert, and a
+//! hit stores it into the entry only when the entry has not been used since the last insert.
+//! Readers on many threads therefore neither queue behind one another nor bounce a cache line
+//! between cores on every hit. Eviction takes the entry with the oldest epoch: least recently
+//! used, up to the order among entries used between the same two inserts.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -51,9 +56,52 @@ struct Entry {
     value: Cached,
     /// When the backend last vouched for the root behind this entry.
     fetched: Instant,
-    /// The cache's use counter at this entry's last use (higher is more recent).
+    /// The cache's epoch at this entry's last use (higher is more recent).
     last_used: AtomicU64,
 }
+
+/// Hashes the cache's keys: keyring ids the store assigned and small version numbers, never
+/// values an outsider chooses, so a multiply-and-fold is enough (no flooding to defend against,
+/// which is what SipHash's cost buys).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// A map keyed by store-assigned ids, hashed with [`IdHasher`].
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+type Map = IdMap<(u64, Slot), Entry>;
 
 /// A cache hit and how fresh it is.
 pub(crate) struct Hit {
@@ -62,59 +110,93 @@ pub(crate) struct Hit {
 }
 
 pub(crate) struct KeyCache {
-    map: RwLock<HashMap<(u64, Slot), Entry>>,
-    /// Hands out use stamps; only their order matters.
-    uses: AtomicU64,
+    map: RwLock<Map>,
+    /// The epoch: moves on each insert; only its order matters.
+    epoch: AtomicU64,
     capacity: usize,
 }
 
 impl KeyCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            map: RwLock::new(HashMap::new()),
-            uses: AtomicU64::new(0),
+            map: RwLock::new(Map::default()),
+            epoch: AtomicU64::new(0),
             capacity: capacity.max(2),
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<(u64, Slot), Entry>> {
+    fn read(&self) -> RwLockReadGuard<'_, Map> {
         self.map
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<(u64, Slot), Entry>> {
+    fn write(&self) -> RwLockWriteGuard<'_, Map> {
         self.map
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn stamp(&self) -> u64 {
-        self.uses.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub(crate) fn get(&self, keyring: u64, slot: Slot) -> Option<Hit> {
+    /// The entry for `slot` of `keyring`, and its age at `now`.
+    pub(crate) fn get(&self, keyring: u64, slot: Slot, now: Instant) -> Option<Hit> {
         let map = self.read();
         let e = map.get(&(keyring, slot))?;
-        // Relaxed: the stamp orders evictions only; a race between two stamps may evict the
-        // slightly less recent of two entries, never a wrong key.
-        e.last_used.fetch_max(self.stamp(), Ordering::Relaxed);
+        self.touch(e);
         Some(Hit {
             value: e.value.clone(),
-            age: Instant::now().saturating_duration_since(e.fetched),
+            age: now.saturating_duration_since(e.fetched),
         })
+    }
+
+    /// Calls `f` with DEK `version` of `keyring` if it is cached and younger than `ttl` at
+    /// `now`, under the read lock (no reference count taken: the read path's hit costs one
+    /// lock and one lookup); gives `f` back otherwise.
+    pub(crate) fn with_fresh_dek<R, F: FnOnce(&RecordCipher) -> R>(
+        &self,
+        keyring: u64,
+        version: u32,
+        now: Instant,
+        ttl: Duration,
+        f: F,
+    ) -> Result<R, F> {
+        let map = self.read();
+        let Some(e) = map.get(&(keyring, Slot::Dek(version))) else {
+            return Err(f);
+        };
+        let Cached::Dek(c) = &e.value else {
+            return Err(f);
+        };
+        if now.saturating_duration_since(e.fetched) >= ttl {
+            return Err(f);
+        }
+        self.touch(e);
+        Ok(f(c))
+    }
+
+    /// Marks `e` used in the current epoch (see the module docs).
+    fn touch(&self, e: &Entry) {
+        // Relaxed: the epoch orders evictions only; a race may evict the slightly less recent
+        // of two entries, never a wrong key. Read first, so a hit that changes nothing writes
+        // nothing.
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        if e.last_used.load(Ordering::Relaxed) < epoch {
+            e.last_used.fetch_max(epoch, Ordering::Relaxed);
+        }
     }
 
     /// Inserts, evicting the least recently used entries beyond capacity. `fetched` is when the
     /// backend last vouched for this chain (a DEK inherits its KEK's).
     pub(crate) fn insert(&self, keyring: u64, slot: Slot, value: Cached, fetched: Instant) {
         let mut map = self.write();
+        // Under the write lock: no hit runs meanwhile, so the entries used since the last
+        // insert all hold the old epoch, and the new entry alone the new one.
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         map.insert(
             (keyring, slot),
             Entry {
                 value,
                 fetched,
-                last_used: AtomicU64::new(self.stamp()),
+                last_used: AtomicU64::new(epoch),
             },
         );
         let before = map.len();
@@ -156,6 +238,11 @@ impl KeyCache {
         telemetry::cache_evicted(false, before - map.len());
     }
 
+    #[cfg(test)]
+    fn get_now(&self, keyring: u64, slot: Slot) -> Option<Hit> {
+        self.get(keyring, slot, Instant::now())
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.read().len()
     }
@@ -180,14 +267,15 @@ mod tests {
         for i in 0..3 {
             c.insert(i, Slot::Dek(1), dek(), now);
         }
-        assert!(c.get(0, Slot::Dek(1)).is_some()); // 0 is now the most recently used
+        assert!(c.get_now(0, Slot::Dek(1)).is_some()); // 0 is now the most recently used
         c.insert(3, Slot::Dek(1), dek(), now);
         assert_eq!(c.len(), 3);
+        assert!(c.get_now(2, Slot::Dek(1)).is_some());
         assert!(
-            c.get(1, Slot::Dek(1)).is_none(),
+            c.get_now(1, Slot::Dek(1)).is_none(),
             "the least recently used entry goes first"
         );
-        assert!(c.get(0, Slot::Dek(1)).is_some());
+        assert!(c.get_now(0, Slot::Dek(1)).is_some());
         c.insert(
             0,
             Slot::Kek(1),
@@ -197,9 +285,33 @@ mod tests {
         let lock = RwLock::new(());
         let held = KeyChange::new(lock.write().unwrap());
         c.purge_keyring(&held, 0);
-        assert!(c.get(0, Slot::Dek(1)).is_none() && c.get(0, Slot::Kek(1)).is_none());
+        assert!(c.get_now(0, Slot::Dek(1)).is_none() && c.get_now(0, Slot::Kek(1)).is_none());
         c.purge_all(&held);
         assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn with_fresh_dek_serves_only_fresh_deks() {
+        let c = KeyCache::new(4);
+        let now = Instant::now();
+        let old = now.checked_sub(Duration::from_secs(10)).unwrap();
+        c.insert(1, Slot::Dek(2), dek(), old);
+        c.insert(
+            1,
+            Slot::Kek(2),
+            Cached::Kek(Arc::new(Key256::generate().unwrap())),
+            now,
+        );
+        let ttl = Duration::from_secs(60);
+        assert_eq!(
+            c.with_fresh_dek(1, 2, now, ttl, |d| d.version().get()).ok(),
+            Some(1)
+        );
+        // Past the TTL, absent, or a KEK in that slot's place: the closure comes back.
+        let short = Duration::from_secs(5);
+        assert!(c.with_fresh_dek(1, 2, now, short, |_| ()).is_err());
+        assert!(c.with_fresh_dek(1, 3, now, ttl, |_| ()).is_err());
+        assert!(c.with_fresh_dek(2, 2, now, ttl, |_| ()).is_err());
     }
 
     #[test]
@@ -207,6 +319,6 @@ mod tests {
         let c = KeyCache::new(4);
         let fetched = Instant::now().checked_sub(Duration::from_secs(5)).unwrap();
         c.insert(1, Slot::Dek(2), dek(), fetched);
-        assert!(c.get(1, Slot::Dek(2)).unwrap().age >= Duration::from_secs(5));
+        assert!(c.get_now(1, Slot::Dek(2)).unwrap().age >= Duration::from_secs(5));
     }
 }

@@ -423,6 +423,24 @@ pub fn record_key(keyring_id: u64, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Record keys up to this length get their tree key built on the stack by
+/// [`with_record_key`].
+const STACK_RECORD_KEY: usize = 120;
+
+/// Calls `f` with [`record_key`]`(keyring_id, key)`, built on the stack for keys up to
+/// [`STACK_RECORD_KEY`] bytes (the read path's lookups), in an allocation beyond.
+pub(crate) fn with_record_key<R>(keyring_id: u64, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut buf = [0u8; 8 + STACK_RECORD_KEY];
+    match buf.get_mut(8..8 + key.len()) {
+        Some(tail) => {
+            tail.copy_from_slice(key);
+            buf[..8].copy_from_slice(&keyring_id.to_be_bytes());
+            f(&buf[..8 + key.len()])
+        }
+        None => f(&record_key(keyring_id, key)),
+    }
+}
+
 /// A keyring name from its tree key.
 ///
 /// # Errors

@@ -172,7 +172,13 @@ impl Store {
                         roll_over = Some(kr.current_dek);
                         break;
                     }
-                    let Some(old) = self.record_dek(keyring, &kr, header.dek_version)? else {
+                    let Some(old) = self.record_dek(
+                        keyring,
+                        &kr,
+                        header.dek_version,
+                        std::time::Instant::now(),
+                    )?
+                    else {
                         return Err(integrity());
                     };
                     let plain = old.open(keyring, rk, sealed).map_err(|_| integrity())?;

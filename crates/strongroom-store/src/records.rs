@@ -12,17 +12,16 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
 
-use strongroom_core::record::{RecordCipher, RecordHeader};
+use strongroom_core::record::{RECORD_OVERHEAD, RecordCipher, SealedRecord};
 use strongroom_core::{DekVersion, FormatError, KeyringName, Plaintext};
-use zeroize::Zeroize;
 
 use crate::audit::{self, AuditOp, Event, Outcome};
 use crate::error::StoreError;
 use crate::format;
 use crate::format::KeyringEntry;
-use crate::storage::{TreeId, WriteBatch};
+use crate::storage::{BatchRef, TreeId};
 use crate::store::{Counter, Store};
-use crate::telemetry::record_op;
+use crate::telemetry::{self, record_op};
 
 /// Longest record key, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -46,7 +45,7 @@ pub enum BatchOp {
 impl Drop for BatchOp {
     fn drop(&mut self) {
         if let Self::Put(_, value) = self {
-            value.zeroize();
+            strongroom_core::wipe(value);
         }
     }
 }
@@ -110,46 +109,48 @@ enum Reserve {
 }
 
 impl Store {
-    /// Counts one more encryption under DEK `v` of keyring `id`, or says it must roll over.
-    fn reserve(&self, id: u64, v: DekVersion) -> Result<Reserve, StoreError> {
+    /// Counts `n` more encryptions under DEK `v` of keyring `id` (one put, or all the puts of
+    /// a batch at once), or says it must roll over first: all `n` or none.
+    fn reserve(&self, id: u64, v: DekVersion, n: u64) -> Result<Reserve, StoreError> {
         let limit = self.inner.options.dek_rollover_after.max(1);
         let mut counters = self
             .inner
             .counters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let c = match counters.get(&(id, v.get())) {
-            Some(c) => *c,
-            None => {
+        let c = match counters.entry((id, v.get())) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
                 // After a restart, every reserved encryption counts as used.
                 let reserved = self.stored_uses(id, v)?;
-                Counter {
+                e.insert(Counter {
                     used: reserved,
                     reserved,
-                }
+                })
             }
         };
-        if c.used >= limit {
-            counters.insert((id, v.get()), c);
+        let wanted = c.used.saturating_add(n);
+        if wanted > limit {
             return Ok(Reserve::RollOver);
         }
-        let mut c = c;
-        if c.used >= c.reserved {
-            c.reserved = (c.used + COUNTER_BLOCK.min(limit)).min(limit);
+        if wanted > c.reserved {
+            // The next block is on disk before any of it is used, so a crash can only
+            // over-count.
+            let reserved = wanted.max(c.used + COUNTER_BLOCK.min(limit)).min(limit);
             self.inner.storage.insert(
                 TreeId::Jobs,
                 counter_key(id, v.get()),
-                c.reserved.to_be_bytes(),
+                reserved.to_be_bytes(),
             )?;
+            c.reserved = reserved;
         }
-        c.used += 1;
-        counters.insert((id, v.get()), c);
+        c.used = wanted;
         Ok(Reserve::Ok)
     }
 
     /// Counts one encryption for a re-encryption; `false` when the DEK must roll over first.
     pub(crate) fn reserve_for_reencrypt(&self, id: u64, v: DekVersion) -> Result<bool, StoreError> {
-        Ok(matches!(self.reserve(id, v)?, Reserve::Ok))
+        Ok(matches!(self.reserve(id, v, 1)?, Reserve::Ok))
     }
 
     /// Encryptions counted under a keyring's DEK version (as reserved on disk, after a restart).
@@ -237,8 +238,18 @@ impl Store {
         keyring: &KeyringName,
         kr: &KeyringEntry,
         items: &[(&[u8], Option<&[u8]>)],
+        now: Instant,
     ) -> Result<Result<bool, DekVersion>, StoreError> {
         let akey = self.audit_key()?;
+        let puts = items.iter().filter(|(_, v)| v.is_some()).count() as u64;
+        if puts > 0
+            && matches!(
+                self.reserve(kr.id, kr.current_dek, puts)?,
+                Reserve::RollOver
+            )
+        {
+            return Ok(Err(kr.current_dek));
+        }
         let mut cipher = None;
         let mut sealed: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(items.len());
         for (k, v) in items {
@@ -247,12 +258,9 @@ impl Store {
                 sealed.push((tk, None));
                 continue;
             };
-            if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek)? {
-                return Ok(Err(kr.current_dek));
-            }
             let c = match &cipher {
                 Some(c) => c,
-                None => cipher.insert(self.dek(keyring, kr, kr.current_dek)?),
+                None => cipher.insert(self.dek_at(keyring, kr, kr.current_dek, now)?),
             };
             let s = c
                 .seal(keyring, k, v)
@@ -303,27 +311,26 @@ impl Store {
         kr: &KeyringEntry,
         key: &[u8],
         value: &[u8],
+        now: Instant,
     ) -> Result<Option<DekVersion>, StoreError> {
         thread_local! {
             /// Holds sealed records only (ciphertext, not secret) between puts.
             static SEALED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
-        if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek)? {
+        if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek, 1)? {
             return Ok(Some(kr.current_dek));
         }
-        let cipher = self.dek(keyring, kr, kr.current_dek)?;
+        let cipher = self.dek_at(keyring, kr, kr.current_dek, now)?;
         let write = |buf: &mut Vec<u8>| {
             cipher
                 .seal_into(keyring, key, value, buf)
                 .map_err(|e| StoreError::from_seal(e, value.len()))?;
-            self.inner
-                .storage
-                .insert(
-                    TreeId::Records,
-                    format::record_key(kr.id, key),
-                    buf.as_slice(),
-                )
-                .map(|()| None)
+            format::with_record_key(kr.id, key, |tk| {
+                self.inner
+                    .storage
+                    .insert(TreeId::Records, tk, buf.as_slice())
+            })
+            .map(|()| None)
         };
         // A put from a thread-local destructor, after this thread's buffer is gone, gets a
         // buffer of its own.
@@ -339,37 +346,62 @@ impl Store {
             .unwrap_or_else(|_| write(&mut Vec::new()))
     }
 
-    /// Seals and writes several puts and deletes as one sled batch; `Some(v)` when DEK `v` must
-    /// roll over first (nothing written).
+    /// Seals and writes several puts and deletes as one atomic batch; `Some(v)` when DEK `v`
+    /// must roll over first (nothing written). One counter reservation for all the puts, and
+    /// two buffers for the whole batch (the tree keys, and the sealed values back to back), which
+    /// the engine reads in place: a batch costs less per record than the same puts one by one.
     fn write_many(
         &self,
         keyring: &KeyringName,
         kr: &KeyringEntry,
         items: &[(&[u8], Option<&[u8]>)],
+        now: Instant,
     ) -> Result<Option<DekVersion>, StoreError> {
-        let mut cipher = None;
-        let mut batch = WriteBatch::default();
+        let (mut puts, mut sealed_len, mut keys_len) = (0u64, 0usize, 0usize);
         for (k, v) in items {
-            let tk = format::record_key(kr.id, k);
-            let Some(v) = v else {
-                batch.remove(tk);
-                continue;
-            };
-            if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek)? {
+            keys_len += 8 + k.len();
+            if let Some(v) = v {
+                puts += 1;
+                sealed_len += RECORD_OVERHEAD + v.len();
+            }
+        }
+        let cipher = if puts > 0 {
+            if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek, puts)? {
                 return Ok(Some(kr.current_dek));
             }
-            let c = match &cipher {
-                Some(c) => c,
-                None => cipher.insert(self.dek(keyring, kr, kr.current_dek)?),
+            Some(self.dek_at(keyring, kr, kr.current_dek, now)?)
+        } else {
+            None
+        };
+        // Sealed records are not secret: these buffers need no zeroizing.
+        let mut keys = Vec::with_capacity(keys_len);
+        let mut sealed = Vec::with_capacity(sealed_len);
+        let mut spans = Vec::with_capacity(items.len());
+        for (k, v) in items {
+            let key_at = keys.len();
+            keys.extend_from_slice(&kr.id.to_be_bytes());
+            keys.extend_from_slice(k);
+            let value = match (v, &cipher) {
+                (Some(v), Some(c)) => {
+                    let at = sealed.len();
+                    c.seal_append(keyring, k, v, &mut sealed)
+                        .map_err(|e| StoreError::from_seal(e, v.len()))?;
+                    Some(at..sealed.len())
+                }
+                _ => None,
             };
-            let sealed = c
-                .seal(keyring, k, v)
-                .map_err(|e| StoreError::from_seal(e, v.len()))?;
-            batch.insert(tk, sealed);
+            spans.push((key_at..keys.len(), value));
         }
+        let changes: Vec<BatchRef<'_>> = spans
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => BatchRef::Insert(&keys[k.clone()], &sealed[v.clone()]),
+                None => BatchRef::Remove(&keys[k.clone()]),
+            })
+            .collect();
         self.inner
             .storage
-            .apply_batch(TreeId::Records, batch, "writing a batch")?;
+            .apply_batch_ref(TreeId::Records, &changes, "writing a batch")?;
         Ok(None)
     }
 
@@ -383,8 +415,9 @@ impl Store {
         name: &KeyringName,
         kr: &KeyringEntry,
         v: DekVersion,
+        now: Instant,
     ) -> Result<Option<Arc<RecordCipher>>, StoreError> {
-        match self.dek(name, kr, v) {
+        match self.dek_at(name, kr, v, now) {
             Ok(c) => Ok(Some(c)),
             Err(e @ StoreError::KeyIntegrity { .. }) => {
                 let exists = self
@@ -399,10 +432,13 @@ impl Store {
     }
 
     /// Returns, for a single delete, whether the record existed.
+    /// Returns, for a single delete, whether the record existed. `started` is when the
+    /// operation started (see [`Store::read_lifecycle_from`]).
     fn write_records(
         &self,
         keyring: &KeyringName,
         items: &[(&[u8], Option<&[u8]>)],
+        started: Instant,
     ) -> Result<bool, StoreError> {
         for (k, v) in items {
             check_key(k)?;
@@ -410,21 +446,26 @@ impl Store {
                 check_value(v)?;
             }
         }
+        let mut started = Some(started);
         loop {
             let rolled = {
-                let _r = self.read_lifecycle();
-                let kr = self.usable_keyring(keyring)?;
+                // After a rollover the clock is read again: the rollover took time.
+                let (_r, now) = match started.take() {
+                    Some(t) => self.read_lifecycle_from(t),
+                    None => self.read_lifecycle_from(Instant::now()),
+                };
+                let cat = self.data_catalog()?;
+                let kr = cat.usable(keyring)?;
                 let roll = if self.inner.options.audit_data_access {
-                    self.write_audited(keyring, &kr, items)?
+                    self.write_audited(keyring, kr, items, now)?
                 } else {
                     let written = |roll: Option<DekVersion>| roll.map_or(Ok(false), Err);
                     match items {
-                        [(k, Some(v))] => written(self.put_one(keyring, &kr, k, v)?),
-                        [(k, None)] => Ok(self
-                            .inner
-                            .storage
-                            .remove(TreeId::Records, format::record_key(kr.id, k))?),
-                        _ => written(self.write_many(keyring, &kr, items)?),
+                        [(k, Some(v))] => written(self.put_one(keyring, kr, k, v, now)?),
+                        [(k, None)] => Ok(format::with_record_key(kr.id, k, |tk| {
+                            self.inner.storage.remove(TreeId::Records, tk)
+                        })?),
+                        _ => written(self.write_many(keyring, kr, items, now)?),
                     }
                 };
                 match roll {
@@ -455,7 +496,7 @@ impl Store {
     pub fn put(&self, keyring: &KeyringName, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         let started = Instant::now();
         let r = self
-            .write_records(keyring, &[(key, Some(value))])
+            .write_records(keyring, &[(key, Some(value))], started)
             .map(|_| ());
         record_op!("record.put", started, &r);
         r
@@ -473,7 +514,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let started = Instant::now();
         let r = self
-            .write_records(keyring, &[(key, Some(value))])
+            .write_records(keyring, &[(key, Some(value))], started)
             .and_then(|_| self.flush());
         record_op!("record.put-durable", started, &r);
         r
@@ -486,7 +527,7 @@ impl Store {
     /// open, or a backend or storage error.
     pub fn get(&self, keyring: &KeyringName, key: &[u8]) -> Result<Option<Plaintext>, StoreError> {
         let started = Instant::now();
-        let r = self.get_audited(keyring, key);
+        let r = self.get_audited(keyring, key, started);
         record_op!("record.get", started, &r);
         r
     }
@@ -495,9 +536,10 @@ impl Store {
         &self,
         keyring: &KeyringName,
         key: &[u8],
+        started: Instant,
     ) -> Result<Option<Plaintext>, StoreError> {
         check_key(key)?;
-        let r = self.get_inner(keyring, key);
+        let r = self.get_inner(keyring, key, started);
         if self.inner.options.audit_data_access {
             let (outcome, detail) = match &r {
                 Ok(Some(p)) => (Outcome::Ok, format!("{} bytes", p.len())),
@@ -514,13 +556,15 @@ impl Store {
         &self,
         keyring: &KeyringName,
         key: &[u8],
+        started: Instant,
     ) -> Result<Option<Plaintext>, StoreError> {
-        let _r = self.read_lifecycle();
-        let kr = self.usable_keyring(keyring)?;
-        let Some(sealed) = self
-            .inner
-            .storage
-            .get(TreeId::Records, format::record_key(kr.id, key))?
+        let (_r, now) = self.read_lifecycle_from(started);
+        let cat = self.data_catalog()?;
+        let kr = cat.usable(keyring)?;
+        // The sealed bytes as the engine holds them (sled: its cached value, not a copy).
+        let Some(sealed) = format::with_record_key(kr.id, key, |tk| {
+            self.inner.storage.get_value(TreeId::Records, tk)
+        })?
         else {
             return Ok(None);
         };
@@ -528,14 +572,29 @@ impl Store {
             keyring: keyring.clone(),
             key: show_key(key),
         };
-        let (header, _) = RecordHeader::parse(&sealed).map_err(|_| integrity())?;
-        let Some(cipher) = self.record_dek(keyring, &kr, header.dek_version)? else {
-            return Err(integrity());
+        let record = SealedRecord::parse(&sealed).map_err(|_| integrity())?;
+        let open = |c: &RecordCipher| c.open_parsed(keyring, key, &record);
+        let opened = match self.inner.cache.with_fresh_dek(
+            kr.id,
+            record.header.dek_version.get(),
+            now,
+            self.inner.options.cache_ttl,
+            open,
+        ) {
+            Ok(opened) => {
+                telemetry::cache_lookup(false, true);
+                Some(opened)
+            }
+            // A miss, or past the TTL: through the backend, as every other DEK lookup.
+            Err(open) => self
+                .record_dek(keyring, kr, record.header.dek_version, now)?
+                .map(|c| open(&c)),
         };
-        cipher
-            .open(keyring, key, &sealed)
-            .map(Some)
-            .map_err(|_| integrity())
+        match opened {
+            Some(Ok(plaintext)) => Ok(Some(plaintext)),
+            // No such DEK in the keyring, or the record does not open under it.
+            Some(Err(_)) | None => Err(integrity()),
+        }
     }
 
     /// Deletes `key` from `keyring`; `true` if it was there.
@@ -544,7 +603,7 @@ impl Store {
     /// A keyring that is not usable, or a storage error.
     pub fn delete(&self, keyring: &KeyringName, key: &[u8]) -> Result<bool, StoreError> {
         let started = Instant::now();
-        let r = self.write_records(keyring, &[(key, None)]);
+        let r = self.write_records(keyring, &[(key, None)], started);
         record_op!("record.delete", started, &r);
         r
     }
@@ -575,12 +634,17 @@ impl Store {
     /// seal (`dek_rollover_after`), or a storage error (then nothing was applied).
     pub fn batch(&self, keyring: &KeyringName, ops: &[BatchOp]) -> Result<(), StoreError> {
         let started = Instant::now();
-        let r = self.batch_inner(keyring, ops);
+        let r = self.batch_inner(keyring, ops, started);
         record_op!("record.batch", started, &r);
         r
     }
 
-    fn batch_inner(&self, keyring: &KeyringName, ops: &[BatchOp]) -> Result<(), StoreError> {
+    fn batch_inner(
+        &self,
+        keyring: &KeyringName,
+        ops: &[BatchOp],
+        started: Instant,
+    ) -> Result<(), StoreError> {
         // A batch is sealed under one DEK, so it can hold at most one DEK's quota of puts
         // (found by fuzzing: a larger one rolled the DEK over without end).
         let puts = ops
@@ -602,7 +666,7 @@ impl Store {
                 BatchOp::Delete(k) => (k.as_slice(), None),
             })
             .collect();
-        self.write_records(keyring, &items).map(|_| ())
+        self.write_records(keyring, &items, started).map(|_| ())
     }
 }
 

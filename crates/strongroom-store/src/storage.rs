@@ -8,10 +8,10 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
-pub(crate) use crate::engine::{ALL_TREES, TreeId};
+pub(crate) use crate::engine::{ALL_TREES, BatchRef, TreeId};
 use crate::engine::{
     BatchChange, Compaction, Engine, EngineError, EngineErrorKind, EngineTx, Keep, KeyValue, Scan,
-    TxFailure, TxStop,
+    TxFailure, TxStop, Value,
 };
 use crate::error::StoreError;
 
@@ -114,6 +114,11 @@ impl Storage {
         self.engine.get(t, k.as_ref()).map_err(storage("reading"))
     }
 
+    /// [`Storage::get`] without a copy where the engine can share its buffer.
+    pub(crate) fn get_value(&self, t: TreeId, k: &[u8]) -> Result<Option<Value>, StoreError> {
+        self.engine.get_value(t, k).map_err(storage("reading"))
+    }
+
     pub(crate) fn insert(
         &self,
         t: TreeId,
@@ -144,6 +149,21 @@ impl Storage {
         }
         self.engine
             .apply_batch(t, batch.0)
+            .map_err(storage(while_doing))
+    }
+
+    /// [`Storage::apply_batch`] of borrowed changes.
+    pub(crate) fn apply_batch_ref(
+        &self,
+        t: TreeId,
+        changes: &[BatchRef<'_>],
+        while_doing: &'static str,
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.engine
+            .apply_batch_ref(t, changes)
             .map_err(storage(while_doing))
     }
 

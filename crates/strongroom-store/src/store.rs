@@ -16,7 +16,7 @@ use strongroom_core::{
 };
 
 use crate::audit::{self, AuditKey, AuditOp, Event, Outcome};
-use crate::cache::{Cached, DownPolicy, KeyCache, Slot};
+use crate::cache::{Cached, DownPolicy, IdMap, KeyCache, Slot};
 use crate::catalog::{self, CommitTx};
 use crate::commit::Effects;
 pub(crate) use crate::commit::{KeyChange, Shared, holding_lifecycle};
@@ -141,6 +141,18 @@ impl Catalog {
         }
     }
 
+    /// Keyring `name` if it is usable (enabled, under a usable root), borrowed from the
+    /// catalog: the record paths hold the lifecycle lock shared, under which the catalog does
+    /// not change (every writer of it holds that lock exclusively), so they need no copy.
+    pub(crate) fn usable(&self, name: &KeyringName) -> Result<&KeyringEntry, StoreError> {
+        let kr = self
+            .keyrings
+            .get(name)
+            .ok_or_else(|| StoreError::KeyringNotFound { name: name.clone() })?;
+        check_usable(self, name, kr)?;
+        Ok(kr)
+    }
+
     pub(crate) fn keyring(&self, name: &KeyringName) -> Result<Arc<KeyringEntry>, StoreError> {
         self.keyrings
             .get(name)
@@ -183,7 +195,7 @@ pub(crate) struct Inner {
     pub catalog: RwLock<Catalog>,
     pub cache: KeyCache,
     pub audit_key: RwLock<Option<Arc<AuditKey>>>,
-    pub counters: Mutex<HashMap<(u64, u32), Counter>>,
+    pub counters: Mutex<IdMap<(u64, u32), Counter>>,
     /// Wrap and unwrap calls made to the backend.
     pub backend_calls: AtomicU64,
     /// Whether the catalog was verified against the audit key since open.
@@ -727,7 +739,7 @@ impl Store {
                 lifecycle: RwLock::new(()),
                 catalog: RwLock::new(Catalog::default()),
                 audit_key: RwLock::new(None),
-                counters: Mutex::new(HashMap::new()),
+                counters: Mutex::new(IdMap::default()),
                 backend_calls: AtomicU64::new(0),
                 catalog_verified: AtomicBool::new(false),
                 catalog_stale: AtomicBool::new(false),
@@ -814,14 +826,22 @@ impl Store {
         &self,
         name: &KeyringName,
     ) -> Result<Arc<KeyringEntry>, StoreError> {
+        let cat = self.data_catalog()?;
+        let kr = cat.keyring(name)?;
+        check_usable(&cat, name, &kr)?;
+        Ok(kr)
+    }
+
+    /// The catalog for a data operation, once it may be believed (not stale, verified): the
+    /// caller holds the lifecycle lock shared and looks its keyring up with
+    /// [`Catalog::usable`]. Nested reads of the catalog under it (a key-cache miss) cannot
+    /// deadlock: no writer of the catalog can be waiting while the lifecycle lock is held shared.
+    pub(crate) fn data_catalog(&self) -> Result<RwLockReadGuard<'_, Catalog>, StoreError> {
         self.refuse_if_stale()?;
         if !self.inner.catalog_verified.load(Ordering::Acquire) {
             self.verify_for_data()?;
         }
-        let cat = self.read_catalog();
-        let kr = cat.keyring(name)?;
-        check_usable(&cat, name, &kr)?;
-        Ok(kr)
+        Ok(self.read_catalog())
     }
 
     /// A catalog that could not be verified at open (the primary root was unusable) is not
@@ -866,6 +886,30 @@ impl Store {
         )
     }
 
+    /// The lifecycle lock held shared for a record operation that started at `started`, and the
+    /// instant its key-cache lookups check the TTL against: `started` itself when the lock was
+    /// free and nothing was reloaded first (the operation has not waited; what passes between
+    /// then and its lookup is its own work, a microsecond or so), otherwise the time it got the
+    /// lock. A read so makes one clock reading fewer, and no wait stretches the TTL.
+    pub(crate) fn read_lifecycle_from(&self, started: Instant) -> (Shared<'_>, Instant) {
+        let reloaded = self.refresh_if_invalidated();
+        match self.inner.lifecycle.try_read() {
+            Ok(g) if !reloaded => (Shared::new(g), started),
+            Ok(g) => (Shared::new(g), Instant::now()),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                (Shared::new(p.into_inner()), Instant::now())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let g = self
+                    .inner
+                    .lifecycle
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (Shared::new(g), Instant::now())
+            }
+        }
+    }
+
     /// The lifecycle lock, held for writing: every key change, and the in-memory effects of
     /// one (catalog, key cache), need it ([`KeyChange`]).
     pub(crate) fn write_lifecycle(&self) -> KeyChange<'_> {
@@ -885,14 +929,15 @@ impl Store {
     /// ([`Store::refuse_if_stale`]), and the reload is tried again at most every 200 ms. A
     /// thread that holds a lifecycle guard already (a progress callback calling back into the
     /// store) does not wait for the lock: its call is refused while the catalog is stale.
-    fn refresh_if_invalidated(&self) {
+    /// Returns whether it took the lock to reload (and so may have waited).
+    fn refresh_if_invalidated(&self) -> bool {
         if self.inner.storage.engine().take_invalidation() {
             // Stale from now on, for every thread, until the reload below succeeds.
             self.inner.catalog_stale.store(true, Ordering::Release);
             self.inner.catalog_verified.store(false, Ordering::Release);
         }
         if !self.inner.catalog_stale.load(Ordering::Acquire) || holding_lifecycle() {
-            return;
+            return false;
         }
         {
             let mut last = self
@@ -901,7 +946,7 @@ impl Store {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
-                return;
+                return false;
             }
             *last = Some(Instant::now());
         }
@@ -912,7 +957,7 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         if !self.inner.catalog_stale.load(Ordering::Acquire) {
-            return; // another thread reloaded it meanwhile
+            return true; // another thread reloaded it meanwhile
         }
         self.inner.cache.purge_all(&w);
         self.inner
@@ -929,6 +974,7 @@ impl Store {
             .catalog_stale
             .store(reloaded.is_err(), Ordering::Release);
         drop(w);
+        true
     }
 
     /// Refuses while the catalog must be reloaded ([`Store::refresh_if_invalidated`]).
@@ -1263,7 +1309,11 @@ impl Store {
         kr: &KeyringEntry,
         v: KekVersion,
     ) -> Result<(Arc<Key256>, Instant), StoreError> {
-        let stale = match self.inner.cache.get(kr.id, Slot::Kek(v.get())) {
+        let stale = match self
+            .inner
+            .cache
+            .get(kr.id, Slot::Kek(v.get()), Instant::now())
+        {
             Some(hit) => match hit.value {
                 Cached::Kek(k) if self.fresh(hit.age) => {
                     telemetry::cache_lookup(true, true);
@@ -1344,7 +1394,18 @@ impl Store {
         kr: &KeyringEntry,
         v: DekVersion,
     ) -> Result<Arc<RecordCipher>, StoreError> {
-        let stale = match self.inner.cache.get(kr.id, Slot::Dek(v.get())) {
+        self.dek_at(name, kr, v, Instant::now())
+    }
+
+    /// [`Store::dek`], with the TTL checked against `now` (see [`Store::read_lifecycle_from`]).
+    pub(crate) fn dek_at(
+        &self,
+        name: &KeyringName,
+        kr: &KeyringEntry,
+        v: DekVersion,
+        now: Instant,
+    ) -> Result<Arc<RecordCipher>, StoreError> {
+        let stale = match self.inner.cache.get(kr.id, Slot::Dek(v.get()), now) {
             Some(hit) => match hit.value {
                 Cached::Dek(c) if self.fresh(hit.age) => {
                     telemetry::cache_lookup(false, true);

@@ -118,20 +118,23 @@ pub(crate) fn outcome<T>(r: &Result<T, StoreError>) -> &'static str {
     }
 }
 
-/// Counts a record operation named by a literal, and its duration since `$started`. The labels
-/// are literals, so the metric keys are statics: no allocation on the hot path.
+/// Counts a record operation named by a literal, and its duration since `$started`. The metric
+/// names are written out as literals here (they equal [`OPERATIONS`] and
+/// [`OPERATION_SECONDS`]; the telemetry tests read them by those constants), so that with the
+/// labels, literals too, `metrics` builds each key once in a static: no allocation and no
+/// hashing on the hot path.
 macro_rules! record_op {
     ($op:literal, $started:expr, $result:expr) => {{
         let seconds = $started.elapsed().as_secs_f64();
         match $crate::telemetry::outcome($result) {
-            "ok" => ::metrics::counter!($crate::telemetry::OPERATIONS, "op" => $op, "outcome" => "ok")
+            "ok" => ::metrics::counter!("strongroom_operations_total", "op" => $op, "outcome" => "ok")
                 .increment(1),
-            "refused" => ::metrics::counter!($crate::telemetry::OPERATIONS, "op" => $op, "outcome" => "refused")
+            "refused" => ::metrics::counter!("strongroom_operations_total", "op" => $op, "outcome" => "refused")
                 .increment(1),
-            _ => ::metrics::counter!($crate::telemetry::OPERATIONS, "op" => $op, "outcome" => "error")
+            _ => ::metrics::counter!("strongroom_operations_total", "op" => $op, "outcome" => "error")
                 .increment(1),
         }
-        ::metrics::histogram!($crate::telemetry::OPERATION_SECONDS, "op" => $op).record(seconds);
+        ::metrics::histogram!("strongroom_operation_duration_seconds", "op" => $op).record(seconds);
     }};
 }
 pub(crate) use record_op;
@@ -144,11 +147,20 @@ pub(crate) fn operation<T>(op: &'static str, started: Instant, r: &Result<T, Sto
 
 /// A key-cache lookup: `hit` or not, for a KEK (`kek`) or a DEK.
 pub(crate) fn cache_lookup(kek: bool, hit: bool) {
+    // Literal names (equal to CACHE_HITS and CACHE_MISSES): static keys, as in `record_op!`.
     match (kek, hit) {
-        (true, true) => metrics::counter!(CACHE_HITS, "key" => "kek").increment(1),
-        (true, false) => metrics::counter!(CACHE_MISSES, "key" => "kek").increment(1),
-        (false, true) => metrics::counter!(CACHE_HITS, "key" => "dek").increment(1),
-        (false, false) => metrics::counter!(CACHE_MISSES, "key" => "dek").increment(1),
+        (true, true) => {
+            metrics::counter!("strongroom_key_cache_hits_total", "key" => "kek").increment(1);
+        }
+        (true, false) => {
+            metrics::counter!("strongroom_key_cache_misses_total", "key" => "kek").increment(1);
+        }
+        (false, true) => {
+            metrics::counter!("strongroom_key_cache_hits_total", "key" => "dek").increment(1);
+        }
+        (false, false) => {
+            metrics::counter!("strongroom_key_cache_misses_total", "key" => "dek").increment(1);
+        }
     }
 }
 

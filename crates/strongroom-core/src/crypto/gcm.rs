@@ -15,7 +15,7 @@
 
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use super::{GcmLengthError, IntegrityError, NONCE_LEN, TAG_LEN};
 use crate::secret::{Key256, Plaintext};
@@ -254,10 +254,10 @@ impl<E: GcmEngine> Gcm<E> {
             .ok_or(IntegrityError)?;
         let (ct, tag) = ciphertext_and_tag.split_at(ct_len);
         let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| IntegrityError)?;
-        let mut buf = Zeroizing::new(ct.to_vec());
-        // The buffer is zeroized on drop whether the open succeeds or not.
-        self.0.open_in_place(nonce, aad, &mut buf, tag)?;
-        Ok(Plaintext::from_zeroizing(buf))
+        // Zeroized on drop whether the open succeeds or not.
+        let mut out = Plaintext::new(ct.to_vec());
+        self.0.open_in_place(nonce, aad, out.bytes_mut(), tag)?;
+        Ok(out)
     }
 }
 

@@ -46,6 +46,45 @@ const TREE_NAMES: [&str; 8] = [
     "meta", "roots", "keyrings", "keks", "deks", "records", "audit", "jobs",
 ];
 
+/// A value read with [`Engine::get_value`]: bytes the engine shares (sled's cached value, with
+/// no copy) or owns. Values are what the store wrote (sealed records, wrapped keys), never
+/// plaintext; `Debug` gives the length only all the same.
+pub struct Value(Repr);
+
+enum Repr {
+    Owned(Vec<u8>),
+    Sled(sled::SledValue),
+}
+
+impl std::ops::Deref for Value {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Owned(v) => v,
+            Repr::Sled(v) => v.as_ref(),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Self {
+        Self(Repr::Owned(v))
+    }
+}
+
+impl From<sled::SledValue> for Value {
+    fn from(v: sled::SledValue) -> Self {
+        Self(Repr::Sled(v))
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Value({} bytes)", self.len())
+    }
+}
+
 /// Every tree, in a fixed order (backups, compactions, engine migrations).
 pub const ALL_TREES: [TreeId; 8] = [
     TreeId::Meta,
@@ -85,6 +124,28 @@ pub enum BatchChange {
     Insert(Vec<u8>, Vec<u8>),
     /// Remove `key`.
     Remove(Vec<u8>),
+}
+
+/// A change of an atomic batch, borrowing its bytes ([`Engine::apply_batch_ref`]): the record
+/// write path seals a whole batch into one buffer and hands the engine slices of it.
+#[derive(Clone, Copy)]
+pub enum BatchRef<'a> {
+    /// Set `key` to `value`.
+    Insert(&'a [u8], &'a [u8]),
+    /// Remove `key`.
+    Remove(&'a [u8]),
+}
+
+impl fmt::Debug for BatchRef<'_> {
+    // As for BatchChange: lengths only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Insert(k, v) => {
+                write!(f, "Insert({} key bytes, {} value bytes)", k.len(), v.len())
+            }
+            Self::Remove(k) => write!(f, "Remove({} key bytes)", k.len()),
+        }
+    }
 }
 
 impl fmt::Debug for BatchChange {
@@ -329,6 +390,15 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// The engine's.
     fn get(&self, t: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
 
+    /// [`Engine::get`], in a buffer the engine may share rather than copy (sled hands out its
+    /// cached value): what the record read path uses. The default wraps [`Engine::get`].
+    ///
+    /// # Errors
+    /// The engine's.
+    fn get_value(&self, t: TreeId, key: &[u8]) -> Result<Option<Value>, EngineError> {
+        self.get(t, key).map(|v| v.map(Value::from))
+    }
+
     /// Sets `key` in `t` to `value`.
     ///
     /// # Errors
@@ -346,6 +416,25 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// # Errors
     /// The engine's; nothing was applied.
     fn apply_batch(&self, t: TreeId, changes: Vec<BatchChange>) -> Result<(), EngineError>;
+
+    /// [`Engine::apply_batch`] of borrowed changes, which an engine that copies them anyway
+    /// (sled into its own buffers) reads in place. The default copies them into a
+    /// [`BatchChange`] list.
+    ///
+    /// # Errors
+    /// As [`Engine::apply_batch`].
+    fn apply_batch_ref(&self, t: TreeId, changes: &[BatchRef<'_>]) -> Result<(), EngineError> {
+        self.apply_batch(
+            t,
+            changes
+                .iter()
+                .map(|c| match *c {
+                    BatchRef::Insert(k, v) => BatchChange::Insert(k.to_vec(), v.to_vec()),
+                    BatchRef::Remove(k) => BatchChange::Remove(k.to_vec()),
+                })
+                .collect(),
+        )
+    }
 
     /// The entries of `t` whose keys start with `prefix`, from `start` on (inclusive; `start`
     /// is at or after `prefix`), in key order.

@@ -46,10 +46,19 @@ use sled::transaction::{
 };
 
 use super::{
-    ALL_TREES, BatchChange, Compaction, Engine, EngineError, EngineErrorKind, EngineInfo, EngineTx,
-    Keep, Scan, TreeId, TxBody, TxFailure, TxStop,
+    ALL_TREES, BatchChange, BatchRef, Compaction, Engine, EngineError, EngineErrorKind, EngineInfo,
+    EngineTx, Keep, Scan, TreeId, TxBody, TxFailure, TxStop, Value,
 };
 use crate::error::StoreError;
+
+/// A value shared out of sled's cache ([`Engine::get_value`]): a reference count, no copy.
+pub struct SledValue(sled::IVec);
+
+impl AsRef<[u8]> for SledValue {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// The directory of generation 0, inside the store directory.
 pub(crate) const FIRST_GENERATION: &str = "db";
@@ -571,6 +580,14 @@ impl Engine for SledEngine {
             .map_err(sled_error)
     }
 
+    fn get_value(&self, t: TreeId, key: &[u8]) -> Result<Option<Value>, EngineError> {
+        self.read()
+            .tree(t)
+            .get(key)
+            .map(|v| v.map(|v| Value::from(SledValue(v))))
+            .map_err(sled_error)
+    }
+
     fn insert(&self, t: TreeId, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
         self.read()
             .tree(t)
@@ -593,6 +610,17 @@ impl Engine for SledEngine {
             match c {
                 BatchChange::Insert(k, v) => batch.insert(k, v),
                 BatchChange::Remove(k) => batch.remove(k),
+            }
+        }
+        self.read().tree(t).apply_batch(batch).map_err(sled_error)
+    }
+
+    fn apply_batch_ref(&self, t: TreeId, changes: &[BatchRef<'_>]) -> Result<(), EngineError> {
+        let mut batch = sled::Batch::default();
+        for c in changes {
+            match *c {
+                BatchRef::Insert(k, v) => batch.insert(k, v),
+                BatchRef::Remove(k) => batch.remove(k),
             }
         }
         self.read().tree(t).apply_batch(batch).map_err(sled_error)
