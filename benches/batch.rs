@@ -1,7 +1,8 @@
 //! Batches against single puts, the way a service writes in bulk: chunks of `BATCH` records of
-//! 1 KiB either as `BATCH` calls to `put` then one `flush`, or as one `batch` then one `flush`;
-//! interleaved chunk by chunk (the order alternating), each into its own store, so both see the
-//! same machine. A batch should be the fastest way in: it amortizes the locks, the DEK counter
+//! 1 KiB either as `BATCH` calls to `put` then one `flush`, or as one `write_batch` (borrowed
+//! keys and values) then one `flush`, or as one `batch` of owned operations (each value copied
+//! into one first) then one `flush`; interleaved chunk by chunk (the order rotating), each into
+//! its own store, so all see the same machine. A batch should be the fastest way in: it amortizes the locks, the DEK counter
 //! reservations and the commit.
 //!
 //! Two more contenders show what sled itself does with the same shape of work: plain sled
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strongroom::{KeyringName, RootKeyName, SoftBackend};
-use strongroom_store::{BatchOp, Store, StoreOptions};
+use strongroom_store::{BatchOp, Store, StoreOptions, Write};
 
 const BATCH: usize = 1000;
 
@@ -39,8 +40,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (singles, batches) = (store(da.path()), store(db.path()));
+    let (da, db, de) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (singles, batches, owned) = (store(da.path()), store(db.path()), store(de.path()));
     let (dc, dd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let plain = |d: &std::path::Path| {
         sled::Config::new()
@@ -78,11 +83,11 @@ fn main() {
             s
         })
         .collect();
-    let mut spent = [Duration::ZERO; 4];
+    let mut spent = [Duration::ZERO; 5];
     for (c, start) in (0..n).step_by(BATCH).enumerate() {
         let end = (start + BATCH).min(n);
-        for j in 0..4 {
-            let who = (c + j) % 4;
+        for j in 0..5 {
+            let who = (c + j) % 5;
             let t = Instant::now();
             match who {
                 0 => {
@@ -92,11 +97,23 @@ fn main() {
                     singles.flush().unwrap();
                 }
                 1 => {
+                    // The caller's keys and values, borrowed: what the puts get.
+                    let keys: Vec<Vec<u8>> = (start..end).map(key).collect();
+                    let ops: Vec<Write<'_>> = keys
+                        .iter()
+                        .zip(start..end)
+                        .map(|(k, i)| Write::Put(k, &values[i % 64]))
+                        .collect();
+                    batches.write_batch(&ring, &ops).unwrap();
+                    batches.flush().unwrap();
+                }
+                4 => {
+                    // `batch` takes owned operations: each value copied into one first.
                     let ops: Vec<BatchOp> = (start..end)
                         .map(|i| BatchOp::Put(key(i), values[i % 64].clone()))
                         .collect();
-                    batches.batch(&ring, &ops).unwrap();
-                    batches.flush().unwrap();
+                    owned.batch(&ring, &ops).unwrap();
+                    owned.flush().unwrap();
                 }
                 2 => {
                     for i in start..end {
@@ -104,7 +121,7 @@ fn main() {
                     }
                     plain_singles.flush().unwrap();
                 }
-                _ => {
+                3 => {
                     let mut b = sled::Batch::default();
                     for i in start..end {
                         b.insert(key(i), sealed_size[i % 64].as_slice());
@@ -112,6 +129,7 @@ fn main() {
                     tb.apply_batch(b).unwrap();
                     plain_batches.flush().unwrap();
                 }
+                _ => unreachable!(),
             }
             spent[who] += t.elapsed();
         }
@@ -124,10 +142,16 @@ fn main() {
     println!("| | one by one/s | as a batch/s | batch / one by one |");
     println!("|---|---:|---:|---:|");
     println!(
-        "| strongroom (put, batch) | {:.0} | {:.0} | {:.2} |",
+        "| strongroom (put, write_batch) | {:.0} | {:.0} | {:.2} |",
         rate(spent[0]),
         rate(spent[1]),
         spent[0].as_secs_f64() / spent[1].as_secs_f64()
+    );
+    println!(
+        "| strongroom (put, batch of owned ops) | {:.0} | {:.0} | {:.2} |",
+        rate(spent[0]),
+        rate(spent[4]),
+        spent[0].as_secs_f64() / spent[4].as_secs_f64()
     );
     println!(
         "| plain sled (insert, Batch) | {:.0} | {:.0} | {:.2} |",

@@ -91,7 +91,7 @@ impl RecordHeader {
 
 /// A sealed record split into its header and body, parsed once: the store reads the DEK version
 /// from it to pick the cipher, and the cipher opens it without parsing it again.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct SealedRecord<'a> {
     /// The parsed header.
     pub header: RecordHeader,
@@ -100,6 +100,19 @@ pub struct SealedRecord<'a> {
     raw_header: &'a [u8; RECORD_HEADER_LEN],
     /// Ciphertext and tag.
     body: &'a [u8],
+}
+
+impl std::fmt::Debug for SealedRecord<'_> {
+    // Sealed bytes are not secret, but no Debug output shows stored bytes: the header and the
+    // body's length.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SealedRecord({:?}, {} body bytes)",
+            self.header,
+            self.body.len()
+        )
+    }
 }
 
 impl<'a> SealedRecord<'a> {

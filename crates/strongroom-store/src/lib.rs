@@ -87,7 +87,7 @@ pub use keyrings::KeyringInfo;
 pub use lifecycle::Progress;
 pub use migrate::MigrateReport;
 pub use moves::MoveReport;
-pub use records::{BatchOp, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use records::{BatchOp, MAX_KEY_LEN, MAX_VALUE_LEN, Write};
 pub use roots::RootInfo;
 pub use store::{
     ANCHOR_FILE, CURRENT_DB_FILE, DB_DIR, LOCK_FILE, STORE_ID_FILE, Store, StoreOptions,

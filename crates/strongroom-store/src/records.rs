@@ -29,8 +29,31 @@ pub const MAX_KEY_LEN: usize = 1024;
 pub const MAX_VALUE_LEN: usize = 16 << 20;
 pub(crate) const COUNTER_PREFIX: &[u8] = b"uses/";
 const COUNTER_BLOCK: u64 = 4096;
-/// The per-thread seal buffer is kept between puts up to this capacity.
+/// The per-thread seal buffer is kept after a put up to this capacity...
 const KEPT_SEAL_BUFFER: usize = 64 << 10;
+/// ...and after a batch up to this one: a batch of a thousand 1 KiB values seals into about a
+/// megabyte, which glibc would otherwise map and unmap afresh for each batch (a page fault per
+/// 4 KiB; measured: that alone made batches slower than single puts).
+const KEPT_BATCH_BUFFER: usize = 4 << 20;
+
+/// Runs `f` with this thread's buffer for sealed records (ciphertext, not secret; `f` clears
+/// it as it needs), then keeps it for the next call if its capacity is at most `keep`. A call
+/// from a thread-local destructor, after the buffer is gone, gets a buffer of its own.
+fn with_seal_buffer<R>(keep: usize, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    thread_local! {
+        static SEALED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    // Taken out while in use, so that a nested call (none today) would find an empty buffer
+    // rather than a borrowed one.
+    let mut buf = SEALED
+        .try_with(|cell| std::mem::take(&mut *cell.borrow_mut()))
+        .unwrap_or_default();
+    let r = f(&mut buf);
+    if buf.capacity() <= keep {
+        let _ = SEALED.try_with(|cell| *cell.borrow_mut() = buf);
+    }
+    r
+}
 
 /// One operation of an atomic batch. A put's value is plaintext: it is zeroized when the
 /// operation is dropped and never shown by `Debug` (which gives its length).
@@ -51,6 +74,25 @@ impl Drop for BatchOp {
 }
 
 impl std::fmt::Debug for BatchOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Put(k, v) => write!(f, "Put({:?}, [{} bytes REDACTED])", show_key(k), v.len()),
+            Self::Delete(k) => write!(f, "Delete({:?})", show_key(k)),
+        }
+    }
+}
+
+/// One operation of an atomic batch of borrowed bytes ([`Store::write_batch`]). `Debug` shows
+/// a put's value as its length only.
+#[derive(Clone, Copy)]
+pub enum Write<'a> {
+    /// Put a value (plaintext) under a key.
+    Put(&'a [u8], &'a [u8]),
+    /// Delete a key.
+    Delete(&'a [u8]),
+}
+
+impl std::fmt::Debug for Write<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Put(k, v) => write!(f, "Put({:?}, [{} bytes REDACTED])", show_key(k), v.len()),
@@ -238,7 +280,6 @@ impl Store {
         keyring: &KeyringName,
         kr: &KeyringEntry,
         items: &[(&[u8], Option<&[u8]>)],
-        now: Instant,
     ) -> Result<Result<bool, DekVersion>, StoreError> {
         let akey = self.audit_key()?;
         let puts = items.iter().filter(|(_, v)| v.is_some()).count() as u64;
@@ -260,7 +301,7 @@ impl Store {
             };
             let c = match &cipher {
                 Some(c) => c,
-                None => cipher.insert(self.dek_at(keyring, kr, kr.current_dek, now)?),
+                None => cipher.insert(self.dek(keyring, kr, kr.current_dek)?),
             };
             let s = c
                 .seal(keyring, k, v)
@@ -311,16 +352,11 @@ impl Store {
         kr: &KeyringEntry,
         key: &[u8],
         value: &[u8],
-        now: Instant,
     ) -> Result<Option<DekVersion>, StoreError> {
-        thread_local! {
-            /// Holds sealed records only (ciphertext, not secret) between puts.
-            static SEALED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-        }
         if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek, 1)? {
             return Ok(Some(kr.current_dek));
         }
-        let cipher = self.dek_at(keyring, kr, kr.current_dek, now)?;
+        let cipher = self.dek(keyring, kr, kr.current_dek)?;
         let write = |buf: &mut Vec<u8>| {
             cipher
                 .seal_into(keyring, key, value, buf)
@@ -332,18 +368,7 @@ impl Store {
             })
             .map(|()| None)
         };
-        // A put from a thread-local destructor, after this thread's buffer is gone, gets a
-        // buffer of its own.
-        SEALED
-            .try_with(|cell| {
-                let mut buf = cell.borrow_mut();
-                let written = write(&mut buf);
-                if buf.capacity() > KEPT_SEAL_BUFFER {
-                    *buf = Vec::new();
-                }
-                written
-            })
-            .unwrap_or_else(|_| write(&mut Vec::new()))
+        with_seal_buffer(KEPT_SEAL_BUFFER, write)
     }
 
     /// Seals and writes several puts and deletes as one atomic batch; `Some(v)` when DEK `v`
@@ -355,7 +380,6 @@ impl Store {
         keyring: &KeyringName,
         kr: &KeyringEntry,
         items: &[(&[u8], Option<&[u8]>)],
-        now: Instant,
     ) -> Result<Option<DekVersion>, StoreError> {
         let (mut puts, mut sealed_len, mut keys_len) = (0u64, 0usize, 0usize);
         for (k, v) in items {
@@ -369,22 +393,39 @@ impl Store {
             if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek, puts)? {
                 return Ok(Some(kr.current_dek));
             }
-            Some(self.dek_at(keyring, kr, kr.current_dek, now)?)
+            Some(self.dek(keyring, kr, kr.current_dek)?)
         } else {
             None
         };
+        with_seal_buffer(KEPT_BATCH_BUFFER, |sealed| {
+            sealed.clear();
+            sealed.reserve(sealed_len);
+            self.write_sealed_batch(keyring, kr, items, cipher.as_deref(), keys_len, sealed)
+        })?;
+        Ok(None)
+    }
+
+    /// [`Store::write_many`]'s sealing and writing, into `sealed` (a reused buffer).
+    fn write_sealed_batch(
+        &self,
+        keyring: &KeyringName,
+        kr: &KeyringEntry,
+        items: &[(&[u8], Option<&[u8]>)],
+        cipher: Option<&RecordCipher>,
+        keys_len: usize,
+        sealed: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
         // Sealed records are not secret: these buffers need no zeroizing.
         let mut keys = Vec::with_capacity(keys_len);
-        let mut sealed = Vec::with_capacity(sealed_len);
         let mut spans = Vec::with_capacity(items.len());
         for (k, v) in items {
             let key_at = keys.len();
             keys.extend_from_slice(&kr.id.to_be_bytes());
             keys.extend_from_slice(k);
-            let value = match (v, &cipher) {
+            let value = match (v, cipher) {
                 (Some(v), Some(c)) => {
                     let at = sealed.len();
-                    c.seal_append(keyring, k, v, &mut sealed)
+                    c.seal_append(keyring, k, v, sealed)
                         .map_err(|e| StoreError::from_seal(e, v.len()))?;
                     Some(at..sealed.len())
                 }
@@ -401,13 +442,9 @@ impl Store {
             .collect();
         self.inner
             .storage
-            .apply_batch_ref(TreeId::Records, &changes, "writing a batch")?;
-        Ok(None)
+            .apply_batch_ref(TreeId::Records, &changes, "writing a batch")
     }
 
-    /// Seals and writes `items` (a value, or `None` to delete) in one atomic batch, under one
-    /// hold of the lifecycle lock, so no lifecycle change (a disable, a DEK retirement) can fall
-    /// between sealing and writing. Rolls the DEK over first when it has sealed its quota.
     /// The cipher of the DEK a record's header names, or `None` when the keyring has no such
     /// DEK: then the record is what is damaged, and the caller reports it by name.
     pub(crate) fn record_dek(
@@ -431,14 +468,14 @@ impl Store {
         }
     }
 
+    /// Seals and writes `items` (a value, or `None` to delete) in one atomic batch, under one
+    /// hold of the lifecycle lock, so no lifecycle change (a disable, a DEK retirement) can fall
+    /// between sealing and writing. Rolls the DEK over first when it has sealed its quota.
     /// Returns, for a single delete, whether the record existed.
-    /// Returns, for a single delete, whether the record existed. `started` is when the
-    /// operation started (see [`Store::read_lifecycle_from`]).
     fn write_records(
         &self,
         keyring: &KeyringName,
         items: &[(&[u8], Option<&[u8]>)],
-        started: Instant,
     ) -> Result<bool, StoreError> {
         for (k, v) in items {
             check_key(k)?;
@@ -446,26 +483,21 @@ impl Store {
                 check_value(v)?;
             }
         }
-        let mut started = Some(started);
         loop {
             let rolled = {
-                // After a rollover the clock is read again: the rollover took time.
-                let (_r, now) = match started.take() {
-                    Some(t) => self.read_lifecycle_from(t),
-                    None => self.read_lifecycle_from(Instant::now()),
-                };
+                let _r = self.read_lifecycle();
                 let cat = self.data_catalog()?;
                 let kr = cat.usable(keyring)?;
                 let roll = if self.inner.options.audit_data_access {
-                    self.write_audited(keyring, kr, items, now)?
+                    self.write_audited(keyring, kr, items)?
                 } else {
                     let written = |roll: Option<DekVersion>| roll.map_or(Ok(false), Err);
                     match items {
-                        [(k, Some(v))] => written(self.put_one(keyring, kr, k, v, now)?),
+                        [(k, Some(v))] => written(self.put_one(keyring, kr, k, v)?),
                         [(k, None)] => Ok(format::with_record_key(kr.id, k, |tk| {
                             self.inner.storage.remove(TreeId::Records, tk)
                         })?),
-                        _ => written(self.write_many(keyring, kr, items, now)?),
+                        _ => written(self.write_many(keyring, kr, items)?),
                     }
                 };
                 match roll {
@@ -496,7 +528,7 @@ impl Store {
     pub fn put(&self, keyring: &KeyringName, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         let started = Instant::now();
         let r = self
-            .write_records(keyring, &[(key, Some(value))], started)
+            .write_records(keyring, &[(key, Some(value))])
             .map(|_| ());
         record_op!("record.put", started, &r);
         r
@@ -514,7 +546,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let started = Instant::now();
         let r = self
-            .write_records(keyring, &[(key, Some(value))], started)
+            .write_records(keyring, &[(key, Some(value))])
             .and_then(|_| self.flush());
         record_op!("record.put-durable", started, &r);
         r
@@ -527,7 +559,7 @@ impl Store {
     /// open, or a backend or storage error.
     pub fn get(&self, keyring: &KeyringName, key: &[u8]) -> Result<Option<Plaintext>, StoreError> {
         let started = Instant::now();
-        let r = self.get_audited(keyring, key, started);
+        let r = self.get_audited(keyring, key);
         record_op!("record.get", started, &r);
         r
     }
@@ -536,10 +568,9 @@ impl Store {
         &self,
         keyring: &KeyringName,
         key: &[u8],
-        started: Instant,
     ) -> Result<Option<Plaintext>, StoreError> {
         check_key(key)?;
-        let r = self.get_inner(keyring, key, started);
+        let r = self.get_inner(keyring, key);
         if self.inner.options.audit_data_access {
             let (outcome, detail) = match &r {
                 Ok(Some(p)) => (Outcome::Ok, format!("{} bytes", p.len())),
@@ -556,9 +587,8 @@ impl Store {
         &self,
         keyring: &KeyringName,
         key: &[u8],
-        started: Instant,
     ) -> Result<Option<Plaintext>, StoreError> {
-        let (_r, now) = self.read_lifecycle_from(started);
+        let _r = self.read_lifecycle();
         let cat = self.data_catalog()?;
         let kr = cat.usable(keyring)?;
         // The sealed bytes as the engine holds them (sled: its cached value, not a copy).
@@ -573,6 +603,9 @@ impl Store {
             key: show_key(key),
         };
         let record = SealedRecord::parse(&sealed).map_err(|_| integrity())?;
+        // The TTL is checked now, when the key is about to be used: after the engine read,
+        // which may have taken any time (a network round trip, a stalled disk).
+        let now = Instant::now();
         let open = |c: &RecordCipher| c.open_parsed(keyring, key, &record);
         let opened = match self.inner.cache.with_fresh_dek(
             kr.id,
@@ -603,7 +636,7 @@ impl Store {
     /// A keyring that is not usable, or a storage error.
     pub fn delete(&self, keyring: &KeyringName, key: &[u8]) -> Result<bool, StoreError> {
         let started = Instant::now();
-        let r = self.write_records(keyring, &[(key, None)], started);
+        let r = self.write_records(keyring, &[(key, None)]);
         record_op!("record.delete", started, &r);
         r
     }
@@ -634,23 +667,50 @@ impl Store {
     /// seal (`dek_rollover_after`), or a storage error (then nothing was applied).
     pub fn batch(&self, keyring: &KeyringName, ops: &[BatchOp]) -> Result<(), StoreError> {
         let started = Instant::now();
-        let r = self.batch_inner(keyring, ops, started);
+        let r = self.batch_inner(keyring, ops);
         record_op!("record.batch", started, &r);
         r
     }
 
-    fn batch_inner(
+    /// [`Store::batch`] of borrowed keys and values: the fastest way in, since nothing is
+    /// copied before it is sealed (and no second copy of the plaintext is made, for the caller
+    /// to zeroize or not).
+    ///
+    /// # Errors
+    /// As [`Store::batch`].
+    pub fn write_batch(&self, keyring: &KeyringName, ops: &[Write<'_>]) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let items: Vec<(&[u8], Option<&[u8]>)> = ops
+            .iter()
+            .map(|op| match *op {
+                Write::Put(k, v) => (k, Some(v)),
+                Write::Delete(k) => (k, None),
+            })
+            .collect();
+        let r = self.batch_items(keyring, &items);
+        record_op!("record.batch", started, &r);
+        r
+    }
+
+    fn batch_inner(&self, keyring: &KeyringName, ops: &[BatchOp]) -> Result<(), StoreError> {
+        let items: Vec<(&[u8], Option<&[u8]>)> = ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
+                BatchOp::Delete(k) => (k.as_slice(), None),
+            })
+            .collect();
+        self.batch_items(keyring, &items)
+    }
+
+    fn batch_items(
         &self,
         keyring: &KeyringName,
-        ops: &[BatchOp],
-        started: Instant,
+        items: &[(&[u8], Option<&[u8]>)],
     ) -> Result<(), StoreError> {
         // A batch is sealed under one DEK, so it can hold at most one DEK's quota of puts
         // (found by fuzzing: a larger one rolled the DEK over without end).
-        let puts = ops
-            .iter()
-            .filter(|op| matches!(op, BatchOp::Put(..)))
-            .count();
+        let puts = items.iter().filter(|(_, v)| v.is_some()).count();
         let quota = usize::try_from(self.inner.options.dek_rollover_after).unwrap_or(usize::MAX);
         if puts > quota {
             return Err(StoreError::TooLarge {
@@ -659,14 +719,7 @@ impl Store {
                 found: puts,
             });
         }
-        let items: Vec<(&[u8], Option<&[u8]>)> = ops
-            .iter()
-            .map(|op| match op {
-                BatchOp::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
-                BatchOp::Delete(k) => (k.as_slice(), None),
-            })
-            .collect();
-        self.write_records(keyring, &items, started).map(|_| ())
+        self.write_records(keyring, items).map(|_| ())
     }
 }
 
@@ -683,5 +736,7 @@ mod tests {
             format!("{:?}", BatchOp::Delete(b"bob".to_vec())),
             "Delete(\"bob\")"
         );
+        let w = Write::Put(b"alice", b"salary=100000");
+        assert_eq!(format!("{w:?}"), "Put(\"alice\", [13 bytes REDACTED])");
     }
 }

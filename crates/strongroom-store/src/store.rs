@@ -886,30 +886,6 @@ impl Store {
         )
     }
 
-    /// The lifecycle lock held shared for a record operation that started at `started`, and the
-    /// instant its key-cache lookups check the TTL against: `started` itself when the lock was
-    /// free and nothing was reloaded first (the operation has not waited; what passes between
-    /// then and its lookup is its own work, a microsecond or so), otherwise the time it got the
-    /// lock. A read so makes one clock reading fewer, and no wait stretches the TTL.
-    pub(crate) fn read_lifecycle_from(&self, started: Instant) -> (Shared<'_>, Instant) {
-        let reloaded = self.refresh_if_invalidated();
-        match self.inner.lifecycle.try_read() {
-            Ok(g) if !reloaded => (Shared::new(g), started),
-            Ok(g) => (Shared::new(g), Instant::now()),
-            Err(std::sync::TryLockError::Poisoned(p)) => {
-                (Shared::new(p.into_inner()), Instant::now())
-            }
-            Err(std::sync::TryLockError::WouldBlock) => {
-                let g = self
-                    .inner
-                    .lifecycle
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                (Shared::new(g), Instant::now())
-            }
-        }
-    }
-
     /// The lifecycle lock, held for writing: every key change, and the in-memory effects of
     /// one (catalog, key cache), need it ([`KeyChange`]).
     pub(crate) fn write_lifecycle(&self) -> KeyChange<'_> {
@@ -929,15 +905,14 @@ impl Store {
     /// ([`Store::refuse_if_stale`]), and the reload is tried again at most every 200 ms. A
     /// thread that holds a lifecycle guard already (a progress callback calling back into the
     /// store) does not wait for the lock: its call is refused while the catalog is stale.
-    /// Returns whether it took the lock to reload (and so may have waited).
-    fn refresh_if_invalidated(&self) -> bool {
+    fn refresh_if_invalidated(&self) {
         if self.inner.storage.engine().take_invalidation() {
             // Stale from now on, for every thread, until the reload below succeeds.
             self.inner.catalog_stale.store(true, Ordering::Release);
             self.inner.catalog_verified.store(false, Ordering::Release);
         }
         if !self.inner.catalog_stale.load(Ordering::Acquire) || holding_lifecycle() {
-            return false;
+            return;
         }
         {
             let mut last = self
@@ -946,7 +921,7 @@ impl Store {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
-                return false;
+                return;
             }
             *last = Some(Instant::now());
         }
@@ -957,7 +932,7 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         if !self.inner.catalog_stale.load(Ordering::Acquire) {
-            return true; // another thread reloaded it meanwhile
+            return; // another thread reloaded it meanwhile
         }
         self.inner.cache.purge_all(&w);
         self.inner
@@ -974,7 +949,6 @@ impl Store {
             .catalog_stale
             .store(reloaded.is_err(), Ordering::Release);
         drop(w);
-        true
     }
 
     /// Refuses while the catalog must be reloaded ([`Store::refresh_if_invalidated`]).
@@ -1397,7 +1371,9 @@ impl Store {
         self.dek_at(name, kr, v, Instant::now())
     }
 
-    /// [`Store::dek`], with the TTL checked against `now` (see [`Store::read_lifecycle_from`]).
+    /// [`Store::dek`], with the TTL checked against `now`: the caller reads the clock right
+    /// before it uses the key, so that no wait of its own (an engine read, a counter block
+    /// written) stretches the TTL.
     pub(crate) fn dek_at(
         &self,
         name: &KeyringName,

@@ -1,9 +1,9 @@
 //! `strongroom bench`: plain sled, the limit (plain sled plus the record cipher alone) and
 //! strongroom, measured in the same run.
 //!
-//! Both run in one temporary directory on the embedded soft backend, in alternating rounds
-//! (plain, strongroom, plain, ...), so that load from elsewhere on the machine hits both alike;
-//! the ratios are what to read.
+//! All three run in one temporary directory on the embedded soft backend, taking turns in
+//! chunks of 2,000 operations with the first one rotating, so that load from elsewhere on the
+//! machine hits them alike; the ratios are what to read.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,11 @@ use crate::common::{record_cipher, temp_dir};
 use crate::context::Context;
 use crate::error::CliError;
 
-const ROUNDS: u64 = 5;
+/// Operations per contender per turn: the contenders take turns over the same keys in chunks
+/// of this size, the one that goes first rotating from chunk to chunk, so that all three see
+/// the same machine (a burst of load elsewhere falls on all of them, and none always runs on
+/// the caches another just filled).
+const CHUNK: u64 = 2_000;
 
 /// `bench --json`.
 #[derive(Serialize)]
@@ -58,8 +62,12 @@ fn timed(
     op: &(dyn Fn(u64) -> Result<(), String> + Sync),
 ) -> Result<Duration, CliError> {
     let start = Instant::now();
+    if threads <= 1 {
+        range.clone().try_for_each(op).map_err(other)?;
+        return Ok(start.elapsed());
+    }
     let n = range.end - range.start;
-    let t = threads.max(1) as u64;
+    let t = threads as u64;
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..t)
             .map(|k| {
@@ -74,6 +82,24 @@ fn timed(
     })
     .map_err(other)?;
     Ok(start.elapsed())
+}
+
+/// Runs `ops` over `0..n` in turns of [`CHUNK`] (see there); returns each one's total time.
+fn interleaved<const K: usize>(
+    threads: usize,
+    n: u64,
+    ops: [&(dyn Fn(u64) -> Result<(), String> + Sync); K],
+) -> Result<[Duration; K], CliError> {
+    let mut spent = [Duration::ZERO; K];
+    let starts = (0..n.div_ceil(CHUNK)).map(|c| c * CHUNK);
+    for (c, start) in starts.enumerate() {
+        let range = start..(start + CHUNK).min(n);
+        for j in 0..K {
+            let who = (c + j) % K;
+            spent[who] += timed(threads, range.clone(), ops[who])?;
+        }
+    }
+    Ok(spent)
 }
 
 fn rate(ops: u64, d: Duration) -> f64 {
@@ -221,67 +247,54 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
         .map(|i| u8::try_from(i * 31 % 251).unwrap_or(0))
         .collect();
     let key = |i: u64| format!("record-{i:012}").into_bytes();
-    let n = a.records.max(ROUNDS);
-    let chunk = n / ROUNDS;
+    let n = a.records.max(1);
 
-    let (mut plain_put, mut sr_put, mut limit_put) =
-        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let (mut plain_get, mut sr_get, mut limit_get) =
-        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let limit_ring = ring.clone();
-    for r in 0..ROUNDS {
-        let range = r * chunk..(r + 1) * chunk;
-        plain_put += timed(a.threads, range.clone(), &|i| {
-            plain
-                .insert(key(i), value.as_slice())
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })?;
-        sr_put += timed(a.threads, range.clone(), &|i| {
-            store.put(&ring, &key(i), &value).map_err(|e| e.to_string())
-        })?;
-        limit_put += timed(a.threads, range, &|i| {
-            let k = key(i);
-            let sealed = cipher
-                .seal(&limit_ring, &k, &value)
-                .map_err(|e| e.to_string())?;
-            limit
-                .insert(k, sealed)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })?;
-    }
-    for r in 0..ROUNDS {
-        let range = r * chunk..(r + 1) * chunk;
-        plain_get += timed(a.threads, range.clone(), &|i| match plain.get(key(i)) {
-            Ok(Some(v)) if v.len() == value.len() => Ok(()),
-            other => Err(format!("plain get {i}: {other:?}")),
-        })?;
-        sr_get += timed(
-            a.threads,
-            range.clone(),
-            &|i| match store.get(&ring, &key(i)) {
-                Ok(Some(v)) if v.len() == value.len() => Ok(()),
-                Ok(other) => Err(format!("get {i}: {:?}", other.map(|p| p.len()))),
+    let plain_put = |i: u64| {
+        plain
+            .insert(key(i), value.as_slice())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let sr_put = |i: u64| store.put(&ring, &key(i), &value).map_err(|e| e.to_string());
+    let limit_put = |i: u64| {
+        let k = key(i);
+        let sealed = cipher
+            .seal(&limit_ring, &k, &value)
+            .map_err(|e| e.to_string())?;
+        limit
+            .insert(k, sealed)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let [plain_put, sr_put, limit_put] =
+        interleaved(a.threads, n, [&plain_put, &sr_put, &limit_put])?;
+    let plain_get = |i: u64| match plain.get(key(i)) {
+        Ok(Some(v)) if v.len() == value.len() => Ok(()),
+        other => Err(format!("plain get {i}: {other:?}")),
+    };
+    let sr_get = |i: u64| match store.get(&ring, &key(i)) {
+        Ok(Some(v)) if v.len() == value.len() => Ok(()),
+        Ok(other) => Err(format!("get {i}: {:?}", other.map(|p| p.len()))),
+        Err(e) => Err(e.to_string()),
+    };
+    let limit_get = |i: u64| {
+        let k = key(i);
+        match limit.get(&k) {
+            Ok(Some(sealed)) => match cipher.open(&limit_ring, &k, &sealed) {
+                Ok(v) if v.len() == value.len() => Ok(()),
+                Ok(_) => Err(format!("limit get {i}: wrong length")),
                 Err(e) => Err(e.to_string()),
             },
-        )?;
-        limit_get += timed(a.threads, range, &|i| {
-            let k = key(i);
-            match limit.get(&k) {
-                Ok(Some(sealed)) => match cipher.open(&limit_ring, &k, &sealed) {
-                    Ok(v) if v.len() == value.len() => Ok(()),
-                    Ok(_) => Err(format!("limit get {i}: wrong length")),
-                    Err(e) => Err(e.to_string()),
-                },
-                other => Err(format!(
-                    "limit get {i}: {:?}",
-                    other.map(|v| v.map(|v| v.len()))
-                )),
-            }
-        })?;
-    }
-    let total = chunk * ROUNDS;
+            other => Err(format!(
+                "limit get {i}: {:?}",
+                other.map(|v| v.map(|v| v.len()))
+            )),
+        }
+    };
+    let [plain_get, sr_get, limit_get] =
+        interleaved(a.threads, n, [&plain_get, &sr_get, &limit_get])?;
+    let total = n;
 
     // Backend calls per 1000 reads once warm.
     let before = store.backend_calls();
@@ -332,7 +345,7 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
     let written = out.result(
         || {
             let mut t = format!(
-                "strongroom bench: {total} records of {} bytes, {} thread(s), {ROUNDS} alternating rounds, soft backend\nrecords sealed with {}\n\n",
+                "strongroom bench: {total} records of {} bytes, {} thread(s), in turns of {CHUNK} operations, soft backend\nrecords sealed with {}\n\n",
                 a.value_size,
                 a.threads,
                 record_cipher()
