@@ -84,6 +84,14 @@ fn timed(
     Ok(start.elapsed())
 }
 
+/// A well-mixed 64-bit function of `x` (SplitMix64's finalizer): the random read order.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Runs `ops` over `0..n` in turns of [`CHUNK`] (see there); returns each one's total time.
 fn interleaved<const K: usize>(
     threads: usize,
@@ -269,17 +277,21 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
     };
     let [plain_put, sr_put, limit_put] =
         interleaved(a.threads, n, [&plain_put, &sr_put, &limit_put])?;
-    let plain_get = |i: u64| match plain.get(key(i)) {
+    // Gets read the records in a random order (the same for all three), as a service does and
+    // as `benches/store.rs` does: in key order, every contender would read from the CPU's
+    // caches what the previous read brought in.
+    let pick = |i: u64| splitmix64(i) % n;
+    let plain_get = |i: u64| match plain.get(key(pick(i))) {
         Ok(Some(v)) if v.len() == value.len() => Ok(()),
         other => Err(format!("plain get {i}: {other:?}")),
     };
-    let sr_get = |i: u64| match store.get(&ring, &key(i)) {
+    let sr_get = |i: u64| match store.get(&ring, &key(pick(i))) {
         Ok(Some(v)) if v.len() == value.len() => Ok(()),
         Ok(other) => Err(format!("get {i}: {:?}", other.map(|p| p.len()))),
         Err(e) => Err(e.to_string()),
     };
     let limit_get = |i: u64| {
-        let k = key(i);
+        let k = key(pick(i));
         match limit.get(&k) {
             Ok(Some(sealed)) => match cipher.open(&limit_ring, &k, &sealed) {
                 Ok(v) if v.len() == value.len() => Ok(()),
@@ -345,7 +357,7 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
     let written = out.result(
         || {
             let mut t = format!(
-                "strongroom bench: {total} records of {} bytes, {} thread(s), in turns of {CHUNK} operations, soft backend\nrecords sealed with {}\n\n",
+                "strongroom bench: {total} records of {} bytes, {} thread(s), gets in a random order, in turns of {CHUNK} operations, soft backend\nrecords sealed with {}\n\n",
                 a.value_size,
                 a.threads,
                 record_cipher()
