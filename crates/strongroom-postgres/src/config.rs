@@ -110,7 +110,13 @@ pub struct PgConfig {
     /// One process at a time on the store (default): the engine holds a session advisory lock
     /// on a connection of its own while it is open (and takes it again after a server restart)
     /// and refuses to work without it. A store's in-memory state (its verified catalog, its
-    /// key cache, its DEK counters) assumes no other process changes the database under it.
+    /// key cache, its DEK counters) then assumes no other process changes the database under it.
+    ///
+    /// `false` is a replica of a fleet: the engine says it is shared
+    /// ([`Engine::shared`](strongroom_store::Engine::shared)), and the store follows the
+    /// key-state generation that every key change moves on (`strongroom_store`'s fleet
+    /// module, `StoreOptions::fleet_poll`). Work in progress: DEK use counters, the audit
+    /// anchor and job leases are not yet fleet-wide (see the README).
     pub exclusive: bool,
 }
 

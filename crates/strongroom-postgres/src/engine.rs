@@ -962,6 +962,12 @@ impl Engine for PgEngine {
         true
     }
 
+    fn shared(&self) -> bool {
+        // Without the exclusive lock, other processes (replicas of a fleet) may write the
+        // schema: the store follows the key-state generation.
+        !self.inner.config.exclusive
+    }
+
     fn take_invalidation(&self) -> bool {
         // Checked (and the lock taken back if it was lost) before the store uses what it keeps
         // in memory, not only when the next statement needs a connection. If another process

@@ -163,11 +163,17 @@ impl Store {
         effects: Effects,
     ) -> Result<u64, StoreError> {
         self.refuse_if_stale()?;
-        let (seq, key) = match self.commit_transaction(op, target, detail, change) {
+        let (seq, key) = match self.commit_transaction(op, target, detail, true, change) {
             Ok(x) => x,
             Err(Flush(e)) => {
                 self.inner.cache.purge_all(held);
                 let _ = self.load_catalog();
+                return Err(e);
+            }
+            Err(Other(e @ StoreError::Conflict { .. })) => {
+                // Another replica changed the key states since this one loaded them: take
+                // them in now, so that what the caller does next starts from them.
+                let _ = self.reload_locked(held);
                 return Err(e);
             }
             Err(Other(e)) => return Err(e),
@@ -190,18 +196,21 @@ impl Store {
         change: impl Fn(&CommitTx<'_>) -> TxResult<()>,
     ) -> Result<u64, StoreError> {
         let (seq, key) = self
-            .commit_transaction(op, target, detail, change)
+            .commit_transaction(op, target, detail, false, change)
             .map_err(|(Flush(e) | Other(e))| e)?;
         self.write_anchor(&key);
         Ok(seq)
     }
 
-    /// The transaction and the flush of a commit.
+    /// The transaction and the flush of a commit. A key change (`key_change`) moves the
+    /// key-state generation on, in the same transaction, if it is still the one this replica
+    /// loaded ([`crate::fleet`]).
     fn commit_transaction(
         &self,
         op: AuditOp,
         target: String,
         detail: String,
+        key_change: bool,
         change: impl Fn(&CommitTx<'_>) -> TxResult<()>,
     ) -> Result<(u64, Arc<AuditKey>), Failed> {
         let key = self.audit_key().map_err(Other)?;
@@ -213,6 +222,7 @@ impl Store {
         } else {
             catalog::legacy_entries(&self.inner.storage).map_err(Other)?
         };
+        let conflict = format!("{} of {target}", op.as_str());
         let event = Event {
             op,
             outcome: Outcome::Ok,
@@ -221,18 +231,27 @@ impl Store {
             detail,
         };
         let store_id = self.inner.meta.store_id;
-        let seq = self
+        let (seq, generation) = self
             .inner
             .storage
             .transaction(|tx| {
+                let generation = if key_change {
+                    Some(self.bump_generation(tx, &conflict)?)
+                } else {
+                    None
+                };
                 let ctx = CommitTx::new(tx, &key, &store_id);
                 for (t, k, entry) in &legacy {
                     ctx.insert(*t, k.clone(), entry.clone())?;
                 }
                 change(&ctx)?;
-                audit::append(ctx.raw(), &key, &store_id, &event, ctx.delta())
+                let seq = audit::append(ctx.raw(), &key, &store_id, &event, ctx.delta())?;
+                Ok((seq, generation))
             })
             .map_err(Other)?;
+        if let Some(g) = generation {
+            self.inner.fleet.loaded.store(g, Ordering::Release);
+        }
         self.inner.catalog_sealed.store(true, Ordering::Release);
         // The transaction is in the database (and may or may not be on disk): a caller with
         // effects brings memory in line with the database (`commit`).
@@ -273,6 +292,10 @@ impl Store {
     /// database may have changed under the store): the one other writer of the in-memory
     /// catalog.
     pub(crate) fn load_catalog(&self) -> Result<(), StoreError> {
+        // Read before the entries: a change committed in between makes the catalog newer than
+        // the generation it is taken at, and the next poll reloads it again (never the other
+        // way round).
+        let generation = self.stored_generation()?;
         let mut cat = Catalog::default();
         for item in self.inner.storage.scan_prefix(TreeId::Roots, []) {
             let (k, v) = item?;
@@ -316,6 +339,7 @@ impl Store {
             cat.keyrings.insert(name, Arc::new(e));
         }
         *self.catalog_mut() = cat;
+        self.inner.fleet.loaded.store(generation, Ordering::Release);
         Ok(())
     }
 }

@@ -101,6 +101,15 @@ pub enum StoreError {
         /// The name.
         name: RootKeyName,
     },
+    /// A key change was computed from key states another replica of the store changed in the
+    /// meantime (a fleet on a shared database): nothing was changed.
+    #[error(
+        "{what}: another replica of this store changed the key states meanwhile; nothing was changed, and this replica has reloaded them: check the state and retry"
+    )]
+    Conflict {
+        /// The change that was refused.
+        what: String,
+    },
     /// The operation would leave something without a key (a root version still wrapping KEKs,
     /// the root that protects the audit log).
     #[error("{0}")]

@@ -51,6 +51,7 @@ impl Store {
     /// # Errors
     /// A storage error.
     pub fn keyrings(&self) -> Result<Vec<KeyringInfo>, StoreError> {
+        self.refresh_if_invalidated();
         let names: Vec<KeyringName> = self.read_catalog().keyrings.keys().cloned().collect();
         names.iter().map(|n| self.keyring(n)).collect()
     }
@@ -60,6 +61,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::KeyringNotFound`] or a storage error.
     pub fn keyring(&self, name: &KeyringName) -> Result<KeyringInfo, StoreError> {
+        // What other replicas changed, as of the last poll (a fleet: `crate::fleet`).
+        self.refresh_if_invalidated();
         let kr = self.read_catalog().keyring(name)?;
         let mut dek_versions = Vec::new();
         for item in self

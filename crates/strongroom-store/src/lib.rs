@@ -60,6 +60,7 @@ mod compact;
 mod destruction;
 pub mod engine;
 mod error;
+mod fleet;
 pub mod format;
 mod jobs;
 mod keyrings;

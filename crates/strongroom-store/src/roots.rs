@@ -36,6 +36,7 @@ impl Store {
     /// Every root key.
     #[must_use]
     pub fn roots(&self) -> Vec<RootInfo> {
+        self.refresh_if_invalidated();
         let cat = self.read_catalog();
         cat.roots
             .iter()

@@ -23,6 +23,7 @@ pub(crate) use crate::commit::{KeyChange, Shared, holding_lifecycle};
 use crate::engine::sled as sled_engine;
 use crate::engine::{Engine, SledEngine};
 use crate::error::StoreError;
+use crate::fleet::Fleet;
 use crate::format::{self, KeyringEntry, RootEntry, STORE_FORMAT_VERSION, StoreMeta};
 use crate::storage::{Storage, TreeId, TxResult, abort};
 use crate::telemetry;
@@ -81,6 +82,11 @@ pub struct StoreOptions {
     /// memory, and on its read speed once the records outgrow it. Default 1 GiB
     /// ([`SledEngine::DEFAULT_CACHE_BYTES`], sled's own).
     pub sled_cache_bytes: u64,
+    /// On a database other processes share (a fleet of replicas), how often this replica
+    /// checks whether another changed the key states (one point read): the bound on how long a
+    /// disable, destruction or rotation made elsewhere takes to reach it. Zero checks before
+    /// every operation. Unused on an engine that is not shared. Default 1 s.
+    pub fleet_poll: Duration,
 }
 
 impl Default for StoreOptions {
@@ -94,6 +100,7 @@ impl Default for StoreOptions {
             destruction_delay: Duration::from_secs(7 * 24 * 3600),
             audit_data_access: false,
             sled_cache_bytes: SledEngine::DEFAULT_CACHE_BYTES,
+            fleet_poll: Duration::from_secs(1),
         }
     }
 }
@@ -211,6 +218,8 @@ pub(crate) struct Inner {
     pub accepting_rollback: AtomicBool,
     /// When data operations last tried to verify a catalog that could not be verified at open.
     pub last_verify_attempt: Mutex<Option<Instant>>,
+    /// The key-state generation, and how this replica follows it ([`crate::fleet`]).
+    pub fleet: Fleet,
 }
 
 /// An open store. `Send + Sync`, cheap to clone; clones share everything but the actor.
@@ -728,8 +737,10 @@ impl Store {
         options: StoreOptions,
     ) -> Self {
         let actor: Arc<str> = Arc::from(options.actor.as_str());
+        let fleet = Fleet::new(storage.engine().shared(), options.fleet_poll);
         Self {
             inner: Arc::new(Inner {
+                fleet,
                 dir,
                 storage,
                 backend,
@@ -890,28 +901,99 @@ impl Store {
     /// one (catalog, key cache), need it ([`KeyChange`]).
     pub(crate) fn write_lifecycle(&self) -> KeyChange<'_> {
         self.refresh_if_invalidated();
-        KeyChange::new(
+        let w = KeyChange::new(
             self.inner
                 .lifecycle
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        );
+        // On a shared database a key change starts from the current key states: whatever
+        // another replica committed since the last poll is taken in first. (A change committed
+        // after this read is caught by the commit's own check: `fleet::bump_generation`.)
+        if self.inner.fleet.shared
+            && self
+                .stored_generation()
+                .is_ok_and(|g| g != self.inner.fleet.loaded.load(Ordering::Acquire))
+        {
+            let _ = self.reload_locked(&w);
+        }
+        w
     }
 
-    /// When the engine says another process may have changed the database
-    /// ([`Engine::take_invalidation`]): cached keys and DEK counters are dropped, and the
-    /// catalog is verified and loaded again, before anything is served. Until that has
-    /// succeeded the catalog is *stale*: data operations and key changes are refused
-    /// ([`Store::refuse_if_stale`]), and the reload is tried again at most every 200 ms. A
-    /// thread that holds a lifecycle guard already (a progress callback calling back into the
-    /// store) does not wait for the lock: its call is refused while the catalog is stale.
-    fn refresh_if_invalidated(&self) {
+    /// Drops cached keys and DEK counters and loads the catalog again (verified), under the
+    /// lifecycle lock held for writing. Until it succeeds the catalog is *stale*: data
+    /// operations and key changes are refused ([`Store::refuse_if_stale`]).
+    pub(crate) fn reload_locked(&self, w: &KeyChange<'_>) -> Result<(), StoreError> {
+        self.inner.cache.purge_all(w);
+        self.inner
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.inner.catalog_verified.store(false, Ordering::Release);
+        // On a shared database another replica may commit while this one reads the catalog
+        // entry by entry (no engine offers a snapshot across scans): a reload that failed to
+        // verify, or raced a change, while the generation moved is tried again; one that
+        // fails with the generation still is a real failure (a tampered catalog).
+        let mut tries = 0;
+        let reloaded = loop {
+            let before = self.stored_generation();
+            let r = self
+                .audit_key()
+                .and_then(|key| self.verify_catalog_once(&key))
+                .and_then(|_| self.load_catalog());
+            let moved = self.inner.fleet.shared
+                && matches!((&before, self.stored_generation()), (Ok(b), Ok(a)) if *b != a);
+            tries += 1;
+            if !moved || tries >= 20 {
+                break r;
+            }
+            self.inner.catalog_verified.store(false, Ordering::Release);
+        };
+        self.inner
+            .catalog_stale
+            .store(reloaded.is_err(), Ordering::Release);
+        reloaded
+    }
+
+    /// Before an operation uses what the store keeps in memory: takes in what another process
+    /// may have changed.
+    ///
+    /// - When another replica moved the key-state generation (polled at most every
+    ///   [`StoreOptions::fleet_poll`] on a shared engine: [`crate::fleet`]), the thread that
+    ///   noticed reloads under the lifecycle lock; other threads wait for the lock, and are
+    ///   not refused.
+    /// - When the engine says another process may have changed the database
+    ///   ([`Engine::take_invalidation`]: a lost exclusive lock), the catalog is *stale* at once,
+    ///   for every thread, until a reload succeeds; the reload is tried again at most every
+    ///   200 ms.
+    ///
+    /// A thread that holds a lifecycle guard already (a progress callback calling back into
+    /// the store) does not wait for the lock: its call is refused while the catalog is stale.
+    pub(crate) fn refresh_if_invalidated(&self) {
         if self.inner.storage.engine().take_invalidation() {
             // Stale from now on, for every thread, until the reload below succeeds.
             self.inner.catalog_stale.store(true, Ordering::Release);
             self.inner.catalog_verified.store(false, Ordering::Release);
         }
-        if !self.inner.catalog_stale.load(Ordering::Acquire) || holding_lifecycle() {
+        if holding_lifecycle() {
+            return;
+        }
+        if !self.inner.catalog_stale.load(Ordering::Acquire) {
+            if self.generation_moved() {
+                let w = KeyChange::new(
+                    self.inner
+                        .lifecycle
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
+                // Another thread may have reloaded while this one waited for the lock.
+                if self.stored_generation().map_or(true, |g| {
+                    g != self.inner.fleet.loaded.load(Ordering::Acquire)
+                }) {
+                    let _ = self.reload_locked(&w);
+                }
+            }
             return;
         }
         {
@@ -934,21 +1016,7 @@ impl Store {
         if !self.inner.catalog_stale.load(Ordering::Acquire) {
             return; // another thread reloaded it meanwhile
         }
-        self.inner.cache.purge_all(&w);
-        self.inner
-            .counters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
-        self.inner.catalog_verified.store(false, Ordering::Release);
-        let reloaded = self
-            .audit_key()
-            .and_then(|key| self.verify_catalog_once(&key))
-            .and_then(|_| self.load_catalog());
-        self.inner
-            .catalog_stale
-            .store(reloaded.is_err(), Ordering::Release);
-        drop(w);
+        let _ = self.reload_locked(&w);
     }
 
     /// Refuses while the catalog must be reloaded ([`Store::refresh_if_invalidated`]).

@@ -465,6 +465,13 @@ pub trait Engine: Send + Sync + fmt::Debug {
         false
     }
 
+    /// Whether other processes may write this database while the engine is open (replicas of
+    /// a fleet): the store then follows the key-state generation ([`crate::StoreOptions::fleet_poll`]).
+    /// Engines that keep a store to one process return false.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// The number of entries in `t`.
     ///
     /// # Errors
