@@ -14,8 +14,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use strongroom_store::engine::{
-    ALL_TREES, BatchChange, Compaction, Engine, EngineInfo, EngineTx, Keep, KeyValue, Scan, TreeId,
-    TxBody, TxFailure, TxStop,
+    ALL_TREES, BatchChange, BatchRef, Compaction, Engine, EngineInfo, EngineTx, Guard, Keep,
+    KeyValue, Scan, TreeId, TxBody, TxFailure, TxStop,
 };
 use strongroom_store::{EngineError, EngineErrorKind};
 use tokio_postgres::types::ToSql;
@@ -803,6 +803,26 @@ fn simple(inner: &Inner, lease: &Lease<'_>, sql: &'static str) -> Result<(), Fai
     )
 }
 
+/// The last change of each key, split into the keys and values to upsert and the keys to
+/// delete (disjoint): what applying the changes in order would leave.
+#[allow(clippy::type_complexity)]
+fn last_changes(
+    changes: impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = changes.collect();
+    let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, v) in last {
+        match v {
+            Some(v) => {
+                keys.push(k);
+                values.push(v);
+            }
+            None => gone.push(k),
+        }
+    }
+    (keys, values, gone)
+}
+
 impl Engine for PgEngine {
     fn info(&self) -> EngineInfo {
         EngineInfo::new("postgres", self.inner.location.clone())
@@ -837,29 +857,38 @@ impl Engine for PgEngine {
     fn apply_batch(&self, t: TreeId, changes: Vec<BatchChange>) -> Result<(), EngineError> {
         // The last change of each key wins (as applying them in order would leave it); then
         // one statement deletes and upserts: atomic by itself, one round trip.
-        let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        for c in changes {
-            match c {
-                BatchChange::Insert(k, v) => last.insert(k, Some(v)),
-                BatchChange::Remove(k) => last.insert(k, None),
-            };
-        }
-        let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
-        for (k, v) in last {
-            match v {
-                Some(v) => {
-                    keys.push(k);
-                    values.push(v);
-                }
-                None => gone.push(k),
-            }
-        }
+        let (keys, values, gone) = last_changes(changes.into_iter().map(|c| match c {
+            BatchChange::Insert(k, v) => (k, Some(v)),
+            BatchChange::Remove(k) => (k, None),
+        }));
         let tree = tree_id(t);
         self.inner.write("applying a batch", move |c| async move {
             let params: [&(dyn ToSql + Sync); 4] = [&tree, &keys, &values, &gone];
             c.client.execute(&c.st.batch, &params).await?;
             Ok(())
         })
+    }
+
+    fn apply_batch_guarded(
+        &self,
+        t: TreeId,
+        changes: &[BatchRef<'_>],
+        guard: &Guard<'_>,
+    ) -> Result<bool, EngineError> {
+        // One statement, as `apply_batch`, with the guard checked in it (`batch_guarded`).
+        let (keys, values, gone) = last_changes(changes.iter().map(|c| match *c {
+            BatchRef::Insert(k, v) => (k.to_vec(), Some(v.to_vec())),
+            BatchRef::Remove(k) => (k.to_vec(), None),
+        }));
+        let (tree, gtree) = (tree_id(t), tree_id(guard.tree));
+        let (gkey, gvalue) = (guard.key.to_vec(), guard.value.map(<[u8]>::to_vec));
+        self.inner
+            .write("applying a guarded batch", move |c| async move {
+                let params: [&(dyn ToSql + Sync); 7] =
+                    [&tree, &keys, &values, &gone, &gtree, &gkey, &gvalue];
+                let row = c.client.query_one(&c.st.batch_guarded, &params).await?;
+                row.try_get::<_, bool>(0)
+            })
     }
 
     fn scan(&self, t: TreeId, prefix: &[u8], start: &[u8]) -> Scan {

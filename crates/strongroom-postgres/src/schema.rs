@@ -61,6 +61,7 @@ pub(crate) struct Statements {
     pub(crate) put: Statement,
     pub(crate) del: Statement,
     pub(crate) batch: Statement,
+    pub(crate) batch_guarded: Statement,
     pub(crate) count: Statement,
     pub(crate) scan_ge: Statement,
     pub(crate) scan_gt: Statement,
@@ -94,6 +95,17 @@ impl Statements {
                      INSERT INTO {t} (tree, k, v) \
                      SELECT $1, u.k, u.v FROM unnest($2::bytea[], $3::bytea[]) AS u(k, v) \
                      ON CONFLICT (tree, k) DO UPDATE SET v = excluded.v"
+                ))
+                .await?,
+            // The same, only if the guard's key ($5, $6) holds $7 (NULL: is absent); returns
+            // whether it did. The guard's row is locked FOR SHARE until the statement commits,
+            // so a transaction that changes it (a key change moving the generation on) waits
+            // for every guarded write that read the old value: once that change has committed,
+            // no write guarded by the old value can land (as the single-process store's
+            // lifecycle lock makes a disable wait for the writes in flight).
+            batch_guarded: c
+                .prepare(&format!(
+                    "WITH ok AS (SELECT CASE WHEN $7::bytea IS NULL                         THEN NOT EXISTS (SELECT 1 FROM {t} WHERE tree = $5 AND k = $6)                         ELSE EXISTS (SELECT 1 FROM {t} WHERE tree = $5 AND k = $6 AND v = $7                             FOR SHARE) END AS ok),                      gone AS (DELETE FROM {t} WHERE tree = $1 AND k = ANY($4::bytea[])                         AND (SELECT ok FROM ok)),                      ins AS (INSERT INTO {t} (tree, k, v)                         SELECT $1, u.k, u.v FROM unnest($2::bytea[], $3::bytea[]) AS u(k, v)                         WHERE (SELECT ok FROM ok)                         ON CONFLICT (tree, k) DO UPDATE SET v = excluded.v)                      SELECT ok FROM ok"
                 ))
                 .await?,
             count: c

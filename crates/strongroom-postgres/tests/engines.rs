@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strongroom_postgres::{PgConfig, PgEngine};
-use strongroom_store::engine::{ALL_TREES, BatchChange, EngineTx, TxFailure, TxStop};
+use strongroom_store::engine::{
+    ALL_TREES, BatchChange, BatchRef, EngineTx, Guard, TxFailure, TxStop,
+};
 use strongroom_store::{Engine, EngineErrorKind, SledEngine, TreeId};
 use strongroom_test_support::pg;
 
@@ -208,6 +210,74 @@ fn an_aborted_transaction_writes_nothing_and_a_committed_one_everything() {
         .unwrap();
         assert_eq!(e.get(TreeId::Meta, b"x").unwrap(), Some(b"2".to_vec()));
         assert_eq!(e.get(TreeId::Records, b"r").unwrap(), Some(b"2".to_vec()));
+    }
+}
+
+#[test]
+fn a_guarded_batch_applies_whole_only_while_its_guard_holds() {
+    for (e, _dir) in engines() {
+        let kind = e.info().kind;
+        e.insert(TreeId::Records, b"old", b"0").unwrap();
+        let batch = [
+            BatchRef::Insert(b"a", b"1"),
+            BatchRef::Remove(b"old"),
+            BatchRef::Insert(b"a", b"2"),
+        ];
+        let absent = Guard {
+            tree: TreeId::Meta,
+            key: b"g",
+            value: None,
+        };
+        let one = Guard {
+            tree: TreeId::Meta,
+            key: b"g",
+            value: Some(b"1"),
+        };
+        // The guard's key is absent: the absent-guard holds, the value-guard does not.
+        assert!(
+            !e.apply_batch_guarded(TreeId::Records, &batch, &one)
+                .unwrap(),
+            "{kind}"
+        );
+        assert_eq!(e.get(TreeId::Records, b"a").unwrap(), None, "{kind}");
+        assert!(e.get(TreeId::Records, b"old").unwrap().is_some(), "{kind}");
+        assert!(
+            e.apply_batch_guarded(TreeId::Records, &batch, &absent)
+                .unwrap(),
+            "{kind}"
+        );
+        assert_eq!(
+            e.get(TreeId::Records, b"a").unwrap(),
+            Some(b"2".to_vec()),
+            "{kind}"
+        );
+        assert_eq!(e.get(TreeId::Records, b"old").unwrap(), None, "{kind}");
+        // Now it holds 1: the other way round; and a different value fails too.
+        e.insert(TreeId::Meta, b"g", b"1").unwrap();
+        let second = [BatchRef::Insert(b"b", b"1")];
+        assert!(
+            !e.apply_batch_guarded(TreeId::Records, &second, &absent)
+                .unwrap(),
+            "{kind}"
+        );
+        e.insert(TreeId::Meta, b"g", b"11").unwrap();
+        assert!(
+            !e.apply_batch_guarded(TreeId::Records, &second, &one)
+                .unwrap(),
+            "{kind}"
+        );
+        assert_eq!(e.get(TreeId::Records, b"b").unwrap(), None, "{kind}");
+        e.insert(TreeId::Meta, b"g", b"1").unwrap();
+        assert!(
+            e.apply_batch_guarded(TreeId::Records, &second, &one)
+                .unwrap(),
+            "{kind}"
+        );
+        assert_eq!(
+            e.get(TreeId::Records, b"b").unwrap(),
+            Some(b"1".to_vec()),
+            "{kind}"
+        );
     }
 }
 

@@ -92,7 +92,29 @@ fn parse(raw: Option<&[u8]>) -> Result<u64, StoreError> {
         })
 }
 
+/// The generation, read inside a transaction.
+pub(crate) fn generation_in(tx: &Tx<'_>) -> TxResult<u64> {
+    match parse(tx.get(TreeId::Meta, GENERATION_KEY)?.as_deref()) {
+        Ok(g) => Ok(g),
+        Err(e) => abort(e),
+    }
+}
+
 impl Store {
+    /// Takes in another replica's key changes now, if the generation moved: after a guarded
+    /// write found it had (the caller holds no lifecycle guard).
+    pub(crate) fn reload_if_moved(&self) {
+        let w = self.write_lifecycle();
+        // `write_lifecycle` reloads on a shared database when the generation moved; this is
+        // for the case its read failed.
+        if self
+            .stored_generation()
+            .is_ok_and(|g| g != self.inner.fleet.loaded.load(Ordering::Acquire))
+        {
+            let _ = self.reload_locked(&w);
+        }
+    }
+
     /// The generation in the database.
     pub(crate) fn stored_generation(&self) -> Result<u64, StoreError> {
         parse(
@@ -118,10 +140,7 @@ impl Store {
     /// Inside a key change's transaction: the generation must still be the one the change was
     /// computed from; it moves on by one. Returns the new generation.
     pub(crate) fn bump_generation(&self, tx: &Tx<'_>, what: &str) -> TxResult<u64> {
-        let stored = match parse(tx.get(TreeId::Meta, GENERATION_KEY)?.as_deref()) {
-            Ok(g) => g,
-            Err(e) => return abort(e),
-        };
+        let stored = generation_in(tx)?;
         if stored != self.inner.fleet.loaded.load(Ordering::Acquire) {
             return abort(StoreError::Conflict {
                 what: what.to_owned(),

@@ -19,7 +19,7 @@ use crate::audit::{self, AuditOp, Event, Outcome};
 use crate::error::StoreError;
 use crate::format;
 use crate::format::KeyringEntry;
-use crate::storage::{BatchRef, TreeId};
+use crate::storage::{BatchRef, Guard, TreeId};
 use crate::store::{Counter, Store};
 use crate::telemetry::{self, record_op};
 
@@ -150,6 +150,17 @@ enum Reserve {
     RollOver,
 }
 
+/// How a write under the lifecycle lock ended.
+enum Next {
+    /// Written; for a single delete, whether the record existed.
+    Done(bool),
+    /// Nothing written: DEK `v` must roll over first.
+    RollOver(DekVersion),
+    /// Nothing written: another replica changed the key states since this one loaded them
+    /// (a fleet on a shared database); reload, then decide again.
+    Stale,
+}
+
 impl Store {
     /// Counts `n` more encryptions under DEK `v` of keyring `id` (one put, or all the puts of
     /// a batch at once), or says it must roll over first: all `n` or none.
@@ -176,6 +187,9 @@ impl Store {
             return Ok(Reserve::RollOver);
         }
         if wanted > c.reserved {
+            if self.inner.fleet.shared {
+                return self.reserve_fleet_block(c, id, v, n, limit);
+            }
             // The next block is on disk before any of it is used, so a crash can only
             // over-count.
             let reserved = wanted.max(c.used + COUNTER_BLOCK.min(limit)).min(limit);
@@ -187,6 +201,55 @@ impl Store {
             c.reserved = reserved;
         }
         c.used = wanted;
+        Ok(Reserve::Ok)
+    }
+
+    /// On a shared database the stored count is the fleet's high-water mark: a replica takes
+    /// its next block from it in a transaction (two replicas never get the same block, so the
+    /// sum of all replicas' encryptions under a DEK stays within `dek_rollover_after`), and
+    /// what was left of its previous block is counted as used.
+    fn reserve_fleet_block(
+        &self,
+        c: &mut Counter,
+        id: u64,
+        v: DekVersion,
+        n: u64,
+        limit: u64,
+    ) -> Result<Reserve, StoreError> {
+        let key = counter_key(id, v.get());
+        let block = self.inner.storage.transaction_on(&[TreeId::Jobs], |tx| {
+            let start = match tx.get(TreeId::Jobs, &key)? {
+                None => 0,
+                Some(b) => match <[u8; 8]>::try_from(&b[..]) {
+                    Ok(b) => u64::from_be_bytes(b),
+                    Err(_) => {
+                        return crate::storage::abort(StoreError::Corrupt {
+                            what: format!("the use counter of DEK {v}"),
+                            source: FormatError::BadLength {
+                                what: "DEK use counter",
+                                field: "count",
+                                expected: 8,
+                                found: b.len(),
+                            },
+                        });
+                    }
+                },
+            };
+            if start.saturating_add(n) > limit {
+                return Ok(None);
+            }
+            let end = (start + n).max(start + COUNTER_BLOCK.min(limit)).min(limit);
+            tx.insert(TreeId::Jobs, &key, end.to_be_bytes())?;
+            Ok(Some((start, end)))
+        })?;
+        let Some((start, end)) = block else {
+            // The fleet has used this DEK's quota: every replica's count says so from now on.
+            c.used = limit;
+            c.reserved = limit;
+            return Ok(Reserve::RollOver);
+        };
+        c.used = start + n;
+        c.reserved = end;
         Ok(Reserve::Ok)
     }
 
@@ -280,7 +343,7 @@ impl Store {
         keyring: &KeyringName,
         kr: &KeyringEntry,
         items: &[(&[u8], Option<&[u8]>)],
-    ) -> Result<Result<bool, DekVersion>, StoreError> {
+    ) -> Result<Next, StoreError> {
         let akey = self.audit_key()?;
         let puts = items.iter().filter(|(_, v)| v.is_some()).count() as u64;
         if puts > 0
@@ -289,7 +352,7 @@ impl Store {
                 Reserve::RollOver
             )
         {
-            return Ok(Err(kr.current_dek));
+            return Ok(Next::RollOver(kr.current_dek));
         }
         let mut cipher = None;
         let mut sealed: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(items.len());
@@ -309,9 +372,20 @@ impl Store {
             sealed.push((tk, Some(s)));
         }
         let store_id = self.inner.meta.store_id;
-        let existed = self.inner.storage.transaction_on(
+        let shared = self.inner.fleet.shared;
+        let loaded = self
+            .inner
+            .fleet
+            .loaded
+            .load(std::sync::atomic::Ordering::Acquire);
+        let written = self.inner.storage.transaction_on(
             &[TreeId::Records, TreeId::Audit, TreeId::Meta],
             |tx| {
+                // On a shared database: nothing is written after a key change this replica
+                // has not seen (`write_guarded`).
+                if shared && crate::fleet::generation_in(tx)? != loaded {
+                    return Ok(None);
+                }
                 let mut existed = false;
                 for ((k, v), (tk, s)) in items.iter().zip(&sealed) {
                     let (op, detail) = match (v, s) {
@@ -337,10 +411,10 @@ impl Store {
                     };
                     audit::append(tx, &akey, &store_id, &event, [0; 32])?;
                 }
-                Ok(existed)
+                Ok(Some(existed))
             },
         )?;
-        Ok(Ok(existed))
+        Ok(written.map_or(Next::Stale, Next::Done))
     }
 
     /// Seals and writes one record; `Some(v)` when DEK `v` must roll over first (nothing
@@ -352,9 +426,9 @@ impl Store {
         kr: &KeyringEntry,
         key: &[u8],
         value: &[u8],
-    ) -> Result<Option<DekVersion>, StoreError> {
+    ) -> Result<Next, StoreError> {
         if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek, 1)? {
-            return Ok(Some(kr.current_dek));
+            return Ok(Next::RollOver(kr.current_dek));
         }
         let cipher = self.dek(keyring, kr, kr.current_dek)?;
         let write = |buf: &mut Vec<u8>| {
@@ -362,11 +436,15 @@ impl Store {
                 .seal_into(keyring, key, value, buf)
                 .map_err(|e| StoreError::from_seal(e, value.len()))?;
             format::with_record_key(kr.id, key, |tk| {
-                self.inner
-                    .storage
-                    .insert(TreeId::Records, tk, buf.as_slice())
+                if self.inner.fleet.shared {
+                    self.write_guarded(&[BatchRef::Insert(tk, buf.as_slice())])
+                } else {
+                    self.inner
+                        .storage
+                        .insert(TreeId::Records, tk, buf.as_slice())
+                        .map(|()| Next::Done(false))
+                }
             })
-            .map(|()| None)
         };
         with_seal_buffer(KEPT_SEAL_BUFFER, write)
     }
@@ -380,7 +458,7 @@ impl Store {
         keyring: &KeyringName,
         kr: &KeyringEntry,
         items: &[(&[u8], Option<&[u8]>)],
-    ) -> Result<Option<DekVersion>, StoreError> {
+    ) -> Result<Next, StoreError> {
         let (mut puts, mut sealed_len, mut keys_len) = (0u64, 0usize, 0usize);
         for (k, v) in items {
             keys_len += 8 + k.len();
@@ -391,7 +469,7 @@ impl Store {
         }
         let cipher = if puts > 0 {
             if let Reserve::RollOver = self.reserve(kr.id, kr.current_dek, puts)? {
-                return Ok(Some(kr.current_dek));
+                return Ok(Next::RollOver(kr.current_dek));
             }
             Some(self.dek(keyring, kr, kr.current_dek)?)
         } else {
@@ -401,8 +479,7 @@ impl Store {
             sealed.clear();
             sealed.reserve(sealed_len);
             self.write_sealed_batch(keyring, kr, items, cipher.as_deref(), keys_len, sealed)
-        })?;
-        Ok(None)
+        })
     }
 
     /// [`Store::write_many`]'s sealing and writing, into `sealed` (a reused buffer).
@@ -414,7 +491,7 @@ impl Store {
         cipher: Option<&RecordCipher>,
         keys_len: usize,
         sealed: &mut Vec<u8>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Next, StoreError> {
         // Sealed records are not secret: these buffers need no zeroizing.
         let mut keys = Vec::with_capacity(keys_len);
         let mut spans = Vec::with_capacity(items.len());
@@ -440,9 +517,58 @@ impl Store {
                 None => BatchRef::Remove(&keys[k.clone()]),
             })
             .collect();
+        if self.inner.fleet.shared {
+            return self.write_guarded(&changes);
+        }
         self.inner
             .storage
             .apply_batch_ref(TreeId::Records, &changes, "writing a batch")
+            .map(|()| Next::Done(false))
+    }
+
+    /// Deletes one record; whether it existed.
+    fn delete_one(&self, kr: &KeyringEntry, key: &[u8]) -> Result<Next, StoreError> {
+        format::with_record_key(kr.id, key, |tk| {
+            if self.inner.fleet.shared {
+                // Whether it existed is read first (it only informs the caller); the delete
+                // itself is guarded like every write.
+                let existed = self.inner.storage.get(TreeId::Records, tk)?.is_some();
+                return Ok(match self.write_guarded(&[BatchRef::Remove(tk)])? {
+                    Next::Done(_) => Next::Done(existed),
+                    other => other,
+                });
+            }
+            Ok(Next::Done(self.inner.storage.remove(TreeId::Records, tk)?))
+        })
+    }
+
+    /// On a shared database: writes `changes` to the records only if the key-state generation
+    /// is still the one this replica's catalog was loaded at (checked atomically with the
+    /// write: `crate::fleet`), so that no write lands after a disable or destruction made by
+    /// another replica that this one has not seen yet.
+    fn write_guarded(&self, changes: &[BatchRef<'_>]) -> Result<Next, StoreError> {
+        let g = self
+            .inner
+            .fleet
+            .loaded
+            .load(std::sync::atomic::Ordering::Acquire);
+        let bytes = g.to_be_bytes();
+        let guard = Guard {
+            tree: TreeId::Meta,
+            key: crate::fleet::GENERATION_KEY,
+            value: (g != 0).then_some(&bytes[..]),
+        };
+        let applied = self.inner.storage.apply_batch_guarded(
+            TreeId::Records,
+            changes,
+            &guard,
+            "writing records",
+        )?;
+        Ok(if applied {
+            Next::Done(false)
+        } else {
+            Next::Stale
+        })
     }
 
     /// The cipher of the DEK a record's header names, or `None` when the keyring has no such
@@ -483,39 +609,66 @@ impl Store {
                 check_value(v)?;
             }
         }
+        let mut stale = 0;
         loop {
-            let rolled = {
+            let next = {
                 let _r = self.read_lifecycle();
                 let cat = self.data_catalog()?;
                 let kr = cat.usable(keyring)?;
-                let roll = if self.inner.options.audit_data_access {
+                if self.inner.options.audit_data_access {
                     self.write_audited(keyring, kr, items)?
                 } else {
-                    let written = |roll: Option<DekVersion>| roll.map_or(Ok(false), Err);
                     match items {
-                        [(k, Some(v))] => written(self.put_one(keyring, kr, k, v)?),
-                        [(k, None)] => Ok(format::with_record_key(kr.id, k, |tk| {
-                            self.inner.storage.remove(TreeId::Records, tk)
-                        })?),
-                        _ => written(self.write_many(keyring, kr, items)?),
+                        [(k, Some(v))] => self.put_one(keyring, kr, k, v)?,
+                        [(k, None)] => self.delete_one(kr, k)?,
+                        _ => self.write_many(keyring, kr, items)?,
                     }
-                };
-                match roll {
-                    Ok(existed) => return Ok(existed),
-                    Err(v) => v,
                 }
             };
-            // Roll over under the write lock; another writer may have done it already.
+            let rolled = match next {
+                Next::Done(existed) => return Ok(existed),
+                Next::RollOver(v) => v,
+                Next::Stale => {
+                    // Take in what the other replica changed (the keyring may be disabled
+                    // now), then decide again.
+                    stale += 1;
+                    if stale > 10 {
+                        return Err(StoreError::Conflict {
+                            what: format!("a write to keyring {keyring}"),
+                        });
+                    }
+                    self.reload_if_moved();
+                    continue;
+                }
+            };
+            // Roll over under the write lock; another writer may have done it already (a
+            // thread of this process, or another replica: the lock's holder reads the current
+            // key states first).
             let w = self.write_lifecycle();
             if self.read_catalog().keyring(keyring)?.current_dek == rolled {
                 let limit = self.inner.options.dek_rollover_after;
-                self.audited(AuditOp::DekRotated, format!("keyring {keyring}"), || {
+                let r = self.audited(AuditOp::DekRotated, format!("keyring {keyring}"), || {
                     self.rotate_dek_locked(
                         &w,
                         keyring,
                         &format!("automatic rollover after {limit} encryptions"),
                     )
-                })?;
+                });
+                match r {
+                    Ok(_) => {}
+                    // Another replica changed the key states in between (most often: rolled
+                    // this DEK over too). The commit reloaded them; the write decides again
+                    // from there, and its caller never sees the race.
+                    Err(StoreError::Conflict { .. }) => {
+                        stale += 1;
+                        if stale > 10 {
+                            return Err(StoreError::Conflict {
+                                what: format!("a write to keyring {keyring}"),
+                            });
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
     }

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
-pub(crate) use crate::engine::{ALL_TREES, BatchRef, TreeId};
+pub(crate) use crate::engine::{ALL_TREES, BatchRef, Guard, TreeId};
 use crate::engine::{
     BatchChange, Compaction, Engine, EngineError, EngineErrorKind, EngineTx, Keep, KeyValue, Scan,
     TxFailure, TxStop, Value,
@@ -149,6 +149,19 @@ impl Storage {
         }
         self.engine
             .apply_batch(t, batch.0)
+            .map_err(storage(while_doing))
+    }
+
+    /// [`Engine::apply_batch_guarded`]: `Ok(false)` when the guard did not hold.
+    pub(crate) fn apply_batch_guarded(
+        &self,
+        t: TreeId,
+        changes: &[BatchRef<'_>],
+        guard: &Guard<'_>,
+        while_doing: &'static str,
+    ) -> Result<bool, StoreError> {
+        self.engine
+            .apply_batch_guarded(t, changes, guard)
             .map_err(storage(while_doing))
     }
 

@@ -126,6 +126,18 @@ pub enum BatchChange {
     Remove(Vec<u8>),
 }
 
+/// The condition of a guarded batch ([`Engine::apply_batch_guarded`]): `key` in `tree` holds
+/// `value` (`None`: is absent).
+#[derive(Clone, Copy, Debug)]
+pub struct Guard<'a> {
+    /// The tree of the key.
+    pub tree: TreeId,
+    /// The key.
+    pub key: &'a [u8],
+    /// The value it must hold, or `None` for absent.
+    pub value: Option<&'a [u8]>,
+}
+
 /// A change of an atomic batch, borrowing its bytes ([`Engine::apply_batch_ref`]): the record
 /// write path seals a whole batch into one buffer and hands the engine slices of it.
 #[derive(Clone, Copy)]
@@ -416,6 +428,53 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// # Errors
     /// The engine's; nothing was applied.
     fn apply_batch(&self, t: TreeId, changes: Vec<BatchChange>) -> Result<(), EngineError>;
+
+    /// [`Engine::apply_batch_ref`] only if `guard` holds, checked atomically with the write;
+    /// `Ok(false)` when it does not (nothing applied). A replica of a fleet writes records so,
+    /// guarded by the key-state generation its catalog was loaded at: a write never lands after
+    /// a key change it did not see. The default runs a transaction over both trees.
+    ///
+    /// # Errors
+    /// As [`Engine::apply_batch`].
+    fn apply_batch_guarded(
+        &self,
+        t: TreeId,
+        changes: &[BatchRef<'_>],
+        guard: &Guard<'_>,
+    ) -> Result<bool, EngineError> {
+        let held = std::cell::Cell::new(false);
+        let trees = if t == guard.tree {
+            vec![t]
+        } else {
+            vec![t, guard.tree]
+        };
+        let r = self.transaction(&trees, &|tx| {
+            held.set(false);
+            if tx
+                .get(guard.tree, guard.key)
+                .map_err(TxStop::Engine)?
+                .as_deref()
+                != guard.value
+            {
+                return Ok(());
+            }
+            for c in changes {
+                match *c {
+                    BatchRef::Insert(k, v) => tx.insert(t, k, v),
+                    BatchRef::Remove(k) => tx.remove(t, k),
+                }
+                .map_err(TxStop::Engine)?;
+            }
+            held.set(true);
+            Ok(())
+        });
+        match r {
+            Ok(()) => Ok(held.get()),
+            Err(TxFailure::Engine(e)) => Err(e),
+            // The body never aborts.
+            Err(TxFailure::Aborted) => Ok(false),
+        }
+    }
 
     /// [`Engine::apply_batch`] of borrowed changes, which an engine that copies them anyway
     /// (sled into its own buffers) reads in place. The default copies them into a
