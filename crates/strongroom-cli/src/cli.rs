@@ -122,6 +122,9 @@ pub enum Cmd {
     Doctor,
     /// Measure: plain sled against strongroom put/get, backend wrap/unwrap, backend calls per read.
     Bench(BenchArgs),
+    /// One replica process of `bench --replicas` (internal).
+    #[command(hide = true)]
+    BenchReplica(BenchReplicaArgs),
     /// Walk through the whole key lifecycle in a temporary store on the embedded backend.
     Tour,
     /// Write a consistent backup of the store (everything in it stays sealed).
@@ -443,6 +446,49 @@ pub struct BenchArgs {
     /// PostgreSQL: a file whose first line is the URL.
     #[arg(long, value_name = "FILE")]
     pub pg_url_file: Option<PathBuf>,
+    /// Measure a fleet instead: this many replica processes on one PostgreSQL store (schema
+    /// `<schema>_bench_fleet`, emptied first) and one backend, doing puts and gets, while
+    /// this process disables and enables a keyring: reports throughput per replica and in
+    /// total, and how long each disable took to reach each replica (needs --pg-url-env or
+    /// --pg-url-file).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub replicas: Option<u16>,
+    /// With --replicas: how long the replicas run, at least (seconds).
+    #[arg(long, default_value_t = 10, requires = "replicas")]
+    pub seconds: u64,
+    /// With --replicas: disable/enable rounds measured.
+    #[arg(long, default_value_t = 5, requires = "replicas", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rounds: u32,
+    /// With --replicas: each replica's fleet poll interval in milliseconds (the bound the
+    /// propagation is measured against).
+    #[arg(long, default_value_t = 1000, requires = "replicas")]
+    pub fleet_poll_ms: u64,
+}
+
+/// One replica process of `bench --replicas` (started by it; not for use by hand).
+#[derive(Args, Debug)]
+pub struct BenchReplicaArgs {
+    /// The store's local directory (its soft backend key file).
+    #[arg(long)]
+    pub store_dir: PathBuf,
+    /// The environment variable holding the URL.
+    #[arg(long, value_name = "VAR")]
+    pub pg_url_env: Option<String>,
+    /// A file whose first line is the URL.
+    #[arg(long, value_name = "FILE")]
+    pub pg_url_file: Option<PathBuf>,
+    /// The store's schema.
+    #[arg(long)]
+    pub schema: String,
+    /// This replica's number.
+    #[arg(long)]
+    pub index: u16,
+    /// Fleet poll interval in milliseconds.
+    #[arg(long)]
+    pub fleet_poll_ms: u64,
+    /// Value size in bytes.
+    #[arg(long)]
+    pub value_size: usize,
 }
 
 #[cfg(test)]

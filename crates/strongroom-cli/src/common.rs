@@ -150,6 +150,7 @@ pub fn pg_storage(a: &crate::cli::PgArgs) -> Result<StorageConfig, CliError> {
             .clone()
             .unwrap_or_else(|| DEFAULT_PG_SCHEMA.to_owned()),
         pool_size: DEFAULT_PG_POOL,
+        fleet: None,
     })
 }
 

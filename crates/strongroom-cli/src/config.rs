@@ -22,6 +22,8 @@
 //! url-env = "STRONGROOM_PG_URL"      # or url-file = "/run/secrets/pg-url" (never the URL)
 //! schema = "strongroom"              # the PostgreSQL schema holding the store's tables
 //! pool-size = 8                      # connections
+//! fleet = true                       # replicas share the schema (default false: one process)
+//! fleet-poll-ms = 1000               # how often a replica checks for another's key change
 //! ```
 //!
 //! `format`, `backend` and `primary-root` are required; the rest have the defaults shown. Files
@@ -89,8 +91,15 @@ pub enum StorageConfig {
         schema: String,
         /// Connections in the pool.
         pool_size: usize,
+        /// `Some(poll)`: replicas of a fleet share the schema (no exclusive lock), each
+        /// checking every `poll` whether another changed the key states
+        /// ([`strongroom_store::StoreOptions::fleet_poll`]); `None`: one process at a time.
+        fleet: Option<Duration>,
     },
 }
+
+/// The default fleet poll interval.
+pub const DEFAULT_FLEET_POLL: Duration = Duration::from_secs(1);
 
 /// The default PostgreSQL schema.
 pub const DEFAULT_PG_SCHEMA: &str = "strongroom";
@@ -167,6 +176,10 @@ struct StorageTable {
     schema: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pool_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fleet: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fleet_poll_ms: Option<u64>,
 }
 
 /// The `[pkcs11]` table.
@@ -256,6 +269,7 @@ impl Config {
                     url,
                     schema,
                     pool_size,
+                    fleet,
                 } => Some(StorageTable {
                     engine: "postgres".into(),
                     url_env: match url {
@@ -268,6 +282,8 @@ impl Config {
                     },
                     schema: Some(schema.clone()),
                     pool_size: Some(*pool_size),
+                    fleet: fleet.map(|_| true),
+                    fleet_poll_ms: fleet.map(|p| u64::try_from(p.as_millis()).unwrap_or(u64::MAX)),
                 }),
             },
         };
@@ -409,10 +425,12 @@ impl Config {
                     || t.url_file.is_some()
                     || t.schema.is_some()
                     || t.pool_size.is_some()
+                    || t.fleet.is_some()
+                    || t.fleet_poll_ms.is_some()
                 {
                     return Err(err(
                         "engine",
-                        "storage.url-env, url-file, schema and pool-size apply to engine = \"postgres\" only".into(),
+                        "storage.url-env, url-file, schema, pool-size, fleet and fleet-poll-ms apply to engine = \"postgres\" only (a sled store belongs to one process)".into(),
                     ));
                 }
                 StorageConfig::Sled
@@ -459,10 +477,33 @@ impl Config {
                         format!("storage.pool-size must be 1 to 1000, found {pool_size}"),
                     ));
                 }
+                let fleet = match (t.fleet, t.fleet_poll_ms) {
+                    (Some(true), ms) => {
+                        let poll = ms.map_or(DEFAULT_FLEET_POLL, Duration::from_millis);
+                        if poll > Duration::from_secs(3600) {
+                            return Err(err(
+                                "fleet-poll-ms",
+                                format!(
+                                    "storage.fleet-poll-ms is the bound on how long a revocation takes to reach every replica: {} ms is over an hour; use 1000 (0: check before every operation)",
+                                    poll.as_millis()
+                                ),
+                            ));
+                        }
+                        Some(poll)
+                    }
+                    (_, Some(_)) => {
+                        return Err(err(
+                            "fleet-poll-ms",
+                            "storage.fleet-poll-ms applies to a fleet: set fleet = true too".into(),
+                        ));
+                    }
+                    (Some(false) | None, None) => None,
+                };
                 StorageConfig::Postgres {
                     url,
                     schema,
                     pool_size,
+                    fleet,
                 }
             }
             Some(t) => {
@@ -590,6 +631,40 @@ mod tests {
             ..sample()
         };
         assert_eq!(Config::parse(&slot.to_text()).unwrap(), slot);
+    }
+
+    #[test]
+    fn fleet_settings_round_trip_and_refusals() {
+        let base = "format = 2\nbackend = \"soft\"\nprimary-root = \"service\"\n[storage]\nengine = \"postgres\"\nurl-env = \"PG\"\n";
+        let fleet = |c: &Config| match &c.storage {
+            StorageConfig::Postgres { fleet, .. } => *fleet,
+            StorageConfig::Sled => panic!("not postgres"),
+        };
+        // Alone by default; `fleet = true` polls every second unless told otherwise.
+        assert_eq!(fleet(&Config::parse(base).unwrap()), None);
+        let c = Config::parse(&format!("{base}fleet = true\n")).unwrap();
+        assert_eq!(fleet(&c), Some(DEFAULT_FLEET_POLL));
+        let c = Config::parse(&format!("{base}fleet = true\nfleet-poll-ms = 250\n")).unwrap();
+        assert_eq!(fleet(&c), Some(Duration::from_millis(250)));
+        assert_eq!(Config::parse(&c.to_text()).unwrap(), c);
+        assert_eq!(
+            fleet(&Config::parse(&format!("{base}fleet = false\n")).unwrap()),
+            None
+        );
+        for (bad, want) in [
+            (format!("{base}fleet-poll-ms = 250\n"), "set fleet = true too"),
+            (
+                format!("{base}fleet = true\nfleet-poll-ms = 3600001\n"),
+                "over an hour",
+            ),
+            (
+                "format = 2\nbackend = \"soft\"\nprimary-root = \"service\"\n[storage]\nengine = \"sled\"\nfleet = true\n".into(),
+                "belongs to one process",
+            ),
+        ] {
+            let e = Config::parse(&bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 
     /// What `strongroom init` wrote for [`sample`] before the TOML format.

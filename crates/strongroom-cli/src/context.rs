@@ -133,6 +133,19 @@ impl<'a> Context<'a> {
             cache_ttl: config.cache_ttl,
             destruction_delay: config.destruction_delay,
             audit_data_access: config.audit_data_access,
+            fleet_poll: match &config.storage {
+                StorageConfig::Postgres {
+                    fleet: Some(poll), ..
+                } => *poll,
+                _ => StoreOptions::default().fleet_poll,
+            },
+            replica: match &config.storage {
+                StorageConfig::Postgres { fleet: Some(_), .. } => replica_name(),
+                _ => String::new(),
+            },
+            // A command names its process in the audit log; only a long-running replica
+            // (`bench --replicas`) reports itself seen.
+            report_seen: false,
             ..StoreOptions::default()
         }
     }
@@ -174,12 +187,31 @@ pub fn connecting(source: EngineError) -> CliError {
     })
 }
 
+/// This process's name as a replica of a fleet: `STRONGROOM_REPLICA` when set (a stable name,
+/// e.g. the pod's), else `<host>-<pid>`.
+#[must_use]
+pub fn replica_name() -> String {
+    if let Ok(v) = std::env::var("STRONGROOM_REPLICA")
+        && !v.trim().is_empty()
+    {
+        return v.trim().to_owned();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!("{host}-{}", std::process::id())
+}
+
 /// The PostgreSQL configuration of a `[storage]` section (the URL read from where it says).
 pub fn pg_config(storage: &StorageConfig) -> Result<PgConfig, CliError> {
     let StorageConfig::Postgres {
         url,
         schema,
         pool_size,
+        fleet,
     } = storage
     else {
         return Err(CliError::Other("internal: not a PostgreSQL store".into()));
@@ -191,6 +223,8 @@ pub fn pg_config(storage: &StorageConfig) -> Result<PgConfig, CliError> {
     .and_then(|c| c.with_schema(schema))
     .map_err(|e| CliError::Usage(e.to_string()))?;
     c.pool_size = *pool_size;
+    // A fleet's replicas share the schema: none takes the exclusive lock.
+    c.exclusive = fleet.is_none();
     Ok(c)
 }
 

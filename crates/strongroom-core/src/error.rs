@@ -113,6 +113,15 @@ pub enum BackendError {
         /// The lock file.
         path: PathBuf,
     },
+    /// The soft key file is open shared (by the replicas of a fleet on one machine): its root
+    /// keys are used, not changed.
+    #[error(
+        "the soft key file {path} is open shared by several processes (replicas of a fleet): root keys change only in a process that has it alone; stop the replicas first (a fleet in production keeps its root keys in an HSM, which every replica shares)"
+    )]
+    SharedKeyFile {
+        /// The key file.
+        path: PathBuf,
+    },
     /// A file operation failed.
     #[error("{op} {path}: {source}{}", io_hint(.source))]
     Io {

@@ -222,8 +222,12 @@ pub fn cli_config(data: &[u8]) {
                 url,
                 schema,
                 pool_size,
+                fleet,
             } => {
                 (1..=1000).contains(pool_size)
+                    && fleet.is_none_or(|p| {
+                        p <= Duration::from_secs(3600) && p.subsec_nanos() % 1_000_000 == 0
+                    })
                     && strongroom_postgres::check_schema(schema).is_ok()
                     && match url {
                         UrlSource::Env(v) => config_value_ok(v),
@@ -285,6 +289,8 @@ fn config_from_bytes(data: &[u8]) -> Option<Config> {
             },
             schema: next(),
             pool_size: usize::from(a),
+            // Bit 7: a fleet, polling every `b` * 20 ms.
+            fleet: (flags & 128 != 0).then(|| Duration::from_millis(u64::from(b) * 20)),
         }
     };
     Some(Config {

@@ -178,6 +178,18 @@ fn interleaved(
         .collect()
 }
 
+/// Drops schema `schema` of the database `config` names, if it exists, with all it holds: a
+/// benchmark's fresh start (never the store's own schema).
+///
+/// # Errors
+/// The database's.
+pub fn drop_schema(config: &PgConfig, schema: &str) -> Result<(), StoreError> {
+    crate::check_schema(schema).map_err(|e| failed("schema", e))?;
+    let (rt, client) = connect_raw(config)?;
+    rt.block_on(client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")))
+        .map_err(|e| failed("dropping a schema", e))
+}
+
 /// Runs the benchmark on the database `config` names: it creates two schemas of its own
 /// (`<schema>_bench_store`, `<schema>_bench_plain`), empties them first and drops nothing else;
 /// `dir` holds the store's local files (a temporary directory).

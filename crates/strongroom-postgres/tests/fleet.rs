@@ -27,8 +27,9 @@ fn fleet(n: usize, poll: Duration) -> Fleet {
     cfg.exclusive = false;
     let dir = tempfile::tempdir().unwrap();
     let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir.path()).unwrap());
-    let options = || StoreOptions {
+    let options = |i: usize| StoreOptions {
         fleet_poll: poll,
+        replica: format!("replica-{i}"),
         ..StoreOptions::default()
     };
     let first = Store::create_on(
@@ -36,17 +37,17 @@ fn fleet(n: usize, poll: Duration) -> Fleet {
         Box::new(connect(&cfg)),
         Arc::clone(&backend),
         &rn("service"),
-        options(),
+        options(0),
     )
     .unwrap();
     let mut replicas = vec![first];
-    for _ in 1..n {
+    for i in 1..n {
         replicas.push(
             Store::open_on(
                 dir.path(),
                 Box::new(connect(&cfg)),
                 Arc::clone(&backend),
-                options(),
+                options(i),
             )
             .unwrap(),
         );
@@ -325,4 +326,65 @@ fn replicas_never_seal_more_than_one_quota_under_a_dek_together() {
     }
     // The refused rollovers are in the chain too (as refused attempts), and it verifies.
     assert!(b.verify_audit().unwrap().is_ok());
+}
+
+/// One audit chain for the fleet: appends from every replica are serialized by the database,
+/// each entry names the replica that wrote it, and the chain verifies from any replica. Each
+/// named replica reports itself seen, with the generation it serves.
+#[test]
+fn the_audit_chain_holds_entries_from_every_replica_each_naming_it() {
+    let f = fleet(3, Duration::from_millis(50));
+    let k = kr("shared");
+    f.replicas[0].create_keyring(&k, None).unwrap();
+    std::thread::scope(|s| {
+        for r in &f.replicas {
+            s.spawn(move || {
+                for _ in 0..5 {
+                    let _ = r.rotate_dek(&kr("shared"));
+                }
+            });
+        }
+    });
+    let wanted: u64 = f.replicas[0].generations().unwrap().0;
+    let mut by_replica = std::collections::BTreeMap::<String, usize>::new();
+    let entries: Vec<_> = f.replicas[2]
+        .audit_entries(1)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for e in &entries {
+        *by_replica.entry(e.replica.clone()).or_default() += 1;
+    }
+    // Every replica wrote (at least its applied or refused rotations), and no entry is
+    // unnamed.
+    for i in 0..3 {
+        assert!(
+            by_replica.contains_key(&format!("replica-{i}")),
+            "{by_replica:?}"
+        );
+    }
+    assert!(!by_replica.contains_key(""), "{by_replica:?}");
+    for r in &f.replicas {
+        let report = r.verify_audit().unwrap().unwrap();
+        assert_eq!(report.entries, entries.len() as u64);
+    }
+    // Each replica reports itself within about a second of polling, at the generation the
+    // last key change made once it has taken it in.
+    let (seen, _) = until(Duration::from_secs(5), || {
+        for r in &f.replicas {
+            let _ = r.keyring(&k);
+        }
+        let seen = f.replicas[1].replicas().unwrap();
+        (seen.len() == 3 && seen.iter().all(|s| s.generation == wanted)).then_some(seen)
+    });
+    let mut names: Vec<_> = seen.iter().map(|s| s.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["replica-0", "replica-1", "replica-2"]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        seen.iter()
+            .all(|s| now_ms.saturating_sub(s.seen_unix_ms) < 10_000)
+    );
 }

@@ -43,7 +43,11 @@ use crate::storage::{Storage, TreeId, Tx, TxResult, abort};
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Entry format 1: no replica. Format 2 adds the replica that wrote the entry (a store in a
+/// fleet names its replica: [`crate::StoreOptions::replica`]); a store that names none writes
+/// format 1, so a log from before the fleet reads and verifies as it did.
 const ENTRY_VERSION: u8 = 1;
+const ENTRY_VERSION_REPLICA: u8 = 2;
 /// Meta key of the audit head.
 pub(crate) const HEAD_KEY: &[u8] = b"audit_head";
 const MAX_ACTOR: usize = 255;
@@ -195,6 +199,9 @@ pub struct AuditEntry {
     pub outcome: Outcome,
     /// Who (given by the caller).
     pub actor: String,
+    /// Which replica of a fleet wrote it (empty: a store that names none, or an entry from
+    /// before the fleet).
+    pub replica: String,
     /// On what (`keyring payroll`, `root acme/v2`).
     pub target: String,
     /// More (the error, counts).
@@ -218,9 +225,15 @@ fn clip(s: &str, max: usize) -> &str {
 
 impl AuditEntry {
     fn body(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(64 + self.actor.len() + self.target.len() + self.detail.len());
-        out.push(ENTRY_VERSION);
+        let mut out = Vec::with_capacity(
+            64 + self.actor.len() + self.replica.len() + self.target.len() + self.detail.len(),
+        );
+        let replica = clip(&self.replica, MAX_ACTOR);
+        out.push(if replica.is_empty() {
+            ENTRY_VERSION
+        } else {
+            ENTRY_VERSION_REPLICA
+        });
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.time.unix_secs().to_be_bytes());
         out.push(self.op.code());
@@ -228,6 +241,10 @@ impl AuditEntry {
         let actor = clip(&self.actor, MAX_ACTOR);
         out.push(u8::try_from(actor.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(actor.as_bytes());
+        if !replica.is_empty() {
+            out.push(u8::try_from(replica.len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(replica.as_bytes());
+        }
         for s in [&self.target, &self.detail] {
             let s = clip(s, MAX_TEXT);
             out.extend_from_slice(&u16::try_from(s.len()).unwrap_or(u16::MAX).to_be_bytes());
@@ -251,7 +268,14 @@ impl AuditEntry {
     /// [`FormatError`] naming the bad field.
     pub fn parse(bytes: &[u8]) -> Result<Self, FormatError> {
         let mut r = Reader::new("audit entry", bytes);
-        r.expect_version(ENTRY_VERSION)?;
+        let version = r.u8("format version")?;
+        if version != ENTRY_VERSION && version != ENTRY_VERSION_REPLICA {
+            return Err(FormatError::UnsupportedVersion {
+                what: "audit entry",
+                found: version,
+                supported: ENTRY_VERSION_REPLICA,
+            });
+        }
         let seq = r.u64("seq")?;
         let time = Timestamp::from_unix_secs(r.u64("time")?);
         let op_code = r.u8("op")?;
@@ -269,6 +293,17 @@ impl AuditEntry {
         let n = usize::from(r.u8("actor length")?);
         let raw = r.bytes("actor", n)?;
         let actor = text(&r, "actor", raw)?;
+        let replica = if version == ENTRY_VERSION_REPLICA {
+            let n = usize::from(r.u8("replica length")?);
+            if n == 0 {
+                // A writer names no replica with format 1.
+                return Err(r.invalid("replica", "empty in a format 2 entry".into()));
+            }
+            let raw = r.bytes("replica", n)?;
+            text(&r, "replica", raw)?
+        } else {
+            String::new()
+        };
         let long_text = |r: &mut Reader<'_>, field: &'static str| -> Result<String, FormatError> {
             let n = usize::from(r.u16(field)?);
             // Writers clip at MAX_TEXT; a longer field was not written by strongroom.
@@ -292,6 +327,7 @@ impl AuditEntry {
             op,
             outcome,
             actor,
+            replica,
             target,
             detail,
             prev_hash,
@@ -547,6 +583,7 @@ pub(crate) struct Event<'a> {
     pub op: AuditOp,
     pub outcome: Outcome,
     pub actor: &'a str,
+    pub replica: &'a str,
     pub target: String,
     pub detail: String,
 }
@@ -596,6 +633,7 @@ pub(crate) fn append(
         op: event.op,
         outcome: event.outcome,
         actor: clip(event.actor, MAX_ACTOR).to_owned(),
+        replica: clip(event.replica, MAX_ACTOR).to_owned(),
         target: clip(&event.target, MAX_TEXT).to_owned(),
         detail: clip(&event.detail, MAX_TEXT).to_owned(),
         prev_hash,
@@ -764,11 +802,54 @@ mod tests {
             op: AuditOp::KeyringDestroyed,
             outcome: Outcome::Refused,
             actor: "ops:alice".into(),
+            replica: String::new(),
             target: "keyring payroll".into(),
             detail: "naïve détail".into(),
             prev_hash: [3; 32],
             mac: [4; 32],
         }
+    }
+
+    #[test]
+    fn an_entry_names_its_replica_in_format_2_and_only_then() {
+        // Without a replica: format 1, byte for byte what a store before the fleet wrote.
+        let plain = entry().to_bytes();
+        assert_eq!(plain[0], 1);
+        // version, seq, time, op, outcome, then the actor's length and bytes, then the target.
+        assert_eq!(&plain[19..29], b"\x09ops:alice");
+        assert_eq!(&plain[29..31], &15u16.to_be_bytes());
+        let named = AuditEntry {
+            replica: "replica-2".into(),
+            ..entry()
+        };
+        let b = named.to_bytes();
+        assert_eq!(b[0], 2);
+        assert_eq!(b.len(), plain.len() + 1 + "replica-2".len());
+        let parsed = AuditEntry::parse(&b).unwrap();
+        assert_eq!(parsed, named);
+        for cut in 0..b.len() {
+            assert!(AuditEntry::parse(&b[..cut]).is_err());
+        }
+        // The replica is in what the MAC covers.
+        assert_ne!(named.body(), entry().body());
+        // Format 2 with an empty replica is not what a writer produces.
+        let mut empty = plain.clone();
+        empty[0] = 2;
+        empty.insert(29, 0);
+        assert!(matches!(
+            AuditEntry::parse(&empty),
+            Err(FormatError::Invalid {
+                field: "replica",
+                ..
+            })
+        ));
+        // An unknown format is named as such.
+        let mut future = plain;
+        future[0] = 3;
+        assert!(matches!(
+            AuditEntry::parse(&future),
+            Err(FormatError::UnsupportedVersion { found: 3, .. })
+        ));
     }
 
     #[test]

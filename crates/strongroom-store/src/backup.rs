@@ -178,6 +178,11 @@ impl Store {
                     if t == TreeId::Meta && k == audit::HEAD_KEY {
                         head = audit::head_of(&v);
                     }
+                    // Replicas' reports of themselves describe the running fleet, not the
+                    // store: a restored store starts without them.
+                    if t == TreeId::Meta && k.starts_with(crate::fleet::SEEN_PREFIX) {
+                        continue;
+                    }
                     if t == TreeId::Audit {
                         let seq = <[u8; 8]>::try_from(k.as_slice()).map(u64::from_be_bytes);
                         if seq.is_ok_and(|seq| head.is_none_or(|h| seq > h.seq)) {

@@ -227,6 +227,7 @@ impl Store {
             op,
             outcome: Outcome::Ok,
             actor: &self.actor,
+            replica: &self.inner.options.replica,
             target,
             detail,
         };

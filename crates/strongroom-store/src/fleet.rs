@@ -31,6 +31,22 @@ use crate::store::Store;
 
 /// The generation's key in the metadata tree (absent: 0, no key change yet).
 pub(crate) const GENERATION_KEY: &[u8] = b"generation";
+/// Prefix of the metadata keys where named replicas report themselves seen (a report, not
+/// state: a backup leaves them out).
+pub(crate) const SEEN_PREFIX: &[u8] = b"replica-seen/";
+/// A replica reports itself at most this often (however short its poll interval).
+const SEEN_EVERY_MS: u64 = 1000;
+
+/// A replica of a fleet as it last reported itself ([`Store::replicas`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaSeen {
+    /// Its name ([`StoreOptions::replica`](crate::StoreOptions::replica)).
+    pub name: String,
+    /// When it last polled (wall clock, milliseconds since the Unix epoch).
+    pub seen_unix_ms: u64,
+    /// The key-state generation it served then.
+    pub generation: u64,
+}
 
 /// What a replica knows of the generation.
 pub(crate) struct Fleet {
@@ -41,6 +57,8 @@ pub(crate) struct Fleet {
     /// When the generation was last polled, in milliseconds since `opened`, plus one (0:
     /// never).
     last_poll: AtomicU64,
+    /// When this replica last reported itself seen, likewise.
+    last_seen: AtomicU64,
     opened: Instant,
     interval: Duration,
 }
@@ -51,17 +69,34 @@ impl Fleet {
             shared,
             loaded: AtomicU64::new(0),
             last_poll: AtomicU64::new(0),
+            last_seen: AtomicU64::new(0),
             opened: Instant::now(),
             interval,
         }
     }
 
+    /// Milliseconds since `opened`, plus one.
+    fn now(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    /// Whether this thread should report the replica seen now (at most once a second).
+    fn claim_report(&self) -> bool {
+        let now = self.now();
+        let last = self.last_seen.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= SEEN_EVERY_MS)
+            && self
+                .last_seen
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     /// Whether this thread should poll now: the interval has passed since the last poll,
     /// and no other thread has just claimed it.
     fn claim_poll(&self) -> bool {
-        let now = u64::try_from(self.opened.elapsed().as_millis())
-            .unwrap_or(u64::MAX - 1)
-            .saturating_add(1);
+        let now = self.now();
         let last = self.last_poll.load(Ordering::Relaxed);
         let interval = u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX);
         if last != 0 && now.saturating_sub(last) < interval {
@@ -90,6 +125,10 @@ fn parse(raw: Option<&[u8]>) -> Result<u64, StoreError> {
                 found: b.len(),
             },
         })
+}
+
+fn seen_key(name: &str) -> Vec<u8> {
+    [SEEN_PREFIX, name.as_bytes()].concat()
 }
 
 /// The generation, read inside a transaction.
@@ -133,8 +172,70 @@ impl Store {
         if !fleet.shared || !fleet.claim_poll() {
             return false;
         }
-        self.stored_generation()
-            .is_ok_and(|g| g != fleet.loaded.load(Ordering::Acquire))
+        let moved = self
+            .stored_generation()
+            .is_ok_and(|g| g != fleet.loaded.load(Ordering::Acquire));
+        self.report_seen();
+        moved
+    }
+
+    /// A named replica on a shared engine reports itself seen, with the generation it serves
+    /// (at most once a second; a failed write is left for the next poll: it is a report).
+    fn report_seen(&self) {
+        let fleet = &self.inner.fleet;
+        let name = &self.inner.options.replica;
+        if name.is_empty()
+            || !self.inner.options.report_seen
+            || !fleet.shared
+            || !fleet.claim_report()
+        {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut v = Vec::with_capacity(17);
+        v.push(1);
+        v.extend_from_slice(&now.to_be_bytes());
+        v.extend_from_slice(&fleet.loaded.load(Ordering::Acquire).to_be_bytes());
+        let _ = self.inner.storage.insert(TreeId::Meta, seen_key(name), &v);
+    }
+
+    /// The replicas of a fleet that reported themselves seen (named replicas on a shared
+    /// engine, about once a second while they poll), most recently seen first. A replica that
+    /// stopped stays listed with its last report.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn replicas(&self) -> Result<Vec<ReplicaSeen>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.storage.scan_prefix(TreeId::Meta, SEEN_PREFIX) {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k[SEEN_PREFIX.len()..]).into_owned();
+            // A report in a format this build does not know is skipped, not an error.
+            if v.len() == 17 && v[0] == 1 {
+                let (ms, g) = v[1..].split_at(8);
+                out.push(ReplicaSeen {
+                    name,
+                    seen_unix_ms: u64::from_be_bytes(ms.try_into().unwrap_or_default()),
+                    generation: u64::from_be_bytes(g.try_into().unwrap_or_default()),
+                });
+            }
+        }
+        out.sort_by_key(|s| std::cmp::Reverse(s.seen_unix_ms));
+        Ok(out)
+    }
+
+    /// The key-state generation in the database, and the one this handle serves (they differ
+    /// for up to the poll interval after another replica's key change).
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn generations(&self) -> Result<(u64, u64), StoreError> {
+        Ok((
+            self.stored_generation()?,
+            self.inner.fleet.loaded.load(Ordering::Acquire),
+        ))
     }
 
     /// Inside a key change's transaction: the generation must still be the one the change was

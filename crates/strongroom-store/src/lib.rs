@@ -83,6 +83,7 @@ pub use compact::CompactReport;
 pub use destruction::Destroyed;
 pub use engine::{Engine, EngineError, EngineErrorKind, SledEngine, TreeId};
 pub use error::StoreError;
+pub use fleet::ReplicaSeen;
 pub use jobs::{PendingJob, ReencryptReport};
 pub use keyrings::KeyringInfo;
 pub use lifecycle::Progress;

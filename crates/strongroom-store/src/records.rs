@@ -320,6 +320,7 @@ impl Store {
             op,
             outcome,
             actor: &self.actor,
+            replica: &self.inner.options.replica,
             target: format!("record {} in keyring {keyring}", show_key(key)),
             detail,
         };
@@ -406,6 +407,7 @@ impl Store {
                         op,
                         outcome: Outcome::Ok,
                         actor: &self.actor,
+                        replica: &self.inner.options.replica,
                         target: format!("record {} in keyring {keyring}", show_key(k)),
                         detail,
                     };

@@ -87,6 +87,15 @@ pub struct StoreOptions {
     /// disable, destruction or rotation made elsewhere takes to reach it. Zero checks before
     /// every operation. Unused on an engine that is not shared. Default 1 s.
     pub fleet_poll: Duration,
+    /// This replica's name in a fleet (up to 255 bytes of UTF-8; longer is clipped): every
+    /// audit entry it writes names it, and on a shared engine it reports itself seen with
+    /// the generation it serves ([`Store::replicas`]). Default empty: not named (audit
+    /// entries in format 1, no report).
+    pub replica: String,
+    /// Whether a named replica on a shared engine reports itself seen (about once a second,
+    /// one write). Default on; a one-shot tool that only names itself in the audit log (the
+    /// CLI's commands) turns it off.
+    pub report_seen: bool,
 }
 
 impl Default for StoreOptions {
@@ -101,6 +110,8 @@ impl Default for StoreOptions {
             audit_data_access: false,
             sled_cache_bytes: SledEngine::DEFAULT_CACHE_BYTES,
             fleet_poll: Duration::from_secs(1),
+            replica: String::new(),
+            report_seen: true,
         }
     }
 }
@@ -1251,6 +1262,7 @@ impl Store {
             op,
             outcome,
             actor: &self.actor,
+            replica: &self.inner.options.replica,
             target,
             detail: err.to_string(),
         };

@@ -195,6 +195,7 @@ pub fn backend_error_kind(e: &BackendError) -> &'static str {
         BackendError::Transition(_) => "transition",
         BackendError::KeyFile { .. } => "key_file",
         BackendError::Locked { .. } => "locked",
+        BackendError::SharedKeyFile { .. } => "shared_key_file",
         BackendError::Io { .. } => "io",
         BackendError::Login { .. } => "login",
         BackendError::Config(_) => "config",

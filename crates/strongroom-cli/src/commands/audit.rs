@@ -29,6 +29,9 @@ struct Entry {
     seq: u64,
     time: String,
     actor: String,
+    /// The replica of a fleet that wrote it; absent when the store named none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    replica: String,
     op: String,
     outcome: String,
     target: String,
@@ -105,7 +108,15 @@ pub fn run(ctx: &Context<'_>, cmd: &AuditCmd) -> Result<(), CliError> {
                                 e.time,
                                 // Escaped: an actor, target or detail with a line break or
                                 // an escape sequence must not forge a line.
-                                escape_controls(&e.actor),
+                                if e.replica.is_empty() {
+                                    escape_controls(&e.actor)
+                                } else {
+                                    format!(
+                                        "{}@{}",
+                                        escape_controls(&e.actor),
+                                        escape_controls(&e.replica)
+                                    )
+                                },
                                 e.op,
                                 e.outcome.as_str(),
                                 escape_controls(&e.target),
@@ -126,6 +137,7 @@ pub fn run(ctx: &Context<'_>, cmd: &AuditCmd) -> Result<(), CliError> {
                             seq: e.seq,
                             time: e.time.to_string(),
                             actor: e.actor.clone(),
+                            replica: e.replica.clone(),
                             op: e.op.to_string(),
                             outcome: e.outcome.as_str().to_owned(),
                             target: e.target.clone(),

@@ -210,6 +210,9 @@ fn run_postgres(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
 }
 
 pub fn run(ctx: &Context<'_>, a: &BenchArgs) -> Result<(), CliError> {
+    if let Some(n) = a.replicas {
+        return super::bench_fleet::run(ctx, a, usize::from(n));
+    }
     if a.storage == crate::cli::StorageKind::Postgres {
         return run_postgres(ctx, a);
     }

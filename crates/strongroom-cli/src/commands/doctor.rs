@@ -1,6 +1,7 @@
 //! `strongroom doctor`: each line OK, WARN or FAIL, with the fix for anything not OK.
 
 use serde::Serialize;
+use strongroom_cli::escape_controls;
 use strongroom_core::{Backend, KeyState, RootKeyId, RootStatus};
 use strongroom_store::Store;
 
@@ -244,6 +245,12 @@ pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
             store.size_on_disk().unwrap_or(0)
         ),
     );
+    if let strongroom_cli::config::StorageConfig::Postgres {
+        fleet: Some(poll), ..
+    } = &config.storage
+    {
+        fleet_lines(&mut r, &store, *poll);
+    }
     for root in store.roots() {
         for (v, state) in &root.versions {
             let id = RootKeyId::new(root.name.clone(), *v);
@@ -302,4 +309,75 @@ pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
         Err(e) => r.add(Status::Fail, "unfinished work", e.to_string()),
     }
     r.print(out)
+}
+
+/// A fleet: the key-state generation, and the replicas seen lately with the generation each
+/// serves (one behind the database for up to the poll interval after a key change).
+fn fleet_lines(r: &mut Report, store: &Store, poll: std::time::Duration) {
+    let generation = match store.generations() {
+        Ok((stored, _)) => stored,
+        Err(e) => {
+            r.add(Status::Fail, "fleet", e.to_string());
+            return;
+        }
+    };
+    r.add(
+        Status::Ok,
+        "fleet",
+        format!(
+            "key-state generation {generation}; replicas check it every {} ms",
+            poll.as_millis()
+        ),
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    match store.replicas() {
+        Ok(seen) if seen.is_empty() => r.add(
+            Status::Ok,
+            "  replicas",
+            "none has reported itself yet (a replica reports about once a second while it runs)",
+        ),
+        Ok(seen) => {
+            // Recent: within a few report periods and poll intervals.
+            let recent_ms = 5_000 + 3 * u64::try_from(poll.as_millis()).unwrap_or(u64::MAX);
+            for s in seen {
+                let ago = now_ms.saturating_sub(s.seen_unix_ms);
+                let name = format!("  replica {}", escape_controls(&s.name));
+                if ago > recent_ms {
+                    // Stopped, or cannot reach the database: not an error of the fleet.
+                    r.add(
+                        Status::Ok,
+                        name,
+                        format!(
+                            "last seen {:.1} s ago at generation {} (not running)",
+                            ago as f64 / 1000.0,
+                            s.generation
+                        ),
+                    );
+                } else if s.generation == generation {
+                    r.add(
+                        Status::Ok,
+                        name,
+                        format!(
+                            "seen {:.1} s ago, serving generation {}",
+                            ago as f64 / 1000.0,
+                            s.generation
+                        ),
+                    );
+                } else {
+                    r.add(
+                        Status::Warn,
+                        name,
+                        format!(
+                            "seen {:.1} s ago, serving generation {} of {generation}: it takes the newer key states in at its next poll; if this stays, it cannot reload them (see its log)",
+                            ago as f64 / 1000.0,
+                            s.generation
+                        ),
+                    );
+                }
+            }
+        }
+        Err(e) => r.add(Status::Fail, "  replicas", e.to_string()),
+    }
 }

@@ -4,6 +4,7 @@
 mod audit;
 mod backup;
 mod bench;
+mod bench_fleet;
 mod docs;
 mod doctor;
 mod init;
@@ -48,6 +49,7 @@ pub fn run(ctx: &Context<'_>) -> Result<(), CliError> {
         Cmd::Audit(cmd) => audit::run(ctx, cmd),
         Cmd::Doctor => doctor::run(ctx),
         Cmd::Bench(args) => bench::run(ctx, args),
+        Cmd::BenchReplica(args) => bench_fleet::replica(args),
         Cmd::Tour => tour::run(ctx),
         Cmd::Backup { file } => backup::backup(ctx, file),
         Cmd::Completions { shell } => docs::completions(ctx, *shell),

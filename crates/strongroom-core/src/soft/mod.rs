@@ -51,6 +51,8 @@ struct Inner {
     dir: PathBuf,
     path: PathBuf,
     state: RwLock<KeyFile>,
+    /// Opened with [`SoftBackend::open_shared`]: root keys are used, never changed.
+    shared: bool,
     // Held for the backend's lifetime; the OS releases it when the file closes.
     _lock: File,
 }
@@ -63,7 +65,7 @@ impl SoftBackend {
     /// process holds the directory, or an I/O error.
     pub fn create(dir: impl AsRef<Path>) -> Result<Self, BackendError> {
         let dir = dir.as_ref().to_path_buf();
-        let lock = take_lock(&dir)?;
+        let lock = take_lock(&dir, false)?;
         let path = dir.join(KEY_FILE_NAME);
         if path.exists() {
             return Err(BackendError::KeyFile {
@@ -73,7 +75,7 @@ impl SoftBackend {
         }
         let file = KeyFile::new()?;
         write_atomically(&dir, &path, &file.to_bytes())?;
-        Ok(Self::from_parts(dir, path, file, lock))
+        Ok(Self::from_parts(dir, path, file, lock, false))
     }
 
     /// Opens the key file in `dir`.
@@ -83,12 +85,28 @@ impl SoftBackend {
     /// unknown format; [`BackendError::Locked`]; or an I/O error.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, BackendError> {
         let dir = dir.as_ref().to_path_buf();
-        let lock = take_lock(&dir)?;
+        let lock = take_lock(&dir, false)?;
         let path = dir.join(KEY_FILE_NAME);
         let file = read_key_file(&path)?;
         // A temporary file left by a crash mid-write is stale: the rename never happened.
         let _ = fs::remove_file(tmp_path(&path));
-        Ok(Self::from_parts(dir, path, file, lock))
+        Ok(Self::from_parts(dir, path, file, lock, false))
+    }
+
+    /// Opens the key file in `dir` shared with other processes that open it shared (the
+    /// replicas of a fleet on one machine, in development and tests): each uses the root keys
+    /// as they were when it opened; none can change them ([`BackendError::SharedKeyFile`]),
+    /// and a process that opens it alone ([`SoftBackend::open`]) waits for all of them to
+    /// close it, and they for it.
+    ///
+    /// # Errors
+    /// As [`SoftBackend::open`].
+    pub fn open_shared(dir: impl AsRef<Path>) -> Result<Self, BackendError> {
+        let dir = dir.as_ref().to_path_buf();
+        let lock = take_lock(&dir, true)?;
+        let path = dir.join(KEY_FILE_NAME);
+        let file = read_key_file(&path)?;
+        Ok(Self::from_parts(dir, path, file, lock, true))
     }
 
     /// Opens the key file in `dir`, creating it if there is none.
@@ -103,12 +121,13 @@ impl SoftBackend {
         }
     }
 
-    fn from_parts(dir: PathBuf, path: PathBuf, file: KeyFile, lock: File) -> Self {
+    fn from_parts(dir: PathBuf, path: PathBuf, file: KeyFile, lock: File, shared: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 dir,
                 path,
                 state: RwLock::new(file),
+                shared,
                 _lock: lock,
             }),
         }
@@ -126,8 +145,14 @@ impl SoftBackend {
         self.inner.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, KeyFile> {
-        self.inner.state.write().unwrap_or_else(|p| p.into_inner())
+    /// The key file for changing: refused when it is open shared.
+    fn write(&self) -> Result<RwLockWriteGuard<'_, KeyFile>, BackendError> {
+        if self.inner.shared {
+            return Err(BackendError::SharedKeyFile {
+                path: self.inner.path.clone(),
+            });
+        }
+        Ok(self.inner.state.write().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Applies `change` to a copy of the entry's status and material, persists the whole file,
@@ -137,7 +162,7 @@ impl SoftBackend {
         id: &RootKeyId,
         change: impl FnOnce(&Entry) -> Result<Entry, BackendError>,
     ) -> Result<(), BackendError> {
-        let mut state = self.write();
+        let mut state = self.write()?;
         let entry = state
             .entries
             .get(id)
@@ -158,7 +183,7 @@ impl SoftBackend {
     }
 
     fn insert_new(&self, id: &RootKeyId, material: Key256) -> Result<RootKeyInfo, BackendError> {
-        let mut state = self.write();
+        let mut state = self.write()?;
         if state.entries.contains_key(id) {
             return Err(BackendError::RootExists { root: id.clone() });
         }
@@ -340,7 +365,8 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn take_lock(dir: &Path) -> Result<File, BackendError> {
+/// The directory's lock: exclusive, or `shared` with other shared openers.
+fn take_lock(dir: &Path, shared: bool) -> Result<File, BackendError> {
     let path = dir.join(LOCK_FILE_NAME);
     let file = OpenOptions::new()
         .create(true)
@@ -356,7 +382,12 @@ fn take_lock(dir: &Path) -> Result<File, BackendError> {
     // test thread in the same process was spawning its own child.)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        match file.try_lock() {
+        let taken = if shared {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match taken {
             Ok(()) => return Ok(file),
             Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -544,6 +575,50 @@ mod tests {
             Err(BackendError::Locked { .. })
         ));
         drop(first);
+        SoftBackend::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn shared_openers_use_the_keys_and_never_change_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let alone = SoftBackend::create(dir.path()).unwrap();
+        let root = rid("acme", 1);
+        alone.generate_root(&root).unwrap();
+        let key = Key256::generate().unwrap();
+        let wrapped = alone.wrap(&root, &key, b"ctx").unwrap();
+        // Shared openers wait for the one that has it alone...
+        assert!(matches!(
+            SoftBackend::open_shared(dir.path()),
+            Err(BackendError::Locked { .. })
+        ));
+        drop(alone);
+        // ...then coexist, and unwrap what it wrapped.
+        let a = SoftBackend::open_shared(dir.path()).unwrap();
+        let b = SoftBackend::open_shared(dir.path()).unwrap();
+        for x in [&a, &b] {
+            assert!(x.unwrap(&wrapped, b"ctx").unwrap().ct_eq(&key));
+        }
+        // Changes are refused, and the file stays as it was.
+        let before = fs::read(dir.path().join(KEY_FILE_NAME)).unwrap();
+        for e in [
+            a.generate_root(&rid("acme", 2)).map(|_| ()),
+            a.disable_root(&root),
+            b.destroy_root(&root),
+        ] {
+            assert!(
+                matches!(e, Err(BackendError::SharedKeyFile { .. })),
+                "{e:?}"
+            );
+        }
+        assert_eq!(fs::read(dir.path().join(KEY_FILE_NAME)).unwrap(), before);
+        assert_eq!(a.list_roots().unwrap()[0].status, RootStatus::Enabled);
+        // One that wants it alone waits for every shared opener.
+        assert!(matches!(
+            SoftBackend::open(dir.path()),
+            Err(BackendError::Locked { .. })
+        ));
+        drop(a);
+        drop(b);
         SoftBackend::open(dir.path()).unwrap();
     }
 
