@@ -796,6 +796,54 @@ fn backoff(n: u32) {
     std::thread::sleep(base + base * u32::try_from(jitter).unwrap_or(0) / 1000);
 }
 
+/// On a schema the replicas of a fleet share, the store's transactions take turns, fleet-wide:
+/// a session advisory lock taken before `BEGIN` (so the transaction's snapshot is taken once
+/// it holds the lock) and released after its end. Every key change and every audited access
+/// appends to the one audit chain, so they conflict on its head row anyway; under
+/// `SERIALIZABLE` alone a long transaction (a destruction, a disable) lost that conflict to a
+/// stream of short ones (another replica's audited reads) until it gave up. Waiting in line,
+/// every one gets through. Unaudited record writes are single statements, not transactions,
+/// and do not wait for it. (A connection whose unlock fails is closed, which releases it.)
+struct FleetTxLock<'a> {
+    inner: &'a Inner,
+    lease: &'a Lease<'a>,
+}
+
+impl<'a> FleetTxLock<'a> {
+    fn take(inner: &'a Inner, lease: &'a Lease<'a>) -> Result<Self, Fail> {
+        let schema = inner.config.schema.clone();
+        inner.on(lease, move |c| async move {
+            c.client
+                .execute(
+                    "SELECT pg_advisory_lock(hashtext('strongroom-tx'), hashtext($1))",
+                    &[&schema],
+                )
+                .await
+                .map(|_| ())
+        })?;
+        Ok(Self { inner, lease })
+    }
+}
+
+impl Drop for FleetTxLock<'_> {
+    fn drop(&mut self) {
+        let schema = self.inner.config.schema.clone();
+        let unlocked = self.inner.on(self.lease, move |c| async move {
+            let row = c
+                .client
+                .query_one(
+                    "SELECT pg_advisory_unlock(hashtext('strongroom-tx'), hashtext($1))",
+                    &[&schema],
+                )
+                .await?;
+            row.try_get::<_, bool>(0)
+        });
+        if !matches!(unlocked, Ok(true)) {
+            self.lease.conn().broken.store(true, Ordering::Release);
+        }
+    }
+}
+
 fn simple(inner: &Inner, lease: &Lease<'_>, sql: &'static str) -> Result<(), Fail> {
     inner.on(
         lease,
@@ -914,6 +962,16 @@ impl Engine for PgEngine {
         let mut attempt = 0u32;
         loop {
             let lease = inner.checkout().map_err(TxFailure::Engine)?;
+            // Dropped before the lease: the lock is released before the connection goes back.
+            let serial = if inner.config.exclusive {
+                None
+            } else {
+                Some(FleetTxLock::take(inner, &lease).map_err(|f| {
+                    TxFailure::Engine(
+                        f.into_engine("waiting for the fleet's transaction lock", timeout),
+                    )
+                })?)
+            };
             if let Err(f) = simple(inner, &lease, "BEGIN ISOLATION LEVEL SERIALIZABLE") {
                 return Err(TxFailure::Engine(
                     f.into_engine("starting a transaction", timeout),
@@ -964,6 +1022,7 @@ impl Engine for PgEngine {
                 }
             };
             debug_assert!(retry);
+            drop(serial);
             drop(lease);
             attempt += 1;
             if attempt > inner.config.max_retries {

@@ -379,10 +379,13 @@ fn the_audit_chain_holds_entries_from_every_replica_each_naming_it() {
     let mut names: Vec<_> = seen.iter().map(|s| s.name.clone()).collect();
     names.sort();
     assert_eq!(names, ["replica-0", "replica-1", "replica-2"]);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
     assert!(
         seen.iter()
             .all(|s| now_ms.saturating_sub(s.seen_unix_ms) < 10_000)

@@ -239,6 +239,18 @@ impl Store {
                 let generation = if key_change {
                     Some(self.bump_generation(tx, &conflict)?)
                 } else {
+                    // A change of records or wrapped keys computed from the key states this
+                    // replica loaded (a re-encryption's target DEK, a rewrap's root): another
+                    // replica must not have changed them since (disabled the keyring, retired
+                    // the DEK, moved it), or the change would write under keys that are gone.
+                    if self.inner.fleet.shared
+                        && crate::fleet::generation_in(tx)?
+                            != self.inner.fleet.loaded.load(Ordering::Acquire)
+                    {
+                        return crate::storage::abort(StoreError::Conflict {
+                            what: conflict.clone(),
+                        });
+                    }
                     None
                 };
                 let ctx = CommitTx::new(tx, &key, &store_id);

@@ -154,6 +154,17 @@ impl Store {
         }
     }
 
+    /// Whether `e`, a key that failed to load, may come from key states another replica has
+    /// changed since this one loaded them: on a shared engine, a key integrity error while the
+    /// stored generation is not the loaded one (one more read, on the error path only).
+    pub(crate) fn stale_key_error(&self, e: &StoreError) -> bool {
+        matches!(e, StoreError::KeyIntegrity { .. })
+            && self.inner.fleet.shared
+            && self
+                .stored_generation()
+                .is_ok_and(|g| g != self.inner.fleet.loaded.load(Ordering::Acquire))
+    }
+
     /// The generation in the database.
     pub(crate) fn stored_generation(&self) -> Result<u64, StoreError> {
         parse(

@@ -133,8 +133,9 @@ impl Store {
             self.inner.storage.insert(TreeId::Jobs, &job, Vec::new())?;
         }
         progress(Progress { done, total });
+        let mut stale = 0;
         loop {
-            let roll_over = {
+            let step = (|| -> Result<Option<Option<DekVersion>>, StoreError> {
                 let _r = self.read_lifecycle();
                 let kr = self.usable_keyring(keyring)?;
                 let batch: Vec<(Vec<u8>, Vec<u8>)> = self
@@ -149,7 +150,7 @@ impl Store {
                     .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
                     .collect::<Result<_, _>>()?;
                 if batch.is_empty() {
-                    break;
+                    return Ok(None);
                 }
                 let target = self.dek(keyring, &kr, kr.current_dek)?;
                 let mut roll_over = None;
@@ -219,7 +220,21 @@ impl Store {
                     done += processed as u64;
                     cursor = Some(last);
                 }
-                roll_over
+                Ok(Some(roll_over))
+            })();
+            let roll_over = match step {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                // Another replica changed the key states since this one loaded them (on a
+                // shared database: the commit's check): nothing of the batch was written.
+                // Take them in (the keyring may be disabled now, its DEK retired), and go on
+                // from the cursor.
+                Err(StoreError::Conflict { .. }) if stale < 20 => {
+                    stale += 1;
+                    self.reload_if_moved();
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             // With no lock held: the callback may call the store.
             progress(Progress {

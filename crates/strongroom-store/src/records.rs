@@ -613,11 +613,11 @@ impl Store {
         }
         let mut stale = 0;
         loop {
-            let next = {
+            let next = (|| -> Result<Next, StoreError> {
                 let _r = self.read_lifecycle();
                 let cat = self.data_catalog()?;
                 let kr = cat.usable(keyring)?;
-                if self.inner.options.audit_data_access {
+                Ok(if self.inner.options.audit_data_access {
                     self.write_audited(keyring, kr, items)?
                 } else {
                     match items {
@@ -625,7 +625,14 @@ impl Store {
                         [(k, None)] => self.delete_one(kr, k)?,
                         _ => self.write_many(keyring, kr, items)?,
                     }
-                }
+                })
+            })();
+            let next = match next {
+                Ok(n) => n,
+                // A key another replica replaced since this one loaded the key states (a
+                // KEK rotated away between reading a DEK and its KEK): stale, not damaged.
+                Err(e) if self.stale_key_error(&e) => Next::Stale,
+                Err(e) => return Err(e),
             };
             let rolled = match next {
                 Next::Done(existed) => return Ok(existed),
@@ -714,7 +721,15 @@ impl Store {
     /// open, or a backend or storage error.
     pub fn get(&self, keyring: &KeyringName, key: &[u8]) -> Result<Option<Plaintext>, StoreError> {
         let started = Instant::now();
-        let r = self.get_audited(keyring, key);
+        let r = match self.get_audited(keyring, key) {
+            // On a shared database: a key another replica replaced or retired since this one
+            // loaded the key states looks missing; taken in, the read is tried once more.
+            Err(e) if self.stale_key_error(&e) => {
+                self.reload_if_moved();
+                self.get_audited(keyring, key)
+            }
+            r => r,
+        };
         record_op!("record.get", started, &r);
         r
     }

@@ -710,11 +710,28 @@ impl Store {
         };
         // A catalog changed outside strongroom is refused here, naming the entry, before
         // anything in it is believed.
-        let sealed = match &key {
-            Some(key) => Some(store.verify_catalog_once(key)?),
-            None => None,
+        // On a shared database another replica may commit while this one reads the catalog
+        // entry by entry: a check that failed, or raced a change, while the generation moved
+        // is tried again (as a reload is: `reload_locked`).
+        let mut tries = 0;
+        let sealed = loop {
+            let before = store.stored_generation();
+            let r = (|| -> Result<Option<bool>, StoreError> {
+                let sealed = match &key {
+                    Some(key) => Some(store.verify_catalog_once(key)?),
+                    None => None,
+                };
+                store.load_catalog()?;
+                Ok(sealed)
+            })();
+            let moved = store.inner.fleet.shared
+                && matches!((&before, store.stored_generation()), (Ok(b), Ok(a)) if *b != a);
+            tries += 1;
+            if !moved || tries >= 20 {
+                break r?;
+            }
+            store.inner.catalog_verified.store(false, Ordering::Release);
         };
-        store.load_catalog()?;
         if sealed == Some(false) {
             // A store from before the sealed catalog: sealed once, now.
             let w = store.write_lifecycle();
@@ -1108,8 +1125,11 @@ impl Store {
     /// Refuses a database that ends before the audit anchor (see [`ANCHOR_FILE`]).
     fn check_anchor(&self, accept_rollback: bool) -> Result<(), StoreError> {
         let path = self.inner.dir.join(ANCHOR_FILE);
-        // Temporary anchors a crash left behind.
-        if let Ok(entries) = std::fs::read_dir(&self.inner.dir) {
+        // Temporary anchors a crash left behind (on a shared database another replica in the
+        // same directory may be writing one now: left alone).
+        if !self.inner.fleet.shared
+            && let Ok(entries) = std::fs::read_dir(&self.inner.dir)
+        {
             for e in entries.flatten() {
                 if e.file_name()
                     .to_string_lossy()
@@ -1119,10 +1139,14 @@ impl Store {
                 }
             }
         }
+        // The anchor first, then the head: another replica sharing the directory may append
+        // and anchor in between, and the head read after is at least as new as any anchor
+        // read before it.
+        let anchor_bytes = self.anchor_file()?;
         let head = audit::stored_head(&self.inner.storage)?.map_or(0, |h| h.seq);
         // No anchor: a store that never had a key operation, or one whose anchor was removed
         // (which would hide an older copy of the database put in place).
-        let Some(bytes) = self.anchor_file()? else {
+        let Some(bytes) = anchor_bytes else {
             if head > 0 && !accept_rollback {
                 return Err(StoreError::AnchorMissing {
                     path: self.inner.dir.clone(),
