@@ -1201,6 +1201,34 @@ fn every_command_s_json_has_exactly_its_documented_fields() {
     checked
         .borrow_mut()
         .insert("bench --storage postgres".into());
+    let doc = migrate(&[
+        "--json",
+        "bench",
+        "--replicas",
+        "2",
+        "--seconds",
+        "1",
+        "--rounds",
+        "1",
+        "--fleet-poll-ms",
+        "100",
+        "--pg-url-env",
+        "STRONGROOM_TEST_PG_URL",
+    ]);
+    conforms(&all, "bench --replicas", &doc);
+    for (field, keys_of) in [
+        (
+            "propagation",
+            &[
+                "rounds", "samples", "p50_ms", "max_ms", "bound_ms", "readers", "writers",
+            ][..],
+        ),
+        ("audit", &["entries", "verified", "replicas_in_log"][..]),
+    ] {
+        let want: Vec<String> = keys_of.iter().map(|k| (*k).to_owned()).collect();
+        assert_eq!(keys(&doc[field]), set(&want), "{doc}");
+    }
+    checked.borrow_mut().insert("bench --replicas".into());
     // Every schema on the page was checked.
     let documented: std::collections::BTreeSet<String> =
         all.keys().filter(|k| *k != "errors").cloned().collect();

@@ -357,3 +357,102 @@ fn a_backup_made_on_sled_restores_into_postgres_and_back() {
     );
     sr(&again, &url, &["audit", "verify"]).ok();
 }
+
+/// The fleet, as processes: `bench --replicas 3` starts three replica processes on one store
+/// (one schema, one shared soft key file), each creating a keyring of its own at once (racing
+/// key changes) and then putting and reading, while this process disables and enables a
+/// keyring in rounds. Every replica refuses the disabled keyring within the poll interval
+/// (asserted generously; the bench measures it exactly), no operation of any replica fails,
+/// and the one audit chain verifies with entries from every replica.
+#[test]
+fn three_replica_processes_follow_revocations_and_share_one_audit_chain() {
+    let server = pg::shared();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("unused");
+    let poll_ms = 300u64;
+    let run = sr(
+        &data,
+        &url,
+        &[
+            "--json",
+            "bench",
+            "--replicas",
+            "3",
+            "--seconds",
+            "3",
+            "--rounds",
+            "4",
+            "--fleet-poll-ms",
+            &poll_ms.to_string(),
+            "--pg-url-env",
+            URL_VAR,
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(run["replicas"], 3);
+    let per = run["per_replica"].as_array().unwrap();
+    assert_eq!(per.len(), 3);
+    for r in per {
+        assert_eq!(r["errors"], 0, "{run}");
+        assert!(r["gets_per_sec"].as_f64().unwrap() > 0.0, "{run}");
+        if r["workload"] == "puts+gets" {
+            assert!(r["puts_per_sec"].as_f64().unwrap() > 0.0, "{run}");
+        }
+    }
+    let p = &run["propagation"];
+    assert_eq!(p["samples"], 12, "{run}");
+    // Generous: the interval plus two seconds of a busy machine.
+    let max = p["max_ms"].as_f64().unwrap();
+    assert!(max <= (poll_ms + 2000) as f64, "{run}");
+    assert!(p["readers"]["samples"].as_u64().unwrap() > 0, "{run}");
+    assert_eq!(run["audit"]["verified"], true);
+    let writers: Vec<&str> = run["audit"]["replicas_in_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for i in 0..3 {
+        assert!(writers.contains(&format!("bench-{i}").as_str()), "{run}");
+    }
+    assert!(writers.contains(&"bench-coordinator"), "{run}");
+}
+
+/// A store configured as a fleet (`fleet = true`): commands work on it, doctor shows the
+/// key-state generation and the poll interval, and audit entries name the replica (here the
+/// command's process).
+#[test]
+fn a_fleet_store_works_and_doctor_shows_its_generation() {
+    let server = pg::shared();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let schema = pg::unique_schema();
+    init_pg(&data, &url, &schema).ok();
+    let conf_path = data.join("strongroom.conf");
+    let conf = std::fs::read_to_string(&conf_path).unwrap();
+    std::fs::write(
+        &conf_path,
+        format!("{conf}fleet = true\nfleet-poll-ms = 200\n"),
+    )
+    .unwrap();
+    sr(&data, &url, &["keyring", "create", "payroll"]).ok();
+    sr(&data, &url, &["put", "payroll", "alice", "salary=1"]).ok();
+    let doctor = sr(&data, &url, &["doctor"]).ok().stdout;
+    assert!(doctor.contains("key-state generation"), "{doctor}");
+    assert!(doctor.contains("every 200 ms"), "{doctor}");
+    // The audit log names the command's process as its replica.
+    let log = sr(&data, &url, &["--json", "audit", "log"]).ok().json();
+    let create = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["op"] == "keyring.create")
+        .unwrap();
+    let replica = create["replica"].as_str().unwrap();
+    assert!(replica.ends_with(char::is_numeric), "{log}");
+    // The store's creation, before `fleet = true`, names none (format 1).
+    assert_eq!(log[0]["replica"], "", "{log}");
+}

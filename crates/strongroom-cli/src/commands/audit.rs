@@ -29,8 +29,7 @@ struct Entry {
     seq: u64,
     time: String,
     actor: String,
-    /// The replica of a fleet that wrote it; absent when the store named none.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    /// The replica of a fleet that wrote it; empty when the store named none.
     replica: String,
     op: String,
     outcome: String,

@@ -602,6 +602,17 @@ pub fn replica(a: &BenchReplicaArgs) -> Result<(), CliError> {
     };
     let (data, probe) = (name(DATA), name(PROBE));
     let value = vec![0x5a_u8; a.value_size];
+    // One key change of its own (the replicas start together, so these race): the fleet's
+    // audit chain then holds an entry from every replica.
+    let own = KeyringName::new(format!("replica-{}", a.index)).map_err(other)?;
+    let mut tries = 0;
+    loop {
+        match store.create_keyring(&own, None) {
+            Ok(_) => break,
+            Err(StoreError::Conflict { .. }) if tries < 20 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
     emit(&Line::Ready);
     let started = Instant::now();
     let (puts, gets) = std::thread::scope(|s| {
