@@ -150,6 +150,9 @@ enum Reserve {
     RollOver,
 }
 
+/// How long a write made stale by other replicas' key changes keeps trying ([`Next::Stale`]).
+const STALE_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// How a write under the lifecycle lock ended.
 enum Next {
     /// Written; for a single delete, whether the record existed.
@@ -611,7 +614,14 @@ impl Store {
                 check_value(v)?;
             }
         }
-        let mut stale = 0;
+        // Another replica's key changes make a write in flight stale (the generation is
+        // store-wide): it takes them in and tries again, for up to STALE_BUDGET, so that only a
+        // sustained storm of key changes elsewhere refuses it (as a `Conflict`).
+        let mut stale_since: Option<Instant> = None;
+        let mut stale_out = || {
+            let since = *stale_since.get_or_insert_with(Instant::now);
+            since.elapsed() > STALE_BUDGET
+        };
         loop {
             let next = (|| -> Result<Next, StoreError> {
                 let _r = self.read_lifecycle();
@@ -640,8 +650,7 @@ impl Store {
                 Next::Stale => {
                     // Take in what the other replica changed (the keyring may be disabled
                     // now), then decide again.
-                    stale += 1;
-                    if stale > 10 {
+                    if stale_out() {
                         return Err(StoreError::Conflict {
                             what: format!("a write to keyring {keyring}"),
                         });
@@ -669,8 +678,7 @@ impl Store {
                     // this DEK over too). The commit reloaded them; the write decides again
                     // from there, and its caller never sees the race.
                     Err(StoreError::Conflict { .. }) => {
-                        stale += 1;
-                        if stale > 10 {
+                        if stale_out() {
                             return Err(StoreError::Conflict {
                                 what: format!("a write to keyring {keyring}"),
                             });
