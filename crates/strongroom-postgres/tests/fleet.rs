@@ -390,6 +390,16 @@ fn the_audit_chain_holds_entries_from_every_replica_each_naming_it() {
         seen.iter()
             .all(|s| now_ms.saturating_sub(s.seen_unix_ms) < 10_000)
     );
+    // The reports describe the running fleet, not the store: a backup leaves them out (read
+    // from the backup file's bytes), and keeps the rest of the metadata.
+    let backup = f._dir.path().join("fleet.backup");
+    f.replicas[0].backup(&backup).unwrap();
+    let bytes = std::fs::read(&backup).unwrap();
+    assert!(!bytes.windows(13).any(|w| w == b"replica-seen/"));
+    assert!(
+        bytes.windows(10).any(|w| w == b"audit_head"),
+        "the metadata is in it"
+    );
 }
 
 /// The database restarted (a crash: immediate stop) under two replicas that keep working: both
