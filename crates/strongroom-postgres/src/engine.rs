@@ -827,6 +827,14 @@ impl<'a> FleetTxLock<'a> {
 
 impl Drop for FleetTxLock<'_> {
     fn drop(&mut self) {
+        let conn = self.lease.conn();
+        // A connection that failed (a timeout: a statement may still be running on it) is
+        // closed rather than asked, which releases the lock with the session; so is one whose
+        // transaction a panic left open (it must not go back to the pool inside it).
+        if conn.broken.load(Ordering::Acquire) || std::thread::panicking() {
+            conn.broken.store(true, Ordering::Release);
+            return;
+        }
         let schema = self.inner.config.schema.clone();
         let unlocked = self.inner.on(self.lease, move |c| async move {
             let row = c

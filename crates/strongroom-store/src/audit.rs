@@ -775,6 +775,36 @@ pub(crate) fn verify(
         }
         _ => {}
     }
+    // Entries past the head read first: appended meanwhile, or a head put back (an older
+    // genuine head restored under the log, to undo what came after it). An entry and its head
+    // are written in one transaction, so the head read now is at or past every entry scanned,
+    // and names the last one by its hash if it is at it.
+    if head.is_none_or(|h| last > h.seq) && last > 0 {
+        let now = storage
+            .get(TreeId::Meta, HEAD_KEY)?
+            .as_deref()
+            .and_then(parse_head)
+            .filter(|s| s.verifies(key))
+            .map(|s| s.head);
+        match now {
+            Some(h) if h.seq > last || (h.seq == last && h.hash == prev) => {}
+            Some(h) => {
+                return Ok(Err(AuditBreak {
+                    seq: h.seq,
+                    problem: format!(
+                        "the log's head says entry {} but the log goes on to entry {last}: the head was put back to an older one",
+                        h.seq
+                    ),
+                }));
+            }
+            None => {
+                return Ok(Err(AuditBreak {
+                    seq: last,
+                    problem: "the log's head record is missing, unreadable or fails its MAC".into(),
+                }));
+            }
+        }
+    }
     Ok(Ok(AuditReport {
         entries: last,
         head: AuditHead {

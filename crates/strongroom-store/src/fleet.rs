@@ -154,15 +154,21 @@ impl Store {
         }
     }
 
-    /// Whether `e`, a key that failed to load, may come from key states another replica has
-    /// changed since this one loaded them: on a shared engine, a key integrity error while the
-    /// stored generation is not the loaded one (one more read, on the error path only).
-    pub(crate) fn stale_key_error(&self, e: &StoreError) -> bool {
+    /// The generation this replica serves now: taken when an operation starts, for
+    /// [`Store::stale_key_error`].
+    pub(crate) fn serving(&self) -> u64 {
+        self.inner.fleet.loaded.load(Ordering::Acquire)
+    }
+
+    /// Whether `e`, a key that failed to load in an operation that started at generation
+    /// `since` ([`Store::serving`]), may come from key states another replica changed
+    /// meanwhile: on a shared engine, a key integrity error while the stored generation is not
+    /// `since` any more (one more read, on the error path only). A KEK rotated away between
+    /// reading a DEK and its KEK looks missing; after a reload it is not.
+    pub(crate) fn stale_key_error(&self, e: &StoreError, since: u64) -> bool {
         matches!(e, StoreError::KeyIntegrity { .. })
             && self.inner.fleet.shared
-            && self
-                .stored_generation()
-                .is_ok_and(|g| g != self.inner.fleet.loaded.load(Ordering::Acquire))
+            && self.stored_generation().is_ok_and(|g| g != since)
     }
 
     /// The generation in the database.

@@ -223,7 +223,11 @@ impl Store {
                 Ok(Some(roll_over))
             })();
             let roll_over = match step {
-                Ok(Some(r)) => r,
+                Ok(Some(r)) => {
+                    // The conflict budget is per stall, not for the whole job.
+                    stale = 0;
+                    r
+                }
                 Ok(None) => break,
                 // Another replica changed the key states since this one loaded them (on a
                 // shared database: the commit's check): nothing of the batch was written.

@@ -623,6 +623,7 @@ impl Store {
             since.elapsed() > STALE_BUDGET
         };
         loop {
+            let since = self.serving();
             let next = (|| -> Result<Next, StoreError> {
                 let _r = self.read_lifecycle();
                 let cat = self.data_catalog()?;
@@ -641,7 +642,7 @@ impl Store {
                 Ok(n) => n,
                 // A key another replica replaced since this one loaded the key states (a
                 // KEK rotated away between reading a DEK and its KEK): stale, not damaged.
-                Err(e) if self.stale_key_error(&e) => Next::Stale,
+                Err(e) if self.stale_key_error(&e, since) => Next::Stale,
                 Err(e) => return Err(e),
             };
             let rolled = match next {
@@ -729,15 +730,21 @@ impl Store {
     /// open, or a backend or storage error.
     pub fn get(&self, keyring: &KeyringName, key: &[u8]) -> Result<Option<Plaintext>, StoreError> {
         let started = Instant::now();
-        let r = match self.get_audited(keyring, key) {
-            // On a shared database: a key another replica replaced or retired since this one
-            // loaded the key states looks missing; taken in, the read is tried once more.
-            Err(e) if self.stale_key_error(&e) => {
-                self.reload_if_moved();
-                self.get_audited(keyring, key)
+        let mut since = self.serving();
+        let mut r = self.get_audited(keyring, key);
+        // On a shared database: a key another replica replaced or retired while this read ran
+        // looks missing; the new key states taken in, the read is tried again (a few times:
+        // only a stream of key changes elsewhere makes it race again).
+        for _ in 0..5 {
+            match &r {
+                Err(e) if self.stale_key_error(e, since) => {
+                    self.reload_if_moved();
+                    since = self.serving();
+                    r = self.get_audited(keyring, key);
+                }
+                _ => break,
             }
-            r => r,
-        };
+        }
         record_op!("record.get", started, &r);
         r
     }

@@ -318,7 +318,7 @@ fn measure(
 
     let exe = std::env::current_exe().map_err(other)?;
     let (tx, rx) = mpsc::channel::<(usize, Option<Line>)>();
-    let mut replicas = Vec::with_capacity(n);
+    let mut replicas: Vec<Replica> = Vec::with_capacity(n);
     for i in 0..n {
         let log = dir.join(format!("replica-{i}.log"));
         let mut cmd = Command::new(&exe);
@@ -338,12 +338,25 @@ fn measure(
         } else if let Some(f) = &a.pg_url_file {
             cmd.arg("--pg-url-file").arg(f);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).map_err(other)?)
-            .spawn()
-            .map_err(|e| other(format!("starting replica {i}: {e}")))?;
+        let spawned = std::fs::File::create(&log)
+            .and_then(|err| {
+                cmd.stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(err)
+                    .spawn()
+            })
+            .map_err(|e| other(format!("starting replica {i}: {e}")));
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                // The replicas already started go too.
+                for r in &mut replicas {
+                    let _ = r.child.kill();
+                    let _ = r.child.wait();
+                }
+                return Err(e);
+            }
+        };
         let stdout = child
             .stdout
             .take()
