@@ -236,7 +236,13 @@ fn kek_and_dek_rotations_racing_from_two_replicas_never_collide() {
             }
         }
     }
-    let info = f.replicas[0].keyring(&k).unwrap();
+    // The KEK rows are read from the database, the current version from the replica's view,
+    // which lags by up to its interval (CI saw [9] against a view still at 8): wait for it.
+    let (info, _) = until(Duration::from_secs(5), || {
+        let info = f.replicas[0].keyring(&k).unwrap();
+        let (stored, serving) = f.replicas[0].generations().unwrap();
+        (stored == serving).then_some(info)
+    });
     let kv: Vec<u32> = info.kek_versions.iter().map(|(v, _)| v.get()).collect();
     assert_eq!(
         kv,
