@@ -243,9 +243,7 @@ impl Store {
                     // replica loaded (a re-encryption's target DEK, a rewrap's root): another
                     // replica must not have changed them since (disabled the keyring, retired
                     // the DEK, moved it), or the change would write under keys that are gone.
-                    if self.inner.fleet.shared
-                        && crate::fleet::generation_in(tx)?
-                            != self.inner.fleet.loaded.load(Ordering::Acquire)
+                    if self.inner.fleet.shared && crate::fleet::generation_in(tx)? != self.serving()
                     {
                         return crate::storage::abort(StoreError::Conflict {
                             what: conflict.clone(),

@@ -141,17 +141,40 @@ pub(crate) fn generation_in(tx: &Tx<'_>) -> TxResult<u64> {
 
 impl Store {
     /// Takes in another replica's key changes now, if the generation moved: after a guarded
-    /// write found it had (the caller holds no lifecycle guard).
+    /// write found it had (the caller holds no lifecycle guard). Taking the lifecycle lock for
+    /// a key change does it ([`Store::write_lifecycle`] reads the generation once it holds it).
     pub(crate) fn reload_if_moved(&self) {
-        let w = self.write_lifecycle();
-        // `write_lifecycle` reloads on a shared database when the generation moved; this is
-        // for the case its read failed.
-        if self
-            .stored_generation()
-            .is_ok_and(|g| g != self.inner.fleet.loaded.load(Ordering::Acquire))
-        {
-            let _ = self.reload_locked(&w);
+        drop(self.write_lifecycle());
+    }
+
+    /// Runs `read` (the catalog or the audit log read entry by entry: no engine offers a
+    /// snapshot across scans) again while it raced another replica's key change: on a shared
+    /// engine, a result read while the generation moved is read anew, up to `tries` times in
+    /// all, unless `settled` accepts it. One read while the generation stood still is what the
+    /// database holds (a failure then is real: a tampered catalog).
+    pub(crate) fn read_between_key_changes<T>(
+        &self,
+        tries: u32,
+        mut read: impl FnMut() -> T,
+        settled: impl Fn(&T) -> bool,
+    ) -> T {
+        let mut n = 0;
+        loop {
+            let before = self.stored_generation();
+            let r = read();
+            n += 1;
+            let moved = self.inner.fleet.shared
+                && matches!((&before, self.stored_generation()), (Ok(b), Ok(a)) if *b != a);
+            if !moved || n >= tries || settled(&r) {
+                return r;
+            }
         }
+    }
+
+    /// Whether the database's generation is ahead of the one this replica serves (a failed
+    /// read says no: the operation that follows needs the database too, and fails on its own).
+    pub(crate) fn behind(&self) -> bool {
+        self.stored_generation().is_ok_and(|g| g != self.serving())
     }
 
     /// The generation this replica serves now: taken when an operation starts, for
@@ -189,9 +212,7 @@ impl Store {
         if !fleet.shared || !fleet.claim_poll() {
             return false;
         }
-        let moved = self
-            .stored_generation()
-            .is_ok_and(|g| g != fleet.loaded.load(Ordering::Acquire));
+        let moved = self.behind();
         self.report_seen();
         moved
     }
@@ -214,7 +235,7 @@ impl Store {
         let mut v = Vec::with_capacity(17);
         v.push(1);
         v.extend_from_slice(&now.to_be_bytes());
-        v.extend_from_slice(&fleet.loaded.load(Ordering::Acquire).to_be_bytes());
+        v.extend_from_slice(&self.serving().to_be_bytes());
         let _ = self.inner.storage.insert(TreeId::Meta, seen_key(name), &v);
     }
 
@@ -249,17 +270,14 @@ impl Store {
     /// # Errors
     /// A storage error.
     pub fn generations(&self) -> Result<(u64, u64), StoreError> {
-        Ok((
-            self.stored_generation()?,
-            self.inner.fleet.loaded.load(Ordering::Acquire),
-        ))
+        Ok((self.stored_generation()?, self.serving()))
     }
 
     /// Inside a key change's transaction: the generation must still be the one the change was
     /// computed from; it moves on by one. Returns the new generation.
     pub(crate) fn bump_generation(&self, tx: &Tx<'_>, what: &str) -> TxResult<u64> {
         let stored = generation_in(tx)?;
-        if stored != self.inner.fleet.loaded.load(Ordering::Acquire) {
+        if stored != self.serving() {
             return abort(StoreError::Conflict {
                 what: what.to_owned(),
             });

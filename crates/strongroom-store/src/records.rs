@@ -145,6 +145,23 @@ fn counter_key(id: u64, v: u32) -> Vec<u8> {
     k
 }
 
+/// A stored use counter of DEK `v` (absent: 0). One of the wrong length is damage, not a fresh
+/// start: counting from 0 again would let the DEK seal more than its quota of random nonces.
+fn parse_uses(v: DekVersion, raw: Option<&[u8]>) -> Result<u64, StoreError> {
+    let Some(b) = raw else { return Ok(0) };
+    <[u8; 8]>::try_from(b)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            what: format!("the use counter of DEK {v}"),
+            source: FormatError::BadLength {
+                what: "DEK use counter",
+                field: "count",
+                expected: 8,
+                found: b.len(),
+            },
+        })
+}
+
 enum Reserve {
     Ok,
     RollOver,
@@ -221,22 +238,9 @@ impl Store {
     ) -> Result<Reserve, StoreError> {
         let key = counter_key(id, v.get());
         let block = self.inner.storage.transaction_on(&[TreeId::Jobs], |tx| {
-            let start = match tx.get(TreeId::Jobs, &key)? {
-                None => 0,
-                Some(b) => match <[u8; 8]>::try_from(&b[..]) {
-                    Ok(b) => u64::from_be_bytes(b),
-                    Err(_) => {
-                        return crate::storage::abort(StoreError::Corrupt {
-                            what: format!("the use counter of DEK {v}"),
-                            source: FormatError::BadLength {
-                                what: "DEK use counter",
-                                field: "count",
-                                expected: 8,
-                                found: b.len(),
-                            },
-                        });
-                    }
-                },
+            let start = match parse_uses(v, tx.get(TreeId::Jobs, &key)?.as_deref()) {
+                Ok(n) => n,
+                Err(e) => return crate::storage::abort(e),
             };
             if start.saturating_add(n) > limit {
                 return Ok(None);
@@ -283,24 +287,13 @@ impl Store {
     /// counter of the wrong length is damage, not a fresh start: counting from 0 again would
     /// let the DEK seal more than its quota of random nonces.
     fn stored_uses(&self, id: u64, v: DekVersion) -> Result<u64, StoreError> {
-        let Some(b) = self
-            .inner
-            .storage
-            .get(TreeId::Jobs, counter_key(id, v.get()))?
-        else {
-            return Ok(0);
-        };
-        <[u8; 8]>::try_from(&b[..])
-            .map(u64::from_be_bytes)
-            .map_err(|_| StoreError::Corrupt {
-                what: format!("the use counter of DEK {v}"),
-                source: FormatError::BadLength {
-                    what: "DEK use counter",
-                    field: "count",
-                    expected: 8,
-                    found: b.len(),
-                },
-            })
+        parse_uses(
+            v,
+            self.inner
+                .storage
+                .get(TreeId::Jobs, counter_key(id, v.get()))?
+                .as_deref(),
+        )
     }
 
     fn audit_access(
@@ -377,11 +370,7 @@ impl Store {
         }
         let store_id = self.inner.meta.store_id;
         let shared = self.inner.fleet.shared;
-        let loaded = self
-            .inner
-            .fleet
-            .loaded
-            .load(std::sync::atomic::Ordering::Acquire);
+        let loaded = self.serving();
         let written = self.inner.storage.transaction_on(
             &[TreeId::Records, TreeId::Audit, TreeId::Meta],
             |tx| {
@@ -552,11 +541,7 @@ impl Store {
     /// write: `crate::fleet`), so that no write lands after a disable or destruction made by
     /// another replica that this one has not seen yet.
     fn write_guarded(&self, changes: &[BatchRef<'_>]) -> Result<Next, StoreError> {
-        let g = self
-            .inner
-            .fleet
-            .loaded
-            .load(std::sync::atomic::Ordering::Acquire);
+        let g = self.serving();
         let bytes = g.to_be_bytes();
         let guard = Guard {
             tree: TreeId::Meta,

@@ -710,28 +710,20 @@ impl Store {
         };
         // A catalog changed outside strongroom is refused here, naming the entry, before
         // anything in it is believed.
-        // On a shared database another replica may commit while this one reads the catalog
-        // entry by entry: a check that failed, or raced a change, while the generation moved
-        // is tried again (as a reload is: `reload_locked`).
-        let mut tries = 0;
-        let sealed = loop {
-            let before = store.stored_generation();
-            let r = (|| -> Result<Option<bool>, StoreError> {
+        // Another replica may commit while this one reads: `read_between_key_changes`.
+        let sealed = store.read_between_key_changes(
+            20,
+            || -> Result<Option<bool>, StoreError> {
+                store.inner.catalog_verified.store(false, Ordering::Release);
                 let sealed = match &key {
                     Some(key) => Some(store.verify_catalog_once(key)?),
                     None => None,
                 };
                 store.load_catalog()?;
                 Ok(sealed)
-            })();
-            let moved = store.inner.fleet.shared
-                && matches!((&before, store.stored_generation()), (Ok(b), Ok(a)) if *b != a);
-            tries += 1;
-            if !moved || tries >= 20 {
-                break r?;
-            }
-            store.inner.catalog_verified.store(false, Ordering::Release);
-        };
+            },
+            |_| false,
+        )?;
         if sealed == Some(false) {
             // A store from before the sealed catalog: sealed once, now.
             let w = store.write_lifecycle();
@@ -938,11 +930,7 @@ impl Store {
         // On a shared database a key change starts from the current key states: whatever
         // another replica committed since the last poll is taken in first. (A change committed
         // after this read is caught by the commit's own check: `fleet::bump_generation`.)
-        if self.inner.fleet.shared
-            && self
-                .stored_generation()
-                .is_ok_and(|g| g != self.inner.fleet.loaded.load(Ordering::Acquire))
-        {
+        if self.inner.fleet.shared && self.behind() {
             let _ = self.reload_locked(&w);
         }
         w
@@ -958,26 +946,17 @@ impl Store {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
-        self.inner.catalog_verified.store(false, Ordering::Release);
-        // On a shared database another replica may commit while this one reads the catalog
-        // entry by entry (no engine offers a snapshot across scans): a reload that failed to
-        // verify, or raced a change, while the generation moved is tried again; one that
-        // fails with the generation still is a real failure (a tampered catalog).
-        let mut tries = 0;
-        let reloaded = loop {
-            let before = self.stored_generation();
-            let r = self
-                .audit_key()
-                .and_then(|key| self.verify_catalog_once(&key))
-                .and_then(|_| self.load_catalog());
-            let moved = self.inner.fleet.shared
-                && matches!((&before, self.stored_generation()), (Ok(b), Ok(a)) if *b != a);
-            tries += 1;
-            if !moved || tries >= 20 {
-                break r;
-            }
-            self.inner.catalog_verified.store(false, Ordering::Release);
-        };
+        // Another replica may commit while this one reads: `read_between_key_changes`.
+        let reloaded = self.read_between_key_changes(
+            20,
+            || {
+                self.inner.catalog_verified.store(false, Ordering::Release);
+                self.audit_key()
+                    .and_then(|key| self.verify_catalog_once(&key))
+                    .and_then(|_| self.load_catalog())
+            },
+            |_| false,
+        );
         self.inner
             .catalog_stale
             .store(reloaded.is_err(), Ordering::Release);
@@ -1016,9 +995,10 @@ impl Store {
                         .unwrap_or_else(std::sync::PoisonError::into_inner),
                 );
                 // Another thread may have reloaded while this one waited for the lock.
-                if self.stored_generation().map_or(true, |g| {
-                    g != self.inner.fleet.loaded.load(Ordering::Acquire)
-                }) {
+                if self
+                    .stored_generation()
+                    .map_or(true, |g| g != self.serving())
+                {
                     let _ = self.reload_locked(&w);
                 }
             }

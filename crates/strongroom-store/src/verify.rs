@@ -20,17 +20,11 @@ impl Store {
         // checked against the head as read after the log, and a change committed in between
         // makes them disagree. A failure while the generation moved is checked again; one
         // with the key states still is real.
-        let mut tries = 0;
-        let r = loop {
-            let before = self.stored_generation();
-            let r = self.verify_audit_inner();
-            let moved = self.inner.fleet.shared
-                && matches!((&before, self.stored_generation()), (Ok(b), Ok(a)) if *b != a);
-            tries += 1;
-            if !moved || tries >= 10 || matches!(r, Ok(Ok(_))) {
-                break r;
-            }
-        };
+        let r = self.read_between_key_changes(
+            10,
+            || self.verify_audit_inner(),
+            |r| matches!(r, Ok(Ok(_))),
+        );
         crate::telemetry::operation("audit.verify", started, &r);
         r
     }
