@@ -62,6 +62,15 @@ write("audit_entry", "refused-unicode", audit(7, 1000, 40, 1, "naïve", "record 
                                               "keyring p is disabled; détail", 0x55, 0x66))
 write("audit_entry", "target-at-limit", audit(3, 5, 30, 2, "", "t" * 4096, "d" * 4096, 0, 0xFF))
 
+def audit_replica(seq, time, op, outcome, actor, replica, target, detail, prev, mac):
+    # Format 2: the replica of a fleet that wrote the entry, after the actor.
+    a, r, t, d = actor.encode(), replica.encode(), target.encode(), detail.encode()
+    return (u8(2) + u64(seq) + u64(time) + u8(op) + u8(outcome) + u8(len(a)) + a + u8(len(r)) + r
+            + u16(len(t)) + t + u16(len(d)) + d + bytes([prev] * 32) + bytes([mac] * 32))
+
+write("audit_entry", "fleet-replica", audit_replica(9, 1795999417, 20, 0, "svc", "pod-7f3a-1234",
+                                                  "keyring tenant", "under root service/v1", 0x77, 0x88))
+
 def state(code, not_before=0):
     return u8(code) + (u64(not_before) if code == 3 else b"")
 
@@ -130,6 +139,18 @@ module = "/usr/lib/softhsm/libsofthsm2.so"
 token = "my-token"
 pin-env = "STRONGROOM_PIN"
 namespace = "strongroom-3f9a01bc"
+""")
+write("cli_config", "toml-postgres-fleet", b"""format = 2
+backend = "soft"
+primary-root = "service"
+
+[storage]
+engine = "postgres"
+url-env = "STRONGROOM_PG_URL"
+schema = "strongroom"
+pool-size = 8
+fleet = true
+fleet-poll-ms = 250
 """)
 write("cli_config", "minimal-crlf", b"format = 1\r\nbackend = soft\r\nprimary-root = r\r\n")
 

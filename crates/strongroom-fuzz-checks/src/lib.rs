@@ -100,7 +100,7 @@ pub fn audit_entry(data: &[u8]) {
     // Found while writing this target: a longer field used to parse, and only its first 4096
     // bytes were covered by the MAC (computed over the clipped re-serialization).
     assert!(e.target.len() <= AUDIT_MAX_TEXT && e.detail.len() <= AUDIT_MAX_TEXT);
-    assert!(e.actor.len() <= usize::from(u8::MAX));
+    assert!(e.actor.len() <= usize::from(u8::MAX) && e.replica.len() <= usize::from(u8::MAX));
     let bytes = e.to_bytes();
     assert_eq!(bytes, data, "parse/serialize must be exact");
     assert_eq!(AuditEntry::parse(&bytes).as_ref(), Ok(&e));

@@ -7,68 +7,22 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{config, connect, kr, rn};
-use strongroom_core::{Backend, KeyState, SoftBackend};
-use strongroom_store::{Store, StoreError, StoreOptions};
+use common::fleet::{Fleet, fleet_with, until};
+use common::kr;
+use strongroom_core::KeyState;
+use strongroom_store::{StoreError, StoreOptions};
 use strongroom_test_support::pg;
 
-struct Fleet {
-    _dir: tempfile::TempDir,
-    replicas: Vec<Store>,
-}
-
-/// A store and `n` replicas of it (the first created it), each polling every `poll`.
+/// A store and `n` replicas of it (the first created it), each polling every `poll`, named
+/// `replica-<i>`.
 fn fleet(n: usize, poll: Duration) -> Fleet {
-    let schema = pg::unique_schema();
-    let mut cfg = config(&schema);
-    cfg.exclusive = false;
-    let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir.path()).unwrap());
-    let options = |i: usize| StoreOptions {
+    fleet_with(n, |i| StoreOptions {
         fleet_poll: poll,
         replica: format!("replica-{i}"),
         ..StoreOptions::default()
-    };
-    let first = Store::create_on(
-        dir.path(),
-        Box::new(connect(&cfg)),
-        Arc::clone(&backend),
-        &rn("service"),
-        options(0),
-    )
-    .unwrap();
-    let mut replicas = vec![first];
-    for i in 1..n {
-        replicas.push(
-            Store::open_on(
-                dir.path(),
-                Box::new(connect(&cfg)),
-                Arc::clone(&backend),
-                options(i),
-            )
-            .unwrap(),
-        );
-    }
-    Fleet {
-        _dir: dir,
-        replicas,
-    }
-}
-
-/// Calls `f` until it returns `Some`, for up to `limit`; returns the value and how long it
-/// took.
-fn until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return (v, t.elapsed());
-        }
-        assert!(t.elapsed() < limit, "not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    })
 }
 
 #[test]
@@ -188,34 +142,18 @@ fn key_changes_racing_from_two_replicas_apply_whole_or_not_at_all() {
 #[test]
 fn a_write_through_a_replica_that_has_not_polled_never_lands_after_a_disable() {
     for audited in [false, true] {
-        let schema = pg::unique_schema();
-        let mut cfg = config(&schema);
-        cfg.exclusive = false;
-        let dir = tempfile::tempdir().unwrap();
-        let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir.path()).unwrap());
         let options = || StoreOptions {
             fleet_poll: Duration::from_secs(3600),
             audit_data_access: audited,
             ..StoreOptions::default()
         };
-        let a = Store::create_on(
-            dir.path(),
-            Box::new(connect(&cfg)),
-            Arc::clone(&backend),
-            &rn("service"),
-            options(),
-        )
-        .unwrap();
+        let f = fleet_with(1, |_| options());
+        let a = &f.replicas[0];
         let k = kr("tenant");
         a.create_keyring(&k, None).unwrap();
         a.put(&k, b"kept", b"old").unwrap();
-        let b = Store::open_on(
-            dir.path(),
-            Box::new(connect(&cfg)),
-            Arc::clone(&backend),
-            options(),
-        )
-        .unwrap();
+        // Opened once the keyring exists: with an hour's interval it would not see it later.
+        let b = f.open(options()).unwrap();
         // B has the keyring usable and its DEK cached.
         b.put(&k, b"warm", b"1").unwrap();
         a.disable_keyring(&k).unwrap();
@@ -252,33 +190,15 @@ fn a_write_through_a_replica_that_has_not_polled_never_lands_after_a_disable() {
 /// about every other run.)
 #[test]
 fn replicas_never_seal_more_than_one_quota_under_a_dek_together() {
-    let schema = pg::unique_schema();
-    let mut cfg = config(&schema);
-    cfg.exclusive = false;
-    let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir.path()).unwrap());
     let options = || StoreOptions {
         fleet_poll: Duration::from_millis(20),
         dek_rollover_after: 40,
         ..StoreOptions::default()
     };
-    let a = Store::create_on(
-        dir.path(),
-        Box::new(connect(&cfg)),
-        Arc::clone(&backend),
-        &rn("service"),
-        options(),
-    )
-    .unwrap();
+    let f = fleet_with(2, |_| options());
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
     let k = kr("busy");
     a.create_keyring(&k, None).unwrap();
-    let b = Store::open_on(
-        dir.path(),
-        Box::new(connect(&cfg)),
-        Arc::clone(&backend),
-        options(),
-    )
-    .unwrap();
     let per_replica: usize = 400;
     std::thread::scope(|s| {
         for (name, r) in [("a", &a), ("b", &b)] {
@@ -304,7 +224,8 @@ fn replicas_never_seal_more_than_one_quota_under_a_dek_together() {
     // What was sealed, read from the rows: the DEK version is bytes 1..5 of a sealed record.
     let rows = pg::shared().psql(&format!(
         "SELECT (get_byte(v, 1) << 24) | (get_byte(v, 2) << 16) | (get_byte(v, 3) << 8) | get_byte(v, 4), count(*) \
-         FROM \"{schema}\".entries WHERE tree = 5 GROUP BY 1 ORDER BY 1"
+         FROM \"{}\".entries WHERE tree = 5 GROUP BY 1 ORDER BY 1",
+        f.schema
     ));
     let mut total = 0;
     for line in rows.lines().filter(|l| !l.trim().is_empty()) {
@@ -392,7 +313,7 @@ fn the_audit_chain_holds_entries_from_every_replica_each_naming_it() {
     );
     // The reports describe the running fleet, not the store: a backup leaves them out (read
     // from the backup file's bytes), and keeps the rest of the metadata.
-    let backup = f._dir.path().join("fleet.backup");
+    let backup = f.dir.path().join("fleet.backup");
     f.replicas[0].backup(&backup).unwrap();
     let bytes = std::fs::read(&backup).unwrap();
     assert!(!bytes.windows(13).any(|w| w == b"replica-seen/"));
@@ -409,37 +330,18 @@ fn the_audit_chain_holds_entries_from_every_replica_each_naming_it() {
 #[test]
 fn replicas_recover_by_themselves_when_the_database_restarts_under_them() {
     let mut server = pg::PgServer::start();
-    let cfg = {
-        let mut c = strongroom_postgres::PgConfig::from_url(&server.url())
-            .unwrap()
-            .with_schema(&pg::unique_schema())
-            .unwrap();
-        c.exclusive = false;
-        c
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir.path()).unwrap());
+    let schema = pg::unique_schema();
+    let cfg = strongroom_postgres::PgConfig::from_url(&server.url())
+        .unwrap()
+        .with_schema(&schema)
+        .unwrap();
     let poll = Duration::from_millis(200);
-    let options = |i: usize| StoreOptions {
+    let f = Fleet::start_on(cfg, schema, 2, |i| StoreOptions {
         fleet_poll: poll,
         replica: format!("replica-{i}"),
         ..StoreOptions::default()
-    };
-    let a = Store::create_on(
-        dir.path(),
-        Box::new(connect(&cfg)),
-        Arc::clone(&backend),
-        &rn("service"),
-        options(0),
-    )
-    .unwrap();
-    let b = Store::open_on(
-        dir.path(),
-        Box::new(connect(&cfg)),
-        Arc::clone(&backend),
-        options(1),
-    )
-    .unwrap();
+    });
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
     let k = kr("through");
     a.create_keyring(&k, None).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);

@@ -6,37 +6,23 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{config, connect, kr, rn};
-use strongroom_core::{Backend, KeyState, KeyringName, SoftBackend};
-use strongroom_postgres::PgConfig;
+use common::fleet::{Fleet, StopOnDrop, fleet_with, polling, retrying, until};
+use common::{kr, rn};
+use strongroom_core::{KeyState, KeyringName};
 use strongroom_store::{Store, StoreError, StoreOptions, Write};
 use strongroom_test_support::pg;
 
-/// A fleet: replicas of one store over one schema, sharing a store directory and a backend
-/// (as the fleet tests do).
-struct Fleet {
-    dir: tempfile::TempDir,
-    schema: String,
-    cfg: PgConfig,
-    backend: Arc<dyn Backend>,
-    replicas: Vec<Store>,
+/// What the tests read from the rows themselves.
+trait Rows {
+    fn psql(&self, sql: &str) -> String;
+    fn records_per_dek(&self) -> Vec<(u32, u64)>;
+    fn records_digest(&self) -> String;
 }
 
-impl Fleet {
-    /// One more replica, opened now.
-    fn open(&self, options: StoreOptions) -> Result<Store, StoreError> {
-        Store::open_on(
-            self.dir.path(),
-            Box::new(connect(&self.cfg)),
-            Arc::clone(&self.backend),
-            options,
-        )
-    }
-
+impl Rows for Fleet {
     /// `SELECT ...` on the schema's table (`{t}` in `sql` is the table).
     fn psql(&self, sql: &str) -> String {
         pg::shared().psql(&sql.replace("{t}", &format!("\"{}\".entries", self.schema)))
@@ -64,78 +50,6 @@ impl Fleet {
             .trim()
             .to_owned()
     }
-}
-
-/// A store and `n - 1` more replicas of it (the first created it); replica `i` is opened with
-/// `options(i)`.
-fn fleet_with(n: usize, options: impl Fn(usize) -> StoreOptions) -> Fleet {
-    let schema = pg::unique_schema();
-    let mut cfg = config(&schema);
-    cfg.exclusive = false;
-    let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir.path()).unwrap());
-    let first = Store::create_on(
-        dir.path(),
-        Box::new(connect(&cfg)),
-        Arc::clone(&backend),
-        &rn("service"),
-        options(0),
-    )
-    .unwrap();
-    let mut f = Fleet {
-        dir,
-        schema,
-        cfg,
-        backend,
-        replicas: vec![first],
-    };
-    for i in 1..n {
-        let r = f.open(options(i)).unwrap();
-        f.replicas.push(r);
-    }
-    f
-}
-
-fn polling(poll: Duration) -> StoreOptions {
-    StoreOptions {
-        fleet_poll: poll,
-        ..StoreOptions::default()
-    }
-}
-
-/// Sets its flag when dropped: a loop in another thread stops even when the test panics.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Calls `f` until it returns `Some`, for up to `limit`; returns the value and how long it
-/// took.
-fn until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return (v, t.elapsed());
-        }
-        assert!(t.elapsed() < limit, "not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Retries `f` while it is refused as a conflict (another replica changed the key states: the
-/// documented outcome, after which the replica has reloaded).
-fn retrying<T>(mut f: impl FnMut() -> Result<T, StoreError>) -> T {
-    for _ in 0..200 {
-        match f() {
-            Ok(v) => return v,
-            Err(StoreError::Conflict { .. }) => std::thread::sleep(Duration::from_millis(3)),
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("refused as a conflict 200 times in a row");
 }
 
 // ============================================================================================

@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{config, connect, kr, rn};
-use strongroom_core::{Backend, SoftBackend};
-use strongroom_store::{Store, StoreOptions};
+use common::fleet::{fleet_with, polling};
+use common::kr;
 use strongroom_test_support::pg;
 
 /// Someone with write access to the database (not the keys) saves every row but the log's
@@ -18,23 +16,8 @@ use strongroom_test_support::pg;
 /// now) no longer notices either.
 #[test]
 fn a_rolled_back_head_and_catalog_under_an_intact_log_fails_verification() {
-    let schema = pg::unique_schema();
-    let mut cfg = config(&schema);
-    cfg.exclusive = false;
-    let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir.path()).unwrap());
-    let opts = || StoreOptions {
-        fleet_poll: Duration::from_millis(20),
-        ..StoreOptions::default()
-    };
-    let a = Store::create_on(
-        dir.path(),
-        Box::new(connect(&cfg)),
-        Arc::clone(&backend),
-        &rn("service"),
-        opts(),
-    )
-    .unwrap();
+    let f = fleet_with(1, |_| polling(Duration::from_millis(20)));
+    let (a, schema) = (&f.replicas[0], &f.schema);
     let k = kr("victim");
     a.create_keyring(&k, None).unwrap();
     a.put(&k, b"x", b"1").unwrap();

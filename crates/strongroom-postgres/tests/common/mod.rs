@@ -1,6 +1,8 @@
 //! Helpers the PostgreSQL engine's test files share.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod fleet;
+
 use std::time::Duration;
 
 use strongroom_core::{KeyringName, RootKeyName};
