@@ -1072,6 +1072,22 @@ impl Engine for PgEngine {
         self.inner.invalidated.swap(false, Ordering::AcqRel)
     }
 
+    fn clock_ms(&self) -> Result<u64, EngineError> {
+        // The server's clock, one for every replica whatever their machines' clocks say.
+        self.inner
+            .read("reading the server's clock", move |c| async move {
+                let ms: i64 = c
+                    .client
+                    .query_one(
+                        "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8",
+                        &[],
+                    )
+                    .await?
+                    .try_get(0)?;
+                Ok(ms.unsigned_abs())
+            })
+    }
+
     fn count(&self, t: TreeId) -> Result<u64, EngineError> {
         let tree = tree_id(t);
         self.inner.read("counting", move |c| async move {

@@ -178,9 +178,12 @@ impl Store {
                     if t == TreeId::Meta && k == audit::HEAD_KEY {
                         head = audit::head_of(&v);
                     }
-                    // Replicas' reports of themselves describe the running fleet, not the
-                    // store: a restored store starts without them.
-                    if t == TreeId::Meta && k.starts_with(crate::fleet::SEEN_PREFIX) {
+                    // Replicas' reports of themselves and their leases on jobs describe the
+                    // running fleet, not the store: a restored store starts without them (its
+                    // unfinished jobs themselves are kept, and resume).
+                    if t == TreeId::Meta && k.starts_with(crate::fleet::SEEN_PREFIX)
+                        || t == TreeId::Jobs && k.starts_with(crate::lease::LEASE_PREFIX)
+                    {
                         continue;
                     }
                     if t == TreeId::Audit {

@@ -94,6 +94,7 @@ impl Store {
     }
 
     fn compact_inner(&self, started: Instant) -> Result<CompactReport, StoreError> {
+        let _lease = self.claim("compact", "the compaction")?;
         // Held throughout: no key change (a destruction committing after the set of destroyed
         // keyrings below was taken, with its own compaction job) can fall into the copy.
         let w = self.write_lifecycle();
@@ -115,6 +116,22 @@ impl Store {
                 return Err(e);
             }
         };
+        // On a shared database this process's lifecycle lock does not hold other replicas
+        // back: one may have destroyed a keyring since `gone` was taken, and its compaction
+        // job (written with the destruction) may have gone in the copy above. The job is
+        // asked for again, so that those records' bytes are erased by the next compaction.
+        if self.inner.fleet.shared && self.behind() && self.reload_locked(&w).is_ok() {
+            let more = self
+                .read_catalog()
+                .keyrings
+                .values()
+                .any(|k| k.state == KeyState::Destroyed && !gone.contains(&k.id));
+            if more {
+                self.inner
+                    .storage
+                    .insert(TreeId::Jobs, COMPACT_JOB, Vec::new())?;
+            }
+        }
         let report = CompactReport {
             entries: r.entries,
             dropped: r.dropped,
@@ -164,6 +181,18 @@ impl Store {
             return Ok(None);
         }
         self.compact().map(Some)
+    }
+
+    /// [`Store::finish_compaction`] as the last step of a destruction or a move: `None` also
+    /// when another runner is compacting already (it compacts what they removed too: it starts
+    /// from the destroyed keyrings as of its start, and it holds the lifecycle lock so nothing
+    /// is destroyed meanwhile; a destruction that commits before it starts is covered, one that
+    /// commits after leaves its own job for the next compaction).
+    pub(crate) fn compact_if_asked(&self) -> Result<Option<CompactReport>, StoreError> {
+        match self.finish_compaction() {
+            Err(StoreError::JobBusy { .. }) => Ok(None),
+            r => r,
+        }
     }
 }
 

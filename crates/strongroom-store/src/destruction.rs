@@ -125,7 +125,7 @@ impl Store {
         drop(w);
         let destroyed = r?;
         let purged = self.finish_purges()?;
-        self.finish_compaction()?;
+        self.compact_if_asked()?;
         Ok(self.with_purged(destroyed, &purged))
     }
 
@@ -293,7 +293,7 @@ impl Store {
             })?;
         }
         let purged = self.finish_purges()?;
-        self.finish_compaction()?;
+        self.compact_if_asked()?;
         let kr = self.read_catalog().keyring(name)?;
         Ok(Destroyed {
             keyring: name.clone(),
@@ -371,6 +371,16 @@ impl Store {
             .map(|r| r.map(|(k, _)| k.to_vec()))
             .collect::<Result<_, _>>()?;
         let mut removed = std::collections::BTreeMap::new();
+        if jobs.is_empty() {
+            return Ok(removed);
+        }
+        // One purger at a time. Another runner (a replica, or a thread of this process) that
+        // holds it finishes the purges it found; one written after it looked is listed by
+        // `pending_jobs` and finished at the next open or destruction.
+        let _lease = match self.claim("purge", "the purge of destroyed keyrings' records") {
+            Err(StoreError::JobBusy { .. }) => return Ok(removed),
+            r => r?,
+        };
         for job in jobs {
             let Ok(id) = <[u8; 8]>::try_from(&job[PURGE_PREFIX.len()..]) else {
                 continue;
@@ -426,8 +436,13 @@ impl Store {
         if due_keyrings.is_empty() && due_roots.is_empty() {
             return Ok(out);
         }
+        // One runner at a time across a fleet; each destruction is also a key change, refused
+        // if another replica changed the key states first (`crate::fleet`).
+        let _lease = self.claim("due-destructions", "the destructions that fell due")?;
         {
             let w = self.write_lifecycle();
+            // As of now: another runner may have carried some out before this one claimed.
+            let (due_keyrings, due_roots) = self.due_destructions(now);
             for name in due_keyrings {
                 self.audited(AuditOp::KeyringDestroyed, format!("keyring {name}"), || {
                     self.destroy_keyring_locked(&w, &name, Transition::DestroyDue { now })
@@ -447,7 +462,7 @@ impl Store {
             }
         }
         let purged = self.finish_purges()?;
-        self.finish_compaction()?;
+        self.compact_if_asked()?;
         Ok(self.with_purged(out, &purged))
     }
 

@@ -110,6 +110,33 @@ pub enum StoreError {
         /// The change that was refused.
         what: String,
     },
+    /// A job (a re-encryption, a rewrap, a compaction, the due destructions) is being run by
+    /// another runner: another thread of this process, or another replica of the fleet whose
+    /// lease on it has not expired.
+    #[error(
+        "{job} is being run by {replica}{}: wait for it to finish (`strongroom jobs` lists what is left); if that replica died, its lease runs out and the job can be taken over then",
+        .retry_after_ms.map(|ms| format!(" (its lease runs for another {ms} ms unless renewed)")).unwrap_or_default()
+    )]
+    JobBusy {
+        /// The job.
+        job: String,
+        /// Who runs it: a replica's name, or `this process`.
+        replica: String,
+        /// When its lease runs out unless renewed (for a replica of the fleet).
+        retry_after_ms: Option<u64>,
+    },
+    /// This runner's lease on a job was taken over by another replica (this one was stalled or
+    /// cut off from the database for longer than the lease): it wrote nothing more, and the
+    /// other carries the job on from its last committed step.
+    #[error(
+        "{job}: this replica's lease on the job ran out and {replica} took it over (this replica was stalled or cut off for longer than the lease); the step in progress was not written, and the job carries on there"
+    )]
+    LeaseLost {
+        /// The job.
+        job: String,
+        /// Who holds the lease now (`none`: nobody, it was released).
+        replica: String,
+    },
     /// The operation would leave something without a key (a root version still wrapping KEKs,
     /// the root that protects the audit log).
     #[error("{0}")]

@@ -102,6 +102,11 @@ impl Store {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<ReencryptReport, StoreError> {
         let id = self.read_catalog().keyring(keyring)?.id;
+        // One runner per keyring, in the process and across a fleet (`crate::lease`).
+        let lease = self.claim(
+            &format!("reencrypt/{id}"),
+            &format!("the re-encryption of keyring {keyring}"),
+        )?;
         let job = reencrypt_job_key(id);
         let mut cursor: Option<Vec<u8>> = self
             .inner
@@ -205,6 +210,7 @@ impl Store {
                             kr.current_dek
                         ),
                         |tx| {
+                            lease.hold(tx.raw())?;
                             replaced.set(0);
                             for (k, old, new) in &resealed {
                                 if tx.get(TreeId::Records, k)?.as_deref() == Some(*old) {
@@ -280,9 +286,14 @@ impl Store {
             AuditOp::Reencrypted,
             format!("keyring {keyring}"),
             detail,
-            |tx| tx.remove(TreeId::Jobs, job.clone()),
+            |tx| {
+                lease.hold(tx.raw())?;
+                tx.remove(TreeId::Jobs, job.clone())
+            },
             Effects::none(),
         )?;
+        drop(w);
+        drop(lease);
         Ok(report)
     }
 

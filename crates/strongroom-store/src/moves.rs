@@ -258,7 +258,7 @@ impl Store {
                 Ok(())
             })?;
         }
-        self.finish_compaction()?;
+        self.compact_if_asked()?;
         Ok(MoveReport {
             from: Some(from),
             reencrypted,

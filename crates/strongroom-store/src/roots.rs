@@ -271,6 +271,10 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut progress = telemetry::job_progress("rewrap", progress);
         let target = self.read_catalog().usable_root(name)?;
+        let lease = self.claim(
+            &format!("rewrap/{name}"),
+            &format!("the rewrap of the KEKs under root {name}"),
+        )?;
         let todo = self.keks_under(name, Some(target))?;
         let total = todo.len() as u64;
         let mut done = 0u64;
@@ -310,6 +314,7 @@ impl Store {
                     format!("root {name}"),
                     format!("KEK {v} of keyring {kr_name} rewrapped under {to}"),
                     |tx| {
+                        lease.hold(tx.raw())?;
                         replaced.set(false);
                         if unchanged(tx.get(TreeId::Keks, &tree_key)?.as_deref()) {
                             tx.insert(TreeId::Keks, tree_key.clone(), new.clone())?;

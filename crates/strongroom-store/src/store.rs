@@ -96,6 +96,12 @@ pub struct StoreOptions {
     /// one write). Default on; a one-shot tool that only names itself in the audit log (the
     /// CLI's commands) turns it off.
     pub report_seen: bool,
+    /// How long a replica's lease on a job (a re-encryption, a rewrap, a compaction, the due
+    /// destructions) lasts unless renewed, on a shared engine: the holder renews it every
+    /// third of this while it runs, so this is how long a replica that died mid-job holds the
+    /// job up before another takes it over. Unused on an engine that is not shared. Default
+    /// 30 s.
+    pub job_lease: Duration,
 }
 
 impl Default for StoreOptions {
@@ -112,6 +118,7 @@ impl Default for StoreOptions {
             fleet_poll: Duration::from_secs(1),
             replica: String::new(),
             report_seen: true,
+            job_lease: crate::lease::DEFAULT_LEASE,
         }
     }
 }
@@ -231,6 +238,11 @@ pub(crate) struct Inner {
     pub last_verify_attempt: Mutex<Option<Instant>>,
     /// The key-state generation, and how this replica follows it ([`crate::fleet`]).
     pub fleet: Fleet,
+    /// The jobs this process runs now ([`crate::lease`]).
+    pub jobs: crate::lease::Running,
+    /// A random id of this open store, in the leases it holds: two processes with one replica
+    /// name are still two holders.
+    pub instance: u64,
 }
 
 /// An open store. `Send + Sync`, cheap to clone; clones share everything but the actor.
@@ -758,6 +770,16 @@ impl Store {
     ) -> Self {
         let actor: Arc<str> = Arc::from(options.actor.as_str());
         let fleet = Fleet::new(storage.engine().shared(), options.fleet_poll);
+        // Only tells two holders of leases apart (not a secret): a failed draw falls back to
+        // the process id and the time.
+        let mut instance = [0u8; 8];
+        if strongroom_core::rng::os_fill(&mut instance).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos();
+            instance = (u64::from(std::process::id()) << 32 | u64::from(nanos)).to_be_bytes();
+        }
         Self {
             inner: Arc::new(Inner {
                 fleet,
@@ -778,6 +800,8 @@ impl Store {
                 catalog_sealed: AtomicBool::new(false),
                 accepting_rollback: AtomicBool::new(false),
                 last_verify_attempt: Mutex::new(None),
+                jobs: crate::lease::Running::default(),
+                instance: u64::from_be_bytes(instance),
             }),
             actor,
         }

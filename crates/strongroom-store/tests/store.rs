@@ -429,6 +429,71 @@ fn a_refused_reencryption_leaves_no_unfinished_job() {
 }
 
 #[test]
+fn one_job_has_one_runner_and_is_free_again_when_it_ends_however_it_ends() {
+    let fx = Fixture::new(StoreOptions::default());
+    let s = fx.store();
+    let k = kr("ring");
+    s.create_keyring(&k, None).unwrap();
+    for i in 0..600 {
+        s.put(&k, format!("r{i:04}").as_bytes(), b"v").unwrap();
+    }
+    s.rotate_dek(&k).unwrap();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let (tried_tx, tried) = std::sync::mpsc::channel::<()>();
+    let report = std::thread::scope(|scope| {
+        let ring = &k;
+        let runner = scope.spawn(move || {
+            let mut first = true;
+            s.reencrypt(ring, &mut |p| {
+                // After the first batch: another thread tries the same job meanwhile.
+                if first && p.done > 0 {
+                    first = false;
+                    started_tx.send(()).unwrap();
+                    tried.recv().unwrap();
+                }
+            })
+        });
+        started.recv().unwrap();
+        let e = s.reencrypt(&k, &mut no_progress()).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::JobBusy { replica, .. } if replica == "this process"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("re-encryption of keyring ring"),
+            "{e}"
+        );
+        // Another keyring's job is another job.
+        s.create_keyring(&kr("other"), None).unwrap();
+        s.reencrypt(&kr("other"), &mut no_progress()).unwrap();
+        tried_tx.send(()).unwrap();
+        runner.join().unwrap().unwrap()
+    });
+    assert_eq!(report.reencrypted, 600, "{report:?}");
+    // Ended: free again. A run that fails (the keyring disabled) or panics frees it too.
+    s.reencrypt(&k, &mut no_progress()).unwrap();
+    s.rotate_dek(&k).unwrap();
+    assert!(
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.reencrypt(&k, &mut |_| panic!("interrupted"))
+        }))
+        .is_err()
+    );
+    s.disable_keyring(&k).unwrap();
+    assert!(matches!(
+        s.reencrypt(&k, &mut no_progress()).unwrap_err(),
+        StoreError::KeyringDisabled { .. }
+    ));
+    s.enable_keyring(&k).unwrap();
+    let resumed = s.reencrypt(&k, &mut no_progress()).unwrap();
+    assert!(resumed.resumed && resumed.reencrypted > 0, "{resumed:?}");
+    // On an engine no other process shares, nothing of the lease is stored.
+    if !common::on_postgres() {
+        assert!(s.job_leases().unwrap().is_empty());
+    }
+}
+
+#[test]
 fn kek_rotation_touches_no_record() {
     let mut fx = Fixture::new(StoreOptions::default());
     let s = fx.store();

@@ -380,4 +380,33 @@ fn fleet_lines(r: &mut Report, store: &Store, poll: std::time::Duration) {
         }
         Err(e) => r.add(Status::Fail, "  replicas", e.to_string()),
     }
+    // Jobs running now, and by whom; a lease that ran out is a replica that died mid-job
+    // (the next runner takes it over and resumes).
+    match store.job_leases() {
+        Ok(leases) => {
+            for l in leases {
+                let name = format!("  job {}", escape_controls(&l.job));
+                let who = escape_controls(&l.replica);
+                if l.expired {
+                    r.add(
+                        Status::Warn,
+                        name,
+                        format!(
+                            "its lease (held by {who}) ran out: that replica died or stalled mid-job; `strongroom jobs resume` (or any replica's next run of it) takes it over"
+                        ),
+                    );
+                } else {
+                    r.add(
+                        Status::Ok,
+                        name,
+                        format!(
+                            "running on {who}, lease until {:.1} s from now",
+                            l.expires_in_ms as f64 / 1000.0
+                        ),
+                    );
+                }
+            }
+        }
+        Err(e) => r.add(Status::Fail, "  jobs", e.to_string()),
+    }
 }

@@ -531,6 +531,20 @@ pub trait Engine: Send + Sync + fmt::Debug {
         false
     }
 
+    /// The database's clock, in milliseconds since the Unix epoch: what the leases on jobs
+    /// expire by, so that replicas on machines whose clocks differ still agree on when a lease
+    /// ran out. The default, this machine's clock, is right for an engine no other process
+    /// shares.
+    ///
+    /// # Errors
+    /// The database cannot be reached.
+    fn clock_ms(&self) -> Result<u64, EngineError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(u64::try_from(now.as_millis()).unwrap_or(u64::MAX))
+    }
+
     /// The number of entries in `t`.
     ///
     /// # Errors

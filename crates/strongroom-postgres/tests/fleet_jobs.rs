@@ -1,0 +1,270 @@
+//! Jobs in a fleet (issue 13, item 4): a re-encryption, a rewrap, a compaction or the due
+//! destructions run on one replica at a time, under a lease in the database. Here as several
+//! replicas in one process; `strongroom-store`'s `tests/fleet_jobs.rs` kills a replica process
+//! mid-job. A lease another replica holds refuses the job, naming the holder; a holder renews
+//! its lease while it runs, however long a step takes; a holder whose lease was taken over
+//! writes nothing more (the token is checked in the commit of every step), and the new holder
+//! resumes from the cursor.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::fleet::{Fleet, fleet_with, until};
+use common::{connect, kr};
+use strongroom_postgres::PgEngine;
+use strongroom_store::{Engine, StoreError, StoreOptions, TreeId};
+
+fn fleet(n: usize, lease: Duration) -> Fleet {
+    fleet_with(n, |i| StoreOptions {
+        fleet_poll: Duration::from_millis(50),
+        replica: format!("replica-{i}"),
+        job_lease: lease,
+        ..StoreOptions::default()
+    })
+}
+
+/// A keyring of `n` records, all under a DEK that is not current: a re-encryption to run.
+fn keyring_to_reencrypt(f: &Fleet, n: usize) {
+    let a = &f.replicas[0];
+    let k = kr("ring");
+    a.create_keyring(&k, None).unwrap();
+    let writes: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
+        .map(|i| {
+            (
+                format!("r{i:05}").into_bytes(),
+                format!("value {i}").into_bytes(),
+            )
+        })
+        .collect();
+    for chunk in writes.chunks(500) {
+        let ops: Vec<_> = chunk
+            .iter()
+            .map(|(k, v)| strongroom_store::BatchOp::Put(k.clone(), v.clone()))
+            .collect();
+        a.batch(&k, &ops).unwrap();
+    }
+    a.rotate_dek(&k).unwrap();
+    // Every replica serves the key states of now (they poll every 50 ms).
+    let (stored, _) = a.generations().unwrap();
+    for r in &f.replicas {
+        until(Duration::from_secs(5), || {
+            // An operation polls.
+            let _ = r.get(&k, b"r00000");
+            (r.generations().unwrap().1 >= stored).then_some(())
+        });
+    }
+}
+
+/// The stored leases, raw: `(key, value)`.
+fn raw_leases(engine: &PgEngine) -> Vec<(Vec<u8>, Vec<u8>)> {
+    engine
+        .scan(TreeId::Jobs, b"lease/", b"")
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// A lease as the store writes it: format 1, token, expiry (ms since the epoch, the database's
+/// clock), holder.
+fn lease_bytes(token: u64, expires_ms: u64, holder: &str) -> Vec<u8> {
+    let mut v = vec![1u8];
+    v.extend_from_slice(&token.to_be_bytes());
+    v.extend_from_slice(&expires_ms.to_be_bytes());
+    v.extend_from_slice(holder.as_bytes());
+    v
+}
+
+#[test]
+fn a_job_one_replica_runs_is_refused_to_the_others_naming_it_until_it_ends() {
+    let f = fleet(3, Duration::from_millis(600));
+    keyring_to_reencrypt(&f, 1500);
+    let (a, b, c) = (&f.replicas[0], &f.replicas[1], &f.replicas[2]);
+    let k = kr("ring");
+    let (started_tx, started) = mpsc::channel::<()>();
+    let (go_tx, go) = mpsc::channel::<()>();
+    let report = std::thread::scope(|scope| {
+        let ring = &k;
+        let runner = scope.spawn(move || {
+            let mut first = true;
+            b.reencrypt(ring, &mut |p| {
+                if first && p.done > 0 {
+                    first = false;
+                    started_tx.send(()).unwrap();
+                    // Longer than the lease, twice: the holder renews it meanwhile.
+                    go.recv().unwrap();
+                }
+            })
+        });
+        if started.recv().is_err() {
+            panic!("the runner: {:?}", runner.join().unwrap());
+        }
+        for _ in 0..3 {
+            for other in [a, c] {
+                let e = other.reencrypt(&k, &mut |_| {}).unwrap_err();
+                match &e {
+                    StoreError::JobBusy {
+                        replica,
+                        retry_after_ms: Some(ms),
+                        ..
+                    } => {
+                        assert_eq!(replica, "replica-1", "{e}");
+                        assert!(*ms <= 600, "{e}");
+                    }
+                    _ => panic!("refused as busy, naming the holder: {e:?}"),
+                }
+                assert!(e.to_string().contains("replica-1"), "{e}");
+            }
+            let leases = a.job_leases().unwrap();
+            assert_eq!(leases.len(), 1, "{leases:?}");
+            assert_eq!(leases[0].replica, "replica-1");
+            assert!(leases[0].job.starts_with("reencrypt/"), "{leases:?}");
+            assert!(!leases[0].expired, "renewed while it runs: {leases:?}");
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        go_tx.send(()).unwrap();
+        runner.join().unwrap().unwrap()
+    });
+    assert_eq!(report.reencrypted, 1500, "{report:?}");
+    assert!(!report.resumed);
+    // Released when it ended: no lease left, and another replica runs the next one.
+    assert!(a.job_leases().unwrap().is_empty());
+    c.rotate_dek(&k).unwrap();
+    let (r, _) = until(Duration::from_secs(10), || {
+        a.reencrypt(&k, &mut |_| {}).ok()
+    });
+    assert_eq!(r.reencrypted, 1500, "{r:?}");
+    // Each batch's audit entry names the replica that wrote it.
+    let batches: Vec<String> = a
+        .audit_entries(1)
+        .map(Result::unwrap)
+        .filter(|e| e.detail.starts_with("batch of"))
+        .map(|e| e.replica)
+        .collect();
+    assert!(!batches.is_empty());
+    let first_run = batches.iter().take_while(|r| *r == "replica-1").count();
+    assert!(
+        batches[first_run..].iter().all(|r| r == "replica-0"),
+        "two replicas on one run: {batches:?}"
+    );
+    assert!(a.verify_audit().unwrap().is_ok());
+}
+
+#[test]
+fn a_holder_whose_lease_was_taken_over_writes_nothing_more_and_the_next_resumes() {
+    let f = fleet(2, Duration::from_secs(30));
+    keyring_to_reencrypt(&f, 2000);
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    let k = kr("ring");
+    let raw = connect(&f.cfg);
+    let cursor = |raw: &PgEngine| {
+        raw.scan(TreeId::Jobs, b"reencrypt/", b"")
+            .map(|r| r.unwrap().1)
+            .next()
+    };
+    let mut at_takeover = None;
+    let e = a
+        .reencrypt(&k, &mut |p| {
+            if at_takeover.is_none() && p.done >= 512 {
+                // Another replica takes the lease over, as it would once this one's expired
+                // (stalled, cut off): the next token, its holder, a short expiry.
+                let leases = raw_leases(&raw);
+                assert_eq!(leases.len(), 1);
+                let (key, value) = &leases[0];
+                let token = u64::from_be_bytes(value[1..9].try_into().unwrap());
+                let now = raw.clock_ms().unwrap();
+                raw.insert(
+                    TreeId::Jobs,
+                    key,
+                    &lease_bytes(token + 1, now + 500, "replica-9#0000000000000009"),
+                )
+                .unwrap();
+                at_takeover = Some(cursor(&raw).unwrap());
+            }
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&e, StoreError::LeaseLost { replica, .. } if replica == "replica-9"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("took it over"), "{e}");
+    // Not a step more: the cursor is where it was when the lease was taken.
+    assert_eq!(
+        cursor(&raw),
+        at_takeover,
+        "a batch was written after the takeover"
+    );
+    // The taken-over lease is not released by the loser.
+    assert_eq!(raw_leases(&raw).len(), 1);
+    // Until it runs out, the job is busy, for either replica; then B takes it over and
+    // resumes from the cursor.
+    let busy = b.reencrypt(&k, &mut |_| {});
+    assert!(
+        matches!(&busy, Err(StoreError::JobBusy { replica, .. }) if replica == "replica-9"),
+        "{busy:?}"
+    );
+    let (r, _) = until(Duration::from_secs(10), || {
+        b.reencrypt(&k, &mut |_| {}).ok()
+    });
+    assert!(r.resumed, "{r:?}");
+    assert!(
+        r.reencrypted > 0 && r.reencrypted <= 2000 - 512,
+        "resumed from the cursor, not from the start: {r:?}"
+    );
+    for i in (0..2000).step_by(37) {
+        assert_eq!(
+            a.get(&k, format!("r{i:05}").as_bytes())
+                .unwrap()
+                .unwrap()
+                .expose(),
+            format!("value {i}").as_bytes()
+        );
+    }
+    assert!(b.pending_jobs().unwrap().is_empty());
+    assert!(raw_leases(&raw).is_empty());
+    assert!(a.verify_audit().unwrap().is_ok());
+}
+
+#[test]
+fn a_damaged_lease_is_taken_over_and_a_root_rotation_s_rewrap_is_leased_too() {
+    let f = fleet(2, Duration::from_secs(30));
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    for i in 0..5 {
+        a.create_keyring(&kr(&format!("k{i}")), None).unwrap();
+    }
+    let root = common::rn("service");
+    let raw = connect(&f.cfg);
+    // Garbage where a lease goes: taken over, not an error and not a lock forever.
+    raw.insert(TreeId::Jobs, b"lease/rewrap/service", b"\x07garbage")
+        .unwrap();
+    let (started_tx, started) = mpsc::channel::<()>();
+    let (go_tx, go) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let r = &root;
+        let runner = scope.spawn(move || {
+            let mut first = true;
+            // A root rotation rewraps every KEK under the new version: a rewrap job.
+            a.rotate_root(r, &mut |p| {
+                if first && p.done > 0 {
+                    first = false;
+                    started_tx.send(()).unwrap();
+                    go.recv().unwrap();
+                }
+            })
+        });
+        started.recv().unwrap();
+        let e = until(Duration::from_secs(5), || {
+            b.rewrap_root(&root, &mut |_| {}).err()
+        })
+        .0;
+        assert!(
+            matches!(&e, StoreError::JobBusy { replica, .. } if replica == "replica-0"),
+            "{e:?}"
+        );
+        go_tx.send(()).unwrap();
+        assert_eq!(runner.join().unwrap().unwrap().get(), 2);
+    });
+    assert!(raw_leases(&raw).is_empty());
+    assert!(b.verify_audit().unwrap().is_ok());
+}
