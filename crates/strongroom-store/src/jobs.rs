@@ -101,6 +101,10 @@ impl Store {
         keyring: &KeyringName,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<ReencryptReport, StoreError> {
+        // A job starts from the key states of now, not from a view one poll old: on a replica
+        // that has not yet taken in another's disable, a re-encryption with nothing to commit
+        // would otherwise report success on a keyring that is no longer usable.
+        self.reload_if_moved();
         let id = self.read_catalog().keyring(keyring)?.id;
         // One runner per keyring, in the process and across a fleet (`crate::lease`).
         let lease = self.claim(

@@ -270,6 +270,8 @@ impl Store {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<u64, StoreError> {
         let mut progress = telemetry::job_progress("rewrap", progress);
+        // From the key states of now (see `Store::reencrypt`).
+        self.reload_if_moved();
         let target = self.read_catalog().usable_root(name)?;
         let lease = self.claim(
             &format!("rewrap/{name}"),

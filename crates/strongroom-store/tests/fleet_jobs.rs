@@ -134,7 +134,7 @@ fn replica(token: &Token, name: &str) -> ! {
                     .unwrap();
                 // One write per acknowledged record: a kill leaves at most a partial last line.
                 acked.write_all(format!("{i}\n").as_bytes()).unwrap();
-                if i % 50 == 0 {
+                if i.is_multiple_of(50) {
                     retrying(|| s.rotate_kek(&own));
                     let _ = s.get(&ring(), b"r00000").unwrap();
                 }
