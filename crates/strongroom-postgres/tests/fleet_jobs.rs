@@ -268,3 +268,48 @@ fn a_damaged_lease_is_taken_over_and_a_root_rotation_s_rewrap_is_leased_too() {
     assert!(raw_leases(&raw).is_empty());
     assert!(b.verify_audit().unwrap().is_ok());
 }
+
+#[test]
+fn a_replica_with_a_very_long_name_still_holds_its_job() {
+    // Names are clipped (at 255 bytes) in the lease as in the audit log: a lease that did not
+    // parse would be taken over as damaged.
+    let long = |i: usize| format!("{}-{i}", "é".repeat(200));
+    let f = fleet_with(2, |i| StoreOptions {
+        fleet_poll: Duration::from_millis(50),
+        replica: long(i),
+        ..StoreOptions::default()
+    });
+    keyring_to_reencrypt(&f, 600);
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    let k = kr("ring");
+    let (started_tx, started) = mpsc::channel::<()>();
+    let (go_tx, go) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let ring = &k;
+        let runner = scope.spawn(move || {
+            let mut first = true;
+            a.reencrypt(ring, &mut |p| {
+                if first && p.done > 0 {
+                    first = false;
+                    started_tx.send(()).unwrap();
+                    go.recv().unwrap();
+                }
+            })
+        });
+        if started.recv().is_err() {
+            panic!("the runner: {:?}", runner.join().unwrap());
+        }
+        let e = b.reencrypt(&k, &mut |_| {}).unwrap_err();
+        match &e {
+            StoreError::JobBusy { replica, .. } => {
+                assert!(
+                    replica.len() <= 255 && long(0).starts_with(replica.as_str()),
+                    "{e}"
+                );
+            }
+            _ => panic!("refused as busy: {e:?}"),
+        }
+        go_tx.send(()).unwrap();
+        runner.join().unwrap().unwrap();
+    });
+}
