@@ -22,7 +22,8 @@ use crate::store::Store;
 pub struct Destroyed {
     /// The keyring.
     pub keyring: KeyringName,
-    /// Records purged.
+    /// Records purged by this call (on a fleet, a purge another replica was running at the
+    /// time carries them out, uncounted here: `pending_jobs` lists it until it is done).
     pub records: u64,
     /// Roots it lived under before a move: copies of the store made before that move are only
     /// as gone as those roots.
@@ -439,14 +440,24 @@ impl Store {
         // One runner at a time across a fleet; each destruction is also a key change, refused
         // if another replica changed the key states first (`crate::fleet`).
         let _lease = self.claim("due-destructions", "the destructions that fell due")?;
-        {
+        // A destruction refused because another replica changed the key states first (any
+        // key change, or its compaction's entry) has changed nothing, and this replica has
+        // taken the new states in: what is due is read again and the rest carried out.
+        let mut conflicts = 0;
+        'again: loop {
             let w = self.write_lifecycle();
             // As of now: another runner may have carried some out before this one claimed.
             let (due_keyrings, due_roots) = self.due_destructions(now);
             for name in due_keyrings {
-                self.audited(AuditOp::KeyringDestroyed, format!("keyring {name}"), || {
+                match self.audited(AuditOp::KeyringDestroyed, format!("keyring {name}"), || {
                     self.destroy_keyring_locked(&w, &name, Transition::DestroyDue { now })
-                })?;
+                }) {
+                    Err(StoreError::Conflict { .. }) if conflicts < 20 => {
+                        conflicts += 1;
+                        continue 'again;
+                    }
+                    r => r?,
+                };
                 let former_roots = self.read_catalog().keyring(&name)?.former_roots.clone();
                 out.push(Destroyed {
                     keyring: name,
@@ -455,11 +466,18 @@ impl Store {
                 });
             }
             for name in due_roots {
-                let d = self.audited(AuditOp::RootDestroyed, format!("root {name}"), || {
+                let d = match self.audited(AuditOp::RootDestroyed, format!("root {name}"), || {
                     self.destroy_root_locked(&w, &name, Transition::DestroyDue { now })
-                })?;
+                }) {
+                    Err(StoreError::Conflict { .. }) if conflicts < 20 => {
+                        conflicts += 1;
+                        continue 'again;
+                    }
+                    r => r?,
+                };
                 out.extend(d);
             }
+            break;
         }
         let purged = self.finish_purges()?;
         self.compact_if_asked()?;

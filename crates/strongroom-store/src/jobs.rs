@@ -91,26 +91,45 @@ impl Store {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<ReencryptReport, StoreError> {
         let mut progress = telemetry::job_progress("reencrypt", progress);
+        // A job starts from the key states of now, not from a view one poll old: on a replica
+        // that has not yet taken in another's disable, a re-encryption with nothing to commit
+        // would otherwise report success on a keyring that is no longer usable.
+        self.reload_if_moved();
+        // One runner per keyring, in the process and across a fleet (`crate::lease`). A job
+        // another runner has is refused before the audit entry: waiting replicas that try it
+        // again and again are not attempts at it.
+        let lease = match self.read_catalog().keyring(keyring) {
+            Ok(kr) => Some(self.claim_reencrypt(keyring, kr.id)?),
+            // Refused below, audited.
+            Err(_) => None,
+        };
         self.audited(AuditOp::Reencrypted, format!("keyring {keyring}"), || {
-            self.reencrypt_inner(keyring, &mut progress)
+            self.reencrypt_inner(keyring, lease, &mut progress)
         })
+    }
+
+    fn claim_reencrypt(
+        &self,
+        keyring: &KeyringName,
+        id: u64,
+    ) -> Result<crate::lease::Lease<'_>, StoreError> {
+        self.claim(
+            &format!("reencrypt/{id}"),
+            &format!("the re-encryption of keyring {keyring}"),
+        )
     }
 
     fn reencrypt_inner(
         &self,
         keyring: &KeyringName,
+        lease: Option<crate::lease::Lease<'_>>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<ReencryptReport, StoreError> {
-        // A job starts from the key states of now, not from a view one poll old: on a replica
-        // that has not yet taken in another's disable, a re-encryption with nothing to commit
-        // would otherwise report success on a keyring that is no longer usable.
-        self.reload_if_moved();
         let id = self.read_catalog().keyring(keyring)?.id;
-        // One runner per keyring, in the process and across a fleet (`crate::lease`).
-        let lease = self.claim(
-            &format!("reencrypt/{id}"),
-            &format!("the re-encryption of keyring {keyring}"),
-        )?;
+        let lease = match lease {
+            Some(l) => l,
+            None => self.claim_reencrypt(keyring, id)?,
+        };
         let job = reencrypt_job_key(id);
         let mut cursor: Option<Vec<u8>> = self
             .inner

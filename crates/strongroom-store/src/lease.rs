@@ -160,10 +160,14 @@ impl Store {
         format!("{}#{:016x}", &name[..end], self.inner.instance)
     }
 
+    /// The lease's length: [`StoreOptions::job_lease`](crate::StoreOptions), at least
+    /// [`MIN_LEASE`] (a lease of nothing would be taken over between two heartbeats).
+    fn lease(&self) -> Duration {
+        self.inner.options.job_lease.max(MIN_LEASE)
+    }
+
     fn lease_ms(&self) -> u64 {
-        u64::try_from(self.inner.options.job_lease.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
+        u64::try_from(self.lease().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Claims `job` (described as `what` in errors) for this runner.
@@ -199,9 +203,11 @@ impl Store {
 
     fn claim_stored(&self, key: &[u8], what: &str) -> Result<u64, StoreError> {
         let me = self.holder();
-        let now = self.clock_ms()?;
         let ttl = self.lease_ms();
         self.inner.storage.transaction_on(&[TreeId::Jobs], |tx| {
+            // Read once the transaction runs: it may have waited for its turn (the fleet's
+            // transaction lock, a compaction's table lock) longer than a lease lasts.
+            let now = self.clock_ms().or_else(abort)?;
             let raw = tx.get(TreeId::Jobs, key)?;
             let token = match raw.as_deref().map(Stored::parse) {
                 Some(Some(l)) if l.holder != me && l.expires_ms > now => {
@@ -240,9 +246,10 @@ impl Store {
     /// Extends the stored lease `key` with `token`; `false` once another holder has it.
     fn renew(&self, key: &[u8], token: u64) -> Result<bool, StoreError> {
         let me = self.holder();
-        let now = self.clock_ms()?;
         let ttl = self.lease_ms();
         self.inner.storage.transaction_on(&[TreeId::Jobs], |tx| {
+            // As of the renewal's turn, not of before its wait (see `claim_stored`).
+            let now = self.clock_ms().or_else(abort)?;
             match tx
                 .get(TreeId::Jobs, key)?
                 .as_deref()
@@ -267,7 +274,7 @@ impl Store {
     fn heartbeat(&self, key: Vec<u8>, token: u64) -> (mpsc::Sender<()>, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<()>();
         let store = self.clone();
-        let every = self.inner.options.job_lease / 3;
+        let every = self.lease() / 3;
         let handle = std::thread::spawn(move || {
             loop {
                 match rx.recv_timeout(every) {
@@ -288,8 +295,13 @@ impl Store {
     /// # Errors
     /// A storage error.
     pub fn job_leases(&self) -> Result<Vec<JobLease>, StoreError> {
-        let now = self.clock_ms()?;
         let mut out = Vec::new();
+        // A store that holds its database alone runs no other process's jobs: a lease left in
+        // it by a fleet before (a replica that died) means nothing.
+        if !self.inner.fleet.shared {
+            return Ok(out);
+        }
+        let now = self.clock_ms()?;
         for item in self.inner.storage.scan_prefix(TreeId::Jobs, LEASE_PREFIX) {
             let (k, v) = item?;
             if let Some(l) = Stored::parse(&v) {
@@ -360,6 +372,10 @@ impl Drop for Lease<'_> {
         self.store.inner.jobs.leave(&self.key);
     }
 }
+
+/// The shortest lease (a shorter [`StoreOptions::job_lease`](crate::StoreOptions) is taken as
+/// this).
+pub(crate) const MIN_LEASE: Duration = Duration::from_millis(300);
 
 /// How long a lease runs by default ([`StoreOptions::job_lease`](crate::StoreOptions)).
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);

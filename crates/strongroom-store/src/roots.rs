@@ -195,8 +195,14 @@ impl Store {
                 Ok(next)
             })?
         };
-        self.rewrap_root(name, progress)?;
-        Ok(version)
+        match self.rewrap_root(name, progress) {
+            // The rotation is committed; the rewrap it asks for is another runner's now (a
+            // replica rewrapping under this root already), which takes the new version in as
+            // it goes or is resumed by `pending_jobs`. Failing here would invite a retry that
+            // rotates the root again.
+            Ok(_) | Err(StoreError::JobBusy { .. }) => Ok(version),
+            Err(e) => Err(e),
+        }
     }
 
     /// The audit key's material, for rewrapping it (kept only as long as needed).

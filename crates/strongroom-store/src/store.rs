@@ -99,8 +99,8 @@ pub struct StoreOptions {
     /// How long a replica's lease on a job (a re-encryption, a rewrap, a compaction, the due
     /// destructions) lasts unless renewed, on a shared engine: the holder renews it every
     /// third of this while it runs, so this is how long a replica that died mid-job holds the
-    /// job up before another takes it over. Unused on an engine that is not shared. Default
-    /// 30 s.
+    /// job up before another takes it over. At least 300 ms (shorter is taken as that). Unused
+    /// on an engine that is not shared. Default 30 s.
     pub job_lease: Duration,
 }
 
