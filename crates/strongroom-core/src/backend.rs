@@ -272,6 +272,32 @@ pub trait Backend: Send + Sync {
         Err(self.not_supported("record which store its keys belong to"))
     }
 
+    /// The audit anchors this backend keeps for the store: each the value of one record
+    /// (opaque to the backend; the store MACs it), none if none was written. A backend that
+    /// can keep them (an HSM, in a data object) keeps the anchor where whoever can write the
+    /// store's database cannot rewrite it: what detects a database of a fleet put back to an
+    /// older copy. Several may be there at once (two replicas wrote at the same moment, or a
+    /// crash between a write and the removal of what it replaced); the store takes the newest
+    /// that verifies.
+    ///
+    /// # Errors
+    /// [`BackendError::NotSupported`] for a backend that does not keep them (the store then
+    /// keeps its anchor in a file of its directory), or a device error.
+    fn audit_anchors(&self) -> Result<Vec<Vec<u8>>, BackendError> {
+        Err(self.not_supported("keep the audit anchor"))
+    }
+
+    /// Records `anchor`, then removes the anchors whose values are in `replacing` (those the
+    /// store read before and that `anchor` supersedes; one another replica wrote meanwhile is
+    /// left, and the newest wins when read).
+    ///
+    /// # Errors
+    /// [`BackendError::NotSupported`] for a backend that does not keep them, or a device error.
+    fn put_audit_anchor(&self, anchor: &[u8], replacing: &[Vec<u8>]) -> Result<(), BackendError> {
+        let _ = (anchor, replacing);
+        Err(self.not_supported("keep the audit anchor"))
+    }
+
     /// The [`BackendError::NotSupported`] for `operation` on this backend.
     fn not_supported(&self, operation: &'static str) -> BackendError {
         BackendError::NotSupported {
@@ -352,5 +378,11 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
         replacing: Option<&StoreClaim>,
     ) -> Result<(), BackendError> {
         (**self).set_store_claim(claim, replacing)
+    }
+    fn audit_anchors(&self) -> Result<Vec<Vec<u8>>, BackendError> {
+        (**self).audit_anchors()
+    }
+    fn put_audit_anchor(&self, anchor: &[u8], replacing: &[Vec<u8>]) -> Result<(), BackendError> {
+        (**self).put_audit_anchor(anchor, replacing)
     }
 }

@@ -9,6 +9,7 @@
 //!                                PUBLIC_KEY
 //! temporary objects              SECRET_KEY   <ns>/tmp/<hex>         -      session objects only
 //! store claim                    DATA         <ns>/store             -      CKA_APPLICATION "strongroom-store"
+//! audit anchor (a fleet's)       DATA         <ns>/anchor            -      CKA_APPLICATION "strongroom-anchor"
 //! ```
 //! so `pkcs11-tool --list-objects --login` shows each root version under a readable name.
 //! `<ns>` is the backend's namespace ([`crate::Pkcs11Config::namespace`], `strongroom` by
@@ -46,6 +47,10 @@ use strongroom_core::{RootKeyId, RootKeyName, RootVersion};
 pub(crate) const APPLICATION: &[u8] = b"strongroom";
 /// `CKA_APPLICATION` of the store claim (not a root record).
 pub(crate) const CLAIM_APPLICATION: &[u8] = b"strongroom-store";
+/// `CKA_APPLICATION` of the audit anchor.
+pub(crate) const ANCHOR_APPLICATION: &[u8] = b"strongroom-anchor";
+/// Longest audit anchor kept (the store's are 73 bytes).
+pub(crate) const MAX_ANCHOR_LEN: usize = 1024;
 const CLAIM_MAGIC: &str = "strongroom-store v1";
 /// Longest location a claim keeps.
 const MAX_CLAIM_LOCATION: usize = 4096;
@@ -172,6 +177,11 @@ impl Labels {
     /// The label of the namespace's store claim.
     pub(crate) fn store(&self) -> String {
         format!("{}/store", self.ns)
+    }
+
+    /// The label of the store's audit anchor.
+    pub(crate) fn anchor(&self) -> String {
+        format!("{}/anchor", self.ns)
     }
 
     /// A fresh label for a temporary session object.

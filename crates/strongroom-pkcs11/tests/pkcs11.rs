@@ -642,4 +642,34 @@ softhsm_tests! {
         assert!(format!("{b:?}").contains(&token.label));
         assert!(!format!("{b:?}").contains(&token.user_pin));
     }
+
+    fn the_audit_anchor_is_kept_in_the_token_replaced_and_per_namespace(token) {
+        let b = open(token);
+        assert!(b.audit_anchors().unwrap().is_empty(), "none before the first write");
+        b.put_audit_anchor(b"anchor-1", &[]).unwrap();
+        assert_eq!(b.audit_anchors().unwrap(), vec![b"anchor-1".to_vec()]);
+        // Replaced: the old one is gone once the new one exists.
+        b.put_audit_anchor(b"anchor-2", &[b"anchor-1".to_vec()]).unwrap();
+        assert_eq!(b.audit_anchors().unwrap(), vec![b"anchor-2".to_vec()]);
+        // One another writer put there meanwhile (not in `replacing`) stays: the store reads
+        // both and takes the newest.
+        b.put_audit_anchor(b"anchor-3", &[]).unwrap();
+        let mut both = b.audit_anchors().unwrap();
+        both.sort();
+        assert_eq!(both, vec![b"anchor-2".to_vec(), b"anchor-3".to_vec()]);
+        // Written again (a retry after a lost reply): still one of it.
+        b.put_audit_anchor(b"anchor-3", &[b"anchor-2".to_vec()]).unwrap();
+        assert_eq!(b.audit_anchors().unwrap(), vec![b"anchor-3".to_vec()]);
+        // A private token object, under the namespace's label, that another namespace on the
+        // same token does not see.
+        let listing = token.pkcs11_tool(&["--list-objects", "--type", "data"]);
+        assert!(listing.contains("strongroom/anchor"), "{listing}");
+        let other = open_with(token, |c| c.namespace = "other".into());
+        assert!(other.audit_anchors().unwrap().is_empty());
+        // Not a place for anything large.
+        assert!(b.put_audit_anchor(&[0u8; 2048], &[]).is_err());
+        // A new session (another replica's process would open its own) reads it.
+        drop(b);
+        assert_eq!(open(token).audit_anchors().unwrap(), vec![b"anchor-3".to_vec()]);
+    }
 }

@@ -275,7 +275,7 @@ pub enum StoreError {
     RolledBack {
         /// The store directory.
         path: PathBuf,
-        /// The anchor file.
+        /// The anchor file (or, for the anchor a fleet keeps in its backend, what it is).
         anchor: PathBuf,
         /// The last entry the anchor vouches for.
         anchored: u64,

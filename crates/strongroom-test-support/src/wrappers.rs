@@ -153,6 +153,13 @@ impl Backend for TestBackend {
         self.admin_gate()?;
         self.inner.destroy_root(id)
     }
+    fn audit_anchors(&self) -> Result<Vec<Vec<u8>>, BackendError> {
+        self.inner.audit_anchors()
+    }
+    fn put_audit_anchor(&self, anchor: &[u8], replacing: &[Vec<u8>]) -> Result<(), BackendError> {
+        self.admin_gate()?;
+        self.inner.put_audit_anchor(anchor, replacing)
+    }
     fn store_claim(&self) -> Result<Option<strongroom_core::StoreClaim>, BackendError> {
         self.inner.store_claim()
     }
@@ -269,6 +276,12 @@ impl Backend for SlowBackend {
     }
     fn destroy_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
         self.inner.destroy_root(id)
+    }
+    fn audit_anchors(&self) -> Result<Vec<Vec<u8>>, BackendError> {
+        self.inner.audit_anchors()
+    }
+    fn put_audit_anchor(&self, anchor: &[u8], replacing: &[Vec<u8>]) -> Result<(), BackendError> {
+        self.inner.put_audit_anchor(anchor, replacing)
     }
     fn store_claim(&self) -> Result<Option<strongroom_core::StoreClaim>, BackendError> {
         self.inner.store_claim()

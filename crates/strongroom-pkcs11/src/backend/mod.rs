@@ -46,6 +46,7 @@ use crate::objects::{APPLICATION, KeyLocator, Labels, RecordState, RootRecord, U
 use crate::pin_state::PinState;
 use crate::session::{CachedKey, CheckoutError, Generation, Lease};
 
+mod anchor;
 mod byok;
 mod claim;
 mod lifecycle;
@@ -527,6 +528,14 @@ impl Backend for Pkcs11Backend {
         replacing: Option<&strongroom_core::StoreClaim>,
     ) -> Result<(), BackendError> {
         self.write_claim(claim, replacing)
+    }
+
+    fn audit_anchors(&self) -> Result<Vec<Vec<u8>>, BackendError> {
+        self.read_anchors()
+    }
+
+    fn put_audit_anchor(&self, anchor: &[u8], replacing: &[Vec<u8>]) -> Result<(), BackendError> {
+        self.write_anchor(anchor, replacing)
     }
 }
 

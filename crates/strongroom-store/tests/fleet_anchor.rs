@@ -1,0 +1,180 @@
+//! A fleet's audit anchor in the HSM (issue 13): replicas of one store on a shared PostgreSQL
+//! schema and a SoftHSM2 token keep the anchor as a data object in the token, where whoever can
+//! write the database cannot rewrite it. A replica on a new machine (an empty directory) opens
+//! on it; the database put back to an older copy of itself (which undoes a disable, with its
+//! audit entries) is refused by every replica, new or old, until a rollback is accepted, which
+//! anchors the store anew for all of them. A forged anchor object fails its MAC.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use strongroom_core::{Backend, KeyringName, RootKeyName};
+use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
+use strongroom_postgres::{PgConfig, PgEngine};
+use strongroom_store::engine::{ALL_TREES, BatchChange, KeyValue};
+use strongroom_store::{Engine, Store, StoreError, StoreOptions, TreeId};
+use strongroom_test_support::pg;
+use strongroom_test_support::softhsm::Token;
+use strongroom_test_support::softhsm_tests;
+
+fn backend(token: &Token) -> Arc<Pkcs11Backend> {
+    Arc::new(
+        Pkcs11Backend::open(Pkcs11Config::new(
+            &token.module,
+            TokenSelector::Label(token.label.clone()),
+            PinSource::File(token.pin_file()),
+        ))
+        .unwrap(),
+    )
+}
+
+fn shared(url: &str, schema: &str) -> PgConfig {
+    let mut c = PgConfig::from_url(url)
+        .unwrap()
+        .with_schema(schema)
+        .unwrap();
+    c.exclusive = false;
+    c
+}
+
+fn k() -> KeyringName {
+    KeyringName::new("payroll").unwrap()
+}
+
+fn open(dir: &Path, cfg: &PgConfig, b: &Arc<Pkcs11Backend>) -> Result<Store, StoreError> {
+    Store::open_on(
+        dir,
+        Box::new(PgEngine::connect(cfg).unwrap()),
+        Arc::clone(b) as Arc<dyn Backend>,
+        StoreOptions {
+            replica: "replica".into(),
+            ..StoreOptions::default()
+        },
+    )
+}
+
+/// Every row of every tree, as an attacker with the database's credentials copies it.
+fn dump(e: &PgEngine) -> Vec<(TreeId, Vec<KeyValue>)> {
+    ALL_TREES
+        .iter()
+        .map(|t| (*t, e.scan(*t, b"", b"").collect::<Result<_, _>>().unwrap()))
+        .collect()
+}
+
+/// Puts a copy made by [`dump`] back in place of everything.
+fn put_back(e: &PgEngine, copy: &[(TreeId, Vec<KeyValue>)]) {
+    for (t, rows) in copy {
+        let now: Vec<KeyValue> = e.scan(*t, b"", b"").collect::<Result<_, _>>().unwrap();
+        e.apply_batch(
+            *t,
+            now.into_iter()
+                .map(|(k, _)| BatchChange::Remove(k))
+                .collect(),
+        )
+        .unwrap();
+        e.apply_batch(
+            *t,
+            rows.iter()
+                .map(|(k, v)| BatchChange::Insert(k.clone(), v.clone()))
+                .collect(),
+        )
+        .unwrap();
+    }
+}
+
+softhsm_tests! {
+    fn a_fleet_s_database_put_back_is_caught_by_the_anchor_in_the_hsm(token) {
+        let url = pg::shared().url();
+        let schema = pg::unique_schema();
+        let cfg = shared(&url, &schema);
+        let b = backend(token);
+        let first = tempfile::tempdir().unwrap();
+        let a = Store::create_on(
+            first.path(),
+            Box::new(PgEngine::connect(&cfg).unwrap()),
+            Arc::clone(&b) as Arc<dyn Backend>,
+            &RootKeyName::new("service").unwrap(),
+            StoreOptions { replica: "a".into(), ..StoreOptions::default() },
+        )
+        .unwrap();
+        a.create_keyring(&k(), None).unwrap();
+        a.put(&k(), b"alice", b"100").unwrap();
+        // The anchor is a data object in the token, one value, and no file stands in for it.
+        let anchors = b.audit_anchors().unwrap();
+        assert_eq!(anchors.len(), 1, "{anchors:?}");
+        assert!(!first.path().join(strongroom_store::ANCHOR_FILE).exists());
+        assert!(token
+            .pkcs11_tool(&["--list-objects", "--type", "data"])
+            .contains("strongroom/anchor"));
+
+        // A replica on a new machine: an empty directory, anchored by the token's.
+        let fresh = tempfile::tempdir().unwrap();
+        let r = open(fresh.path(), &cfg, &b).unwrap();
+        assert_eq!(r.get(&k(), b"alice").unwrap().unwrap().expose(), b"100");
+        drop(r);
+
+        // Someone with the database's credentials keeps a copy; the keyring is disabled (a
+        // revocation, audited and anchored), then the copy is put back: enabled again, as if
+        // the disable had never happened.
+        let raw = PgEngine::connect(&cfg).unwrap();
+        let copy = dump(&raw);
+        a.disable_keyring(&k()).unwrap();
+        drop(a);
+        put_back(&raw, &copy);
+
+        // Refused by every replica: a new one (no file at all) and the first.
+        for dir in [tempfile::tempdir().unwrap().path().to_path_buf(), first.path().to_path_buf()] {
+            let e = open(&dir, &cfg, &b).unwrap_err();
+            assert!(matches!(e, StoreError::RolledBack { .. }), "{e:?}");
+            assert!(e.to_string().contains("the audit anchor the backend keeps"), "{e}");
+            assert!(e.is_integrity());
+        }
+
+
+        // Accepted on purpose: audited, and anchored anew for the whole fleet.
+        let accepted = Store::open_on_accepting_rollback(
+            fresh.path(),
+            Box::new(PgEngine::connect(&cfg).unwrap()),
+            Arc::clone(&b) as Arc<dyn Backend>,
+            StoreOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(accepted.get(&k(), b"alice").unwrap().unwrap().expose(), b"100");
+        assert!(accepted.verify_audit().unwrap().is_ok());
+        drop(accepted);
+        for dir in [first.path(), fresh.path()] {
+            let r = open(dir, &cfg, &b).unwrap();
+            assert!(r.verify_audit().unwrap().is_ok());
+        }
+    }
+
+    fn an_anchor_in_the_hsm_that_is_not_the_store_s_fails_its_mac(token) {
+        let url = pg::shared().url();
+        let schema = pg::unique_schema();
+        let cfg = shared(&url, &schema);
+        let b = backend(token);
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::create_on(
+            dir.path(),
+            Box::new(PgEngine::connect(&cfg).unwrap()),
+            Arc::clone(&b) as Arc<dyn Backend>,
+            &RootKeyName::new("service").unwrap(),
+            StoreOptions::default(),
+        )
+        .unwrap();
+        a.create_keyring(&k(), None).unwrap();
+        drop(a);
+        // Same sequence, another MAC: the newest by sequence is not genuine.
+        let genuine = b.audit_anchors().unwrap().remove(0);
+        let mut forged = genuine.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        b.put_audit_anchor(&forged, &[genuine]).unwrap();
+        let e = open(dir.path(), &cfg, &b).unwrap_err();
+        assert!(matches!(e, StoreError::CatalogIntegrity { .. }), "{e:?}");
+        assert!(e.to_string().contains("fails its MAC"), "{e}");
+    }
+}
