@@ -1230,6 +1230,19 @@ impl Store {
         Ok(())
     }
 
+    /// Whether this store keeps its audit anchor in its backend (a fleet on a backend that keeps
+    /// one, such as an HSM) rather than in a file of its directory; with the sequence number of
+    /// the newest anchor there, if one was written and the backend answers.
+    #[must_use]
+    pub fn anchor_in_backend(&self) -> Option<Option<u64>> {
+        self.inner.anchor_in_backend.then(|| {
+            self.backend_anchor()
+                .ok()
+                .flatten()
+                .map(|(a, _)| a.head.seq)
+        })
+    }
+
     /// The newest anchor the backend keeps (by its sequence; its MAC is checked by
     /// `verify_catalog_once`), with its bytes; `None` if the anchor is not kept there or none
     /// was written yet.

@@ -105,6 +105,8 @@ softhsm_tests! {
         // The anchor is a data object in the token, one value, and no file stands in for it.
         let anchors = b.audit_anchors().unwrap();
         assert_eq!(anchors.len(), 1, "{anchors:?}");
+        let head = a.verify_audit().unwrap().unwrap().entries;
+        assert_eq!(a.anchor_in_backend(), Some(Some(head)), "at the log's last entry");
         assert!(!first.path().join(strongroom_store::ANCHOR_FILE).exists());
         assert!(token
             .pkcs11_tool(&["--list-objects", "--type", "data"])
