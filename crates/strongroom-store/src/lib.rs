@@ -49,6 +49,7 @@
 //! loses at most the unflushed puts of the last ~500 ms, never a key or a flushed record.
 #![forbid(unsafe_code)]
 
+mod anchor;
 #[cfg(feature = "tokio")]
 mod async_store;
 mod audit;

@@ -56,9 +56,6 @@ pub fn database_dir(dir: impl AsRef<Path>) -> Result<PathBuf, StoreError> {
 /// operation, outside the database: if the database later ends before it (a damaged log that
 /// sled silently cut short, or an older copy of its files), the store refuses to open.
 pub const ANCHOR_FILE: &str = "audit-anchor";
-/// How errors name the audit anchor a backend keeps (a fleet's: [`Backend::audit_anchors`]).
-const BACKEND_ANCHOR: &str =
-    "the audit anchor the backend keeps (the HSM's data object <namespace>/anchor)";
 
 /// How a store behaves. Every field has a documented default ([`StoreOptions::default`]).
 #[derive(Clone, Debug)]
@@ -635,13 +632,7 @@ impl Store {
             .anchor_file()?
             .and_then(|b| audit::parse_anchor(&b))
             .map(|a| a.head.seq)
-            .max(
-                store
-                    .backend_anchor()
-                    .ok()
-                    .flatten()
-                    .map(|(a, _)| a.head.seq),
-            );
+            .max(store.anchor_in_backend().flatten());
         let w = store.write_lifecycle();
         store.commit(
             &w,
@@ -790,16 +781,9 @@ impl Store {
     ) -> Self {
         let actor: Arc<str> = Arc::from(options.actor.as_str());
         let fleet = Fleet::new(storage.engine().shared(), options.fleet_poll);
-        // A fleet's anchor: a file in one replica's directory is that replica's only (one on a
-        // new machine has none, and whoever can write the database and that directory can put
-        // both back); a backend that keeps an anchor (an HSM's data object) keeps it out of
-        // their reach, for every replica. A backend that cannot be reached now but is not
-        // known not to keep one counts as keeping one: it is read when the catalog is verified.
-        let anchor_in_backend = fleet.shared
-            && !matches!(
-                backend.audit_anchors(),
-                Err(BackendError::NotSupported { .. })
-            );
+        // Where the audit anchor is kept: `crate::anchor`.
+        let anchor_in_backend =
+            crate::anchor::kept_in_backend(fleet.shared, &backend.audit_anchors());
         // Only tells two holders of leases apart (not a secret): a failed draw falls back to
         // the process id and the time.
         let mut instance = [0u8; 8];
@@ -1175,18 +1159,25 @@ impl Store {
                 }
             }
         }
-        // A fleet whose backend keeps the anchor: that one, and no file (a replica on a new
-        // machine has none). Read before the head, as the file below.
+        // The backend's anchor (`crate::anchor`) is checked when the catalog is verified, with
+        // its MAC; here only whether there is one, or a file to fall back on.
         if self.inner.anchor_in_backend {
-            match self.backend_anchor() {
-                Ok(Some((a, _))) => {
-                    let head = audit::stored_head(&self.inner.storage)?.map_or(0, |h| h.seq);
-                    return self.refuse_rollback(head, a.head.seq, accept_rollback);
+            match self.inner.backend.audit_anchors() {
+                Ok(values) if values.is_empty() => {
+                    if self.anchor_file()?.is_none() {
+                        let found = audit::stored_head(&self.inner.storage)?.map_or(0, |h| h.seq);
+                        if found > 0 && !accept_rollback {
+                            return Err(StoreError::AnchorMissing {
+                                path: self.inner.dir.clone(),
+                                anchor: PathBuf::from(crate::anchor::BACKEND_ANCHOR),
+                                found,
+                            });
+                        }
+                        return Ok(());
+                    }
+                    // A fleet from before its backend kept the anchor: its file, below.
                 }
-                // Checked when the catalog is verified, once the backend answers.
-                Err(_) => return Ok(()),
-                // None yet: a fleet from before its backend kept the anchor has its file.
-                Ok(None) => {}
+                _ => return Ok(()),
             }
         }
         // The anchor first, then the head: another replica sharing the directory may append
@@ -1230,53 +1221,6 @@ impl Store {
         Ok(())
     }
 
-    /// Whether this store keeps its audit anchor in its backend (a fleet on a backend that keeps
-    /// one, such as an HSM) rather than in a file of its directory; with the sequence number of
-    /// the newest anchor there, if one was written and the backend answers.
-    #[must_use]
-    pub fn anchor_in_backend(&self) -> Option<Option<u64>> {
-        self.inner.anchor_in_backend.then(|| {
-            self.backend_anchor()
-                .ok()
-                .flatten()
-                .map(|(a, _)| a.head.seq)
-        })
-    }
-
-    /// The newest anchor the backend keeps (by its sequence; its MAC is checked by
-    /// `verify_catalog_once`), with its bytes; `None` if the anchor is not kept there or none
-    /// was written yet.
-    pub(crate) fn backend_anchor(&self) -> Result<Option<(audit::Anchor, Vec<u8>)>, StoreError> {
-        if !self.inner.anchor_in_backend {
-            return Ok(None);
-        }
-        let values = self
-            .inner
-            .backend
-            .audit_anchors()
-            .map_err(|source| StoreError::Backend {
-                while_doing: "reading the audit anchor the backend keeps".into(),
-                source,
-            })?;
-        Ok(values
-            .into_iter()
-            .filter_map(|v| audit::parse_anchor(&v).map(|a| (a, v)))
-            .max_by_key(|(a, _)| a.head.seq))
-    }
-
-    /// Refuses a database whose log ends (at `head`) before the anchor `anchored`.
-    fn refuse_rollback(&self, head: u64, anchored: u64, accept: bool) -> Result<(), StoreError> {
-        if head < anchored && !accept {
-            return Err(StoreError::RolledBack {
-                path: self.inner.dir.clone(),
-                anchor: PathBuf::from(BACKEND_ANCHOR),
-                anchored,
-                found: head,
-            });
-        }
-        Ok(())
-    }
-
     /// The anchor file's bytes, if there is one. A read error other than "not found" is an
     /// error: it must not pass as "no anchor", which would skip the rollback check.
     pub(crate) fn anchor_file(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1300,39 +1244,17 @@ impl Store {
     }
 
     /// [`Store::write_anchor`]; `reset`: the backend's anchor is replaced even by an older one
-    /// (a rollback accepted).
-    ///
-    /// The backend's anchor (a fleet's, [`Inner::anchor_in_backend`]) is written only past the
-    /// newest one there, so that a replica that commits late never puts it back; two replicas
-    /// writing at once may both leave theirs (the newest is read), and one may replace a
-    /// slightly newer one it did not see: the anchor then lags by that commit, which weakens
-    /// the check by it and never raises a false alarm.
+    /// (a rollback accepted). The backend keeps the anchor if the store keeps it there
+    /// ([`crate::anchor`]); the file stands in only when the backend cannot take it.
     fn write_anchor_as(&self, key: &AuditKey, reset: bool) {
         let Ok(Some(head)) = audit::stored_head(&self.inner.storage) else {
             return;
         };
-        let sealed = self.inner.catalog_sealed.load(Ordering::Acquire);
-        if self.inner.anchor_in_backend
-            && let Ok(there) = self.inner.backend.audit_anchors()
-        {
-            let newest = there
-                .iter()
-                .filter_map(|v| audit::parse_anchor(v))
-                .map(|a| a.head.seq)
-                .max();
-            let anchored = if reset || newest.is_none_or(|n| n < head.seq) {
-                self.inner
-                    .backend
-                    .put_audit_anchor(&audit::anchor_bytes(key, head, sealed), &there)
-                    .is_ok()
-            } else {
-                true
-            };
-            // Only if the backend could not take it does the file stand in for it.
-            if anchored {
-                return;
-            }
+        // Only if the backend could not take it does the file stand in for it.
+        if self.inner.anchor_in_backend && self.write_backend_anchor(key, reset) {
+            return;
         }
+        let sealed = self.inner.catalog_sealed.load(Ordering::Acquire);
         let path = self.inner.dir.join(ANCHOR_FILE);
         // A name of its own for each write, so two writers never share a temporary file.
         let mut r = [0u8; 8];
@@ -1364,29 +1286,17 @@ impl Store {
         }
         let mut must_be_sealed = false;
         let accepting = self.inner.accepting_rollback.load(Ordering::Acquire);
-        // A fleet's anchor in the backend (see `check_anchor`): genuine, and not ahead of the
-        // log; the file is then not the anchor. Checked at every reload of the catalog; once it
-        // has been checked since open, a backend that does not answer for a moment does not
-        // hold the reload up (the rollback it guards against is of the database as a whole).
-        let in_backend = match self.backend_anchor() {
-            Err(_) if self.inner.anchor_checked.load(Ordering::Acquire) => None,
-            r => r?,
-        };
-        if let Some((_, bytes)) = &in_backend {
-            let Some(a) = audit::verified_anchor(key, bytes) else {
-                return Err(StoreError::CatalogIntegrity {
-                    what: format!(
-                        "{BACKEND_ANCHOR} (it fails its MAC: it was not written by this store)"
-                    ),
-                });
-            };
-            must_be_sealed = a.version >= 2 && !accepting;
-            let found = audit::stored_head(&self.inner.storage)?.map_or(0, |h| h.seq);
-            self.refuse_rollback(found, a.head.seq, accepting)?;
-            self.inner.anchor_checked.store(true, Ordering::Release);
-        } else if self.inner.anchor_checked.load(Ordering::Acquire) {
-            // Checked against the backend's before; not the file's now.
-        } else if let Some(bytes) = self.anchor_file()? {
+        // The backend's anchor, where the store keeps it (`crate::anchor`): genuine, and an
+        // entry of this log. The file is the anchor otherwise, or for a fleet from before its
+        // backend kept one (until its first check there).
+        let mut file_is_anchor = !self.inner.anchor_in_backend;
+        if self.inner.anchor_in_backend {
+            match self.check_backend_anchor(key, accepting)? {
+                Some(a) => must_be_sealed = a.version >= 2 && !accepting,
+                None => file_is_anchor = !self.inner.anchor_checked.load(Ordering::Acquire),
+            }
+        }
+        if file_is_anchor && let Some(bytes) = self.anchor_file()? {
             match audit::verified_anchor(key, &bytes) {
                 Some(a) => {
                     must_be_sealed = a.version >= 2 && !accepting;

@@ -31,18 +31,32 @@ impl Store {
 
     fn verify_audit_inner(&self) -> Result<Result<AuditReport, AuditBreak>, StoreError> {
         let key = self.audit_key()?;
+        // The backend's anchor, where the store keeps it (`crate::anchor`), read before the log:
+        // another replica may append and anchor meanwhile, and the log read after holds it.
+        let in_backend = self.backend_anchor_for_verify(&key)?;
         let report = match audit::verify(&self.inner.storage, &key, &self.inner.meta.store_id)? {
             Ok(r) => r,
             Err(b) => return Ok(Err(b)),
         };
         // The anchor kept outside the database must be genuine and name an entry of this chain.
-        if let Some(bytes) = self.anchor_file()? {
-            let Some(anchor) = audit::verified_anchor(&key, &bytes).map(|a| a.head) else {
-                return Ok(Err(AuditBreak {
-                    seq: report.entries,
-                    problem: "the anchor outside the database (audit-anchor) is damaged or was not written by this store: it fails its MAC".into(),
-                }));
-            };
+        let anchor = match in_backend {
+            // Anchors there that do not verify are not this store's: ignored.
+            Some(Some(a)) => Some(a.head),
+            // None there yet: a fleet from before its backend kept one has its file.
+            Some(None) | None => match self.anchor_file()? {
+                Some(bytes) => {
+                    let Some(a) = audit::verified_anchor(&key, &bytes) else {
+                        return Ok(Err(AuditBreak {
+                            seq: report.entries,
+                            problem: "the anchor outside the database (audit-anchor) is damaged or was not written by this store: it fails its MAC".into(),
+                        }));
+                    };
+                    Some(a.head)
+                }
+                None => None,
+            },
+        };
+        if let Some(anchor) = anchor {
             if anchor.seq > report.entries {
                 return Ok(Err(AuditBreak {
                     seq: report.entries + 1,

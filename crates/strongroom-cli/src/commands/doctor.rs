@@ -380,15 +380,23 @@ fn fleet_lines(r: &mut Report, store: &Store, poll: std::time::Duration) {
         }
         Err(e) => r.add(Status::Fail, "  replicas", e.to_string()),
     }
-    r.add(
-        Status::Ok,
-        "  audit anchor",
-        match store.anchor_in_backend() {
-            Some(Some(seq)) => format!("kept in the HSM, at entry {seq}"),
-            Some(None) => "kept in the HSM (none written yet, or the HSM does not answer now)".into(),
-            None => "a file in each replica's data directory (the backend keeps none: a replica on a new machine needs the file of one that ran before)".into(),
-        },
-    );
+    match store.anchor_in_backend() {
+        Some(Some(seq)) => r.add(
+            Status::Ok,
+            "  audit anchor",
+            format!("kept in the HSM, at entry {seq} (genuine)"),
+        ),
+        Some(None) => r.add(
+            Status::Warn,
+            "  audit anchor",
+            "kept in the HSM, but none there verifies now (none written yet, removed, or the HSM or the audit key cannot be read): a new replica refuses to open until a key change writes it again",
+        ),
+        None => r.add(
+            Status::Ok,
+            "  audit anchor",
+            "a file in each replica's data directory (the backend keeps none: a replica on a new machine needs the file of one that ran before)",
+        ),
+    }
     // Jobs running now, and by whom; a lease that ran out is a replica that died mid-job
     // (the next runner takes it over and resumes).
     match store.job_leases() {
