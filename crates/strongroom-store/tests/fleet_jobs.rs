@@ -150,7 +150,7 @@ fn replica(token: &Token, name: &str) -> ! {
         });
         let report = loop {
             match s.reencrypt(&ring(), &mut |_| {
-                std::thread::sleep(Duration::from_millis(60))
+                std::thread::sleep(Duration::from_millis(100))
             }) {
                 Ok(r) => break r,
                 Err(StoreError::JobBusy { .. }) => std::thread::sleep(Duration::from_millis(50)),
@@ -338,7 +338,19 @@ softhsm_tests! {
             killed_at.elapsed() >= LEASE - Duration::from_millis(200),
             "taken over before the lease could run out"
         );
-        assert!(reencrypted > 0 && reencrypted < RECORDS as u64, "resumed from the cursor: {reencrypted}");
+        assert!(reencrypted < RECORDS as u64, "resumed from the cursor, not from the start: {reencrypted}");
+        // Every record from before the job was re-encrypted once: by the killed holder's
+        // batches (each entry says how many it re-encrypted) or by its successor.
+        let by_holder: u64 = s
+            .audit_entries(1)
+            .map(Result::unwrap)
+            .filter(|e| e.replica == holder && e.detail.starts_with("batch of"))
+            .map(|e| {
+                let n = e.detail.split(": ").nth(1).unwrap();
+                n.split(' ').next().unwrap().parse::<u64>().unwrap()
+            })
+            .sum();
+        assert_eq!(by_holder + reencrypted, RECORDS as u64, "holder {by_holder}, successor {reencrypted}");
         for (n, mut c) in children {
             let deadline = Instant::now() + Duration::from_secs(60);
             while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
