@@ -9,123 +9,57 @@
 
 mod common;
 
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::fleet::{Fleet, fleet_with, until};
+use common::fleet::{
+    Fleet, fleet_with, job_options, keyring_to_reencrypt, lease_bytes, paused_after_first_step,
+    raw_leases, until,
+};
 use common::{connect, kr};
 use strongroom_postgres::PgEngine;
 use strongroom_store::{Engine, StoreError, StoreOptions, TreeId};
 
 fn fleet(n: usize, lease: Duration) -> Fleet {
-    fleet_with(n, |i| StoreOptions {
-        fleet_poll: Duration::from_millis(50),
-        replica: format!("replica-{i}"),
-        job_lease: lease,
-        ..StoreOptions::default()
-    })
-}
-
-/// A keyring of `n` records, all under a DEK that is not current: a re-encryption to run.
-fn keyring_to_reencrypt(f: &Fleet, n: usize) {
-    let a = &f.replicas[0];
-    let k = kr("ring");
-    a.create_keyring(&k, None).unwrap();
-    let writes: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
-        .map(|i| {
-            (
-                format!("r{i:05}").into_bytes(),
-                format!("value {i}").into_bytes(),
-            )
-        })
-        .collect();
-    for chunk in writes.chunks(500) {
-        let ops: Vec<_> = chunk
-            .iter()
-            .map(|(k, v)| strongroom_store::BatchOp::Put(k.clone(), v.clone()))
-            .collect();
-        a.batch(&k, &ops).unwrap();
-    }
-    a.rotate_dek(&k).unwrap();
-    // Every replica serves the key states of now (they poll every 50 ms).
-    let (stored, _) = a.generations().unwrap();
-    for r in &f.replicas {
-        until(Duration::from_secs(5), || {
-            // An operation polls.
-            let _ = r.get(&k, b"r00000");
-            (r.generations().unwrap().1 >= stored).then_some(())
-        });
-    }
-}
-
-/// The stored leases, raw: `(key, value)`.
-fn raw_leases(engine: &PgEngine) -> Vec<(Vec<u8>, Vec<u8>)> {
-    engine
-        .scan(TreeId::Jobs, b"lease/", b"")
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-/// A lease as the store writes it: format 1, token, expiry (ms since the epoch, the database's
-/// clock), holder.
-fn lease_bytes(token: u64, expires_ms: u64, holder: &str) -> Vec<u8> {
-    let mut v = vec![1u8];
-    v.extend_from_slice(&token.to_be_bytes());
-    v.extend_from_slice(&expires_ms.to_be_bytes());
-    v.extend_from_slice(holder.as_bytes());
-    v
+    fleet_with(n, |i| job_options(i, lease))
 }
 
 #[test]
 fn a_job_one_replica_runs_is_refused_to_the_others_naming_it_until_it_ends() {
     let f = fleet(3, Duration::from_millis(600));
-    keyring_to_reencrypt(&f, 1500);
+    keyring_to_reencrypt(&f, "ring", 1500);
     let (a, b, c) = (&f.replicas[0], &f.replicas[1], &f.replicas[2]);
     let k = kr("ring");
-    let (started_tx, started) = mpsc::channel::<()>();
-    let (go_tx, go) = mpsc::channel::<()>();
-    let report = std::thread::scope(|scope| {
-        let ring = &k;
-        let runner = scope.spawn(move || {
-            let mut first = true;
-            b.reencrypt(ring, &mut |p| {
-                if first && p.done > 0 {
-                    first = false;
-                    started_tx.send(()).unwrap();
-                    // Longer than the lease, twice: the holder renews it meanwhile.
-                    go.recv().unwrap();
-                }
-            })
-        });
-        if started.recv().is_err() {
-            panic!("the runner: {:?}", runner.join().unwrap());
-        }
-        for _ in 0..3 {
-            for other in [a, c] {
-                let e = other.reencrypt(&k, &mut |_| {}).unwrap_err();
-                match &e {
-                    StoreError::JobBusy {
-                        replica,
-                        retry_after_ms: Some(ms),
-                        ..
-                    } => {
-                        assert_eq!(replica, "replica-1", "{e}");
-                        assert!(*ms <= 600, "{e}");
+    // B holds the job, paused after its first batch for longer than the lease, twice: it
+    // renews the lease meanwhile.
+    let (report, ()) = paused_after_first_step(
+        |progress| b.reencrypt(&k, progress),
+        || {
+            for _ in 0..3 {
+                for other in [a, c] {
+                    let e = other.reencrypt(&k, &mut |_| {}).unwrap_err();
+                    match &e {
+                        StoreError::JobBusy {
+                            replica,
+                            retry_after_ms: Some(ms),
+                            ..
+                        } => {
+                            assert_eq!(replica, "replica-1", "{e}");
+                            assert!(*ms <= 600, "{e}");
+                        }
+                        _ => panic!("refused as busy, naming the holder: {e:?}"),
                     }
-                    _ => panic!("refused as busy, naming the holder: {e:?}"),
+                    assert!(e.to_string().contains("replica-1"), "{e}");
                 }
-                assert!(e.to_string().contains("replica-1"), "{e}");
+                let leases = a.job_leases().unwrap();
+                assert_eq!(leases.len(), 1, "{leases:?}");
+                assert_eq!(leases[0].replica, "replica-1");
+                assert!(leases[0].job.starts_with("reencrypt/"), "{leases:?}");
+                assert!(!leases[0].expired, "renewed while it runs: {leases:?}");
+                std::thread::sleep(Duration::from_millis(400));
             }
-            let leases = a.job_leases().unwrap();
-            assert_eq!(leases.len(), 1, "{leases:?}");
-            assert_eq!(leases[0].replica, "replica-1");
-            assert!(leases[0].job.starts_with("reencrypt/"), "{leases:?}");
-            assert!(!leases[0].expired, "renewed while it runs: {leases:?}");
-            std::thread::sleep(Duration::from_millis(400));
-        }
-        go_tx.send(()).unwrap();
-        runner.join().unwrap().unwrap()
-    });
+        },
+    );
+    let report = report.unwrap();
     assert_eq!(report.reencrypted, 1500, "{report:?}");
     assert!(!report.resumed);
     // Released when it ended: no lease left, and another replica runs the next one.
@@ -154,7 +88,7 @@ fn a_job_one_replica_runs_is_refused_to_the_others_naming_it_until_it_ends() {
 #[test]
 fn a_holder_whose_lease_was_taken_over_writes_nothing_more_and_the_next_resumes() {
     let f = fleet(2, Duration::from_secs(30));
-    keyring_to_reencrypt(&f, 2000);
+    keyring_to_reencrypt(&f, "ring", 2000);
     let (a, b) = (&f.replicas[0], &f.replicas[1]);
     let k = kr("ring");
     let raw = connect(&f.cfg);
@@ -238,33 +172,21 @@ fn a_damaged_lease_is_taken_over_and_a_root_rotation_s_rewrap_is_leased_too() {
     // Garbage where a lease goes: taken over, not an error and not a lock forever.
     raw.insert(TreeId::Jobs, b"lease/rewrap/service", b"\x07garbage")
         .unwrap();
-    let (started_tx, started) = mpsc::channel::<()>();
-    let (go_tx, go) = mpsc::channel::<()>();
-    std::thread::scope(|scope| {
-        let r = &root;
-        let runner = scope.spawn(move || {
-            let mut first = true;
-            // A root rotation rewraps every KEK under the new version: a rewrap job.
-            a.rotate_root(r, &mut |p| {
-                if first && p.done > 0 {
-                    first = false;
-                    started_tx.send(()).unwrap();
-                    go.recv().unwrap();
-                }
+    // A root rotation rewraps every KEK under the new version: a rewrap job.
+    let (rotated, ()) = paused_after_first_step(
+        |progress| a.rotate_root(&root, progress),
+        || {
+            let e = until(Duration::from_secs(5), || {
+                b.rewrap_root(&root, &mut |_| {}).err()
             })
-        });
-        started.recv().unwrap();
-        let e = until(Duration::from_secs(5), || {
-            b.rewrap_root(&root, &mut |_| {}).err()
-        })
-        .0;
-        assert!(
-            matches!(&e, StoreError::JobBusy { replica, .. } if replica == "replica-0"),
-            "{e:?}"
-        );
-        go_tx.send(()).unwrap();
-        assert_eq!(runner.join().unwrap().unwrap().get(), 2);
-    });
+            .0;
+            assert!(
+                matches!(&e, StoreError::JobBusy { replica, .. } if replica == "replica-0"),
+                "{e:?}"
+            );
+        },
+    );
+    assert_eq!(rotated.unwrap().get(), 2);
     assert!(raw_leases(&raw).is_empty());
     assert!(b.verify_audit().unwrap().is_ok());
 }
@@ -279,37 +201,23 @@ fn a_replica_with_a_very_long_name_still_holds_its_job() {
         replica: long(i),
         ..StoreOptions::default()
     });
-    keyring_to_reencrypt(&f, 600);
+    keyring_to_reencrypt(&f, "ring", 600);
     let (a, b) = (&f.replicas[0], &f.replicas[1]);
     let k = kr("ring");
-    let (started_tx, started) = mpsc::channel::<()>();
-    let (go_tx, go) = mpsc::channel::<()>();
-    std::thread::scope(|scope| {
-        let ring = &k;
-        let runner = scope.spawn(move || {
-            let mut first = true;
-            a.reencrypt(ring, &mut |p| {
-                if first && p.done > 0 {
-                    first = false;
-                    started_tx.send(()).unwrap();
-                    go.recv().unwrap();
+    let (held, ()) = paused_after_first_step(
+        |progress| a.reencrypt(&k, progress),
+        || {
+            let e = b.reencrypt(&k, &mut |_| {}).unwrap_err();
+            match &e {
+                StoreError::JobBusy { replica, .. } => {
+                    assert!(
+                        replica.len() <= 255 && long(0).starts_with(replica.as_str()),
+                        "{e}"
+                    );
                 }
-            })
-        });
-        if started.recv().is_err() {
-            panic!("the runner: {:?}", runner.join().unwrap());
-        }
-        let e = b.reencrypt(&k, &mut |_| {}).unwrap_err();
-        match &e {
-            StoreError::JobBusy { replica, .. } => {
-                assert!(
-                    replica.len() <= 255 && long(0).starts_with(replica.as_str()),
-                    "{e}"
-                );
+                _ => panic!("refused as busy: {e:?}"),
             }
-            _ => panic!("refused as busy: {e:?}"),
-        }
-        go_tx.send(()).unwrap();
-        runner.join().unwrap().unwrap();
-    });
+        },
+    );
+    held.unwrap();
 }

@@ -6,11 +6,13 @@
 
 mod common;
 
-use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use common::fleet::{Fleet, fleet_with, until};
+use common::fleet::{
+    Fleet, fleet_with, job_options, keyring_to_reencrypt, lease_bytes, paused_after_first_step,
+    raw_leases, until,
+};
 use common::{connect, kr, rn};
 use strongroom_postgres::PgEngine;
 use strongroom_store::engine::{EngineTx, TxStop};
@@ -19,57 +21,11 @@ use strongroom_store::{
 };
 
 fn opts(i: usize, lease: Duration) -> StoreOptions {
-    StoreOptions {
-        fleet_poll: Duration::from_millis(50),
-        replica: format!("replica-{i}"),
-        job_lease: lease,
-        ..StoreOptions::default()
-    }
+    job_options(i, lease)
 }
 
 fn fleet(n: usize, lease: Duration) -> Fleet {
     fleet_with(n, |i| opts(i, lease))
-}
-
-/// A keyring `name` of `n` records, all under a DEK that is not current.
-fn keyring_to_reencrypt(f: &Fleet, name: &str, n: usize) {
-    let a = &f.replicas[0];
-    let k = kr(name);
-    a.create_keyring(&k, None).unwrap();
-    let ops: Vec<_> = (0..n)
-        .map(|i| {
-            strongroom_store::BatchOp::Put(
-                format!("r{i:05}").into_bytes(),
-                format!("value {i}").into_bytes(),
-            )
-        })
-        .collect();
-    for chunk in ops.chunks(500) {
-        a.batch(&k, chunk).unwrap();
-    }
-    a.rotate_dek(&k).unwrap();
-    let (stored, _) = a.generations().unwrap();
-    for r in &f.replicas {
-        until(Duration::from_secs(5), || {
-            let _ = r.get(&k, b"r00000");
-            (r.generations().unwrap().1 >= stored).then_some(())
-        });
-    }
-}
-
-fn raw_leases(engine: &PgEngine) -> Vec<(Vec<u8>, Vec<u8>)> {
-    engine
-        .scan(TreeId::Jobs, b"lease/", b"")
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn lease_bytes(token: u64, expires_ms: u64, holder: &str) -> Vec<u8> {
-    let mut v = vec![1u8];
-    v.extend_from_slice(&token.to_be_bytes());
-    v.extend_from_slice(&expires_ms.to_be_bytes());
-    v.extend_from_slice(holder.as_bytes());
-    v
 }
 
 fn expiry_of(v: &[u8]) -> u64 {
@@ -109,56 +65,41 @@ fn a_renewal_that_waited_for_the_database_leaves_a_live_lease() {
     let (a, b) = (&f.replicas[0], &f.replicas[1]);
     let k = kr("ring");
     let raw = connect(&f.cfg);
-    let (started_tx, started) = mpsc::channel::<()>();
-    let (go_tx, go) = mpsc::channel::<()>();
-    std::thread::scope(|scope| {
-        let ring = &k;
-        let runner = scope.spawn(move || {
-            let mut first = true;
-            a.reencrypt(ring, &mut |p| {
-                if first && p.done > 0 {
-                    first = false;
-                    started_tx.send(()).unwrap();
-                    go.recv().unwrap();
-                }
+    let (first, (renewed, now, busy)) = paused_after_first_step(
+        |progress| a.reencrypt(&k, progress),
+        || {
+            // The database is busy for 2.5 s: every transaction of the fleet waits.
+            let seen = Mutex::new(None);
+            raw.transaction(&[TreeId::Jobs], &|tx: &dyn EngineTx| {
+                let v = tx
+                    .get(TreeId::Jobs, &raw_leases(&raw)[0].0)
+                    .map_err(TxStop::Engine)?;
+                *seen.lock().unwrap() = v.map(|v| expiry_of(&v));
+                std::thread::sleep(Duration::from_millis(2500));
+                Ok(())
             })
-        });
-        if started.recv().is_err() {
-            panic!("the runner: {:?}", runner.join().unwrap());
-        }
-        // The database is busy for 2.5 s: every transaction of the fleet waits.
-        let seen = Mutex::new(None);
-        raw.transaction(&[TreeId::Jobs], &|tx: &dyn EngineTx| {
-            let v = tx
-                .get(TreeId::Jobs, &raw_leases(&raw)[0].0)
-                .map_err(TxStop::Engine)?;
-            *seen.lock().unwrap() = v.map(|v| expiry_of(&v));
-            std::thread::sleep(Duration::from_millis(2500));
-            Ok(())
-        })
-        .unwrap();
-        let during = seen.lock().unwrap().unwrap();
-        // The heartbeat's renewal, queued behind it, goes through.
-        let (renewed, _) = until(Duration::from_secs(5), || {
-            let l = raw_leases(&raw);
-            let e = expiry_of(&l.first()?.1);
-            (e != during).then_some(e)
-        });
-        let now = raw.clock_ms().unwrap();
-        let busy = b.reencrypt(&k, &mut |_| {});
-        go_tx.send(()).unwrap();
-        let first = runner.join().unwrap();
-        assert!(
-            renewed > now,
-            "a lease renewed just now has expired already: expires {renewed}, database clock {now} ({} ms in the past); B then got {busy:?} and the live holder {first:?}",
-            now - renewed
-        );
-        assert!(
-            matches!(busy, Err(StoreError::JobBusy { .. })),
-            "another replica took the job over from a live holder: {busy:?}; holder: {first:?}"
-        );
-        first.unwrap();
-    });
+            .unwrap();
+            let during = seen.lock().unwrap().unwrap();
+            // The heartbeat's renewal, queued behind it, goes through.
+            let (renewed, _) = until(Duration::from_secs(5), || {
+                let l = raw_leases(&raw);
+                let e = expiry_of(&l.first()?.1);
+                (e != during).then_some(e)
+            });
+            let now = raw.clock_ms().unwrap();
+            (renewed, now, b.reencrypt(&k, &mut |_| {}))
+        },
+    );
+    assert!(
+        renewed > now,
+        "a lease renewed just now has expired already: expires {renewed}, database clock {now} ({} ms in the past); B then got {busy:?} and the live holder {first:?}",
+        now - renewed
+    );
+    assert!(
+        matches!(busy, Err(StoreError::JobBusy { .. })),
+        "another replica took the job over from a live holder: {busy:?}; holder: {first:?}"
+    );
+    first.unwrap();
 }
 
 /// Four replicas start one re-encryption at the same instant: it runs once, by one replica at a
@@ -379,28 +320,14 @@ fn a_backup_taken_mid_job_restores_without_the_lease_and_resumes() {
     let k = kr("ring");
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("backup.srb");
-    let (started_tx, started) = mpsc::channel::<()>();
-    let (go_tx, go) = mpsc::channel::<()>();
-    std::thread::scope(|scope| {
-        let ring = &k;
-        let runner = scope.spawn(move || {
-            let mut first = true;
-            a.reencrypt(ring, &mut |p| {
-                if first && p.done > 0 {
-                    first = false;
-                    started_tx.send(()).unwrap();
-                    go.recv().unwrap();
-                }
-            })
-        });
-        if started.recv().is_err() {
-            panic!("the runner: {:?}", runner.join().unwrap());
-        }
-        assert_eq!(b.job_leases().unwrap().len(), 1);
-        b.backup(&file).unwrap();
-        go_tx.send(()).unwrap();
-        runner.join().unwrap().unwrap();
-    });
+    let (ran, ()) = paused_after_first_step(
+        |progress| a.reencrypt(&k, progress),
+        || {
+            assert_eq!(b.job_leases().unwrap().len(), 1);
+            b.backup(&file).unwrap();
+        },
+    );
+    ran.unwrap();
     let schema = strongroom_test_support::pg::unique_schema();
     let mut cfg = common::config(&schema);
     cfg.exclusive = false;
@@ -612,31 +539,16 @@ fn a_zero_job_lease_does_not_let_another_replica_take_over_a_live_job() {
     keyring_to_reencrypt(&f, "ring", 600);
     let (a, b) = (&f.replicas[0], &f.replicas[1]);
     let k = kr("ring");
-    let (started_tx, started) = mpsc::channel::<()>();
-    let (go_tx, go) = mpsc::channel::<()>();
-    std::thread::scope(|scope| {
-        let ring = &k;
-        let runner = scope.spawn(move || {
-            let mut first = true;
-            a.reencrypt(ring, &mut |p| {
-                if first && p.done > 0 {
-                    first = false;
-                    started_tx.send(()).unwrap();
-                    go.recv().unwrap();
-                }
-            })
-        });
-        if started.recv().is_err() {
-            panic!("the runner: {:?}", runner.join().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let busy = b.reencrypt(&k, &mut |_| {});
-        go_tx.send(()).unwrap();
-        let first = runner.join().unwrap();
-        assert!(
-            matches!(busy, Err(StoreError::JobBusy { .. })),
-            "B took the job over from a live holder: {busy:?}; holder: {first:?}"
-        );
-        first.unwrap();
-    });
+    let (first, busy) = paused_after_first_step(
+        |progress| a.reencrypt(&k, progress),
+        || {
+            std::thread::sleep(Duration::from_millis(100));
+            b.reencrypt(&k, &mut |_| {})
+        },
+    );
+    assert!(
+        matches!(busy, Err(StoreError::JobBusy { .. })),
+        "B took the job over from a live holder: {busy:?}; holder: {first:?}"
+    );
+    first.unwrap();
 }

@@ -6,7 +6,7 @@
 //! replaced, not changed): a crash in between leaves both, and the store takes the newest that
 //! verifies. The value is opaque here (the store MACs it under its audit key).
 
-use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use strongroom_core::BackendError;
 
@@ -29,15 +29,7 @@ impl Pkcs11Backend {
     ) -> Result<Vec<(ObjectHandle, Vec<u8>)>, cryptoki::error::Error> {
         let mut out = Vec::new();
         for h in Self::find(s, &self.anchor_template())? {
-            let value = s
-                .get_attributes(h, &[AttributeType::Value])?
-                .into_iter()
-                .find_map(|a| match a {
-                    Attribute::Value(v) => Some(v),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            out.push((h, value));
+            out.push((h, Self::data_value(s, h)?));
         }
         Ok(out)
     }

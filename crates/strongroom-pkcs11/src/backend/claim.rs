@@ -5,7 +5,7 @@
 //! lock the other out. The store records its claim before it makes its first key, and a second
 //! store is refused, naming the first.
 
-use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::object::{Attribute, ObjectClass};
 use strongroom_core::{BackendError, StoreClaim};
 
 use super::{Pkcs11Backend, lock};
@@ -29,14 +29,7 @@ impl Pkcs11Backend {
             let _admin = lock(&self.inner.admin);
             let mut claims: Vec<ClaimRecord> = Vec::new();
             for h in Self::find(s, &self.claim_template())? {
-                let value = s
-                    .get_attributes(h, &[AttributeType::Value])?
-                    .into_iter()
-                    .find_map(|a| match a {
-                        Attribute::Value(v) => Some(v),
-                        _ => None,
-                    })
-                    .unwrap_or_default();
+                let value = Self::data_value(s, h)?;
                 let c = ClaimRecord::parse(&value).map_err(|why| {
                     super::OpError::Final(BackendError::Config(format!(
                         "the token's store claim {} is unreadable ({why}); delete that data object if no store uses this namespace",
@@ -84,14 +77,7 @@ impl Pkcs11Backend {
             let _admin = lock(&self.inner.admin);
             let old = Self::find(s, &self.claim_template())?;
             for h in &old {
-                let value = s
-                    .get_attributes(*h, &[AttributeType::Value])?
-                    .into_iter()
-                    .find_map(|a| match a {
-                        Attribute::Value(v) => Some(v),
-                        _ => None,
-                    })
-                    .unwrap_or_default();
+                let value = Self::data_value(s, *h)?;
                 let found = ClaimRecord::parse(&value).ok();
                 if found.as_ref() != expected.as_ref() && found.as_ref() != Some(&record) {
                     let (store, location) = found.map_or_else(

@@ -89,6 +89,17 @@ impl Pkcs11Backend {
         Ok((label.unwrap_or_default(), id.unwrap_or_default()))
     }
 
+    /// The value of data object `h` (empty if the token gives none).
+    pub(super) fn data_value(s: &Session, h: ObjectHandle) -> Result<Vec<u8>, CkError> {
+        Ok(s.get_attributes(h, &[AttributeType::Value])?
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Value(v) => Some(v),
+                _ => None,
+            })
+            .unwrap_or_default())
+    }
+
     pub(super) fn find(s: &Session, template: &[Attribute]) -> Result<Vec<ObjectHandle>, CkError> {
         s.find_objects(template)
     }
@@ -135,17 +146,7 @@ impl Pkcs11Backend {
         h: ObjectHandle,
         id: &RootKeyId,
     ) -> OpResult<RootRecord> {
-        let attrs = s.get_attributes(h, &[AttributeType::Value])?;
-        let value = attrs
-            .into_iter()
-            .find_map(|a| {
-                if let Attribute::Value(v) = a {
-                    Some(v)
-                } else {
-                    None
-                }
-            })
-            .unwrap_or_default();
+        let value = Self::data_value(s, h)?;
         RootRecord::parse(&value).map_err(|why| {
             OpError::Final(BackendError::Config(format!(
                 "the token's record of root key {id} is unreadable ({why}); restore it or delete the data object labelled {}",

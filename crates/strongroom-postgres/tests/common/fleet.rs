@@ -1,13 +1,13 @@
 //! Replicas of one store on one PostgreSQL schema, in one process: several `Store`s sharing a
 //! store directory and a backend, each with its own engine (no exclusive lock).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use strongroom_core::{Backend, SoftBackend};
-use strongroom_postgres::PgConfig;
-use strongroom_store::{Store, StoreError, StoreOptions};
+use strongroom_postgres::{PgConfig, PgEngine};
+use strongroom_store::{Engine, Progress, Store, StoreError, StoreOptions, TreeId};
 use strongroom_test_support::pg;
 
 use super::{config, connect, rn};
@@ -113,4 +113,97 @@ pub fn retrying<T>(mut f: impl FnMut() -> Result<T, StoreError>) -> T {
         }
     }
     panic!("refused as a conflict 200 times in a row");
+}
+
+/// Options of replica `i` of a fleet running jobs: named `replica-<i>`, polling every 50 ms,
+/// with leases of `lease`.
+pub fn job_options(i: usize, lease: Duration) -> StoreOptions {
+    StoreOptions {
+        fleet_poll: Duration::from_millis(50),
+        replica: format!("replica-{i}"),
+        job_lease: lease,
+        ..StoreOptions::default()
+    }
+}
+
+/// A keyring `name` of `n` records (`r00000`.. holding `value <i>`), all under a DEK that is
+/// not current: a re-encryption to run. Returns once every replica serves the key states of
+/// now.
+pub fn keyring_to_reencrypt(f: &Fleet, name: &str, n: usize) {
+    let a = &f.replicas[0];
+    let k = super::kr(name);
+    a.create_keyring(&k, None).unwrap();
+    let ops: Vec<_> = (0..n)
+        .map(|i| {
+            strongroom_store::BatchOp::Put(
+                format!("r{i:05}").into_bytes(),
+                format!("value {i}").into_bytes(),
+            )
+        })
+        .collect();
+    for chunk in ops.chunks(500) {
+        a.batch(&k, chunk).unwrap();
+    }
+    a.rotate_dek(&k).unwrap();
+    let (stored, _) = a.generations().unwrap();
+    for r in &f.replicas {
+        until(Duration::from_secs(5), || {
+            // An operation polls.
+            let _ = r.get(&k, b"r00000");
+            (r.generations().unwrap().1 >= stored).then_some(())
+        });
+    }
+}
+
+/// The stored leases, raw: `(key, value)`.
+pub fn raw_leases(engine: &PgEngine) -> Vec<(Vec<u8>, Vec<u8>)> {
+    engine
+        .scan(TreeId::Jobs, b"lease/", b"")
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// A lease as the store writes it: format 1, token, expiry (ms since the epoch, the database's
+/// clock), holder.
+pub fn lease_bytes(token: u64, expires_ms: u64, holder: &str) -> Vec<u8> {
+    let mut v = vec![1u8];
+    v.extend_from_slice(&token.to_be_bytes());
+    v.extend_from_slice(&expires_ms.to_be_bytes());
+    v.extend_from_slice(holder.as_bytes());
+    v
+}
+
+/// Runs `job` in a thread of its own with a progress callback that pauses it after its first
+/// step, runs `meanwhile` while it is paused, then lets it finish; returns what `job` and
+/// `meanwhile` returned.
+///
+/// # Panics
+/// If the job ends before its first step (with what it returned).
+pub fn paused_after_first_step<T: Send + std::fmt::Debug, U>(
+    job: impl FnOnce(&mut dyn FnMut(Progress)) -> T + Send,
+    meanwhile: impl FnOnce() -> U,
+) -> (T, U) {
+    let (started_tx, started) = mpsc::channel::<()>();
+    let (go_tx, go) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let runner = scope.spawn(move || {
+            let mut first = true;
+            job(&mut |p: Progress| {
+                if first && p.done > 0 {
+                    first = false;
+                    started_tx.send(()).unwrap();
+                    go.recv().unwrap();
+                }
+            })
+        });
+        if started.recv().is_err() {
+            panic!(
+                "the job ended before its first step: {:?}",
+                runner.join().unwrap()
+            );
+        }
+        let seen = meanwhile();
+        go_tx.send(()).unwrap();
+        (runner.join().unwrap(), seen)
+    })
 }
