@@ -14,7 +14,7 @@ use strongroom_core::backend::{BackendInfo, HealthCheck, ImportKey, RootKeyInfo}
 use strongroom_core::{
     Backend, BackendError, Key256, KeyringName, RootKeyId, RootKeyName, WrappedKey,
 };
-use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
+use strongroom_pkcs11::Pkcs11Backend;
 use strongroom_postgres::{PgConfig, PgEngine};
 use strongroom_store::engine::{ALL_TREES, BatchChange, KeyValue};
 use strongroom_store::{Engine, Store, StoreError, StoreOptions, TreeId};
@@ -23,26 +23,15 @@ use strongroom_test_support::softhsm::Token;
 use strongroom_test_support::softhsm_tests;
 
 fn backend_ns(token: &Token, ns: &str) -> Arc<Pkcs11Backend> {
-    let mut c = Pkcs11Config::new(
-        &token.module,
-        TokenSelector::Label(token.label.clone()),
-        PinSource::File(token.pin_file()),
-    );
-    c.namespace = ns.into();
-    Arc::new(Pkcs11Backend::open(c).unwrap())
+    common::pkcs11_backend_in(token, ns)
 }
 
 fn backend(token: &Token) -> Arc<Pkcs11Backend> {
-    backend_ns(token, "strongroom")
+    common::pkcs11_backend(token)
 }
 
 fn cfg(url: &str, schema: &str, exclusive: bool) -> PgConfig {
-    let mut c = PgConfig::from_url(url)
-        .unwrap()
-        .with_schema(schema)
-        .unwrap();
-    c.exclusive = exclusive;
-    c
+    common::pg_config_at(url, schema, exclusive)
 }
 
 fn k() -> KeyringName {

@@ -293,7 +293,7 @@ fn needles_of(fx: &mut Fixture, name: &str) -> Needles {
 mod pkcs11 {
     use std::sync::{Arc, Barrier};
 
-    use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
+    use strongroom_pkcs11::Pkcs11Backend;
     use strongroom_store::{StoreError, StoreOptions};
     use strongroom_test_support::softhsm::Token;
     use strongroom_test_support::softhsm_tests;
@@ -302,14 +302,7 @@ mod pkcs11 {
     use super::{common, kr, rn};
 
     fn backend(token: &Token) -> Arc<Pkcs11Backend> {
-        Arc::new(
-            Pkcs11Backend::open(Pkcs11Config::new(
-                &token.module,
-                TokenSelector::Label(token.label.clone()),
-                PinSource::File(token.pin_file()),
-            ))
-            .unwrap(),
-        )
+        common::pkcs11_backend(token)
     }
 
     softhsm_tests! {

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use strongroom_core::{Backend, KeyringName, RootKeyName};
-use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
+use strongroom_pkcs11::Pkcs11Backend;
 use strongroom_postgres::{PgConfig, PgEngine};
 use strongroom_store::engine::{ALL_TREES, BatchChange, KeyValue};
 use strongroom_store::{Engine, Store, StoreError, StoreOptions, TreeId};
@@ -22,23 +22,11 @@ use strongroom_test_support::softhsm::Token;
 use strongroom_test_support::softhsm_tests;
 
 fn backend(token: &Token) -> Arc<Pkcs11Backend> {
-    Arc::new(
-        Pkcs11Backend::open(Pkcs11Config::new(
-            &token.module,
-            TokenSelector::Label(token.label.clone()),
-            PinSource::File(token.pin_file()),
-        ))
-        .unwrap(),
-    )
+    common::pkcs11_backend(token)
 }
 
 fn shared(url: &str, schema: &str) -> PgConfig {
-    let mut c = PgConfig::from_url(url)
-        .unwrap()
-        .with_schema(schema)
-        .unwrap();
-    c.exclusive = false;
-    c
+    common::pg_config_at(url, schema, false)
 }
 
 fn k() -> KeyringName {

@@ -45,23 +45,11 @@ fn ring() -> KeyringName {
 }
 
 fn backend(token: &Token) -> Arc<Pkcs11Backend> {
-    Arc::new(
-        Pkcs11Backend::open(Pkcs11Config::new(
-            &token.module,
-            TokenSelector::Label(token.label.clone()),
-            PinSource::File(token.pin_file()),
-        ))
-        .unwrap(),
-    )
+    common::pkcs11_backend(token)
 }
 
 fn config(url: &str, schema: &str) -> PgConfig {
-    let mut c = PgConfig::from_url(url)
-        .unwrap()
-        .with_schema(schema)
-        .unwrap();
-    c.exclusive = false;
-    c
+    common::pg_config_at(url, schema, false)
 }
 
 fn options(name: &str) -> StoreOptions {

@@ -14,14 +14,7 @@ use strongroom_test_support::softhsm::Token;
 use strongroom_test_support::softhsm_tests;
 
 fn backend(token: &Token) -> Arc<Pkcs11Backend> {
-    Arc::new(
-        Pkcs11Backend::open(Pkcs11Config::new(
-            &token.module,
-            TokenSelector::Label(token.label.clone()),
-            PinSource::File(token.pin_file()),
-        ))
-        .unwrap(),
-    )
+    common::pkcs11_backend(token)
 }
 
 fn kr(s: &str) -> KeyringName {

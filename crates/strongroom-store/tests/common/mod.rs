@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use strongroom_core::{Backend, KeyringName, RootKeyName, SoftBackend};
+use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
 use strongroom_postgres::{PgConfig, PgEngine};
 use strongroom_store::engine::{ALL_TREES, BatchChange, KeyValue};
 use strongroom_store::format::StoreMeta;
@@ -24,6 +25,7 @@ use strongroom_store::{
     Engine, EngineError, EngineErrorKind, SledEngine, Store, StoreError, StoreOptions, TreeId,
 };
 use strongroom_test_support::pg;
+use strongroom_test_support::softhsm::Token;
 use strongroom_test_support::wrappers::TestBackend;
 
 pub fn kr(s: &str) -> KeyringName {
@@ -114,6 +116,33 @@ fn pg_schema_for_new_store(dir: &Path) -> Result<String, StoreError> {
     std::fs::create_dir_all(dir).map_err(io("create directory"))?;
     std::fs::write(dir.join(PG_SCHEMA_FILE), &schema).map_err(io("write the test schema file"))?;
     Ok(schema)
+}
+
+/// `schema` on the server at `url`: shared by a fleet of replicas, or (`exclusive`) held by
+/// one process.
+pub fn pg_config_at(url: &str, schema: &str, exclusive: bool) -> PgConfig {
+    let mut c = PgConfig::from_url(url)
+        .unwrap()
+        .with_schema(schema)
+        .unwrap();
+    c.exclusive = exclusive;
+    c
+}
+
+/// A PKCS#11 backend on the SoftHSM2 token `token`, in its default namespace.
+pub fn pkcs11_backend(token: &Token) -> Arc<Pkcs11Backend> {
+    pkcs11_backend_in(token, strongroom_pkcs11::objects::DEFAULT_NAMESPACE)
+}
+
+/// A PKCS#11 backend on the SoftHSM2 token `token`, in namespace `ns`.
+pub fn pkcs11_backend_in(token: &Token, ns: &str) -> Arc<Pkcs11Backend> {
+    let mut c = Pkcs11Config::new(
+        &token.module,
+        TokenSelector::Label(token.label.clone()),
+        PinSource::File(token.pin_file()),
+    );
+    c.namespace = ns.to_owned();
+    Arc::new(Pkcs11Backend::open(c).unwrap())
 }
 
 /// The configuration of `schema` on the test process's server.
