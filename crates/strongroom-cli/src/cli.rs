@@ -463,6 +463,17 @@ pub struct BenchArgs {
     /// propagation is measured against).
     #[arg(long, default_value_t = 1000, requires = "replicas")]
     pub fleet_poll_ms: u64,
+    /// With --replicas: the fleet's one backend is this PKCS#11 module's token (a token for
+    /// testing: the bench makes a root key there, in a namespace of its own, and leaves it);
+    /// without it, a soft key file every replica shares.
+    #[arg(long, value_name = "PATH", requires_all = ["replicas", "pkcs11_token", "pkcs11_pin_file"])]
+    pub pkcs11_module: Option<PathBuf>,
+    /// With --pkcs11-module: the token's label.
+    #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
+    pub pkcs11_token: Option<String>,
+    /// With --pkcs11-module: a file holding the token's user PIN.
+    #[arg(long, value_name = "FILE", requires = "pkcs11_module")]
+    pub pkcs11_pin_file: Option<PathBuf>,
 }
 
 /// One replica process of `bench --replicas` (started by it; not for use by hand).
@@ -489,6 +500,18 @@ pub struct BenchReplicaArgs {
     /// Value size in bytes.
     #[arg(long)]
     pub value_size: usize,
+    /// The fleet's PKCS#11 module (else the soft key file in the store directory).
+    #[arg(long, requires_all = ["pkcs11_token", "pkcs11_pin_file", "pkcs11_namespace"])]
+    pub pkcs11_module: Option<PathBuf>,
+    /// The token's label.
+    #[arg(long)]
+    pub pkcs11_token: Option<String>,
+    /// The PIN file.
+    #[arg(long)]
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// The bench's namespace in the token.
+    #[arg(long)]
+    pub pkcs11_namespace: Option<String>,
 }
 
 #[cfg(test)]

@@ -51,8 +51,19 @@ fn sr(data: &Path, url: &str, args: &[&str]) -> Run {
 }
 
 fn sr_in(data: &Path, url: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    sr_env(data, url, args, stdin, &[])
+}
+
+fn sr_env(
+    data: &Path,
+    url: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    envs: &[(&str, std::ffi::OsString)],
+) -> Run {
     use std::io::Write as _;
     let mut c = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    c.envs(envs.iter().map(|(k, v)| (*k, v)));
     c.arg("--data")
         .arg(data)
         .args(args)
@@ -358,39 +369,37 @@ fn a_backup_made_on_sled_restores_into_postgres_and_back() {
     sr(&again, &url, &["audit", "verify"]).ok();
 }
 
-/// The fleet, as processes: `bench --replicas 3` starts three replica processes on one store
-/// (one schema, one shared soft key file), each creating a keyring of its own at once (racing
-/// key changes) and then putting and reading, while this process disables and enables a
-/// keyring in rounds. Every replica refuses the disabled keyring within the poll interval
-/// (asserted generously; the bench measures it exactly), no operation of any replica fails,
-/// and the one audit chain verifies with entries from every replica.
-#[test]
-fn three_replica_processes_follow_revocations_and_share_one_audit_chain() {
-    let server = pg::shared();
-    let url = server.url();
+/// `bench --replicas 3 --json` with `extra` arguments and `envs`: three replica processes on
+/// one store, each creating a keyring of its own at once (racing key changes) and then putting
+/// and reading, while this process disables and enables a keyring in rounds. Every replica
+/// refuses the disabled keyring within the poll interval (asserted generously; the bench
+/// measures it exactly), no operation of any replica fails, and the one audit chain verifies
+/// with entries from every replica. Returns the JSON.
+fn fleet_bench(
+    url: &str,
+    extra: &[&str],
+    envs: &[(&str, std::ffi::OsString)],
+) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("unused");
     let poll_ms = 300u64;
-    let run = sr(
-        &data,
-        &url,
-        &[
-            "--json",
-            "bench",
-            "--replicas",
-            "3",
-            "--seconds",
-            "3",
-            "--rounds",
-            "4",
-            "--fleet-poll-ms",
-            &poll_ms.to_string(),
-            "--pg-url-env",
-            URL_VAR,
-        ],
-    )
-    .ok()
-    .json();
+    let poll = poll_ms.to_string();
+    let mut args = vec![
+        "--json",
+        "bench",
+        "--replicas",
+        "3",
+        "--seconds",
+        "3",
+        "--rounds",
+        "4",
+        "--fleet-poll-ms",
+        &poll,
+        "--pg-url-env",
+        URL_VAR,
+    ];
+    args.extend_from_slice(extra);
+    let run = sr_env(&data, url, &args, None, envs).ok().json();
     assert_eq!(run["replicas"], 3);
     let per = run["per_replica"].as_array().unwrap();
     assert_eq!(per.len(), 3);
@@ -418,6 +427,41 @@ fn three_replica_processes_follow_revocations_and_share_one_audit_chain() {
         assert!(writers.contains(&format!("bench-{i}").as_str()), "{run}");
     }
     assert!(writers.contains(&"bench-coordinator"), "{run}");
+    run
+}
+
+/// The fleet as processes on one shared soft key file.
+#[test]
+fn three_replica_processes_follow_revocations_and_share_one_audit_chain() {
+    let run = fleet_bench(&pg::shared().url(), &[], &[]);
+    assert_eq!(run["backend"], "soft", "{run}");
+}
+
+/// The fleet as processes on one SoftHSM2 token (made here, in a temporary directory): each
+/// replica opens its own PKCS#11 sessions; the bench's store lives in a namespace of its own,
+/// and so does the next run's.
+#[test]
+fn three_replica_processes_on_one_softhsm2_token() {
+    let token = strongroom_test_support::softhsm::Token::create("fleet-bench");
+    let module = token.module.display().to_string();
+    let pin_file = token.pin_file().display().to_string();
+    let args = [
+        "--pkcs11-module",
+        module.as_str(),
+        "--pkcs11-token",
+        token.label.as_str(),
+        "--pkcs11-pin-file",
+        pin_file.as_str(),
+    ];
+    // A server of its own: the bench's schema is named after the URL's, as the other fleet
+    // bench's, which may run at the same time.
+    let server = pg::PgServer::start();
+    let run = fleet_bench(&server.url(), &args, &token.env());
+    assert_eq!(run["backend"], "pkcs11", "{run}");
+    // Each run's root key lives in a namespace of its own: a second run on the token works.
+    fleet_bench(&server.url(), &args, &token.env());
+    let listing = token.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
+    assert_eq!(listing.matches("/service/v1").count(), 2, "{listing}");
 }
 
 /// A store configured as a fleet (`fleet = true`): commands work on it, doctor shows the

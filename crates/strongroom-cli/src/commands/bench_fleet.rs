@@ -1,7 +1,8 @@
 //! `strongroom bench --replicas N`: a fleet of replica processes on one PostgreSQL store and
 //! one backend, measured in one run.
 //!
-//! This process creates the store (schema `<schema>_bench_fleet`, emptied first; the soft
+//! This process creates the store (schema `<schema>_bench_fleet`, emptied first; its backend
+//! the PKCS#11 token `--pkcs11-module` names, in a namespace of the run's own, or else the soft
 //! backend in a temporary directory, whose key file every replica opens), with two keyrings:
 //! `data`, which the replicas use as fast as they can (one thread each: the even-numbered
 //! replicas put then get an earlier key of theirs, the odd-numbered ones only get records
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use strongroom_core::{Backend, KeyringName, RootKeyName, SoftBackend};
+use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
 use strongroom_postgres::{PgConfig, PgEngine};
 use strongroom_store::{Store, StoreError, StoreOptions};
 
@@ -79,6 +81,8 @@ enum Line {
 #[derive(Serialize)]
 struct FleetJson {
     replicas: usize,
+    /// The fleet's one backend: `pkcs11` (a token) or `soft` (a key file shared).
+    backend: &'static str,
     value_size: usize,
     fleet_poll_ms: u64,
     aead: &'static str,
@@ -138,6 +142,54 @@ impl Percentiles {
             p50_ms: percentile(&xs, 500),
             max_ms: xs.last().copied().unwrap_or(0.0),
         }
+    }
+}
+
+/// The fleet's PKCS#11 token (`--pkcs11-module`), and the bench's namespace in it.
+struct Token {
+    module: PathBuf,
+    label: String,
+    pin_file: PathBuf,
+    namespace: String,
+}
+
+impl Token {
+    fn backend(&self) -> Result<Arc<dyn Backend>, CliError> {
+        let config = || {
+            let mut c = Pkcs11Config::new(
+                &self.module,
+                TokenSelector::Label(self.label.clone()),
+                PinSource::File(self.pin_file.clone()),
+            );
+            c.namespace = self.namespace.clone();
+            c
+        };
+        // SoftHSM2 reads its token files in `C_Initialize` without holding off the processes
+        // that change them: a replica starting while another writes the audit anchor may find
+        // the token's integrity check failing and leave the token out of its slot list
+        // (SoftHSMv2 issue #757). A hardware token does not do this; a replica starting on
+        // SoftHSM2 tries again for up to two seconds.
+        let mut tries = 0;
+        loop {
+            match Pkcs11Backend::open(config()) {
+                Ok(b) => return Ok(Arc::new(b)),
+                Err(strongroom_core::BackendError::Config(why))
+                    if tries < 20 && why.starts_with("no token with label") =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The fleet's backend in `dir`: the token, or the soft key file every process shares.
+fn shared_backend(token: Option<&Token>, dir: &Path) -> Result<Arc<dyn Backend>, CliError> {
+    match token {
+        Some(t) => t.backend(),
+        None => Ok(Arc::new(SoftBackend::open_shared(dir).map_err(other)?)),
     }
 }
 
@@ -262,7 +314,18 @@ pub fn run(ctx: &Context<'_>, a: &BenchArgs, n: usize) -> Result<(), CliError> {
     let cfg = fleet_store_config(&base, &schema)?;
     strongroom_postgres::bench::drop_schema(&base, &schema)?;
     let dir = temp_dir()?;
-    let result = measure(ctx, a, n, &base, &cfg, &schema, &dir);
+    // A namespace of this run's own: the token may hold earlier runs' stores (and their
+    // claims on their namespaces).
+    let token = match (&a.pkcs11_module, &a.pkcs11_token, &a.pkcs11_pin_file) {
+        (Some(module), Some(label), Some(pin_file)) => Some(Token {
+            module: module.clone(),
+            label: label.clone(),
+            pin_file: pin_file.clone(),
+            namespace: format!("bench-fleet-{:012x}", now_ns() & 0xffff_ffff_ffff),
+        }),
+        _ => None,
+    };
+    let result = measure(ctx, a, n, &cfg, &schema, &dir, token.as_ref());
     let _ = std::fs::remove_dir_all(&dir);
     let _ = strongroom_postgres::bench::drop_schema(&base, &schema);
     result
@@ -272,14 +335,16 @@ fn measure(
     ctx: &Context<'_>,
     a: &BenchArgs,
     n: usize,
-    base: &PgConfig,
     cfg: &PgConfig,
     schema: &str,
     dir: &Path,
+    token: Option<&Token>,
 ) -> Result<(), CliError> {
-    let _ = base;
     let poll = Duration::from_millis(a.fleet_poll_ms);
-    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir).map_err(other)?);
+    let backend: Arc<dyn Backend> = match token {
+        Some(t) => t.backend()?,
+        None => Arc::new(SoftBackend::create(dir).map_err(other)?),
+    };
     let engine = PgEngine::connect(cfg).map_err(crate::context::connecting)?;
     let store = Store::create_on(
         dir,
@@ -300,10 +365,10 @@ fn measure(
     for i in 0..PRELOADED {
         store.put(&data, format!("pre-{i}").as_bytes(), &value)?;
     }
-    // From here on every process, this one too, uses the soft key file shared (the one token
-    // of the fleet; root keys do not change during the run).
+    // From here on every process, this one too, uses the one backend of the fleet: the token,
+    // or the soft key file shared (root keys do not change during the run).
     drop(store);
-    let backend: Arc<dyn Backend> = Arc::new(SoftBackend::open_shared(dir).map_err(other)?);
+    let backend = shared_backend(token, dir)?;
     let engine = PgEngine::connect(cfg).map_err(crate::context::connecting)?;
     let store = Store::open_on(
         dir,
@@ -337,6 +402,16 @@ fn measure(
             cmd.arg("--pg-url-env").arg(v);
         } else if let Some(f) = &a.pg_url_file {
             cmd.arg("--pg-url-file").arg(f);
+        }
+        if let Some(t) = token {
+            cmd.arg("--pkcs11-module")
+                .arg(&t.module)
+                .arg("--pkcs11-token")
+                .arg(&t.label)
+                .arg("--pkcs11-pin-file")
+                .arg(&t.pin_file)
+                .arg("--pkcs11-namespace")
+                .arg(&t.namespace);
         }
         let spawned = std::fs::File::create(&log)
             .and_then(|err| {
@@ -410,7 +485,7 @@ fn measure(
         verified: true,
         replicas_in_log: writers.into_iter().filter(|r| !r.is_empty()).collect(),
     };
-    report(ctx, a, n, poll, &props, &done, &audit)
+    report(ctx, a, &props, &done, &audit, token)
 }
 
 type Done = (u64, u64, f64, u64, Option<String>);
@@ -492,12 +567,13 @@ fn drive(
 fn report(
     ctx: &Context<'_>,
     a: &BenchArgs,
-    n: usize,
-    poll: Duration,
     props: &[(usize, f64)],
     done: &[Done],
     audit: &AuditJson,
+    token: Option<&Token>,
 ) -> Result<(), CliError> {
+    let n = done.len();
+    let poll = Duration::from_millis(a.fleet_poll_ms);
     let all = Percentiles::of(props.iter().map(|p| p.1).collect());
     let readers = Percentiles::of(props.iter().filter(|p| !writes(p.0)).map(|p| p.1).collect());
     let writers = Percentiles::of(props.iter().filter(|p| writes(p.0)).map(|p| p.1).collect());
@@ -519,6 +595,7 @@ fn report(
         .collect();
     let json = FleetJson {
         replicas: n,
+        backend: if token.is_some() { "pkcs11" } else { "soft" },
         value_size: a.value_size,
         fleet_poll_ms: a.fleet_poll_ms,
         aead: strongroom_core::crypto::GCM_ENGINE,
@@ -539,7 +616,11 @@ fn report(
     ctx.out.result(
         || {
             let mut t = format!(
-                "fleet: {n} replica processes on one PostgreSQL store, values of {} bytes, poll every {} ms\n{:<10} {:<10} {:>12} {:>12} {:>8}\n",
+                "fleet: {n} replica processes on one PostgreSQL store and {}, values of {} bytes, poll every {} ms\n{:<10} {:<10} {:>12} {:>12} {:>8}\n",
+                token.map_or_else(
+                    || "one soft key file".to_owned(),
+                    |t| format!("one PKCS#11 token ({})", t.label)
+                ),
                 a.value_size, a.fleet_poll_ms, "replica", "workload", "puts/s", "gets/s", "errors"
             );
             for r in &json.per_replica {
@@ -578,8 +659,21 @@ fn report(
 pub fn replica(a: &BenchReplicaArgs) -> Result<(), CliError> {
     let base = pg_base(a.pg_url_env.as_ref(), a.pg_url_file.as_ref())?;
     let cfg = fleet_store_config(&base, &a.schema)?;
-    let backend: Arc<dyn Backend> =
-        Arc::new(SoftBackend::open_shared(&a.store_dir).map_err(other)?);
+    let token = match (
+        &a.pkcs11_module,
+        &a.pkcs11_token,
+        &a.pkcs11_pin_file,
+        &a.pkcs11_namespace,
+    ) {
+        (Some(module), Some(label), Some(pin_file), Some(namespace)) => Some(Token {
+            module: module.clone(),
+            label: label.clone(),
+            pin_file: pin_file.clone(),
+            namespace: namespace.clone(),
+        }),
+        _ => None,
+    };
+    let backend = shared_backend(token.as_ref(), &a.store_dir)?;
     let engine = PgEngine::connect(&cfg).map_err(crate::context::connecting)?;
     let store = Store::open_on(
         &a.store_dir,
