@@ -672,4 +672,38 @@ softhsm_tests! {
         drop(b);
         assert_eq!(open(token).audit_anchors().unwrap(), vec![b"anchor-3".to_vec()]);
     }
+
+    fn a_token_made_after_the_library_started_is_found_by_the_next_open(token) {
+        // SoftHSM2, like many PKCS#11 libraries, lists only the tokens it saw when it was
+        // initialized: the backend initializes it anew when a token is not found (and no other
+        // backend of the process uses it), and looks again.
+        let first = open(token);
+        assert!(first.health().unwrap().iter().all(|c| c.ok));
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", token.conf())
+            .args([
+                "--init-token", "--free", "--label", "made-later",
+                "--pin", &token.user_pin, "--so-pin", &token.so_pin,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        drop(first);
+        let later = Pkcs11Backend::open(Pkcs11Config::new(
+            &token.module,
+            TokenSelector::Label("made-later".into()),
+            PinSource::File(token.pin_file()),
+        ))
+        .expect("found after the library is initialized anew");
+        assert!(later.health().unwrap().iter().all(|c| c.ok));
+        // A label no token has is still a configuration error, after the rescans.
+        let e = Pkcs11Backend::open(Pkcs11Config::new(
+            &token.module,
+            TokenSelector::Label("no-such-token".into()),
+            PinSource::File(token.pin_file()),
+        ))
+        .unwrap_err();
+        assert!(matches!(e, BackendError::Config(_)), "{e:?}");
+        assert!(e.to_string().contains("no token with label"), "{e}");
+    }
 }

@@ -62,11 +62,12 @@ fn options(name: &str) -> StoreOptions {
 }
 
 fn open(token: &Token, dir: &Path, url: &str, schema: &str, name: &str) -> Store {
-    // SoftHSM2's file store is read by `C_Initialize` without holding off the other processes
-    // that use the token: one starting while another touches the token's files may find the
-    // token's integrity check failing and leave the token out of its slot list ("no token
-    // with label", SoftHSMv2 issue #757). A hardware token does not do this. The replicas
-    // here start a moment apart, and a replica that still meets it tries again.
+    // SoftHSM2's file store is read without holding off the other processes that change the
+    // token: one starting while another writes the token's files (the audit anchor) may find
+    // the token's integrity check failing, and the token left out of its slot list ("no token
+    // with label") or undescribed (CKR_GENERAL_ERROR from `C_GetTokenInfo`); SoftHSMv2 issue
+    // #757. A hardware token does not do this. The replicas here start a moment apart, and a
+    // replica that still meets it tries again.
     let mut tries = 0;
     let backend = loop {
         let c = Pkcs11Config::new(
@@ -76,7 +77,10 @@ fn open(token: &Token, dir: &Path, url: &str, schema: &str, name: &str) -> Store
         );
         match Pkcs11Backend::open(c) {
             Ok(b) => break Arc::new(b),
-            Err(e) if tries < 20 && e.to_string().contains("no token with label") => {
+            Err(
+                strongroom_core::BackendError::Config(_)
+                | strongroom_core::BackendError::Device { .. },
+            ) if tries < 20 => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }

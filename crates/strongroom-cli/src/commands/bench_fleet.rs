@@ -164,18 +164,20 @@ impl Token {
             c.namespace = self.namespace.clone();
             c
         };
-        // SoftHSM2 reads its token files in `C_Initialize` without holding off the processes
-        // that change them: a replica starting while another writes the audit anchor may find
-        // the token's integrity check failing and leave the token out of its slot list
-        // (SoftHSMv2 issue #757). A hardware token does not do this; a replica starting on
-        // SoftHSM2 tries again for up to two seconds.
+        // SoftHSM2 reads its token files without holding off the processes that change them:
+        // a replica starting while another writes the audit anchor may find the token's
+        // integrity check failing, and the token left out of the slot list ("no token with
+        // label") or undescribed (`C_GetTokenInfo` answering CKR_GENERAL_ERROR, a device
+        // error); SoftHSMv2 issue #757. A hardware token does not do this; a replica starting
+        // on SoftHSM2 tries again for up to two seconds.
         let mut tries = 0;
         loop {
             match Pkcs11Backend::open(config()) {
                 Ok(b) => return Ok(Arc::new(b)),
-                Err(strongroom_core::BackendError::Config(why))
-                    if tries < 20 && why.starts_with("no token with label") =>
-                {
+                Err(
+                    strongroom_core::BackendError::Device { .. }
+                    | strongroom_core::BackendError::Config(_),
+                ) if tries < 20 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(100));
                 }

@@ -281,8 +281,29 @@ impl Pkcs11Backend {
         let ctx = lib.ctx.clone();
         // The generation the slot was found in; a recovery before the first call makes the
         // backend look again.
-        let gen_id = lib.read().id;
-        let slot = open_retrying(&config, || find_slot(&ctx, &config.token))?;
+        let mut gen_id = lib.read().id;
+        let mut slot = open_retrying(&config, || find_slot(&ctx, &config.token));
+        // Many PKCS#11 libraries list only the tokens they saw when they were initialized: a
+        // token plugged in later, or (SoftHSM2) one whose files another process was writing
+        // at that moment, which it leaves out (SoftHSMv2 issue #757, seen here when replicas of
+        // a fleet start while others write the audit anchor). A token not found is looked for
+        // again after the library is initialized anew, a few times, while no other backend of
+        // this process uses it (they would all have to open new sessions).
+        let mut rescans = 0u32;
+        while let Err(BackendError::Config(_)) = &slot {
+            if rescans >= 3 || Arc::strong_count(&lib) > 2 {
+                break;
+            }
+            std::thread::sleep(config.backoff.saturating_mul(4u32.pow(rescans)));
+            rescans += 1;
+            lib.recover(
+                gen_id,
+                &CkError::Pkcs11(RvError::TokenNotPresent, Function::GetSlotList),
+            )?;
+            gen_id = lib.read().id;
+            slot = open_retrying(&config, || find_slot(&ctx, &config.token));
+        }
+        let slot = slot?;
         let info = open_retrying(&config, || {
             ctx.get_token_info(slot)
                 .map_err(|e| device("read token information", e, "check the HSM"))
