@@ -156,9 +156,14 @@ impl Store {
             None => 0,
         };
         if cursor.is_none() {
-            // A job is recorded only for a keyring that can be re-encrypted now.
+            // A job is recorded only for a keyring that can be re-encrypted now, and only by
+            // the lease's holder (one taken over at once would record it again after its
+            // successor had finished).
             self.usable_keyring(keyring)?;
-            self.inner.storage.insert(TreeId::Jobs, &job, Vec::new())?;
+            self.inner.storage.transaction_on(&[TreeId::Jobs], |tx| {
+                lease.hold(tx)?;
+                tx.insert(TreeId::Jobs, &job, [])
+            })?;
         }
         progress(Progress { done, total });
         let mut stale = 0;
