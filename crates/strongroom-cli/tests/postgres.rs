@@ -437,6 +437,60 @@ fn three_replica_processes_follow_revocations_and_share_one_audit_chain() {
     assert_eq!(run["backend"], "soft", "{run}");
 }
 
+/// A fleet bench on a PKCS#11 token that is not there: the flags come together or not at all
+/// (a usage error), and a missing module is a clear error naming it.
+#[test]
+fn a_fleet_bench_on_a_missing_token_module_says_so() {
+    let server = pg::shared();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("unused");
+    sr(
+        &data,
+        &url,
+        &[
+            "bench",
+            "--replicas",
+            "2",
+            "--pkcs11-module",
+            "/nonexistent.so",
+        ],
+    )
+    .fails(2, "--pkcs11-token");
+    let pin = dir.path().join("pin");
+    std::fs::write(&pin, "1234").unwrap();
+    std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pin = pin.display().to_string();
+    let run = sr(
+        &data,
+        &url,
+        &[
+            "bench",
+            "--replicas",
+            "2",
+            "--pg-url-env",
+            URL_VAR,
+            "--pkcs11-module",
+            "/nonexistent/libpkcs11.so",
+            "--pkcs11-token",
+            "t",
+            "--pkcs11-pin-file",
+            &pin,
+        ],
+    );
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("/nonexistent/libpkcs11.so") && run.stderr.contains("does not exist"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("1234"),
+        "no PIN in errors: {}",
+        run.stderr
+    );
+}
+
 /// The fleet as processes on one SoftHSM2 token (made here, in a temporary directory): each
 /// replica opens its own PKCS#11 sessions; the bench's store lives in a namespace of its own,
 /// and so does the next run's.

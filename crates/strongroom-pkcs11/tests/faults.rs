@@ -558,6 +558,42 @@ softhsm_tests! {
         assert!(b.unwrap(&blob, b"c").unwrap().ct_eq(&k));
     }
 
+    fn the_audit_anchor_under_other_tokens_behaviours(token) {
+        let b = open(token);
+        let control = faults(token);
+        let label = "strongroom/anchor";
+        b.put_audit_anchor(b"anchor-1", &[]).unwrap();
+        // The new anchor is made but the reply is lost: the retry finds it, makes no second
+        // one, and still removes the one it replaces.
+        control.set(&FaultPlan::new().lose_reply(CKR_DEVICE_ERROR).on(&["C_CreateObject"]).times(1)).unwrap();
+        let r = b.put_audit_anchor(b"anchor-2", &[b"anchor-1".to_vec()]);
+        assert_eq!(control.status().count_in("lose-reply", "C_CreateObject"), 1);
+        control.clear().unwrap();
+        assert!(r.is_ok(), "a lost reply is finished on retry: {r:?}");
+        assert_eq!(count_records_labelled(token, label), 1);
+        assert_eq!(b.audit_anchors().unwrap(), vec![b"anchor-2".to_vec()]);
+        // A token that answers an object creation with CKR_GENERAL_ERROR now and then (SoftHSM2
+        // when two sessions create at once): tried again.
+        control.set(&FaultPlan::new().fail(CKR_GENERAL_ERROR).on(&["C_CreateObject"]).times(1)).unwrap();
+        b.put_audit_anchor(b"anchor-3", &[b"anchor-2".to_vec()]).unwrap();
+        control.clear().unwrap();
+        assert_eq!(b.audit_anchors().unwrap(), vec![b"anchor-3".to_vec()]);
+        // A device that keeps failing the search: a typed device error, never "no anchor"
+        // (which a store would take for an anchor removed, or none written yet).
+        control.set(&FaultPlan::new().fail(CKR_DEVICE_ERROR).on(&["C_FindObjectsInit"])).unwrap();
+        let e = b.audit_anchors().unwrap_err();
+        control.clear().unwrap();
+        match &e {
+            BackendError::Device { operation, .. } => {
+                assert_eq!(*operation, "read the audit anchor", "{e}");
+                assert!(e.to_string().contains("CKR_DEVICE_ERROR"), "{e}");
+            }
+            other => panic!("a typed device error, not {other:?}"),
+        }
+        // And once the device is back, the same backend reads it again.
+        assert_eq!(b.audit_anchors().unwrap(), vec![b"anchor-3".to_vec()]);
+    }
+
     fn a_lost_record_write_reply_leaves_a_usable_root(token) {
         let b = open(token);
         let control = faults(token);

@@ -10,17 +10,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use strongroom_core::backend::{BackendInfo, HealthCheck, ImportKey, RootKeyInfo};
-use strongroom_core::{
-    Backend, BackendError, Key256, KeyringName, RootKeyId, RootKeyName, WrappedKey,
-};
+use strongroom_core::{Backend, KeyringName, RootKeyName};
 use strongroom_pkcs11::Pkcs11Backend;
 use strongroom_postgres::{PgConfig, PgEngine};
-use strongroom_store::engine::{ALL_TREES, BatchChange, KeyValue};
-use strongroom_store::{Engine, Store, StoreError, StoreOptions, TreeId};
+use strongroom_store::{Store, StoreError, StoreOptions};
 use strongroom_test_support::pg;
 use strongroom_test_support::softhsm::Token;
 use strongroom_test_support::softhsm_tests;
+use strongroom_test_support::wrappers::TestBackend;
 
 fn backend_ns(token: &Token, ns: &str) -> Arc<Pkcs11Backend> {
     common::pkcs11_backend_in(token, ns)
@@ -78,33 +75,6 @@ fn accept(dir: &Path, cfg: &PgConfig, b: Arc<dyn Backend>) -> Result<Store, Stor
     )
 }
 
-fn dump(e: &PgEngine) -> Vec<(TreeId, Vec<KeyValue>)> {
-    ALL_TREES
-        .iter()
-        .map(|t| (*t, e.scan(*t, b"", b"").collect::<Result<_, _>>().unwrap()))
-        .collect()
-}
-
-fn put_back(e: &PgEngine, copy: &[(TreeId, Vec<KeyValue>)]) {
-    for (t, rows) in copy {
-        let now: Vec<KeyValue> = e.scan(*t, b"", b"").collect::<Result<_, _>>().unwrap();
-        e.apply_batch(
-            *t,
-            now.into_iter()
-                .map(|(k, _)| BatchChange::Remove(k))
-                .collect(),
-        )
-        .unwrap();
-        e.apply_batch(
-            *t,
-            rows.iter()
-                .map(|(k, v)| BatchChange::Insert(k.clone(), v.clone()))
-                .collect(),
-        )
-        .unwrap();
-    }
-}
-
 /// The sequence number an anchor value names (byte 2, seq u64 BE, hash, mac).
 fn seq_of(a: &[u8]) -> Option<u64> {
     (a.len() == 73 && a[0] == 2).then(|| u64::from_be_bytes(a[1..9].try_into().unwrap()))
@@ -120,116 +90,6 @@ fn newest(b: &dyn Backend) -> Option<u64> {
 
 fn head(s: &Store) -> u64 {
     s.verify_audit().unwrap().unwrap().entries
-}
-
-/// Forwards to a backend; `down` makes every call that reaches the token (wrap, unwrap, the
-/// anchor) fail with a device error, as an HSM that went away.
-struct Flaky {
-    inner: Arc<dyn Backend>,
-    down: AtomicBool,
-}
-
-impl Flaky {
-    fn new(inner: Arc<dyn Backend>) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            down: AtomicBool::new(false),
-        })
-    }
-    fn gate(&self) -> Result<(), BackendError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(BackendError::Device {
-                operation: "test",
-                detail: "the test switched the HSM off".into(),
-                source: None,
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Backend for Flaky {
-    fn describe(&self) -> BackendInfo {
-        self.inner.describe()
-    }
-    fn health(&self) -> Result<Vec<HealthCheck>, BackendError> {
-        self.gate()?;
-        self.inner.health()
-    }
-    fn list_roots(&self) -> Result<Vec<RootKeyInfo>, BackendError> {
-        self.gate()?;
-        self.inner.list_roots()
-    }
-    fn find_root(&self, id: &RootKeyId) -> Result<Option<RootKeyInfo>, BackendError> {
-        self.gate()?;
-        self.inner.find_root(id)
-    }
-    fn wrap(
-        &self,
-        root: &RootKeyId,
-        key: &Key256,
-        context: &[u8],
-    ) -> Result<WrappedKey, BackendError> {
-        self.gate()?;
-        self.inner.wrap(root, key, context)
-    }
-    fn unwrap(&self, blob: &WrappedKey, context: &[u8]) -> Result<Key256, BackendError> {
-        self.gate()?;
-        self.inner.unwrap(blob, context)
-    }
-    fn generate_root(&self, id: &RootKeyId) -> Result<RootKeyInfo, BackendError> {
-        self.gate()?;
-        self.inner.generate_root(id)
-    }
-    fn import_root(&self, id: &RootKeyId, material: &Key256) -> Result<RootKeyInfo, BackendError> {
-        self.inner.import_root(id, material)
-    }
-    fn import_key(&self) -> Result<ImportKey, BackendError> {
-        self.inner.import_key()
-    }
-    fn import_wrapped_root(
-        &self,
-        id: &RootKeyId,
-        wrapped: &[u8],
-        check_value: &[u8; 3],
-    ) -> Result<RootKeyInfo, BackendError> {
-        self.inner.import_wrapped_root(id, wrapped, check_value)
-    }
-    fn adopt_root(&self, id: &RootKeyId, selector: &str) -> Result<RootKeyInfo, BackendError> {
-        self.inner.adopt_root(id, selector)
-    }
-    fn disable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
-        self.gate()?;
-        self.inner.disable_root(id)
-    }
-    fn enable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
-        self.gate()?;
-        self.inner.enable_root(id)
-    }
-    fn destroy_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
-        self.gate()?;
-        self.inner.destroy_root(id)
-    }
-    fn audit_anchors(&self) -> Result<Vec<Vec<u8>>, BackendError> {
-        self.gate()?;
-        self.inner.audit_anchors()
-    }
-    fn put_audit_anchor(&self, anchor: &[u8], replacing: &[Vec<u8>]) -> Result<(), BackendError> {
-        self.gate()?;
-        self.inner.put_audit_anchor(anchor, replacing)
-    }
-    fn store_claim(&self) -> Result<Option<strongroom_core::StoreClaim>, BackendError> {
-        self.gate()?;
-        self.inner.store_claim()
-    }
-    fn set_store_claim(
-        &self,
-        claim: &strongroom_core::StoreClaim,
-        replacing: Option<&strongroom_core::StoreClaim>,
-    ) -> Result<(), BackendError> {
-        self.gate()?;
-        self.inner.set_store_claim(claim, replacing)
-    }
 }
 
 fn dynb(b: &Arc<Pkcs11Backend>) -> Arc<dyn Backend> {
@@ -270,7 +130,7 @@ softhsm_tests! {
         let a = create(dir.path(), &one, dynb(&b));
         a.create_keyring(&k(), None).unwrap();
         drop(a);
-        let copy = dump(&PgEngine::connect(&shared).unwrap());
+        let copy = common::dump(&PgEngine::connect(&shared).unwrap());
         let a = open(dir.path(), &one, dynb(&b)).unwrap();
         a.create_keyring(&kn("k2"), None).unwrap();
         a.create_keyring(&kn("k3"), None).unwrap();
@@ -282,7 +142,7 @@ softhsm_tests! {
         drop(a);
         assert!(newest(&*b).is_some());
         // Put back on purpose, and accepted.
-        put_back(&PgEngine::connect(&shared).unwrap(), &copy);
+        common::replace_all(&PgEngine::connect(&shared).unwrap(), &copy);
         let e = open(dir.path(), &shared, dynb(&b)).unwrap_err();
         assert!(matches!(e, StoreError::RolledBack { .. }), "{e:?}");
         drop(accept(dir.path(), &shared, dynb(&b)).unwrap());
@@ -310,14 +170,14 @@ softhsm_tests! {
         let a = create(dir.path(), &shared, dynb(&b));
         a.create_keyring(&k(), None).unwrap();
         let raw = PgEngine::connect(&shared).unwrap();
-        let copy = dump(&raw);
+        let copy = common::dump(&raw);
         let before = head(&a);
         for _ in 0..3 {
             assert!(a.disable_keyring(&kn("missing")).is_err());
         }
         let anchored = newest(&*b).unwrap();
         assert!(anchored >= before + 3, "refusals are audited and anchored: {before} {anchored}");
-        put_back(&raw, &copy);
+        common::replace_all(&raw, &copy);
         // A new replica is refused now...
         let e = open(tempfile::tempdir().unwrap().path(), &shared, dynb(&b)).unwrap_err();
         assert!(matches!(e, StoreError::RolledBack { .. }), "{e:?}");
@@ -421,20 +281,20 @@ softhsm_tests! {
         let schema = pg::unique_schema();
         let shared = cfg(&url, &schema, false);
         let p = backend(token);
-        let f = Flaky::new(dynb(&p));
+        let f = TestBackend::new(dynb(&p));
         let dir = tempfile::tempdir().unwrap();
         let a = create(dir.path(), &shared, Arc::clone(&f) as Arc<dyn Backend>);
         a.create_keyring(&k(), None).unwrap();
         a.put(&k(), b"alice", b"100").unwrap();
         let raw = PgEngine::connect(&shared).unwrap();
-        let copy = dump(&raw);
+        let copy = common::dump(&raw);
         a.disable_keyring(&k()).unwrap();
         drop(a);
-        put_back(&raw, &copy);
-        f.down.store(true, Ordering::SeqCst);
+        common::replace_all(&raw, &copy);
+        f.set_device_down(true);
         let fresh = tempfile::tempdir().unwrap();
         let r = open(fresh.path(), &shared, Arc::clone(&f) as Arc<dyn Backend>);
-        f.down.store(false, Ordering::SeqCst);
+        f.set_device_down(false);
         match r {
             Ok(r) => {
                 let got = r.get(&k(), b"alice");
@@ -460,24 +320,24 @@ softhsm_tests! {
         let schema = pg::unique_schema();
         let shared = cfg(&url, &schema, false);
         let p = backend(token);
-        let f = Flaky::new(dynb(&p));
+        let f = TestBackend::new(dynb(&p));
         let fb = || Arc::clone(&f) as Arc<dyn Backend>;
         let dir = tempfile::tempdir().unwrap();
         let a = create(dir.path(), &shared, fb());
         a.create_keyring(&k(), None).unwrap();
         a.put(&k(), b"alice", b"100").unwrap();
         let raw = PgEngine::connect(&shared).unwrap();
-        let copy = dump(&raw);
+        let copy = common::dump(&raw);
         // Audited refusals need no HSM call but the anchor's.
-        f.down.store(true, Ordering::SeqCst);
+        f.set_device_down(true);
         for _ in 0..3 {
             assert!(a.disable_keyring(&kn("missing")).is_err());
         }
-        f.down.store(false, Ordering::SeqCst);
+        f.set_device_down(false);
         let wrote_file = dir.path().join(strongroom_store::ANCHOR_FILE).exists();
         a.create_keyring(&kn("k2"), None).unwrap();
         drop(a);
-        put_back(&raw, &copy);
+        common::replace_all(&raw, &copy);
         drop(accept(tempfile::tempdir().unwrap().path(), &shared, fb()).unwrap());
         let a = open(dir.path(), &shared, fb()).unwrap();
         let v = a.verify_audit().unwrap();
@@ -563,9 +423,9 @@ softhsm_tests! {
         a.create_keyring(&k(), None).unwrap();
         a.put(&k(), b"alice", b"100").unwrap();
         let raw = PgEngine::connect(&shared).unwrap();
-        let copy = dump(&raw);
+        let copy = common::dump(&raw);
         a.disable_keyring(&k()).unwrap();
-        put_back(&raw, &copy);
+        common::replace_all(&raw, &copy);
         let h0 = a.audit_entries(1).count();
         let e = a.create_keyring(&kn("k2"), None).unwrap_err();
         let after_refusal = a.audit_entries(1).count();

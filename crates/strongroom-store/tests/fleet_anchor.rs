@@ -15,8 +15,7 @@ use std::sync::Arc;
 use strongroom_core::{Backend, KeyringName, RootKeyName};
 use strongroom_pkcs11::Pkcs11Backend;
 use strongroom_postgres::{PgConfig, PgEngine};
-use strongroom_store::engine::{ALL_TREES, BatchChange, KeyValue};
-use strongroom_store::{Engine, Store, StoreError, StoreOptions, TreeId};
+use strongroom_store::{Store, StoreError, StoreOptions};
 use strongroom_test_support::pg;
 use strongroom_test_support::softhsm::Token;
 use strongroom_test_support::softhsm_tests;
@@ -43,35 +42,6 @@ fn open(dir: &Path, cfg: &PgConfig, b: &Arc<Pkcs11Backend>) -> Result<Store, Sto
             ..StoreOptions::default()
         },
     )
-}
-
-/// Every row of every tree, as an attacker with the database's credentials copies it.
-fn dump(e: &PgEngine) -> Vec<(TreeId, Vec<KeyValue>)> {
-    ALL_TREES
-        .iter()
-        .map(|t| (*t, e.scan(*t, b"", b"").collect::<Result<_, _>>().unwrap()))
-        .collect()
-}
-
-/// Puts a copy made by [`dump`] back in place of everything.
-fn put_back(e: &PgEngine, copy: &[(TreeId, Vec<KeyValue>)]) {
-    for (t, rows) in copy {
-        let now: Vec<KeyValue> = e.scan(*t, b"", b"").collect::<Result<_, _>>().unwrap();
-        e.apply_batch(
-            *t,
-            now.into_iter()
-                .map(|(k, _)| BatchChange::Remove(k))
-                .collect(),
-        )
-        .unwrap();
-        e.apply_batch(
-            *t,
-            rows.iter()
-                .map(|(k, v)| BatchChange::Insert(k.clone(), v.clone()))
-                .collect(),
-        )
-        .unwrap();
-    }
 }
 
 softhsm_tests! {
@@ -111,10 +81,10 @@ softhsm_tests! {
         // revocation, audited and anchored), then the copy is put back: enabled again, as if
         // the disable had never happened.
         let raw = PgEngine::connect(&cfg).unwrap();
-        let copy = dump(&raw);
+        let copy = common::dump(&raw);
         a.disable_keyring(&k()).unwrap();
         drop(a);
-        put_back(&raw, &copy);
+        common::replace_all(&raw, &copy);
 
         // Refused by every replica: a new one (no file at all) and the first.
         for dir in [tempfile::tempdir().unwrap().path().to_path_buf(), first.path().to_path_buf()] {

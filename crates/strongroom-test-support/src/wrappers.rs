@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex};
 use strongroom_core::backend::{BackendInfo, HealthCheck, ImportKey, RootKeyInfo};
 use strongroom_core::{Backend, BackendError, Key256, RootKeyId, WrappedKey};
 
-/// Forwards to a backend, counting calls and able to fail wrap/unwrap, or the lifecycle calls,
-/// with a device error on demand (an HSM that went away).
+/// Forwards to a backend, counting calls and able to fail wrap/unwrap, the lifecycle calls, or
+/// every call that reaches the device, with a device error on demand (an HSM that went away).
 pub struct TestBackend {
     inner: Arc<dyn Backend>,
     calls: AtomicU64,
     unwraps: AtomicU64,
     down: AtomicBool,
     admin_down: AtomicBool,
+    device_down: AtomicBool,
     before_claim: Mutex<Option<ClaimHook>>,
 }
 
@@ -30,6 +31,7 @@ impl TestBackend {
             unwraps: AtomicU64::new(0),
             down: AtomicBool::new(false),
             admin_down: AtomicBool::new(false),
+            device_down: AtomicBool::new(false),
             before_claim: Mutex::new(None),
         })
     }
@@ -64,7 +66,19 @@ impl TestBackend {
         self.admin_down.store(down, Ordering::SeqCst);
     }
 
+    /// Makes every call that reaches the device fail with a device error (`true`) or work again
+    /// (`false`): the health check, listing and finding roots, wrap and unwrap, generating, the
+    /// lifecycle calls and the audit anchor's reads and writes.
+    pub fn set_device_down(&self, down: bool) {
+        self.device_down.store(down, Ordering::SeqCst);
+    }
+
+    fn device_gate(&self) -> Result<(), BackendError> {
+        switched_off(&self.device_down, "the test switched the HSM off")
+    }
+
     fn admin_gate(&self) -> Result<(), BackendError> {
+        self.device_gate()?;
         switched_off(
             &self.admin_down,
             "the test switched the backend's lifecycle calls off",
@@ -78,6 +92,7 @@ impl TestBackend {
 
     fn gate(&self) -> Result<(), BackendError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.device_gate()?;
         switched_off(&self.down, "the test switched the backend off")
     }
 }
@@ -99,12 +114,15 @@ impl Backend for TestBackend {
         self.inner.describe()
     }
     fn health(&self) -> Result<Vec<HealthCheck>, BackendError> {
+        self.device_gate()?;
         self.inner.health()
     }
     fn list_roots(&self) -> Result<Vec<RootKeyInfo>, BackendError> {
+        self.device_gate()?;
         self.inner.list_roots()
     }
     fn find_root(&self, id: &RootKeyId) -> Result<Option<RootKeyInfo>, BackendError> {
+        self.device_gate()?;
         self.inner.find_root(id)
     }
     fn wrap(
@@ -122,6 +140,7 @@ impl Backend for TestBackend {
         self.inner.unwrap(blob, context)
     }
     fn generate_root(&self, id: &RootKeyId) -> Result<RootKeyInfo, BackendError> {
+        self.device_gate()?;
         self.inner.generate_root(id)
     }
     fn import_root(&self, id: &RootKeyId, material: &Key256) -> Result<RootKeyInfo, BackendError> {
@@ -154,10 +173,11 @@ impl Backend for TestBackend {
         self.inner.destroy_root(id)
     }
     fn audit_anchors(&self) -> Result<Vec<Vec<u8>>, BackendError> {
+        self.device_gate()?;
         self.inner.audit_anchors()
     }
     fn put_audit_anchor(&self, anchor: &[u8], replacing: &[Vec<u8>]) -> Result<(), BackendError> {
-        self.admin_gate()?;
+        self.device_gate()?;
         self.inner.put_audit_anchor(anchor, replacing)
     }
     fn store_claim(&self) -> Result<Option<strongroom_core::StoreClaim>, BackendError> {

@@ -165,19 +165,15 @@ impl Token {
             c
         };
         // SoftHSM2 reads its token files without holding off the processes that change them:
-        // a replica starting while another writes the audit anchor may find the token's
-        // integrity check failing, and the token left out of the slot list ("no token with
-        // label") or undescribed (`C_GetTokenInfo` answering CKR_GENERAL_ERROR, a device
-        // error); SoftHSMv2 issue #757. A hardware token does not do this; a replica starting
-        // on SoftHSM2 tries again for up to two seconds.
+        // a replica starting while another writes the audit anchor may find `C_GetTokenInfo`
+        // answering CKR_GENERAL_ERROR (a device error; SoftHSMv2 issue #757), and tries again
+        // for up to two seconds. (A token left out of the slot list is looked for again by the
+        // backend itself.) A hardware token does not do this.
         let mut tries = 0;
         loop {
             match Pkcs11Backend::open(config()) {
                 Ok(b) => return Ok(Arc::new(b)),
-                Err(
-                    strongroom_core::BackendError::Device { .. }
-                    | strongroom_core::BackendError::Config(_),
-                ) if tries < 20 => {
+                Err(strongroom_core::BackendError::Device { .. }) if tries < 20 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(100));
                 }

@@ -335,32 +335,37 @@ impl RawDb {
 
     /// Every entry of every tree (an older copy of the database, to put back later).
     pub fn dump(&self) -> Vec<(TreeId, Vec<KeyValue>)> {
-        ALL_TREES
-            .into_iter()
-            .map(|t| {
-                (
-                    t,
-                    self.engine.scan(t, b"", b"").map(Result::unwrap).collect(),
-                )
-            })
-            .collect()
+        dump(&*self.engine)
     }
 
     /// Replaces every tree's entries with `dump`'s.
     pub fn replace_all(&self, dump: &[(TreeId, Vec<KeyValue>)]) {
-        for (t, entries) in dump {
-            let mut changes: Vec<BatchChange> = self
-                .engine
-                .scan(*t, b"", b"")
-                .map(|r| BatchChange::Remove(r.unwrap().0))
-                .collect();
-            changes.extend(
-                entries
-                    .iter()
-                    .map(|(k, v)| BatchChange::Insert(k.clone(), v.clone())),
-            );
-            self.engine.apply_batch(*t, changes).unwrap();
-        }
+        replace_all(&*self.engine, dump);
+    }
+}
+
+/// Every entry of every tree of `engine` (an older copy of the database, to put back later,
+/// as someone with the database's credentials can).
+pub fn dump(engine: &dyn Engine) -> Vec<(TreeId, Vec<KeyValue>)> {
+    ALL_TREES
+        .into_iter()
+        .map(|t| (t, engine.scan(t, b"", b"").map(Result::unwrap).collect()))
+        .collect()
+}
+
+/// Replaces every tree's entries in `engine` with `dump`'s.
+pub fn replace_all(engine: &dyn Engine, dump: &[(TreeId, Vec<KeyValue>)]) {
+    for (t, entries) in dump {
+        let mut changes: Vec<BatchChange> = engine
+            .scan(*t, b"", b"")
+            .map(|r| BatchChange::Remove(r.unwrap().0))
+            .collect();
+        changes.extend(
+            entries
+                .iter()
+                .map(|(k, v)| BatchChange::Insert(k.clone(), v.clone())),
+        );
+        engine.apply_batch(*t, changes).unwrap();
     }
 }
 
