@@ -8,12 +8,13 @@
 //! there already (a fleet's store opened by one process). The anchor is the log's head
 //! (sequence and hash), MACed under the audit key as the file is.
 //!
-//! - **Written** after every commit, once the database has flushed: the anchors are read first
-//!   and the head after, so the head is at least as new as any anchor read (each is written
-//!   after its own commit). It is written only past the newest genuine anchor there, so a
-//!   replica committing late never puts it back; and never over one that this database's log
-//!   does not hold (this database was put back under a running replica: the next operation
-//!   verifies again, and refuses).
+//! - **Written** after every key change and audited refusal (a job's steps at most once a
+//!   second), once the database has flushed: the anchors are read first and the head after,
+//!   so the head is at least as new as any anchor read (each is written after its own
+//!   commit). It is written only past the newest genuine anchor there, so a replica committing
+//!   late never puts it back; and never over one that this database's log does not hold (this
+//!   database was put back under a running replica: the next operation verifies again, and
+//!   refuses).
 //! - **Checked** whenever the catalog is verified (at open, and at every reload of the key
 //!   states): the newest anchor whose MAC verifies must be an entry of this log, the same entry
 //!   (by hash), not one past its end. Anchors that do not verify (another store's, damaged) are
@@ -22,12 +23,16 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use strongroom_core::BackendError;
 
 use crate::audit::{self, Anchor, AuditHead, AuditKey};
 use crate::error::StoreError;
 use crate::store::{ANCHOR_FILE, Store};
+
+/// A job's steps anchor in the backend at most this often (a key change always anchors).
+const JOB_STEPS_ANCHOR_EVERY: Duration = Duration::from_secs(1);
 
 /// How errors name the audit anchor a backend keeps.
 pub(crate) const BACKEND_ANCHOR: &str =
@@ -156,11 +161,28 @@ impl Store {
             true
         };
         if written {
+            *self
+                .inner
+                .anchor_written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
             // A file left from before (the store run by one process, or written while the
             // backend did not answer) is not the anchor any more.
             let _ = std::fs::remove_file(self.inner.dir.join(ANCHOR_FILE));
         }
         written
+    }
+
+    /// Whether a job's step should anchor now: always with a file anchor (cheap), and in the
+    /// backend at most every [`JOB_STEPS_ANCHOR_EVERY`].
+    pub(crate) fn anchor_due(&self) -> bool {
+        !self.inner.anchor_in_backend
+            || self
+                .inner
+                .anchor_written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_none_or(|at| at.elapsed() >= JOB_STEPS_ANCHOR_EVERY)
     }
 
     /// Whether this store keeps its audit anchor in its backend (a fleet on a backend that

@@ -248,6 +248,9 @@ pub(crate) struct Inner {
     pub anchor_in_backend: bool,
     /// The backend's anchor was checked since open.
     pub anchor_checked: AtomicBool,
+    /// When this store last wrote the backend's anchor ([`crate::anchor`]: a job's steps
+    /// anchor at most once a second).
+    pub anchor_written: Mutex<Option<Instant>>,
 }
 
 /// An open store. `Send + Sync`, cheap to clone; clones share everything but the actor.
@@ -818,6 +821,7 @@ impl Store {
                 instance: u64::from_be_bytes(instance),
                 anchor_in_backend,
                 anchor_checked: AtomicBool::new(false),
+                anchor_written: Mutex::new(None),
             }),
             actor,
         }

@@ -151,4 +151,41 @@ softhsm_tests! {
         assert!(open(dir.path(), &cfg, &b).is_ok());
         assert!(!b.audit_anchors().unwrap().contains(&forged));
     }
+
+    fn a_job_s_steps_anchor_in_the_hsm_at_most_once_a_second(token) {
+        let url = pg::shared().url();
+        let schema = pg::unique_schema();
+        let cfg = shared(&url, &schema);
+        let b = strongroom_test_support::wrappers::TestBackend::new(backend(token));
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::create_on(
+            dir.path(),
+            Box::new(PgEngine::connect(&cfg).unwrap()),
+            Arc::clone(&b) as Arc<dyn Backend>,
+            &RootKeyName::new("service").unwrap(),
+            StoreOptions::default(),
+        )
+        .unwrap();
+        for i in 0..40 {
+            a.create_keyring(&KeyringName::new(format!("k{i}")).unwrap(), None).unwrap();
+        }
+        // A key change anchors at once: one write each.
+        let before = b.anchor_writes();
+        a.disable_keyring(&KeyringName::new("k0").unwrap()).unwrap();
+        assert_eq!(b.anchor_writes(), before + 1);
+        // A root rotation: one key change, then 41 KEKs rewrapped, one commit each.
+        let before = b.anchor_writes();
+        let started = std::time::Instant::now();
+        a.rotate_root(&RootKeyName::new("service").unwrap(), &mut |_| {}).unwrap();
+        let writes = b.anchor_writes() - before;
+        let most = 2 + started.elapsed().as_secs();
+        assert!(writes <= most, "{writes} anchor writes for one rotation (at most {most})");
+        // The anchor may be a few steps behind the log, never ahead: a new replica opens, and
+        // the next key change brings it to the head.
+        drop(a);
+        let r = open(tempfile::tempdir().unwrap().path(), &cfg, &backend(token)).unwrap();
+        r.enable_keyring(&KeyringName::new("k0").unwrap()).unwrap();
+        let head = r.verify_audit().unwrap().unwrap().entries;
+        assert_eq!(r.anchor_in_backend(), Some(Some(head)));
+    }
 }

@@ -16,6 +16,7 @@ pub struct TestBackend {
     down: AtomicBool,
     admin_down: AtomicBool,
     device_down: AtomicBool,
+    anchor_writes: AtomicU64,
     before_claim: Mutex<Option<ClaimHook>>,
 }
 
@@ -32,6 +33,7 @@ impl TestBackend {
             down: AtomicBool::new(false),
             admin_down: AtomicBool::new(false),
             device_down: AtomicBool::new(false),
+            anchor_writes: AtomicU64::new(0),
             before_claim: Mutex::new(None),
         })
     }
@@ -48,6 +50,11 @@ impl TestBackend {
     /// Calls of `wrap` and `unwrap` so far.
     pub fn crypto_calls(&self) -> u64 {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls of `put_audit_anchor` so far.
+    pub fn anchor_writes(&self) -> u64 {
+        self.anchor_writes.load(Ordering::SeqCst)
     }
 
     /// Calls of `unwrap` so far.
@@ -178,6 +185,7 @@ impl Backend for TestBackend {
     }
     fn put_audit_anchor(&self, anchor: &[u8], replacing: &[Vec<u8>]) -> Result<(), BackendError> {
         self.device_gate()?;
+        self.anchor_writes.fetch_add(1, Ordering::SeqCst);
         self.inner.put_audit_anchor(anchor, replacing)
     }
     fn store_claim(&self) -> Result<Option<strongroom_core::StoreClaim>, BackendError> {
