@@ -221,3 +221,48 @@ fn a_replica_with_a_very_long_name_still_holds_its_job() {
     );
     held.unwrap();
 }
+
+#[test]
+fn jobs_finish_while_another_replica_keeps_changing_keys() {
+    // Every step of a job is a commit that another replica's key change (here: KEK rotations
+    // of another keyring, about a hundred a second) can make stale; a stale step changed nothing and
+    // is tried again, up to the job's last commit: the jobs end, and are not left for the next
+    // runner.
+    let f = fleet(2, Duration::from_secs(30));
+    keyring_to_reencrypt(&f, "ring", 1500);
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    for i in 0..10 {
+        a.create_keyring(&kr(&format!("k{i}")), None).unwrap();
+    }
+    let other = kr("busy");
+    a.create_keyring(&other, None).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let rotations = std::thread::scope(|scope| {
+        let churn = scope.spawn(|| {
+            let _stop = common::fleet::StopOnDrop(&stop);
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match b.rotate_kek(&other) {
+                    Ok(_) => n += 1,
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            n
+        });
+        let _stop = common::fleet::StopOnDrop(&stop);
+        let r = a.reencrypt(&kr("ring"), &mut |_| {}).unwrap();
+        assert_eq!(r.reencrypted, 1500, "{r:?}");
+        a.rotate_root(&common::rn("service"), &mut |_| {}).unwrap();
+        drop(_stop);
+        churn.join().unwrap()
+    });
+    assert!(rotations > 0);
+    assert!(
+        a.pending_jobs().unwrap().is_empty(),
+        "{:?}",
+        a.pending_jobs()
+    );
+    assert!(a.verify_audit().unwrap().is_ok());
+}

@@ -291,7 +291,34 @@ impl Store {
                 }
             }
         }
-        report.retired = self.retire_unused_deks(keyring)?;
+        // The end: retire what no record uses, and the job with its audit entry. Both are key
+        // changes; one refused because another replica changed the key states first changed
+        // nothing (this replica has reloaded): tried again, as a batch is, rather than leave a
+        // finished job for the next runner.
+        let mut conflicts = 0;
+        loop {
+            match self.finish_reencrypt(keyring, &job, &lease, &mut report) {
+                Err(StoreError::Conflict { .. }) if conflicts < 20 => conflicts += 1,
+                r => break r?,
+            }
+        }
+        drop(lease);
+        Ok(report)
+    }
+
+    /// The last step of a re-encryption (see its caller).
+    fn finish_reencrypt(
+        &self,
+        keyring: &KeyringName,
+        job: &[u8],
+        lease: &crate::lease::Lease<'_>,
+        report: &mut ReencryptReport,
+    ) -> Result<(), StoreError> {
+        for v in self.retire_unused_deks(keyring)? {
+            if !report.retired.contains(&v) {
+                report.retired.push(v);
+            }
+        }
         let w = self.write_lifecycle();
         let detail = format!(
             "{} re-encrypted, {} skipped{}; DEK versions retired: {}",
@@ -316,13 +343,11 @@ impl Store {
             detail,
             |tx| {
                 lease.hold(tx.raw())?;
-                tx.remove(TreeId::Jobs, job.clone())
+                tx.remove(TreeId::Jobs, job)
             },
             Effects::none(),
         )?;
-        drop(w);
-        drop(lease);
-        Ok(report)
+        Ok(())
     }
 
     /// Removes the DEK versions of `keyring` that no record uses and that are not current.

@@ -295,45 +295,81 @@ impl Store {
             ..
         } in todo
         {
-            // The lock held shared: a rewrap changes no key (the same KEK, wrapped under a newer
-            // root version), so reads and writes go on; key changes wait for the step.
-            let shared = self.read_lifecycle();
-            let Some(kr_name) = self.read_catalog().ids.get(&id).cloned() else {
+            // One KEK: `Some(replaced)`, or `None` for a keyring gone meanwhile.
+            let step = || -> Result<Option<bool>, StoreError> {
+                // The lock held shared: a rewrap changes no key (the same KEK, wrapped under a
+                // newer root version), so reads and writes go on; key changes wait for the step.
+                let shared = self.read_lifecycle();
+                let Some(kr_name) = self.read_catalog().ids.get(&id).cloned() else {
+                    return Ok(None);
+                };
+                let Ok(kr) = self.read_catalog().keyring(&kr_name) else {
+                    return Ok(None);
+                };
+                let v = KekVersion::new(ver).map_err(|_| StoreError::KeyIntegrity {
+                    what: format!("KEK of keyring {kr_name} (bad version)"),
+                })?;
+                // The KEK is rewrapped only if it is unchanged since it was listed: a KEK
+                // rotation (here, or in another replica) may have replaced or removed it.
+                let tree_key = format::versioned_key(id, ver).to_vec();
+                let unchanged = |now: Option<&[u8]>| now == Some(&old_bytes[..]);
+                let still_there = || -> Result<bool, StoreError> {
+                    Ok(unchanged(
+                        self.inner.storage.get(TreeId::Keks, &tree_key)?.as_deref(),
+                    ))
+                };
+                if !still_there()? {
+                    return Ok(Some(false));
+                }
+                let kek = match self.kek(&kr_name, &kr, v) {
+                    Ok((kek, _)) => kek,
+                    // Removed between the look and the unwrap: nothing to rewrap.
+                    Err(StoreError::KeyIntegrity { .. }) if !still_there()? => {
+                        return Ok(Some(false));
+                    }
+                    Err(e) => return Err(e),
+                };
+                let to = RootKeyId::new(name.clone(), target);
+                let new = self.wrap_kek(&to, &kek, &kr_name, id, v)?.to_bytes();
+                // Each step is its own commit with its audit entry, which replaces the KEK only
+                // if it is still unchanged.
+                let replaced = std::cell::Cell::new(false);
+                {
+                    self.commit_shared(
+                        &shared,
+                        AuditOp::RootRewrapped,
+                        format!("root {name}"),
+                        format!("KEK {v} of keyring {kr_name} rewrapped under {to}"),
+                        |tx| {
+                            lease.hold(tx.raw())?;
+                            replaced.set(false);
+                            if unchanged(tx.get(TreeId::Keks, &tree_key)?.as_deref()) {
+                                tx.insert(TreeId::Keks, tree_key.clone(), new.clone())?;
+                                replaced.set(true);
+                            }
+                            Ok(())
+                        },
+                    )?;
+                }
+                Ok(Some(replaced.get()))
+            };
+            // A step refused because another replica changed the key states since this one
+            // loaded them wrote nothing: taken in, and the step tried again (as a
+            // re-encryption's batch is).
+            let mut conflicts = 0;
+            let replaced = loop {
+                match step() {
+                    Err(StoreError::Conflict { .. }) if conflicts < 20 => {
+                        conflicts += 1;
+                        self.reload_if_moved();
+                    }
+                    r => break r?,
+                }
+            };
+            let Some(replaced) = replaced else {
                 continue;
             };
-            let Ok(kr) = self.read_catalog().keyring(&kr_name) else {
-                continue;
-            };
-            let v = KekVersion::new(ver).map_err(|_| StoreError::KeyIntegrity {
-                what: format!("KEK of keyring {kr_name} (bad version)"),
-            })?;
-            let (kek, _) = self.kek(&kr_name, &kr, v)?;
-            let to = RootKeyId::new(name.clone(), target);
-            let new = self.wrap_kek(&to, &kek, &kr_name, id, v)?.to_bytes();
-            // Each step is its own commit with its audit entry. The KEK is replaced only if it
-            // is unchanged since it was read (a KEK rotation may have replaced or removed it).
-            let tree_key = format::versioned_key(id, ver).to_vec();
-            let replaced = std::cell::Cell::new(false);
-            let unchanged = |now: Option<&[u8]>| now == Some(&old_bytes[..]);
-            if unchanged(self.inner.storage.get(TreeId::Keks, &tree_key)?.as_deref()) {
-                self.commit_shared(
-                    &shared,
-                    AuditOp::RootRewrapped,
-                    format!("root {name}"),
-                    format!("KEK {v} of keyring {kr_name} rewrapped under {to}"),
-                    |tx| {
-                        lease.hold(tx.raw())?;
-                        replaced.set(false);
-                        if unchanged(tx.get(TreeId::Keks, &tree_key)?.as_deref()) {
-                            tx.insert(TreeId::Keks, tree_key.clone(), new.clone())?;
-                            replaced.set(true);
-                        }
-                        Ok(())
-                    },
-                )?;
-            }
-            drop(shared);
-            if replaced.get() {
+            if replaced {
                 rewrapped += 1;
             }
             done += 1;

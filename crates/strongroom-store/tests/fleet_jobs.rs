@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use strongroom_core::{KeyringName, RootKeyName};
-use strongroom_pkcs11::{PinSource, Pkcs11Backend, Pkcs11Config, TokenSelector};
+use strongroom_pkcs11::Pkcs11Backend;
 use strongroom_postgres::{PgConfig, PgEngine};
 use strongroom_store::{Store, StoreError, StoreOptions};
 use strongroom_test_support::pg;
@@ -62,27 +62,7 @@ fn options(name: &str) -> StoreOptions {
 }
 
 fn open(token: &Token, dir: &Path, url: &str, schema: &str, name: &str) -> Store {
-    // SoftHSM2's file store is read without holding off the other processes that change the
-    // token: one starting while another writes the token's files (the audit anchor) may find
-    // `C_GetTokenInfo` answering CKR_GENERAL_ERROR (SoftHSMv2 issue #757; a token left out of
-    // the slot list is looked for again by the backend itself). A hardware token does not do
-    // this. The replicas here start a moment apart, and one that still meets it tries again.
-    let mut tries = 0;
-    let backend = loop {
-        let c = Pkcs11Config::new(
-            &token.module,
-            TokenSelector::Label(token.label.clone()),
-            PinSource::File(token.pin_file()),
-        );
-        match Pkcs11Backend::open(c) {
-            Ok(b) => break Arc::new(b),
-            Err(strongroom_core::BackendError::Device { .. }) if tries < 20 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => panic!("{name}: {e}"),
-        }
-    };
+    let backend = common::pkcs11_backend(token);
     Store::open_on(
         dir,
         Box::new(PgEngine::connect(&config(url, schema)).unwrap()),
@@ -343,7 +323,17 @@ softhsm_tests! {
                 n.split(' ').next().unwrap().parse::<u64>().unwrap()
             })
             .sum();
-        assert_eq!(by_holder + reencrypted, RECORDS as u64, "holder {by_holder}, successor {reencrypted}");
+        let job_log: Vec<String> = s
+            .audit_entries(1)
+            .map(Result::unwrap)
+            .filter(|e| e.op == strongroom_store::AuditOp::Reencrypted)
+            .map(|e| format!("{} {:?} {}", e.replica, e.outcome, e.detail))
+            .collect();
+        assert_eq!(
+            by_holder + reencrypted,
+            RECORDS as u64,
+            "holder {holder}: {by_holder}, successor {finisher}: {reencrypted}; the job's entries: {job_log:#?}"
+        );
         for (n, mut c) in children {
             let deadline = Instant::now() + Duration::from_secs(60);
             while c.try_wait().unwrap().is_none() && Instant::now() < deadline {

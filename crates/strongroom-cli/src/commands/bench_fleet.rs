@@ -155,31 +155,13 @@ struct Token {
 
 impl Token {
     fn backend(&self) -> Result<Arc<dyn Backend>, CliError> {
-        let config = || {
-            let mut c = Pkcs11Config::new(
-                &self.module,
-                TokenSelector::Label(self.label.clone()),
-                PinSource::File(self.pin_file.clone()),
-            );
-            c.namespace = self.namespace.clone();
-            c
-        };
-        // SoftHSM2 reads its token files without holding off the processes that change them:
-        // a replica starting while another writes the audit anchor may find `C_GetTokenInfo`
-        // answering CKR_GENERAL_ERROR (a device error; SoftHSMv2 issue #757), and tries again
-        // for up to two seconds. (A token left out of the slot list is looked for again by the
-        // backend itself.) A hardware token does not do this.
-        let mut tries = 0;
-        loop {
-            match Pkcs11Backend::open(config()) {
-                Ok(b) => return Ok(Arc::new(b)),
-                Err(strongroom_core::BackendError::Device { .. }) if tries < 20 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let mut c = Pkcs11Config::new(
+            &self.module,
+            TokenSelector::Label(self.label.clone()),
+            PinSource::File(self.pin_file.clone()),
+        );
+        c.namespace = self.namespace.clone();
+        Ok(Arc::new(Pkcs11Backend::open(c)?))
     }
 }
 

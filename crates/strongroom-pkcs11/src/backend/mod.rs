@@ -285,12 +285,14 @@ impl Pkcs11Backend {
         let mut slot = open_retrying(&config, || find_slot(&ctx, &config.token));
         // Many PKCS#11 libraries list only the tokens they saw when they were initialized: a
         // token plugged in later, or (SoftHSM2) one whose files another process was writing
-        // at that moment, which it leaves out (SoftHSMv2 issue #757, seen here when replicas of
-        // a fleet start while others write the audit anchor). A token not found is looked for
-        // again after the library is initialized anew, a few times, while no other backend of
-        // this process uses it (they would all have to open new sessions).
+        // at that moment, which it leaves out or cannot describe (`C_GetTokenInfo` answering
+        // CKR_GENERAL_ERROR; SoftHSMv2 issue #757, seen here when replicas of a fleet start
+        // while others write the audit anchor). A token not found, or not described after the
+        // retries, is looked for again after the library is initialized anew, a few times,
+        // while no other backend of this process uses it (they would all have to open new
+        // sessions).
         let mut rescans = 0u32;
-        while let Err(BackendError::Config(_)) = &slot {
+        while let Err(BackendError::Config(_) | BackendError::Device { .. }) = &slot {
             if rescans >= 3 || Arc::strong_count(&lib) > 2 {
                 break;
             }
