@@ -328,6 +328,12 @@ fn a_backup_taken_mid_job_restores_without_the_lease_and_resumes() {
         },
     );
     ran.unwrap();
+    // Left out of the file itself (its tree keys are stored as they are), not only of what a
+    // restore shows; the job's own entry is in it.
+    let bytes = std::fs::read(&file).unwrap();
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(!has(b"lease/"), "a lease in the backup file");
+    assert!(has(b"reencrypt/"), "the job's cursor in the backup file");
     let schema = strongroom_test_support::pg::unique_schema();
     let mut cfg = common::config(&schema);
     cfg.exclusive = false;
