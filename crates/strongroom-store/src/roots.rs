@@ -131,7 +131,11 @@ impl Store {
     /// Returns the new version.
     ///
     /// # Errors
-    /// [`StoreError::RootNotFound`], a root that is not enabled, or a backend error.
+    /// [`StoreError::RootNotFound`], a root that is not enabled, or a backend error;
+    /// [`StoreError::Conflict`] if another replica changed the key states before the rotation
+    /// committed (nothing was rotated: retry). Once the rotation is committed, a rewrap left
+    /// to another runner (busy, or losing its steps to other replicas' key changes) is not an
+    /// error: [`Store::pending_jobs`] lists it.
     pub fn rotate_root(
         &self,
         name: &RootKeyName,
@@ -199,8 +203,10 @@ impl Store {
             // The rotation is committed; the rewrap it asks for is another runner's now (a
             // replica rewrapping under this root already), which takes the new version in as
             // it goes or is resumed by `pending_jobs`. Failing here would invite a retry that
-            // rotates the root again.
-            Ok(_) | Err(StoreError::JobBusy { .. }) => Ok(version),
+            // rotates the root again. So would a rewrap that kept losing its steps to other
+            // replicas' key changes: a `Conflict` says nothing was changed, and the rotation was;
+            // the rewrap is left to `pending_jobs` like a busy one.
+            Ok(_) | Err(StoreError::JobBusy { .. } | StoreError::Conflict { .. }) => Ok(version),
             Err(e) => Err(e),
         }
     }
