@@ -268,3 +268,60 @@ fn jobs_finish_while_another_replica_keeps_changing_keys() {
     );
     assert!(a.verify_audit().unwrap().is_ok());
 }
+
+#[test]
+fn a_root_rotation_whose_rewrap_keeps_losing_its_steps_returns_the_new_version() {
+    // Another replica changes a key between every rewrap step's look at the key states and its
+    // commit (a hook on the backend's `wrap`, which each step calls in between): every try of
+    // the step is refused as stale, and the rewrap gives up. The rotation itself was committed,
+    // so `rotate_root` reports the new version and leaves the rewrap pending; a `Conflict`
+    // ("nothing was changed") would make the caller rotate the root again.
+    let dir = tempfile::tempdir().unwrap();
+    let soft: std::sync::Arc<dyn strongroom_core::Backend> =
+        std::sync::Arc::new(strongroom_core::SoftBackend::create(dir.path()).unwrap());
+    let backend = strongroom_test_support::wrappers::TestBackend::new(soft);
+    let schema = strongroom_test_support::pg::unique_schema();
+    let f = Fleet::start_with(
+        common::config(&schema),
+        schema,
+        dir,
+        backend.clone(),
+        2,
+        |i| job_options(i, Duration::from_secs(30)),
+    );
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    let root = common::rn("other");
+    a.create_root(&root).unwrap();
+    let k = kr("under-other");
+    a.create_keyring(&k, Some(&root)).unwrap();
+    a.put(&k, b"x", b"1").unwrap();
+    let bystander = kr("bystander");
+    a.create_keyring(&bystander, None).unwrap();
+    let interfered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    {
+        let (b, bystander, interfered) = (b.clone(), bystander.clone(), interfered.clone());
+        backend.before_wrap(Some(Box::new(move || {
+            common::fleet::retrying(|| b.rotate_dek(&bystander));
+            interfered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })));
+    }
+    let r = a.rotate_root(&root, &mut |_| {});
+    backend.before_wrap(None);
+    let tries = interfered.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(tries > 20, "the step was tried {tries} times");
+    let info = a.root(&root).unwrap();
+    assert_eq!(info.versions.len(), 2, "{info:?}");
+    assert_eq!(r.unwrap(), info.current.unwrap());
+    assert!(
+        a.pending_jobs().unwrap().iter().any(
+            |j| matches!(j, strongroom_store::PendingJob::Rewrap { root: r, keks: 1 } if *r == root)
+        ),
+        "{:?}",
+        a.pending_jobs()
+    );
+    // Left alone, the rewrap finishes as a pending job does.
+    assert_eq!(b.rewrap_root(&root, &mut |_| {}).unwrap(), 1);
+    assert!(a.pending_jobs().unwrap().is_empty());
+    assert_eq!(b.get(&k, b"x").unwrap().unwrap().expose(), b"1");
+    assert!(a.verify_audit().unwrap().is_ok());
+}

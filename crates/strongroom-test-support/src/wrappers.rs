@@ -17,11 +17,12 @@ pub struct TestBackend {
     admin_down: AtomicBool,
     device_down: AtomicBool,
     anchor_writes: AtomicU64,
-    before_claim: Mutex<Option<ClaimHook>>,
+    before_claim: Mutex<Option<Hook>>,
+    before_wrap: Mutex<Option<Hook>>,
 }
 
-/// What runs before every `set_store_claim`.
-type ClaimHook = Arc<dyn Fn() + Send + Sync>;
+/// What runs before every `set_store_claim`, or every `wrap`.
+type Hook = Arc<dyn Fn() + Send + Sync>;
 
 impl TestBackend {
     /// Wraps `inner`.
@@ -35,6 +36,7 @@ impl TestBackend {
             device_down: AtomicBool::new(false),
             anchor_writes: AtomicU64::new(0),
             before_claim: Mutex::new(None),
+            before_wrap: Mutex::new(None),
         })
     }
 
@@ -45,6 +47,15 @@ impl TestBackend {
             .before_claim
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(hook));
+    }
+
+    /// Runs `hook` at the start of every `wrap` (for example another replica's key change, made
+    /// between a step's look at the key states and its commit), or no longer (`None`).
+    pub fn before_wrap(&self, hook: Option<Box<dyn Fn() + Send + Sync>>) {
+        *self
+            .before_wrap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = hook.map(Arc::from);
     }
 
     /// Calls of `wrap` and `unwrap` so far.
@@ -138,6 +149,15 @@ impl Backend for TestBackend {
         key: &Key256,
         context: &[u8],
     ) -> Result<WrappedKey, BackendError> {
+        // Cloned out of the lock: the hook may call the store, which may wrap.
+        let hook = self
+            .before_wrap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(hook) = hook {
+            hook();
+        }
         self.gate()?;
         self.inner.wrap(root, key, context)
     }

@@ -25,14 +25,26 @@ impl Fleet {
     /// A store on `cfg` (made shared here) and `n - 1` more replicas of it (the first created
     /// it); replica `i` is opened with `options(i)`.
     pub fn start_on(
-        mut cfg: PgConfig,
+        cfg: PgConfig,
         schema: String,
         n: usize,
         options: impl Fn(usize) -> StoreOptions,
     ) -> Self {
-        cfg.exclusive = false;
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir.path()).unwrap());
+        Self::start_with(cfg, schema, dir, backend, n, options)
+    }
+
+    /// [`Fleet::start_on`] with the store directory `dir` and `backend`.
+    pub fn start_with(
+        mut cfg: PgConfig,
+        schema: String,
+        dir: tempfile::TempDir,
+        backend: Arc<dyn Backend>,
+        n: usize,
+        options: impl Fn(usize) -> StoreOptions,
+    ) -> Self {
+        cfg.exclusive = false;
         let first = Store::create_on(
             dir.path(),
             Box::new(connect(&cfg)),
