@@ -443,7 +443,7 @@ impl Store {
         // A destruction refused because another replica changed the key states first (any
         // key change, or its compaction's entry) has changed nothing, and this replica has
         // taken the new states in: what is due is read again and the rest carried out.
-        let mut conflicts = 0;
+        let mut stale = crate::fleet::StaleBudget::default();
         'again: loop {
             let w = self.write_lifecycle();
             // As of now: another runner may have carried some out before this one claimed.
@@ -452,8 +452,7 @@ impl Store {
                 match self.audited(AuditOp::KeyringDestroyed, format!("keyring {name}"), || {
                     self.destroy_keyring_locked(&w, &name, Transition::DestroyDue { now })
                 }) {
-                    Err(StoreError::Conflict { .. }) if conflicts < 20 => {
-                        conflicts += 1;
+                    Err(StoreError::Conflict { .. }) if stale.again() => {
                         continue 'again;
                     }
                     r => r?,
@@ -469,8 +468,7 @@ impl Store {
                 let d = match self.audited(AuditOp::RootDestroyed, format!("root {name}"), || {
                     self.destroy_root_locked(&w, &name, Transition::DestroyDue { now })
                 }) {
-                    Err(StoreError::Conflict { .. }) if conflicts < 20 => {
-                        conflicts += 1;
+                    Err(StoreError::Conflict { .. }) if stale.again() => {
                         continue 'again;
                     }
                     r => r?,

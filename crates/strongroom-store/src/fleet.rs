@@ -111,6 +111,36 @@ impl Fleet {
     }
 }
 
+/// How long a step that other replicas' key changes keep making stale goes on trying: the
+/// generation is store-wide, so a key change anywhere (another keyring's rotation, a DEK
+/// rollover) refuses a step computed before it, and the step takes it in and tries again.
+const STALE_BUDGET: Duration = Duration::from_secs(3);
+/// A step is tried at least this often before the budget can run out (a slow machine).
+const STALE_TRIES: u32 = 20;
+
+/// The tries of one step refused as stale ([`StoreError::Conflict`]): it gives up only after
+/// [`STALE_TRIES`] refusals in a row *and* [`STALE_BUDGET`] since the first, so that only a
+/// sustained storm of key changes elsewhere refuses it. A step that got through resets it.
+#[derive(Default)]
+pub(crate) struct StaleBudget {
+    tries: u32,
+    since: Option<Instant>,
+}
+
+impl StaleBudget {
+    /// Counts a refusal; whether to try again.
+    pub(crate) fn again(&mut self) -> bool {
+        self.tries += 1;
+        let since = *self.since.get_or_insert_with(Instant::now);
+        self.tries <= STALE_TRIES || since.elapsed() <= STALE_BUDGET
+    }
+
+    /// The step got through: the next stall has a budget of its own.
+    pub(crate) fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
 /// A stored generation.
 fn parse(raw: Option<&[u8]>) -> Result<u64, StoreError> {
     let Some(b) = raw else { return Ok(0) };

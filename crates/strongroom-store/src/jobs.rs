@@ -166,7 +166,12 @@ impl Store {
             })?;
         }
         progress(Progress { done, total });
-        let mut stale = 0;
+        let mut stale = crate::fleet::StaleBudget::default();
+        // A batch another replica's key change made stale is tried again smaller: under a
+        // steady stream of key changes elsewhere (the generation is store-wide), a batch that
+        // takes longer than the gap between them would never get through, while a batch of a
+        // few records gets through as a single write does. It grows back after a success.
+        let mut batch_size = BATCH;
         loop {
             let step = (|| -> Result<Option<Option<DekVersion>>, StoreError> {
                 let _r = self.read_lifecycle();
@@ -179,7 +184,7 @@ impl Store {
                         &prefix,
                         cursor.as_deref().filter(|c| !c.is_empty()),
                     )
-                    .take(BATCH)
+                    .take(batch_size)
                     .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
                     .collect::<Result<_, _>>()?;
                 if batch.is_empty() {
@@ -259,7 +264,8 @@ impl Store {
             let roll_over = match step {
                 Ok(Some(r)) => {
                     // The conflict budget is per stall, not for the whole job.
-                    stale = 0;
+                    stale.reset();
+                    batch_size = (batch_size * 2).min(BATCH);
                     r
                 }
                 Ok(None) => break,
@@ -267,8 +273,8 @@ impl Store {
                 // shared database: the commit's check): nothing of the batch was written.
                 // Take them in (the keyring may be disabled now, its DEK retired), and go on
                 // from the cursor.
-                Err(StoreError::Conflict { .. }) if stale < 20 => {
-                    stale += 1;
+                Err(StoreError::Conflict { .. }) if stale.again() => {
+                    batch_size = (batch_size / 4).max(1);
                     self.reload_if_moved();
                     continue;
                 }
@@ -295,10 +301,10 @@ impl Store {
         // changes; one refused because another replica changed the key states first changed
         // nothing (this replica has reloaded): tried again, as a batch is, rather than leave a
         // finished job for the next runner.
-        let mut conflicts = 0;
+        let mut stale = crate::fleet::StaleBudget::default();
         loop {
             match self.finish_reencrypt(keyring, &job, &lease, &mut report) {
-                Err(StoreError::Conflict { .. }) if conflicts < 20 => conflicts += 1,
+                Err(StoreError::Conflict { .. }) if stale.again() => {}
                 r => break r?,
             }
         }

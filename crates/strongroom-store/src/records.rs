@@ -167,9 +167,6 @@ enum Reserve {
     RollOver,
 }
 
-/// How long a write made stale by other replicas' key changes keeps trying ([`Next::Stale`]).
-const STALE_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
-
 /// How a write under the lifecycle lock ended.
 enum Next {
     /// Written; for a single delete, whether the record existed.
@@ -600,13 +597,9 @@ impl Store {
             }
         }
         // Another replica's key changes make a write in flight stale (the generation is
-        // store-wide): it takes them in and tries again, for up to STALE_BUDGET, so that only a
+        // store-wide): it takes them in and tries again, within a budget, so that only a
         // sustained storm of key changes elsewhere refuses it (as a `Conflict`).
-        let mut stale_since: Option<Instant> = None;
-        let mut stale_out = || {
-            let since = *stale_since.get_or_insert_with(Instant::now);
-            since.elapsed() > STALE_BUDGET
-        };
+        let mut stale = crate::fleet::StaleBudget::default();
         loop {
             let since = self.serving();
             let next = (|| -> Result<Next, StoreError> {
@@ -636,7 +629,7 @@ impl Store {
                 Next::Stale => {
                     // Take in what the other replica changed (the keyring may be disabled
                     // now), then decide again.
-                    if stale_out() {
+                    if !stale.again() {
                         return Err(StoreError::Conflict {
                             what: format!("a write to keyring {keyring}"),
                         });
@@ -664,7 +657,7 @@ impl Store {
                     // this DEK over too). The commit reloaded them; the write decides again
                     // from there, and its caller never sees the race.
                     Err(StoreError::Conflict { .. }) => {
-                        if stale_out() {
+                        if !stale.again() {
                             return Err(StoreError::Conflict {
                                 what: format!("a write to keyring {keyring}"),
                             });

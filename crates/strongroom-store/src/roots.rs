@@ -203,8 +203,8 @@ impl Store {
             // The rotation is committed; the rewrap it asks for is another runner's now (a
             // replica rewrapping under this root already), which takes the new version in as
             // it goes or is resumed by `pending_jobs`. Failing here would invite a retry that
-            // rotates the root again. So would a rewrap that kept losing its steps to other
-            // replicas' key changes: a `Conflict` says nothing was changed, and the rotation was;
+            // rotates the root again. So would a rewrap that kept losing a step to other
+            // replicas' key changes past its budget: a `Conflict` says nothing was changed, and the rotation was;
             // the rewrap is left to `pending_jobs` like a busy one.
             Ok(_) | Err(StoreError::JobBusy { .. } | StoreError::Conflict { .. }) => Ok(version),
             Err(e) => Err(e),
@@ -362,13 +362,10 @@ impl Store {
             // A step refused because another replica changed the key states since this one
             // loaded them wrote nothing: taken in, and the step tried again (as a
             // re-encryption's batch is).
-            let mut conflicts = 0;
+            let mut stale = crate::fleet::StaleBudget::default();
             let replaced = loop {
                 match step() {
-                    Err(StoreError::Conflict { .. }) if conflicts < 20 => {
-                        conflicts += 1;
-                        self.reload_if_moved();
-                    }
+                    Err(StoreError::Conflict { .. }) if stale.again() => self.reload_if_moved(),
                     r => break r?,
                 }
             };
