@@ -169,6 +169,49 @@ impl Store {
         name: &RootKeyName,
         t: Transition,
     ) -> Result<Vec<Destroyed>, StoreError> {
+        let mut destroyed = Vec::new();
+        // Several commits (each keyring, then the root): one refused because another replica
+        // changed the key states first changed nothing, but those before it stand. The rest is
+        // tried again from the reloaded states (the commit reloaded them), so that a `Conflict`
+        // never follows a partial destruction unless a storm of key changes outlasts the
+        // budget (then a second call finishes it).
+        let mut stale = crate::fleet::StaleBudget::default();
+        loop {
+            match self.destroy_root_in_store(w, name, t, &mut destroyed) {
+                Err(StoreError::Conflict { .. }) if stale.again() => {}
+                r => break r?,
+            }
+        }
+        let all: Vec<RootVersion> = self
+            .read_catalog()
+            .roots
+            .get(name)
+            .map(|v| v.keys().copied().collect())
+            .unwrap_or_default();
+        for v in all {
+            let id = RootKeyId::new(name.clone(), v);
+            self.destroy_in_backend(&id).map_err(StoreError::backend(format!(
+                "destroying {id} in the backend (the store counts it destroyed; `strongroom resume` finishes it in the backend)"
+            )))?;
+        }
+        let job = backend_destroy_job_key(name);
+        if self.inner.storage.get(TreeId::Jobs, &job)?.is_some() {
+            self.inner.storage.remove(TreeId::Jobs, &job)?;
+            self.inner.storage.flush()?;
+        }
+        Ok(destroyed)
+    }
+
+    /// The store's part of [`Store::destroy_root_locked`] from the key states of now: the
+    /// keyrings under the root not yet destroyed (added to `destroyed` as each commits), then
+    /// the root itself.
+    fn destroy_root_in_store(
+        &self,
+        w: &KeyChange<'_>,
+        name: &RootKeyName,
+        t: Transition,
+        destroyed: &mut Vec<Destroyed>,
+    ) -> Result<(), StoreError> {
         self.refuse_if_moving_off(name)?;
         let already = matches!(
             self.read_catalog().current_root(name),
@@ -179,7 +222,6 @@ impl Store {
         } else {
             self.live_root_versions(name)
         };
-        let mut destroyed = Vec::new();
         // The keyrings go first (each its own transaction): their keys are what the root protects.
         for (kr_name, kr) in self.keyrings_under(name) {
             if kr.state != KeyState::Destroyed {
@@ -203,24 +245,7 @@ impl Store {
                 Some(backend_destroy_job_key(name)),
             )?;
         }
-        let all: Vec<RootVersion> = self
-            .read_catalog()
-            .roots
-            .get(name)
-            .map(|v| v.keys().copied().collect())
-            .unwrap_or_default();
-        for v in all {
-            let id = RootKeyId::new(name.clone(), v);
-            self.destroy_in_backend(&id).map_err(StoreError::backend(format!(
-                "destroying {id} in the backend (the store counts it destroyed; `strongroom resume` finishes it in the backend)"
-            )))?;
-        }
-        let job = backend_destroy_job_key(name);
-        if self.inner.storage.get(TreeId::Jobs, &job)?.is_some() {
-            self.inner.storage.remove(TreeId::Jobs, &job)?;
-            self.inner.storage.flush()?;
-        }
-        Ok(destroyed)
+        Ok(())
     }
 
     // ===================== keyrings =====================
@@ -457,6 +482,7 @@ impl Store {
                     }
                     r => r?,
                 };
+                stale.reset();
                 let former_roots = self.read_catalog().keyring(&name)?.former_roots.clone();
                 out.push(Destroyed {
                     keyring: name,
@@ -473,6 +499,7 @@ impl Store {
                     }
                     r => r?,
                 };
+                stale.reset();
                 out.extend(d);
             }
             break;

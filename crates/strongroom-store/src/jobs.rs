@@ -173,6 +173,7 @@ impl Store {
         // few records gets through as a single write does. It grows back after a success.
         let mut batch_size = BATCH;
         loop {
+            let since = self.serving();
             let step = (|| -> Result<Option<Option<DekVersion>>, StoreError> {
                 let _r = self.read_lifecycle();
                 let kr = self.usable_keyring(keyring)?;
@@ -270,10 +271,14 @@ impl Store {
                 }
                 Ok(None) => break,
                 // Another replica changed the key states since this one loaded them (on a
-                // shared database: the commit's check): nothing of the batch was written.
-                // Take them in (the keyring may be disabled now, its DEK retired), and go on
-                // from the cursor.
-                Err(StoreError::Conflict { .. }) if stale.again() => {
+                // shared database: the commit's check, or a key it replaced that looked
+                // missing here): nothing of the batch was written. Take them in (the keyring
+                // may be disabled now, its DEK retired), and go on from the cursor.
+                Err(e)
+                    if (matches!(e, StoreError::Conflict { .. })
+                        || self.stale_key_error(&e, since))
+                        && stale.again() =>
+                {
                     batch_size = (batch_size / 4).max(1);
                     self.reload_if_moved();
                     continue;
@@ -289,11 +294,21 @@ impl Store {
                 let w = self.write_lifecycle();
                 if self.read_catalog().keyring(keyring)?.current_dek == rolled {
                     let limit = self.inner.options.dek_rollover_after;
-                    self.rotate_dek_locked(
-                        &w,
-                        keyring,
-                        &format!("automatic rollover after {limit} encryptions"),
-                    )?;
+                    let r = self.audited(AuditOp::DekRotated, format!("keyring {keyring}"), || {
+                        self.rotate_dek_locked(
+                            &w,
+                            keyring,
+                            &format!("automatic rollover after {limit} encryptions"),
+                        )
+                    });
+                    match r {
+                        Ok(_) => {}
+                        // Another replica changed the key states first (most often: rolled
+                        // this DEK over too); the commit reloaded them, and the next batch
+                        // decides again from there, as a write does.
+                        Err(StoreError::Conflict { .. }) if stale.again() => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }

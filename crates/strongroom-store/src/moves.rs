@@ -195,9 +195,14 @@ impl Store {
         if self.deks_before_move(name)? {
             reencrypted += self.reencrypt(name, progress)?.reencrypted;
         }
-        {
+        // The move's last commit is a key change: one refused because another replica changed
+        // the key states first changed nothing (the re-encryption before it stands), and is
+        // tried again from the states of now, rather than report a move half done as a
+        // `Conflict`.
+        let mut stale = crate::fleet::StaleBudget::default();
+        loop {
             let w = self.write_lifecycle();
-            self.audited(AuditOp::KeyringMoved, format!("keyring {name}"), || {
+            let r = self.audited(AuditOp::KeyringMoved, format!("keyring {name}"), || {
                 let kr = self.usable_keyring(name)?;
                 let job = move_job_key(kr.id);
                 let Some((first_kek, first_dek)) = self
@@ -256,7 +261,11 @@ impl Store {
                     }, Effects::none().keyring(name, entry.clone()).purge(kr.id),
                 )?;
                 Ok(())
-            })?;
+            });
+            match r {
+                Err(StoreError::Conflict { .. }) if stale.again() => {}
+                r => break r?,
+            }
         }
         self.compact_if_asked()?;
         Ok(MoveReport {

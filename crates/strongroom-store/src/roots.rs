@@ -134,8 +134,11 @@ impl Store {
     /// [`StoreError::RootNotFound`], a root that is not enabled, or a backend error;
     /// [`StoreError::Conflict`] if another replica changed the key states before the rotation
     /// committed (nothing was rotated: retry). Once the rotation is committed, a rewrap left
-    /// to another runner (busy, or losing its steps to other replicas' key changes) is not an
-    /// error: [`Store::pending_jobs`] lists it.
+    /// to another runner (busy, taken over, or losing its steps to other replicas' key changes)
+    /// is not an error: [`Store::pending_jobs`] lists it. Any other error of the rewrap (a
+    /// backend error) comes after the rotation was committed: the KEKs done stay done, and
+    /// [`Store::rewrap_root`] or `strongroom resume` finishes the rest (rotating again would
+    /// make another version).
     pub fn rotate_root(
         &self,
         name: &RootKeyName,
@@ -204,9 +207,15 @@ impl Store {
             // replica rewrapping under this root already), which takes the new version in as
             // it goes or is resumed by `pending_jobs`. Failing here would invite a retry that
             // rotates the root again. So would a rewrap that kept losing a step to other
-            // replicas' key changes past its budget: a `Conflict` says nothing was changed, and the rotation was;
-            // the rewrap is left to `pending_jobs` like a busy one.
-            Ok(_) | Err(StoreError::JobBusy { .. } | StoreError::Conflict { .. }) => Ok(version),
+            // replicas' key changes past its budget (a `Conflict` says nothing was changed,
+            // and the rotation was), or one taken over by another replica (`LeaseLost`): the
+            // rewrap is left to its holder or to `pending_jobs`, like a busy one.
+            Ok(_)
+            | Err(
+                StoreError::JobBusy { .. }
+                | StoreError::Conflict { .. }
+                | StoreError::LeaseLost { .. },
+            ) => Ok(version),
             Err(e) => Err(e),
         }
     }
@@ -364,8 +373,17 @@ impl Store {
             // re-encryption's batch is).
             let mut stale = crate::fleet::StaleBudget::default();
             let replaced = loop {
+                let since = self.serving();
                 match step() {
-                    Err(StoreError::Conflict { .. }) if stale.again() => self.reload_if_moved(),
+                    // Or a key another replica replaced, looking missing here (see
+                    // `Store::stale_key_error`).
+                    Err(e)
+                        if (matches!(e, StoreError::Conflict { .. })
+                            || self.stale_key_error(&e, since))
+                            && stale.again() =>
+                    {
+                        self.reload_if_moved();
+                    }
                     r => break r?,
                 }
             };

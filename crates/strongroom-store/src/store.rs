@@ -1371,7 +1371,20 @@ impl Store {
         f: impl FnOnce() -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let r = f();
+        let r = f().map_err(|e| {
+            // A key another replica replaced since this one loaded the key states (a KEK
+            // rotated away before this change read it) looks missing: the change was computed
+            // from stale states, as one its commit refuses, and is refused the same way. (Its
+            // own commits move the generation this replica serves along with the stored one.)
+            // The next key change starts from the current states (`Store::write_lifecycle`).
+            if self.stale_key_error(&e, self.serving()) {
+                StoreError::Conflict {
+                    what: format!("{} of {target}", op.as_str()),
+                }
+            } else {
+                e
+            }
+        });
         telemetry::operation(op.as_str(), started, &r);
         if let Err(e) = &r {
             self.audit_failure(op, target, e);
