@@ -554,3 +554,72 @@ fn a_fleet_store_works_and_doctor_shows_its_generation() {
     // The store's creation, before `fleet = true`, names none (format 1).
     assert_eq!(log[0]["replica"], "", "{log}");
 }
+
+/// `root rotate` on a fleet while another replica holds the rewrap's lease: the rotation is
+/// done (exit 0, the new version), and the KEKs still under the old version are said to be
+/// left, not counted as rewrapped; `resume` finishes them once the lease is gone.
+#[test]
+fn a_root_rotation_whose_rewrap_another_replica_holds_says_what_is_left() {
+    let server = pg::shared();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let schema = pg::unique_schema();
+    init_pg(&data, &url, &schema).ok();
+    let conf_path = data.join("strongroom.conf");
+    let conf = std::fs::read_to_string(&conf_path).unwrap();
+    std::fs::write(&conf_path, format!("{conf}fleet = true\n")).unwrap();
+    sr(&data, &url, &["keyring", "create", "payroll"]).ok();
+    sr(&data, &url, &["put", "payroll", "alice", "salary=1"]).ok();
+    let roots = sr(&data, &url, &["--json", "root", "list"]).ok().json();
+    let root = roots
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["primary"] == true)
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Another replica's live lease on the rewrap (format 1, token, expiry by the database's
+    // clock in ms, holder), ten minutes long.
+    let lease = format!("lease/rewrap/{root}");
+    let inserted = server.psql(&format!(
+        "INSERT INTO {schema}.entries (tree, k, v) VALUES (7, convert_to('{lease}', 'UTF8'), \
+         '\\x01'::bytea || int8send(1) \
+         || int8send((extract(epoch from clock_timestamp()) * 1000)::bigint + 600000) \
+         || convert_to('replica-9#0000000000000009', 'UTF8')) RETURNING 'inserted'"
+    ));
+    assert_eq!(inserted.trim(), "inserted");
+    let rotated = sr(&data, &url, &["--json", "root", "rotate", &root])
+        .ok()
+        .json();
+    assert_eq!(rotated["version"], 2, "{rotated}");
+    assert_eq!(rotated["rewrapped"], 0, "{rotated}");
+    assert_eq!(rotated["rewrap_pending"], 1, "{rotated}");
+    let jobs = sr(&data, &url, &["jobs"]).ok().stdout;
+    assert!(jobs.contains("1 KEKs still under an old version"), "{jobs}");
+    let doctor = sr(&data, &url, &["doctor"]).stdout;
+    assert!(
+        doctor.contains("replica-9"),
+        "the holder is named: {doctor}"
+    );
+    let deleted = server.psql(&format!(
+        "DELETE FROM {schema}.entries WHERE tree = 7 AND k = convert_to('{lease}', 'UTF8') RETURNING 'deleted'"
+    ));
+    assert_eq!(deleted.trim(), "deleted");
+    sr(&data, &url, &["resume"]).ok();
+    let after = sr(&data, &url, &["--json", "jobs"]).ok().json();
+    assert!(
+        after.as_array().is_some_and(Vec::is_empty)
+            || after["pending"].as_array().is_some_and(Vec::is_empty),
+        "{after}"
+    );
+    let text = sr(&data, &url, &["root", "rotate", &root]).ok().stdout;
+    assert!(
+        text.contains("rotated to v3; 1 KEK rewrapped under it") && !text.contains("still"),
+        "{text}"
+    );
+    let got = sr(&data, &url, &["get", "payroll", "alice"]).ok().stdout;
+    assert!(got.contains("salary=1"), "{got}");
+}

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use strongroom_core::{RootKeyId, RootVersion};
+use strongroom_store::PendingJob;
 
 use crate::cli::{DestroyArgs, RootCmd};
 use crate::common::{progress_to, rn, short_state, state_text, waiting_period};
@@ -15,6 +16,9 @@ struct Version {
     version: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     rewrapped: Option<u64>,
+    /// KEKs still under older versions after a rotation (its rewrap left to another runner).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rewrap_pending: Option<u64>,
 }
 
 /// One root key in `root list --json`.
@@ -102,29 +106,42 @@ pub fn run(ctx: &Context<'_>, cmd: &RootCmd) -> Result<(), CliError> {
                     root: n.to_string(),
                     version: 1,
                     rewrapped: None,
+                    rewrap_pending: None,
                 },
             )?;
         }
         RootCmd::Rotate { name } => {
             let n = rn(name)?;
             let pb = ctx.out.progress(&format!("rewrapping KEKs under {n}"));
-            let mut total = 0;
+            let mut done = 0;
             let v = s.rotate_root(&n, &mut |p| {
-                total = p.total;
+                done = p.done;
                 progress_to(&pb)(p);
             })?;
             pb.finish_and_clear();
+            // The rotation is done; its rewrap may not be (another replica runs it, or it gave
+            // way to other replicas' key changes): what is left is said, not counted as done.
+            let left = s.pending_jobs()?.into_iter().find_map(|j| match j {
+                PendingJob::Rewrap { root, keks } if root == n => Some(keks),
+                _ => None,
+            });
+            let keks = |k: u64| format!("{k} KEK{}", if k == 1 { "" } else { "s" });
             ctx.out.result(
                 || {
-                    format!(
-                        "root key {n} rotated to {v}; {total} KEK{} rewrapped under it",
-                        if total == 1 { "" } else { "s" }
-                    )
+                    let mut t = format!("root key {n} rotated to {v}; {} rewrapped under it", keks(done));
+                    if let Some(k) = left {
+                        t.push_str(&format!(
+                            "; {} still under older versions (another replica may be rewrapping them: `strongroom jobs`; `strongroom resume` finishes them)",
+                            keks(k)
+                        ));
+                    }
+                    t
                 },
                 || Version {
                     root: n.to_string(),
                     version: v.get(),
-                    rewrapped: Some(total),
+                    rewrapped: Some(done),
+                    rewrap_pending: left,
                 },
             )?;
         }

@@ -142,7 +142,7 @@ fn tour(out: &Out, dir: &std::path::Path) -> Result<(), CliError> {
     t.step("get", &[format!("payroll/alice -> {v:?}")])?;
 
     let mut rewrapped = 0;
-    let v2 = s.rotate_root(&name("acme")?, &mut |p| rewrapped = p.total)?;
+    let v2 = s.rotate_root(&name("acme")?, &mut |p| rewrapped = p.done)?;
     let kek = s.rotate_kek(&ring)?;
     s.purge_key_cache();
     let v = text(&s, &ring, "alice")?;
