@@ -711,17 +711,23 @@ impl Store {
         let mut since = self.serving();
         let mut r = self.get_audited(keyring, key);
         // On a shared database: a key another replica replaced or retired while this read ran
-        // looks missing; the new key states taken in, the read is tried again (a few times:
-        // only a stream of key changes elsewhere makes it race again).
-        for _ in 0..5 {
-            match &r {
-                Err(e) if self.stale_key_error(e, since) => {
-                    self.reload_if_moved();
-                    since = self.serving();
-                    r = self.get_audited(keyring, key);
-                }
-                _ => break,
+        // looks missing; the new key states taken in, the read is tried again (within the
+        // budget of a step made stale: only a stream of key changes elsewhere makes it race
+        // again, and outlasting the budget is a `Conflict`, never damage).
+        let mut stale = crate::fleet::StaleBudget::default();
+        while let Err(e) = &r {
+            if !self.stale_key_error(e, since) {
+                break;
             }
+            if !stale.again() {
+                r = Err(StoreError::Conflict {
+                    what: format!("a read of keyring {keyring}"),
+                });
+                break;
+            }
+            self.reload_if_moved();
+            since = self.serving();
+            r = self.get_audited(keyring, key);
         }
         record_op!("record.get", started, &r);
         r
