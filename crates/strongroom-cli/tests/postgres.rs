@@ -518,26 +518,29 @@ fn three_replica_processes_on_one_softhsm2_token() {
     assert_eq!(listing.matches("/service/v1").count(), 2, "{listing}");
 }
 
-/// A store configured as a fleet (`fleet = true`): commands work on it, doctor shows the
-/// key-state generation and the poll interval, and audit entries name the replica (here the
-/// command's process).
-#[test]
-fn a_fleet_store_works_and_doctor_shows_its_generation() {
-    let server = pg::shared();
-    let url = server.url();
+/// A store on a new schema of the shared server configured as a fleet (`fleet = true`, then
+/// `more` of the configuration), with keyring `payroll` holding `alice`: its directory, data
+/// path, URL and schema.
+fn fleet_store(more: &str) -> (tempfile::TempDir, std::path::PathBuf, String, String) {
+    let url = pg::shared().url();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let schema = pg::unique_schema();
     init_pg(&data, &url, &schema).ok();
     let conf_path = data.join("strongroom.conf");
     let conf = std::fs::read_to_string(&conf_path).unwrap();
-    std::fs::write(
-        &conf_path,
-        format!("{conf}fleet = true\nfleet-poll-ms = 200\n"),
-    )
-    .unwrap();
+    std::fs::write(&conf_path, format!("{conf}fleet = true\n{more}")).unwrap();
     sr(&data, &url, &["keyring", "create", "payroll"]).ok();
     sr(&data, &url, &["put", "payroll", "alice", "salary=1"]).ok();
+    (dir, data, url, schema)
+}
+
+/// A store configured as a fleet (`fleet = true`): commands work on it, doctor shows the
+/// key-state generation and the poll interval, and audit entries name the replica (here the
+/// command's process).
+#[test]
+fn a_fleet_store_works_and_doctor_shows_its_generation() {
+    let (_dir, data, url, _schema) = fleet_store("fleet-poll-ms = 200\n");
     let doctor = sr(&data, &url, &["doctor"]).ok().stdout;
     assert!(doctor.contains("key-state generation"), "{doctor}");
     assert!(doctor.contains("every 200 ms"), "{doctor}");
@@ -561,16 +564,7 @@ fn a_fleet_store_works_and_doctor_shows_its_generation() {
 #[test]
 fn a_root_rotation_whose_rewrap_another_replica_holds_says_what_is_left() {
     let server = pg::shared();
-    let url = server.url();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let schema = pg::unique_schema();
-    init_pg(&data, &url, &schema).ok();
-    let conf_path = data.join("strongroom.conf");
-    let conf = std::fs::read_to_string(&conf_path).unwrap();
-    std::fs::write(&conf_path, format!("{conf}fleet = true\n")).unwrap();
-    sr(&data, &url, &["keyring", "create", "payroll"]).ok();
-    sr(&data, &url, &["put", "payroll", "alice", "salary=1"]).ok();
+    let (_dir, data, url, schema) = fleet_store("");
     let roots = sr(&data, &url, &["--json", "root", "list"]).ok().json();
     let root = roots
         .as_array()

@@ -11,111 +11,24 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::fleet::{Fleet, fleet_with, job_options, keyring_to_reencrypt, polling, retrying};
-use common::{kr, rn};
-use strongroom_core::backend::{BackendInfo, HealthCheck, RootKeyInfo};
-use strongroom_core::{
-    Backend, BackendError, Key256, KeyState, KeyringName, RootKeyId, SoftBackend, StoreClaim,
-    WrappedKey,
+use common::fleet::{
+    Fleet, churn_kek, fleet_with, job_options, keyring_to_reencrypt, polling, retrying,
 };
+use common::{kr, rn};
+use strongroom_core::{Backend, KeyState, KeyringName, SoftBackend};
 use strongroom_store::{Store, StoreError, StoreOptions};
+use strongroom_test_support::wrappers::TestBackend;
 
-type Hook = Arc<dyn Fn() + Send + Sync>;
-
-/// A soft backend that keeps the audit anchor itself (as an HSM does) and runs a hook before
-/// every anchor write: a point right after each key change's commit, before the operation's
-/// next commit.
-struct AfterCommit {
-    inner: Arc<dyn Backend>,
-    anchors: Mutex<Vec<Vec<u8>>>,
-    hook: Mutex<Option<Hook>>,
-    running: AtomicBool,
-}
-
-impl AfterCommit {
-    fn set(&self, hook: Option<Hook>) {
-        *self.hook.lock().unwrap() = hook;
-    }
-}
-
-impl Backend for AfterCommit {
-    fn describe(&self) -> BackendInfo {
-        self.inner.describe()
-    }
-    fn health(&self) -> Result<Vec<HealthCheck>, BackendError> {
-        self.inner.health()
-    }
-    fn list_roots(&self) -> Result<Vec<RootKeyInfo>, BackendError> {
-        self.inner.list_roots()
-    }
-    fn find_root(&self, id: &RootKeyId) -> Result<Option<RootKeyInfo>, BackendError> {
-        self.inner.find_root(id)
-    }
-    fn wrap(
-        &self,
-        root: &RootKeyId,
-        key: &Key256,
-        context: &[u8],
-    ) -> Result<WrappedKey, BackendError> {
-        self.inner.wrap(root, key, context)
-    }
-    fn unwrap(&self, blob: &WrappedKey, context: &[u8]) -> Result<Key256, BackendError> {
-        self.inner.unwrap(blob, context)
-    }
-    fn generate_root(&self, id: &RootKeyId) -> Result<RootKeyInfo, BackendError> {
-        self.inner.generate_root(id)
-    }
-    fn disable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
-        self.inner.disable_root(id)
-    }
-    fn enable_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
-        self.inner.enable_root(id)
-    }
-    fn destroy_root(&self, id: &RootKeyId) -> Result<(), BackendError> {
-        self.inner.destroy_root(id)
-    }
-    fn store_claim(&self) -> Result<Option<StoreClaim>, BackendError> {
-        self.inner.store_claim()
-    }
-    fn set_store_claim(
-        &self,
-        claim: &StoreClaim,
-        replacing: Option<&StoreClaim>,
-    ) -> Result<(), BackendError> {
-        self.inner.set_store_claim(claim, replacing)
-    }
-    fn audit_anchors(&self) -> Result<Vec<Vec<u8>>, BackendError> {
-        Ok(self.anchors.lock().unwrap().clone())
-    }
-    fn put_audit_anchor(&self, anchor: &[u8], replacing: &[Vec<u8>]) -> Result<(), BackendError> {
-        let hook = self.hook.lock().unwrap().clone();
-        // Not again from within the hook (its own key change anchors too).
-        if let Some(hook) = hook
-            && !self.running.swap(true, Ordering::SeqCst)
-        {
-            hook();
-            self.running.store(false, Ordering::SeqCst);
-        }
-        let mut anchors = self.anchors.lock().unwrap();
-        anchors.retain(|a| !replacing.contains(a));
-        anchors.push(anchor.to_vec());
-        Ok(())
-    }
-}
-
-fn after_commit_fleet() -> (Fleet, Arc<AfterCommit>) {
+/// Two replicas over a backend that keeps the audit anchor itself (as an HSM does), so that a
+/// hook runs right after each key change's commit, before the operation's next commit.
+fn after_commit_fleet() -> (Fleet, Arc<TestBackend>) {
     let dir = tempfile::tempdir().unwrap();
     let soft: Arc<dyn Backend> = Arc::new(SoftBackend::create(dir.path()).unwrap());
-    let backend = Arc::new(AfterCommit {
-        inner: soft,
-        anchors: Mutex::new(Vec::new()),
-        hook: Mutex::new(None),
-        running: AtomicBool::new(false),
-    });
+    let backend = TestBackend::keeping_anchors(soft);
     let schema = strongroom_test_support::pg::unique_schema();
     let f = Fleet::start_with(
         common::config(&schema),
@@ -128,11 +41,12 @@ fn after_commit_fleet() -> (Fleet, Arc<AfterCommit>) {
     (f, backend)
 }
 
-/// Once: replica `b` changes a key (a DEK rollover of `bystander`).
-fn once(b: &Store, bystander: &KeyringName) -> Hook {
+/// Once: replica `b` changes a key (a DEK rollover of `bystander`). Not again from within
+/// (its own key change anchors too).
+fn once(b: &Store, bystander: &KeyringName) -> Box<dyn Fn() + Send + Sync> {
     let (b, bystander) = (b.clone(), bystander.clone());
     let fired = AtomicBool::new(false);
-    Arc::new(move || {
+    Box::new(move || {
         if !fired.swap(true, Ordering::SeqCst) {
             retrying(|| b.rotate_dek(&bystander));
         }
@@ -157,9 +71,9 @@ fn a_root_destruction_that_loses_its_root_commit_to_a_key_change_finishes_it() {
     let (a, b) = (&f.replicas[0], &f.replicas[1]);
     let (root, k, bystander) = doomed(a);
     // B changes a key right after the keyring's destruction commits, before the root's.
-    backend.set(Some(once(b, &bystander)));
+    backend.before_anchor(Some(once(b, &bystander)));
     let r = a.destroy_root_now(&root);
-    backend.set(None);
+    backend.before_anchor(None);
     let destroyed = r.unwrap();
     assert_eq!(a.keyring(&k).unwrap().state, KeyState::Destroyed);
     assert!(destroyed.iter().any(|d| d.keyring == k), "{destroyed:?}");
@@ -187,9 +101,9 @@ fn the_due_destructions_report_every_keyring_they_destroyed() {
     let (root, k, bystander) = doomed(a);
     retrying(|| a.schedule_root_destruction(&root, Some(Duration::ZERO)));
     std::thread::sleep(Duration::from_millis(20));
-    backend.set(Some(once(b, &bystander)));
+    backend.before_anchor(Some(once(b, &bystander)));
     let r = a.run_due_destructions();
-    backend.set(None);
+    backend.before_anchor(None);
     let r = r.unwrap();
     assert_eq!(a.keyring(&k).unwrap().state, KeyState::Destroyed);
     assert!(
@@ -215,27 +129,14 @@ fn reencrypt_under_kek_churn(rollover: u64, same_keyring: bool) {
         o
     };
     let stop = AtomicBool::new(false);
-    let rotations = AtomicU32::new(0);
-    let r = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                match b.rotate_kek(&churned) {
-                    Ok(_) => {
-                        rotations.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(StoreError::Conflict { .. }) => {}
-                    Err(e) => {
-                        stop.store(true, Ordering::Relaxed);
-                        panic!("{e}");
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        });
+    let (rotations, r) = std::thread::scope(|scope| {
+        let churn = scope.spawn(|| churn_kek(b, &churned, &stop));
         let _stop = common::fleet::StopOnDrop(&stop);
-        a.reencrypt(&kr("ring"), &mut |_| {})
+        let r = a.reencrypt(&kr("ring"), &mut |_| {});
+        drop(_stop);
+        (churn.join().unwrap(), r)
     });
-    assert!(rotations.load(Ordering::Relaxed) > 0);
+    assert!(rotations > 0);
     let r = r.unwrap();
     assert_eq!(r.reencrypted, 1500, "{r:?}");
     assert!(

@@ -240,19 +240,7 @@ fn jobs_finish_while_another_replica_keeps_changing_keys() {
     a.create_keyring(&other, None).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let rotations = std::thread::scope(|scope| {
-        let churn = scope.spawn(|| {
-            let _stop = common::fleet::StopOnDrop(&stop);
-            let mut n = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match b.rotate_kek(&other) {
-                    Ok(_) => n += 1,
-                    Err(StoreError::Conflict { .. }) => {}
-                    Err(e) => panic!("{e}"),
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            n
-        });
+        let churn = scope.spawn(|| common::fleet::churn_kek(b, &other, &stop));
         let _stop = common::fleet::StopOnDrop(&stop);
         let r = a.reencrypt(&kr("ring"), &mut |_| {}).unwrap();
         assert_eq!(r.reencrypted, 1500, "{r:?}");

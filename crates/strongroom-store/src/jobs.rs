@@ -291,24 +291,11 @@ impl Store {
                 total: total.max(done),
             });
             if let Some(rolled) = roll_over {
-                let w = self.write_lifecycle();
-                if self.read_catalog().keyring(keyring)?.current_dek == rolled {
-                    let limit = self.inner.options.dek_rollover_after;
-                    let r = self.audited(AuditOp::DekRotated, format!("keyring {keyring}"), || {
-                        self.rotate_dek_locked(
-                            &w,
-                            keyring,
-                            &format!("automatic rollover after {limit} encryptions"),
-                        )
-                    });
-                    match r {
-                        Ok(_) => {}
-                        // Another replica changed the key states first (most often: rolled
-                        // this DEK over too); the commit reloaded them, and the next batch
-                        // decides again from there, as a write does.
-                        Err(StoreError::Conflict { .. }) if stale.again() => {}
-                        Err(e) => return Err(e),
-                    }
+                match self.roll_over_dek(keyring, rolled) {
+                    Ok(()) => {}
+                    // The next batch decides again from the reloaded states, as a write does.
+                    Err(StoreError::Conflict { .. }) if stale.again() => {}
+                    Err(e) => return Err(e),
                 }
             }
         }

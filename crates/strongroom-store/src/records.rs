@@ -638,35 +638,46 @@ impl Store {
                     continue;
                 }
             };
-            // Roll over under the write lock; another writer may have done it already (a
-            // thread of this process, or another replica: the lock's holder reads the current
-            // key states first).
-            let w = self.write_lifecycle();
-            if self.read_catalog().keyring(keyring)?.current_dek == rolled {
-                let limit = self.inner.options.dek_rollover_after;
-                let r = self.audited(AuditOp::DekRotated, format!("keyring {keyring}"), || {
-                    self.rotate_dek_locked(
-                        &w,
-                        keyring,
-                        &format!("automatic rollover after {limit} encryptions"),
-                    )
-                });
-                match r {
-                    Ok(_) => {}
-                    // Another replica changed the key states in between (most often: rolled
-                    // this DEK over too). The commit reloaded them; the write decides again
-                    // from there, and its caller never sees the race.
-                    Err(StoreError::Conflict { .. }) => {
-                        if !stale.again() {
-                            return Err(StoreError::Conflict {
-                                what: format!("a write to keyring {keyring}"),
-                            });
-                        }
+            match self.roll_over_dek(keyring, rolled) {
+                Ok(()) => {}
+                // The write decides again from the reloaded states, and its caller never sees
+                // the race.
+                Err(StoreError::Conflict { .. }) => {
+                    if !stale.again() {
+                        return Err(StoreError::Conflict {
+                            what: format!("a write to keyring {keyring}"),
+                        });
                     }
-                    Err(e) => return Err(e),
                 }
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Rolls DEK `rolled` of `keyring` over, its use count spent (by a write or a
+    /// re-encryption), under the write lock, unless another writer did already (a thread of
+    /// this process, or another replica: the lock's holder reads the current key states
+    /// first). A [`StoreError::Conflict`]: another replica changed the key states in between
+    /// (most often: rolled this DEK over too); the commit reloaded them, and the caller
+    /// decides again from there.
+    pub(crate) fn roll_over_dek(
+        &self,
+        keyring: &KeyringName,
+        rolled: DekVersion,
+    ) -> Result<(), StoreError> {
+        let w = self.write_lifecycle();
+        if self.read_catalog().keyring(keyring)?.current_dek != rolled {
+            return Ok(());
+        }
+        let limit = self.inner.options.dek_rollover_after;
+        self.audited(AuditOp::DekRotated, format!("keyring {keyring}"), || {
+            self.rotate_dek_locked(
+                &w,
+                keyring,
+                &format!("automatic rollover after {limit} encryptions"),
+            )
+        })
+        .map(|_| ())
     }
 
     /// Stores `value` under `key` in `keyring`, sealed. Durable within about 500 ms (sled's

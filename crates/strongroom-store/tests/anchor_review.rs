@@ -31,6 +31,11 @@ fn cfg(url: &str, schema: &str, exclusive: bool) -> PgConfig {
     common::pg_config_at(url, schema, exclusive)
 }
 
+/// A fleet's configuration on a new schema of the shared server.
+fn shared_cfg() -> PgConfig {
+    cfg(&pg::shared().url(), &pg::unique_schema(), false)
+}
+
 fn k() -> KeyringName {
     KeyringName::new("payroll").unwrap()
 }
@@ -162,9 +167,7 @@ softhsm_tests! {
     // rolled-back log, and once past the old anchor writes one over it: the rollback is
     // laundered, and the anchor is never compared with the entry it names.
     fn a_rollback_is_not_laundered_by_a_running_replica(token) {
-        let url = pg::shared().url();
-        let schema = pg::unique_schema();
-        let shared = cfg(&url, &schema, false);
+        let shared = shared_cfg();
         let b = backend(token);
         let dir = tempfile::tempdir().unwrap();
         let a = create(dir.path(), &shared, dynb(&b));
@@ -205,9 +208,7 @@ softhsm_tests! {
     // leftover of another store lock this one out, and a forger without the token's PIN cannot
     // put one there anyway); the genuine one still counts, and the next write removes it.
     fn a_forged_anchor_ahead_of_the_log_is_ignored_and_removed(token) {
-        let url = pg::shared().url();
-        let schema = pg::unique_schema();
-        let shared = cfg(&url, &schema, false);
+        let shared = shared_cfg();
         let b = backend(token);
         let dir = tempfile::tempdir().unwrap();
         let a = create(dir.path(), &shared, dynb(&b));
@@ -229,9 +230,7 @@ softhsm_tests! {
     // Garbage (not an anchor at all) in an anchor object next to the genuine one: ignored, and
     // gone with the next write.
     fn garbage_in_an_anchor_object_is_ignored_and_cleaned(token) {
-        let url = pg::shared().url();
-        let schema = pg::unique_schema();
-        let shared = cfg(&url, &schema, false);
+        let shared = shared_cfg();
         let b = backend(token);
         let dir = tempfile::tempdir().unwrap();
         let a = create(dir.path(), &shared, dynb(&b));
@@ -250,9 +249,7 @@ softhsm_tests! {
     // by hand): a new replica is refused, and should say where the missing anchor was kept
     // (the HSM), not name a file in its own empty directory.
     fn anchors_deleted_from_the_token(token) {
-        let url = pg::shared().url();
-        let schema = pg::unique_schema();
-        let shared = cfg(&url, &schema, false);
+        let shared = shared_cfg();
         let b = backend(token);
         let dir = tempfile::tempdir().unwrap();
         let a = create(dir.path(), &shared, dynb(&b));
@@ -277,9 +274,7 @@ softhsm_tests! {
     // (nothing can be verified) and, once the HSM is back, refuses to serve the rolled-back
     // state.
     fn hsm_down_at_open_then_back_still_catches_the_rollback(token) {
-        let url = pg::shared().url();
-        let schema = pg::unique_schema();
-        let shared = cfg(&url, &schema, false);
+        let shared = shared_cfg();
         let p = backend(token);
         let f = TestBackend::new(dynb(&p));
         let dir = tempfile::tempdir().unwrap();
@@ -316,9 +311,7 @@ softhsm_tests! {
     // cache): the file stands in, in that replica's directory. Later the fleet accepts a
     // rollback on purpose; that replica's stale file must not make it report a broken log.
     fn a_file_written_while_the_hsm_was_down_does_not_outlive_an_accepted_rollback(token) {
-        let url = pg::shared().url();
-        let schema = pg::unique_schema();
-        let shared = cfg(&url, &schema, false);
+        let shared = shared_cfg();
         let p = backend(token);
         let f = TestBackend::new(dynb(&p));
         let fb = || Arc::clone(&f) as Arc<dyn Backend>;
@@ -351,9 +344,7 @@ softhsm_tests! {
     // RolledBack, the anchor never ahead of the log, and at the end the anchor is at the head
     // and one object is left.
     fn two_replicas_committing_at_once_raise_no_false_alarm(token) {
-        let url = pg::shared().url();
-        let schema = pg::unique_schema();
-        let shared = cfg(&url, &schema, false);
+        let shared = shared_cfg();
         let b = backend(token);
         let d1 = tempfile::tempdir().unwrap();
         let d2 = tempfile::tempdir().unwrap();
@@ -414,9 +405,7 @@ softhsm_tests! {
     // A replica running while the database is put back (its generation is then behind) refuses
     // to serve; once another replica accepts the rollback, it serves again, without a restart.
     fn a_running_replica_recovers_after_another_accepts_the_rollback(token) {
-        let url = pg::shared().url();
-        let schema = pg::unique_schema();
-        let shared = cfg(&url, &schema, false);
+        let shared = shared_cfg();
         let b = backend(token);
         let dir = tempfile::tempdir().unwrap();
         let a = create(dir.path(), &shared, dynb(&b));
@@ -454,9 +443,7 @@ softhsm_tests! {
     // anchor (a file in the directory) is ignored for the HSM's, newer: refused as a rollback
     // until accepted. (What an operator must do.)
     fn a_fleet_restored_from_a_backup_needs_accept_rollback(token) {
-        let url = pg::shared().url();
-        let schema = pg::unique_schema();
-        let shared = cfg(&url, &schema, false);
+        let shared = shared_cfg();
         let b = backend(token);
         let dir = tempfile::tempdir().unwrap();
         let a = create(dir.path(), &shared, dynb(&b));
@@ -467,8 +454,7 @@ softhsm_tests! {
         a.backup(&file).unwrap();
         a.create_keyring(&kn("k2"), None).unwrap();
         drop(a);
-        let schema2 = pg::unique_schema();
-        let shared2 = cfg(&url, &schema2, false);
+        let shared2 = shared_cfg();
         let rdir = tempfile::tempdir().unwrap();
         Store::restore_into(&file, rdir.path(), Box::new(PgEngine::connect(&shared2).unwrap())).unwrap();
         let e = open(rdir.path(), &shared2, dynb(&b)).unwrap_err();

@@ -1,5 +1,5 @@
-//! Backend wrappers for tests: one that counts calls and whose failures a test switches on, one
-//! that is slow.
+//! Backend wrappers for tests: one that counts calls, runs hooks and whose failures a test
+//! switches on, one that is slow.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,7 +8,9 @@ use strongroom_core::backend::{BackendInfo, HealthCheck, ImportKey, RootKeyInfo}
 use strongroom_core::{Backend, BackendError, Key256, RootKeyId, WrappedKey};
 
 /// Forwards to a backend, counting calls and able to fail wrap/unwrap, the lifecycle calls, or
-/// every call that reaches the device, with a device error on demand (an HSM that went away).
+/// every call that reaches the device, with a device error on demand (an HSM that went away);
+/// hooks run before some calls; [`TestBackend::keeping_anchors`] keeps the audit anchors itself
+/// (as an HSM does) over a backend that does not.
 pub struct TestBackend {
     inner: Arc<dyn Backend>,
     calls: AtomicU64,
@@ -19,14 +21,46 @@ pub struct TestBackend {
     anchor_writes: AtomicU64,
     before_claim: Mutex<Option<Hook>>,
     before_wrap: Mutex<Option<Hook>>,
+    before_anchor: Mutex<Option<Hook>>,
+    /// The anchors kept here (`None`: forwarded).
+    anchors: Option<Mutex<Vec<Vec<u8>>>>,
 }
 
-/// What runs before every `set_store_claim`, or every `wrap`.
+/// What runs before every `set_store_claim`, `wrap` or `put_audit_anchor`.
 type Hook = Arc<dyn Fn() + Send + Sync>;
+
+/// Runs the hook in `slot`, if any (cloned out of the lock: the hook may call the store, which
+/// may call the backend again).
+fn run_hook(slot: &Mutex<Option<Hook>>) {
+    let hook = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Some(hook) = hook {
+        hook();
+    }
+}
+
+fn set_hook(slot: &Mutex<Option<Hook>>, hook: Option<Hook>) {
+    *slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = hook;
+}
 
 impl TestBackend {
     /// Wraps `inner`.
     pub fn new(inner: Arc<dyn Backend>) -> Arc<Self> {
+        Self::with(inner, None)
+    }
+
+    /// Wraps `inner`, keeping the audit anchors in memory instead of forwarding them: a store
+    /// on a shared engine then anchors in the backend (and `before_anchor` runs right after
+    /// each key change's commit).
+    pub fn keeping_anchors(inner: Arc<dyn Backend>) -> Arc<Self> {
+        Self::with(inner, Some(Mutex::new(Vec::new())))
+    }
+
+    fn with(inner: Arc<dyn Backend>, anchors: Option<Mutex<Vec<Vec<u8>>>>) -> Arc<Self> {
         Arc::new(Self {
             inner,
             calls: AtomicU64::new(0),
@@ -37,25 +71,28 @@ impl TestBackend {
             anchor_writes: AtomicU64::new(0),
             before_claim: Mutex::new(None),
             before_wrap: Mutex::new(None),
+            before_anchor: Mutex::new(None),
+            anchors,
         })
     }
 
     /// Runs `hook` at the start of every `set_store_claim` (for example a barrier that holds two
     /// concurrent inits at the claim).
     pub fn before_claim(&self, hook: impl Fn() + Send + Sync + 'static) {
-        *self
-            .before_claim
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(hook));
+        set_hook(&self.before_claim, Some(Arc::new(hook)));
     }
 
     /// Runs `hook` at the start of every `wrap` (for example another replica's key change, made
     /// between a step's look at the key states and its commit), or no longer (`None`).
     pub fn before_wrap(&self, hook: Option<Box<dyn Fn() + Send + Sync>>) {
-        *self
-            .before_wrap
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = hook.map(Arc::from);
+        set_hook(&self.before_wrap, hook.map(Arc::from));
+    }
+
+    /// Runs `hook` at the start of every `put_audit_anchor`, or no longer (`None`): a store
+    /// writes its anchor right after each key change's commit, before the operation's next
+    /// commit (for example another replica's key change between the two).
+    pub fn before_anchor(&self, hook: Option<Box<dyn Fn() + Send + Sync>>) {
+        set_hook(&self.before_anchor, hook.map(Arc::from));
     }
 
     /// Calls of `wrap` and `unwrap` so far.
@@ -149,15 +186,7 @@ impl Backend for TestBackend {
         key: &Key256,
         context: &[u8],
     ) -> Result<WrappedKey, BackendError> {
-        // Cloned out of the lock: the hook may call the store, which may wrap.
-        let hook = self
-            .before_wrap
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(hook) = hook {
-            hook();
-        }
+        run_hook(&self.before_wrap);
         self.gate()?;
         self.inner.wrap(root, key, context)
     }
@@ -201,12 +230,29 @@ impl Backend for TestBackend {
     }
     fn audit_anchors(&self) -> Result<Vec<Vec<u8>>, BackendError> {
         self.device_gate()?;
-        self.inner.audit_anchors()
+        match &self.anchors {
+            Some(kept) => Ok(kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()),
+            None => self.inner.audit_anchors(),
+        }
     }
     fn put_audit_anchor(&self, anchor: &[u8], replacing: &[Vec<u8>]) -> Result<(), BackendError> {
+        run_hook(&self.before_anchor);
         self.device_gate()?;
         self.anchor_writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.put_audit_anchor(anchor, replacing)
+        match &self.anchors {
+            Some(kept) => {
+                let mut kept = kept
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                kept.retain(|a| !replacing.contains(a));
+                kept.push(anchor.to_vec());
+                Ok(())
+            }
+            None => self.inner.put_audit_anchor(anchor, replacing),
+        }
     }
     fn store_claim(&self) -> Result<Option<strongroom_core::StoreClaim>, BackendError> {
         self.inner.store_claim()
@@ -216,14 +262,7 @@ impl Backend for TestBackend {
         claim: &strongroom_core::StoreClaim,
         replacing: Option<&strongroom_core::StoreClaim>,
     ) -> Result<(), BackendError> {
-        let hook = self
-            .before_claim
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(hook) = hook {
-            hook();
-        }
+        run_hook(&self.before_claim);
         self.admin_gate()?;
         self.inner.set_store_claim(claim, replacing)
     }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use strongroom_core::{Backend, SoftBackend};
+use strongroom_core::{Backend, KeyringName, SoftBackend};
 use strongroom_postgres::{PgConfig, PgEngine};
 use strongroom_store::{Engine, Progress, Store, StoreError, StoreOptions, TreeId};
 use strongroom_test_support::pg;
@@ -112,6 +112,23 @@ pub fn until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Durati
         assert!(t.elapsed() < limit, "not within {limit:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Rotates the KEK of `keyring` through replica `s` every 2 ms until `stop` is set, skipping
+/// the rotations refused as conflicts (the documented outcome of racing another replica's
+/// change); returns how many went through. Any other error stops the loop and panics.
+pub fn churn_kek(s: &Store, keyring: &KeyringName, stop: &AtomicBool) -> u32 {
+    let _stop = StopOnDrop(stop);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        match s.rotate_kek(keyring) {
+            Ok(_) => n += 1,
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => panic!("a KEK rotation of {keyring}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    n
 }
 
 /// Retries `f` while it is refused as a conflict (another replica changed the key states: the
